@@ -1,0 +1,18 @@
+"""clstm: fast LSTMs on the CPU.
+
+Compiled kernels (Cython over SciPy's BLAS, OpenMP across the batch) under a thin NumPy
+API with explicit forward and backward passes. See README.md for a tour.
+"""
+from ._threads import get_num_threads, set_num_threads
+from .layers import (Dense, Dropout, Embedding, last_valid_step, last_valid_step_backward,
+                     lengths_to_mask)
+from .losses import log_softmax, mse, softmax, softmax_cross_entropy
+from .lstm import LSTM
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LSTM", "set_num_threads", "get_num_threads",
+    "Embedding", "Dense", "Dropout", "last_valid_step", "last_valid_step_backward",
+    "lengths_to_mask", "softmax", "log_softmax", "softmax_cross_entropy", "mse",
+]

@@ -1,0 +1,49 @@
+"""Turning user input into the arrays the kernels take, or a clear error."""
+import numpy as np
+
+FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+def float_dtype(dtype):
+    """np.float32 or np.float64 from a name, a NumPy dtype or a scalar type."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES.values():
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dt}")
+    return dt
+
+
+def as_float_array(value, dtype, name, *, copy=False):
+    """``value`` as a C-contiguous array of ``dtype``.
+
+    Integers, booleans and floats convert (float64 to float32 rounds, as a float32 model
+    computes in float32 anyway); complex numbers, strings and objects raise TypeError,
+    since no conversion keeps their meaning.
+    """
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"{name}: expected an array of numbers, got {type(value).__name__} ({e})") from None
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: expected real numbers (float, int or bool), got dtype {arr.dtype}")
+    if copy:
+        return np.array(arr, dtype=dtype, order="C", copy=True)
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_shape(arr, expected, name):
+    if arr.shape != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {arr.shape}")
+
+
+def positive_int(value, name, *, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)

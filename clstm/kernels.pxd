@@ -1,0 +1,54 @@
+# The public C-level API of clstm: one LSTM layer over raw, C-contiguous buffers.
+#
+#     from clstm.kernels cimport lstm_forward_f64, lstm_workspace_size
+#
+# Every function here is `noexcept nogil`, so it can run inside another extension's own
+# nogil loop or prange. Layouts are row-major and time-major, in PyTorch's conventions:
+#
+#     x          (T, B, I)    input sequence
+#     w_ih       (4H, I)      weight_ih_l{k}, gate blocks i, f, g, o
+#     w_hh       (4H, H)      weight_hh_l{k}
+#     bias       (4H,)        bias_ih_l{k} + bias_hh_l{k} (summed by the caller)
+#     peephole   (3, H)       w_ci, w_cf, w_co, or NULL for a plain LSTM
+#     h0, c0     (B, H)       initial state, or NULL for zeros
+#     y          (T, B, H)    hidden states h_1 .. h_T; the final state h_n is y[T-1]
+#     workspace  lstm_workspace_size(T, B, H) elements: the activated gates (T, B, 4H)
+#                followed by the cell states (T, B, H); the final cell state c_n is
+#                workspace[4·T·B·H + (T-1)·B·H :], i.e. the last (B, H) block.
+#
+# Return value: 0 on success, -1 when a size is not positive or too large for BLAS's int.
+# num_threads: OpenMP threads across the batch (each thread owns a slice of the rows for
+# all T steps); pass 1 when calling from your own parallel region.
+
+cdef Py_ssize_t lstm_workspace_size(int T, int B, int H) noexcept nogil
+
+cdef int lstm_forward_f32(int T, int B, int I, int H, const float* x, const float* w_ih,
+                          const float* w_hh, const float* bias, const float* peephole,
+                          const float* h0, const float* c0, float* y, float* workspace,
+                          int num_threads) noexcept nogil
+cdef int lstm_forward_f64(int T, int B, int I, int H, const double* x, const double* w_ih,
+                          const double* w_hh, const double* bias, const double* peephole,
+                          const double* h0, const double* c0, double* y, double* workspace,
+                          int num_threads) noexcept nogil
+
+# Backward through the whole sequence, after lstm_forward with the same arguments.
+#     workspace  in: as forward left it; destroyed (it ends holding dL/d(pre-activations))
+#     dy         (T, B, H) in: dL/dy; destroyed (used as the running dL/dh)
+#     dh_n, dc_n (B, H) gradient flowing into the final state, or NULL for zeros
+#     dx         (T, B, I) out: dL/dx (overwritten), or NULL to skip that GEMM
+#     dh0, dc0   (B, H) out: dL/dh0, dL/dc0 (overwritten)
+#     dw_ih, dw_hh, dbias, dpeephole: ADDED INTO (+=), so gradients accumulate;
+#                dbias (4H,) receives the gradient of bias_ih (= that of bias_hh);
+#                dpeephole may be NULL when peephole is NULL.
+cdef int lstm_backward_f32(int T, int B, int I, int H, const float* x, const float* w_ih,
+                           const float* w_hh, const float* peephole, const float* h0,
+                           const float* c0, const float* y, float* workspace, float* dy,
+                           const float* dh_n, const float* dc_n, float* dx, float* dh0,
+                           float* dc0, float* dw_ih, float* dw_hh, float* dbias,
+                           float* dpeephole, int num_threads) noexcept nogil
+cdef int lstm_backward_f64(int T, int B, int I, int H, const double* x, const double* w_ih,
+                           const double* w_hh, const double* peephole, const double* h0,
+                           const double* c0, const double* y, double* workspace, double* dy,
+                           const double* dh_n, const double* dc_n, double* dx, double* dh0,
+                           double* dc0, double* dw_ih, double* dw_hh, double* dbias,
+                           double* dpeephole, int num_threads) noexcept nogil

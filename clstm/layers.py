@@ -1,0 +1,511 @@
+"""Non-recurrent layers and sequence helpers: Embedding, Dense, Dropout.
+
+Every layer follows the same explicit contract as :class:`clstm.LSTM` (see
+``DEVELOPERS.md``): ``forward`` caches what ``backward`` needs, ``backward``
+*adds* parameter gradients into ``layer.grads`` (they accumulate until
+``zero_grad``) and returns the gradient with respect to the input.  There is
+no autograd engine; chaining layers means calling their ``backward`` methods
+in reverse order yourself.
+
+Arrays are time-major, ``(T, B, ...)``, but nothing here depends on the time
+axis: Embedding, Dense and Dropout act element- or row-wise on inputs of any
+rank, so they apply per time step to ``(T, B, H)`` and equally to ``(B, H)``.
+
+The ``params`` dict is the single source of truth for a layer's weights:
+``forward`` reads ``layer.params[name]`` on every call, so optimisers may
+update the arrays in place and users may assign new arrays of the same shape.
+"""
+
+import numpy as np
+
+__all__ = [
+    "Layer",
+    "Embedding",
+    "Dense",
+    "Dropout",
+    "last_valid_step",
+    "last_valid_step_backward",
+    "lengths_to_mask",
+]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _resolve_dtype(dtype):
+    """Return ``dtype`` as a NumPy dtype; only float32 and float64 pass."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(
+            f"dtype must be 'float32' or 'float64', got {dtype!r}") from exc
+    if resolved not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"dtype must be 'float32' or 'float64', got {resolved.name!r}")
+    return resolved
+
+
+def _as_real_array(x, name, dtype):
+    """Convert ``x`` to a ``dtype`` array, rejecting non-numeric input.
+
+    Integer and boolean input is cast (it is exactly representable for any
+    sensible size); complex or object input is an error rather than a silent
+    loss of the imaginary part or a slow object-array computation.
+    """
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.floating)
+            or np.issubdtype(arr.dtype, np.integer)
+            or arr.dtype == np.bool_):
+        raise TypeError(
+            f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return np.asarray(arr, dtype=dtype)
+
+
+class Layer:
+    """Common behaviour of the layers: parameter dicts, modes, calling.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        Trainable parameters, PyTorch names and shapes.
+    grads : dict of str to ndarray
+        Gradients, same keys and shapes as ``params``; ``backward`` adds
+        into them.
+    training : bool
+        True in training mode (the default), False after ``eval()``.
+    dtype : numpy.dtype
+        Floating type of the parameters and of the outputs.
+    """
+
+    def __init__(self, dtype="float32"):
+        self.dtype = _resolve_dtype(dtype)
+        self.params = {}
+        self.grads = {}
+        self.training = True
+
+    def _add_param(self, name, value):
+        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.grads[name] = np.zeros_like(self.params[name])
+
+    def zero_grad(self):
+        """Zero every gradient in place (optimisers hold references)."""
+        for g in self.grads.values():
+            g.fill(0)
+
+    def train(self, mode=True):
+        """Switch to training mode (or to eval mode with ``mode=False``).
+
+        Returns
+        -------
+        Layer
+            ``self``, for chaining.
+        """
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Switch to evaluation mode; returns ``self``."""
+        return self.train(False)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _require_cache(self, cache):
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward")
+        return cache
+
+
+class Embedding(Layer):
+    """Lookup table mapping integer indices to dense vectors.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Size of the vocabulary, N.
+    embedding_dim : int
+        Size of each vector, D.
+    padding_idx : int, optional
+        Row that is kept at zero and never receives a gradient (as in
+        ``torch.nn.Embedding``). Negative values count from the end.
+    seed : int or numpy.random.Generator, optional
+        Seed for the N(0, 1) initialisation (PyTorch's).
+    dtype : {"float32", "float64"}
+        Parameter and output dtype.
+
+    Notes
+    -----
+    ``forward(idx)`` takes an integer array of any shape and returns an array
+    of shape ``idx.shape + (D,)``. ``backward(dy)`` scatter-adds ``dy`` into
+    ``grads["weight"]`` and returns None: the input is discrete.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *,
+                 seed=None, dtype="float32"):
+        super().__init__(dtype)
+        num_embeddings = int(num_embeddings)
+        embedding_dim = int(embedding_dim)
+        if num_embeddings < 1 or embedding_dim < 1:
+            raise ValueError(
+                "num_embeddings and embedding_dim must be >= 1, got "
+                f"{num_embeddings} and {embedding_dim}")
+        if padding_idx is not None:
+            padding_idx = int(padding_idx)
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(
+                    f"padding_idx must be in [{-num_embeddings}, "
+                    f"{num_embeddings}), got {padding_idx}")
+            padding_idx %= num_embeddings
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        rng = np.random.default_rng(seed)
+        # Draw in float64 and cast so that float32 and float64 layers built
+        # with the same seed hold the same values (up to rounding).
+        weight = rng.standard_normal((num_embeddings, embedding_dim))
+        if padding_idx is not None:
+            weight[padding_idx] = 0.0
+        self._add_param("weight", weight)
+        self._idx = None
+
+    def _check_indices(self, idx):
+        arr = np.asarray(idx)
+        # bool is not a subtype of np.integer, so True/False are rejected
+        # here instead of being silently read as rows 1 and 0.
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(
+                "Embedding expects an integer index array, got dtype "
+                f"{arr.dtype}")
+        if arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.num_embeddings:
+                raise ValueError(
+                    "Embedding index out of range: expected values in "
+                    f"[0, {self.num_embeddings}), got min {lo}, max {hi}")
+        return arr
+
+    def forward(self, idx):
+        """Look up rows of the weight.
+
+        Parameters
+        ----------
+        idx : array_like of int
+            Indices in ``[0, num_embeddings)``, any shape.
+
+        Returns
+        -------
+        ndarray
+            ``weight[idx]``, shape ``idx.shape + (embedding_dim,)``.
+        """
+        idx = self._check_indices(idx)
+        self._idx = idx
+        # Fancy indexing copies, so later in-place updates of the weight do
+        # not change outputs already handed out.
+        return self.params["weight"][idx]
+
+    def backward(self, dy):
+        """Accumulate the weight gradient for the last ``forward``.
+
+        Parameters
+        ----------
+        dy : array_like
+            Gradient of the loss w.r.t. the output, shape
+            ``idx.shape + (embedding_dim,)``.
+
+        Returns
+        -------
+        None
+            Indices are discrete; there is no input gradient.
+        """
+        idx = self._require_cache(self._idx)
+        dy = _as_real_array(dy, "dy", self.dtype)
+        expected = idx.shape + (self.embedding_dim,)
+        if dy.shape != expected:
+            raise ValueError(
+                f"Embedding.backward: expected dy of shape {expected}, got "
+                f"{dy.shape}")
+        flat_idx = idx.reshape(-1)
+        flat_dy = dy.reshape(-1, self.embedding_dim)
+        if self.padding_idx is not None:
+            keep = flat_idx != self.padding_idx
+            flat_idx, flat_dy = flat_idx[keep], flat_dy[keep]
+        # np.add.at, unlike grads[idx] += dy, sums repeated indices.
+        np.add.at(self.grads["weight"], flat_idx, flat_dy)
+        return None
+
+
+class Dense(Layer):
+    """Affine map over the last axis, ``y = x @ weight.T + bias``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of the last axis of input and output.
+    bias : bool
+        Whether to add a learned bias.
+    seed : int or numpy.random.Generator, optional
+        Seed for the U(-1/sqrt(in), 1/sqrt(in)) initialisation (PyTorch's).
+    dtype : {"float32", "float64"}
+        Parameter and output dtype; inputs are cast to it.
+
+    Notes
+    -----
+    Parameters are ``weight`` (out, in) and ``bias`` (out,), as in
+    ``torch.nn.Linear``. Any leading axes are flattened into one GEMM, so a
+    ``(T, B, H)`` input is one ``(T*B, H)`` product forward and backward
+    rather than one per time step.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, seed=None,
+                 dtype="float32"):
+        super().__init__(dtype)
+        in_features = int(in_features)
+        out_features = int(out_features)
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                "in_features and out_features must be >= 1, got "
+                f"{in_features} and {out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(in_features)
+        self._add_param(
+            "weight", rng.uniform(-bound, bound, (out_features, in_features)))
+        if bias:
+            self._add_param("bias", rng.uniform(-bound, bound, out_features))
+        self._x2d = None
+
+    def forward(self, x):
+        """Apply the affine map to the last axis of ``x``.
+
+        Parameters
+        ----------
+        x : array_like
+            Input of shape ``(..., in_features)``, at least 1-D.
+
+        Returns
+        -------
+        ndarray
+            Output of shape ``(..., out_features)``.
+        """
+        x = _as_real_array(x, "x", self.dtype)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Dense: expected input with last axis {self.in_features}, "
+                f"got shape {x.shape}")
+        self._lead = x.shape[:-1]
+        # Keep the 2-D view; backward needs it for dW = dy^T x.
+        self._x2d = x.reshape(-1, self.in_features)
+        y = self._x2d @ self.params["weight"].T
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y.reshape(self._lead + (self.out_features,))
+
+    def backward(self, dy, *, input_grad=True):
+        """Accumulate ``grads`` and return the input gradient.
+
+        Parameters
+        ----------
+        dy : array_like
+            Gradient w.r.t. the output, shape ``(..., out_features)``.
+        input_grad : bool
+            If False, skip the ``dx`` GEMM and return None (useful when the
+            input is data, not an upstream activation).
+
+        Returns
+        -------
+        ndarray or None
+            Gradient w.r.t. the input, shape ``(..., in_features)``.
+        """
+        x2d = self._require_cache(self._x2d)
+        dy = _as_real_array(dy, "dy", self.dtype)
+        expected = self._lead + (self.out_features,)
+        if dy.shape != expected:
+            raise ValueError(
+                f"Dense.backward: expected dy of shape {expected}, got "
+                f"{dy.shape}")
+        dy2d = dy.reshape(-1, self.out_features)
+        self.grads["weight"] += dy2d.T @ x2d
+        if "bias" in self.grads:
+            self.grads["bias"] += dy2d.sum(axis=0)
+        if not input_grad:
+            return None
+        return (dy2d @ self.params["weight"]).reshape(
+            self._lead + (self.in_features,))
+
+
+class Dropout(Layer):
+    """Inverted dropout: zero each element with probability ``p``.
+
+    Kept elements are scaled by ``1 / (1 - p)`` during training so that the
+    expected activation is unchanged and evaluation is the identity.
+
+    Parameters
+    ----------
+    p : float
+        Drop probability, in ``[0, 1)``.
+    seed : int or numpy.random.Generator, optional
+        Seed of the layer's own generator; the same seed gives the same
+        sequence of masks.
+    dtype : {"float32", "float64"}, optional
+        Output dtype. None (the default) keeps the input's floating dtype.
+    """
+
+    def __init__(self, p=0.5, *, seed=None, dtype=None):
+        # No parameters, so the dtype may legitimately be left open.
+        super().__init__("float64" if dtype is None else dtype)
+        if dtype is None:
+            self.dtype = None
+        p = float(p)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
+        self.p = p
+        self._rng = np.random.default_rng(seed)
+        self._mask = None
+        self._shape = None
+
+    def forward(self, x):
+        """Apply dropout (training mode) or return ``x`` unchanged (eval).
+
+        Parameters
+        ----------
+        x : array_like
+            Floating input of any shape.
+
+        Returns
+        -------
+        ndarray
+            Same shape as ``x``.
+        """
+        x = np.asarray(x)
+        if self.dtype is not None:
+            x = _as_real_array(x, "x", self.dtype)
+        elif x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                "Dropout expects a float32 or float64 array, got dtype "
+                f"{x.dtype}")
+        self._shape = x.shape
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        # Draw in the input's precision: float32 draws are half the memory
+        # traffic and a resolution of 2**-24 is ample for a threshold.
+        u = self._rng.random(x.shape, dtype=x.dtype)
+        # The scale is folded into the saved mask so backward is one multiply.
+        self._mask = (u >= self.p).astype(x.dtype) * x.dtype.type(
+            1.0 / (1.0 - self.p))
+        return x * self._mask
+
+    def backward(self, dy):
+        """Return ``dy`` times the saved mask (``dy`` itself in eval mode).
+
+        Parameters
+        ----------
+        dy : array_like
+            Gradient w.r.t. the output, same shape as the last input.
+
+        Returns
+        -------
+        ndarray
+            Gradient w.r.t. the input.
+        """
+        shape = self._require_cache(self._shape)
+        dy = np.asarray(dy)
+        if dy.shape != shape:
+            raise ValueError(
+                f"Dropout.backward: expected dy of shape {shape}, got "
+                f"{dy.shape}")
+        if self._mask is None:
+            return dy
+        return dy * self._mask
+
+
+def _check_lengths(lengths, T, B=None):
+    """Validate lengths: 1-D integers in ``[1, T]`` (B of them if given)."""
+    arr = np.asarray(lengths)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(
+            f"lengths must be an integer array, got dtype {arr.dtype}")
+    if arr.ndim != 1 or (B is not None and arr.shape[0] != B):
+        want = "(B,)" if B is None else f"({B},)"
+        raise ValueError(
+            f"lengths must have shape {want}, got {arr.shape}")
+    if arr.size and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(
+            f"lengths must be in [1, {T}], got min {int(arr.min())}, "
+            f"max {int(arr.max())}")
+    return arr
+
+
+def lengths_to_mask(lengths, T):
+    """Boolean validity mask of padded, time-major sequences.
+
+    Parameters
+    ----------
+    lengths : array_like of int, shape (B,)
+        Length of each sequence, in ``[1, T]``.
+    T : int
+        Padded length (number of time steps).
+
+    Returns
+    -------
+    ndarray of bool, shape (T, B)
+        ``mask[t, b]`` is True for ``t < lengths[b]``.
+    """
+    T = int(T)
+    lengths = _check_lengths(lengths, T)
+    return np.arange(T)[:, None] < lengths[None, :]
+
+
+def last_valid_step(y, lengths):
+    """Gather the output at the last valid step of each sequence.
+
+    Parameters
+    ----------
+    y : ndarray, shape (T, B, H)
+        Time-major outputs (any trailing shape is allowed).
+    lengths : array_like of int, shape (B,)
+        Length of each sequence, in ``[1, T]``.
+
+    Returns
+    -------
+    ndarray, shape (B, H)
+        ``out[b] = y[lengths[b] - 1, b]``.
+    """
+    y = np.asarray(y)
+    if y.ndim < 2:
+        raise ValueError(
+            f"last_valid_step expects y of shape (T, B, H), got {y.shape}")
+    T, B = y.shape[:2]
+    lengths = _check_lengths(lengths, T, B)
+    return y[lengths - 1, np.arange(B)]
+
+
+def last_valid_step_backward(dlast, lengths, T):
+    """Gradient of :func:`last_valid_step` with respect to ``y``.
+
+    Parameters
+    ----------
+    dlast : ndarray, shape (B, H)
+        Gradient w.r.t. the gathered outputs.
+    lengths : array_like of int, shape (B,)
+        The lengths passed to ``last_valid_step``.
+    T : int
+        Number of time steps of ``y``.
+
+    Returns
+    -------
+    ndarray, shape (T, B, H)
+        Zero except ``dy[lengths[b] - 1, b] = dlast[b]``.
+    """
+    dlast = np.asarray(dlast)
+    if dlast.ndim < 1:
+        raise ValueError(
+            f"dlast must have shape (B, H), got {dlast.shape}")
+    T = int(T)
+    B = dlast.shape[0]
+    lengths = _check_lengths(lengths, T, B)
+    dy = np.zeros((T,) + dlast.shape, dtype=dlast.dtype)
+    # (lengths[b]-1, b) pairs are distinct, so plain assignment is exact.
+    dy[lengths - 1, np.arange(B)] = dlast
+    return dy

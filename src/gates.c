@@ -1,0 +1,115 @@
+/* The LSTM's fused element-wise loops, for float and double from one template
+ * (gates_impl.h, included twice). See gates.h for the contract.
+ *
+ * Why plain C: GCC vectorises these loops, including exp, only if exp is written as
+ * straight-line arithmetic (libm's expf is a call GCC cannot vectorise without
+ * -ffast-math). And why target_clones: a wheel must run on any x86-64, so it cannot be
+ * built with -march=native, but the gate loops are a large share of the time on small
+ * and medium shapes; function multi-versioning compiles each loop for baseline SSE2,
+ * AVX2+FMA and AVX-512, and the loader picks the best one for the CPU at run time.
+ */
+#include <string.h>
+#include <stdint.h>
+#include "gates.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+int clstm_omp_max_threads(void) { return omp_get_max_threads(); }
+int clstm_have_openmp(void) { return 1; }
+#else
+int clstm_omp_max_threads(void) { return 1; }
+int clstm_have_openmp(void) { return 0; }
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && defined(__GLIBC__) && !defined(CLSTM_NO_CLONES) && (__GNUC__ >= 8)
+#define CLSTM_CLONES __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
+#else
+#define CLSTM_CLONES
+#endif
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* exp(x) for float: round x/ln2 to an integer k with the shifter trick (adding 1.5·2^23
+ * leaves k in the low mantissa bits), reduce r = x - k·ln2 in two parts (|r| ≤ ln2/2),
+ * a degree-7 Taylor polynomial (relative error < 3e-9 on that range), and 2^k built from
+ * its bits. The clamp keeps 2^k a normal number; NaN passes through the clamps. */
+ALWAYS_INLINE float exp_f32(float x)
+{
+    const float shifter = 12582912.0f; /* 0x1.8p23 */
+    x = x > 88.0f ? 88.0f : x;
+    x = x < -87.0f ? -87.0f : x;
+    float kf = x * 1.44269504088896341f + shifter;
+    int32_t kbits, sbits;
+    memcpy(&kbits, &kf, 4);
+    memcpy(&sbits, &shifter, 4);
+    int32_t k = kbits - sbits;
+    kf -= shifter;
+    float r = x - kf * 0.693145751953125f;
+    r = r - kf * 1.428606765330187045e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t scale_bits = (k + 127) << 23;
+    float scale;
+    memcpy(&scale, &scale_bits, 4);
+    return p * scale;
+}
+
+/* exp(x) for double: the same scheme, shifter 1.5·2^52, degree-13 polynomial
+ * (relative error < 1e-17 on |r| ≤ ln2/2). */
+ALWAYS_INLINE double exp_f64(double x)
+{
+    const double shifter = 6755399441055744.0; /* 0x1.8p52 */
+    x = x > 708.0 ? 708.0 : x;
+    x = x < -708.0 ? -708.0 : x;
+    double kf = x * 1.4426950408889634074 + shifter;
+    int64_t kbits, sbits;
+    memcpy(&kbits, &kf, 8);
+    memcpy(&sbits, &shifter, 8);
+    int64_t k = kbits - sbits;
+    kf -= shifter;
+    double r = x - kf * 6.93147180369123816490e-01;
+    r = r - kf * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t scale_bits = (k + 1023) << 52;
+    double scale;
+    memcpy(&scale, &scale_bits, 8);
+    return p * scale;
+}
+
+ALWAYS_INLINE float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+ALWAYS_INLINE double sigmoid_f64(double x) { return 1.0 / (1.0 + exp_f64(-x)); }
+/* tanh(x) = 2σ(2x) - 1: saturates cleanly to ±1; absolute error near 0 is one ulp of 1. */
+ALWAYS_INLINE float tanh_f32(float x) { return 2.0f / (1.0f + exp_f32(-2.0f * x)) - 1.0f; }
+ALWAYS_INLINE double tanh_f64(double x) { return 2.0 / (1.0 + exp_f64(-2.0 * x)) - 1.0; }
+
+#define REAL float
+#define SUF(name) name##_f32
+#include "gates_impl.h"
+#undef REAL
+#undef SUF
+
+#define REAL double
+#define SUF(name) name##_f64
+#include "gates_impl.h"
+#undef REAL
+#undef SUF

@@ -1,0 +1,59 @@
+/* The LSTM's element-wise work, fused: one pass over the gates of a block of rows.
+ *
+ * Layout: a block of `rows` batch rows, stored contiguously. `gates` is (rows, 4H) with
+ * the blocks i, f, g, o (PyTorch's order); `c_prev`, `c`, `h`, `dh`, `dc` are (rows, H).
+ * `peephole` is (3, H) = w_ci, w_cf, w_co, or NULL. `c_prev` NULL means a zero cell state.
+ *
+ * Forward:  gates holds a_t = x W_ihᵀ + h W_hhᵀ (bias not yet added); on return it holds the
+ *           activated gates i, f, g, o, which is what backward needs.
+ * Backward: gates holds the activated gates; on return it holds da = dL/da_t. dh is dL/dh_t
+ *           (read only); dc is dL/dc_t on entry and dL/dc_{t-1} on return.
+ * The math is written once, in DEVELOPERS.md.
+ */
+#ifndef CLSTM_GATES_H
+#define CLSTM_GATES_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+void clstm_gates_forward_f32(int rows, int H, float *gates, const float *bias,
+                             const float *peephole, const float *c_prev,
+                             float *c, float *h);
+void clstm_gates_forward_f64(int rows, int H, double *gates, const double *bias,
+                             const double *peephole, const double *c_prev,
+                             double *c, double *h);
+
+void clstm_gates_backward_f32(int rows, int H, float *gates, const float *peephole,
+                              const float *c_prev, const float *c,
+                              const float *dh, float *dc);
+void clstm_gates_backward_f64(int rows, int H, double *gates, const double *peephole,
+                              const double *c_prev, const double *c,
+                              const double *dh, double *dc);
+
+/* db[j] += sum over rows of da[r, j], for a (rows, n) block. */
+void clstm_column_sums_f32(long rows, int n, const float *da, float *db);
+void clstm_column_sums_f64(long rows, int n, const double *da, double *db);
+
+/* The peephole weights' gradients over a whole sequence of `steps` (T) steps of `rows` (B):
+ * dpeep[0] += Σ da_i ⊙ c_{t-1}, dpeep[1] += Σ da_f ⊙ c_{t-1}, dpeep[2] += Σ da_o ⊙ c_t.
+ * `da` is (T, B, 4H), `cells` (T, B, H), `c0` (B, H) or NULL. */
+void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float *cells,
+                              const float *c0, float *dpeep);
+void clstm_peephole_grads_f64(int T, int B, int H, const double *da, const double *cells,
+                              const double *c0, double *dpeep);
+
+/* Vectorisable exp, sigmoid and tanh (exposed for the accuracy tests). */
+void clstm_sigmoid_f32(long n, const float *x, float *y);
+void clstm_sigmoid_f64(long n, const double *x, double *y);
+void clstm_tanh_f32(long n, const float *x, float *y);
+void clstm_tanh_f64(long n, const double *x, double *y);
+
+/* OpenMP's thread count, or 1 when built without OpenMP. */
+int clstm_omp_max_threads(void);
+int clstm_have_openmp(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,158 @@
+/* Template body of gates.c: included once with REAL = float and once with REAL = double.
+ * SUF(name) appends the type's suffix (_f32 or _f64). */
+
+/* The forward body, specialised by the compiler for each constant combination of the
+ * flags, so the hot loop carries no branch. */
+ALWAYS_INLINE void SUF(forward_body)(int rows, int H, REAL *restrict gates,
+                                     const REAL *restrict bias, const REAL *restrict peep,
+                                     const REAL *restrict c_prev, REAL *restrict c,
+                                     REAL *restrict h, const int use_peep, const int use_cprev)
+{
+    for (int r = 0; r < rows; r++) {
+        REAL *gi = gates + (size_t)r * 4 * H;
+        REAL *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+        const REAL *cp = use_cprev ? c_prev + (size_t)r * H : c_prev;
+        REAL *cr = c + (size_t)r * H, *hr = h + (size_t)r * H;
+        for (int j = 0; j < H; j++) {
+            REAL cpj = use_cprev ? cp[j] : (REAL)0;
+            REAL ai = gi[j] + bias[j];
+            REAL af = gf[j] + bias[H + j];
+            REAL ag = gg[j] + bias[2 * H + j];
+            REAL ao = go[j] + bias[3 * H + j];
+            if (use_peep) {
+                ai += peep[j] * cpj;
+                af += peep[H + j] * cpj;
+            }
+            REAL i = SUF(sigmoid)(ai);
+            REAL f = SUF(sigmoid)(af);
+            REAL g = SUF(tanh)(ag);
+            REAL cn = f * cpj + i * g;
+            if (use_peep)
+                ao += peep[2 * H + j] * cn;
+            REAL o = SUF(sigmoid)(ao);
+            gi[j] = i;
+            gf[j] = f;
+            gg[j] = g;
+            go[j] = o;
+            cr[j] = cn;
+            hr[j] = o * SUF(tanh)(cn);
+        }
+    }
+}
+
+CLSTM_CLONES
+void SUF(clstm_gates_forward)(int rows, int H, REAL *gates, const REAL *bias,
+                              const REAL *peephole, const REAL *c_prev, REAL *c, REAL *h)
+{
+    if (peephole) {
+        if (c_prev)
+            SUF(forward_body)(rows, H, gates, bias, peephole, c_prev, c, h, 1, 1);
+        else
+            SUF(forward_body)(rows, H, gates, bias, peephole, c_prev, c, h, 1, 0);
+    } else {
+        if (c_prev)
+            SUF(forward_body)(rows, H, gates, bias, peephole, c_prev, c, h, 0, 1);
+        else
+            SUF(forward_body)(rows, H, gates, bias, peephole, c_prev, c, h, 0, 0);
+    }
+}
+
+ALWAYS_INLINE void SUF(backward_body)(int rows, int H, REAL *restrict gates,
+                                      const REAL *restrict peep, const REAL *restrict c_prev,
+                                      const REAL *restrict c, const REAL *restrict dh,
+                                      REAL *restrict dc, const int use_peep, const int use_cprev)
+{
+    for (int r = 0; r < rows; r++) {
+        REAL *gi = gates + (size_t)r * 4 * H;
+        REAL *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+        const REAL *cp = use_cprev ? c_prev + (size_t)r * H : c_prev;
+        const REAL *cr = c + (size_t)r * H, *dhr = dh + (size_t)r * H;
+        REAL *dcr = dc + (size_t)r * H;
+        for (int j = 0; j < H; j++) {
+            REAL i = gi[j], f = gf[j], g = gg[j], o = go[j];
+            REAL cpj = use_cprev ? cp[j] : (REAL)0;
+            REAL tc = SUF(tanh)(cr[j]);
+            REAL dhj = dhr[j];
+            REAL dao = dhj * tc * o * (1 - o);
+            REAL dcn = dcr[j] + dhj * o * (1 - tc * tc);
+            if (use_peep)
+                dcn += dao * peep[2 * H + j];
+            REAL dai = dcn * g * i * (1 - i);
+            REAL daf = dcn * cpj * f * (1 - f);
+            REAL dag = dcn * i * (1 - g * g);
+            REAL dcp = dcn * f;
+            if (use_peep)
+                dcp += dai * peep[j] + daf * peep[H + j];
+            gi[j] = dai;
+            gf[j] = daf;
+            gg[j] = dag;
+            go[j] = dao;
+            dcr[j] = dcp;
+        }
+    }
+}
+
+CLSTM_CLONES
+void SUF(clstm_gates_backward)(int rows, int H, REAL *gates, const REAL *peephole,
+                               const REAL *c_prev, const REAL *c, const REAL *dh, REAL *dc)
+{
+    if (peephole) {
+        if (c_prev)
+            SUF(backward_body)(rows, H, gates, peephole, c_prev, c, dh, dc, 1, 1);
+        else
+            SUF(backward_body)(rows, H, gates, peephole, c_prev, c, dh, dc, 1, 0);
+    } else {
+        if (c_prev)
+            SUF(backward_body)(rows, H, gates, peephole, c_prev, c, dh, dc, 0, 1);
+        else
+            SUF(backward_body)(rows, H, gates, peephole, c_prev, c, dh, dc, 0, 0);
+    }
+}
+
+CLSTM_CLONES
+void SUF(clstm_column_sums)(long rows, int n, const REAL *restrict da, REAL *restrict db)
+{
+    for (long r = 0; r < rows; r++) {
+        const REAL *row = da + (size_t)r * n;
+        for (int j = 0; j < n; j++)
+            db[j] += row[j];
+    }
+}
+
+CLSTM_CLONES
+void SUF(clstm_peephole_grads)(int T, int B, int H, const REAL *restrict da,
+                               const REAL *restrict cells, const REAL *restrict c0,
+                               REAL *restrict dpeep)
+{
+    REAL *dwi = dpeep, *dwf = dpeep + H, *dwo = dpeep + 2 * H;
+    for (int t = 0; t < T; t++) {
+        for (int b = 0; b < B; b++) {
+            size_t row = (size_t)t * B + b;
+            const REAL *dai = da + row * 4 * H, *daf = dai + H, *dao = dai + 3 * H;
+            const REAL *ct = cells + row * H;
+            const REAL *cp = t > 0 ? cells + (row - B) * H : (c0 ? c0 + (size_t)b * H : NULL);
+            if (cp) {
+                for (int j = 0; j < H; j++) {
+                    dwi[j] += dai[j] * cp[j];
+                    dwf[j] += daf[j] * cp[j];
+                }
+            }
+            for (int j = 0; j < H; j++)
+                dwo[j] += dao[j] * ct[j];
+        }
+    }
+}
+
+CLSTM_CLONES
+void SUF(clstm_sigmoid)(long n, const REAL *restrict x, REAL *restrict y)
+{
+    for (long k = 0; k < n; k++)
+        y[k] = SUF(sigmoid)(x[k]);
+}
+
+CLSTM_CLONES
+void SUF(clstm_tanh)(long n, const REAL *restrict x, REAL *restrict y)
+{
+    for (long k = 0; k < n; k++)
+        y[k] = SUF(tanh)(x[k]);
+}

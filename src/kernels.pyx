@@ -1,0 +1,481 @@
+# cython: language_level=3
+"""One LSTM layer, forward and backward over a whole sequence, compiled.
+
+The work per layer (T steps, B rows, I inputs, H hidden units):
+
+* forward:  one GEMM for the input projection of all T·B rows, then per step one
+  recurrent GEMM (B×H)·(H×4H) added into the gates and one fused element-wise pass
+  (src/gates.c) for the nonlinearities, the cell and the hidden state;
+* backward: per step one fused pass for the gate gradients and one GEMM (B×4H)·(4H×H)
+  for the hidden-state gradient; then the weight gradients as a few large GEMMs over all
+  T·B rows and the bias gradient as column sums.
+
+Rows of the batch never interact, so with OpenMP each thread takes one contiguous slice
+of rows through all T steps: no barrier per step. BLAS's own threads are switched off
+for the duration of that parallel region (through the setter registered by
+clstm._threads), and used for the large GEMMs outside it.
+
+Matrices are row-major; BLAS is column-major. ``gemm`` below swaps the operands:
+row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uintptr_t
+from libc.limits cimport INT_MAX
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from "gates.h" nogil:
+    void clstm_gates_forward_f32(int rows, int H, float *gates, const float *bias,
+                                 const float *peephole, const float *c_prev,
+                                 float *c, float *h)
+    void clstm_gates_forward_f64(int rows, int H, double *gates, const double *bias,
+                                 const double *peephole, const double *c_prev,
+                                 double *c, double *h)
+    void clstm_gates_backward_f32(int rows, int H, float *gates, const float *peephole,
+                                  const float *c_prev, const float *c,
+                                  const float *dh, float *dc)
+    void clstm_gates_backward_f64(int rows, int H, double *gates, const double *peephole,
+                                  const double *c_prev, const double *c,
+                                  const double *dh, double *dc)
+    void clstm_column_sums_f32(long rows, int n, const float *da, float *db)
+    void clstm_column_sums_f64(long rows, int n, const double *da, double *db)
+    void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float *cells,
+                                  const float *c0, float *dpeep)
+    void clstm_peephole_grads_f64(int T, int B, int H, const double *da, const double *cells,
+                                  const double *c0, double *dpeep)
+    void clstm_sigmoid_f32(long n, const float *x, float *y)
+    void clstm_sigmoid_f64(long n, const double *x, double *y)
+    void clstm_tanh_f32(long n, const float *x, float *y)
+    void clstm_tanh_f64(long n, const double *x, double *y)
+    int clstm_omp_max_threads()
+    int clstm_have_openmp()
+
+
+# ---------------------------------------------------------------------------------------
+# BLAS thread control. Registered once from Python (clstm._threads finds SciPy's BLAS);
+# NULL when the BLAS is not one we know how to steer.
+
+ctypedef void (*set_threads_fn)(int) noexcept nogil
+ctypedef int (*get_threads_fn)() noexcept nogil
+cdef set_threads_fn _blas_set_threads = NULL
+cdef get_threads_fn _blas_get_threads = NULL
+
+
+def _register_blas_thread_control(uintptr_t setter, uintptr_t getter):
+    """Install the addresses of the BLAS's ``set_num_threads``/``get_num_threads``."""
+    global _blas_set_threads, _blas_get_threads
+    _blas_set_threads = <set_threads_fn>setter
+    _blas_get_threads = <get_threads_fn>getter
+
+
+def _blas_thread_control_registered():
+    return _blas_set_threads != NULL and _blas_get_threads != NULL
+
+
+cdef inline int _blas_threads_off() noexcept nogil:
+    """Switch BLAS to one thread; return the count to restore."""
+    cdef int saved = 0
+    if _blas_set_threads != NULL and _blas_get_threads != NULL:
+        saved = _blas_get_threads()
+        if saved > 1:
+            _blas_set_threads(1)
+    return saved
+
+
+cdef inline void _blas_threads_restore(int saved) noexcept nogil:
+    if saved > 1:
+        _blas_set_threads(saved)
+
+
+def openmp_enabled():
+    """Whether the kernels were compiled with OpenMP."""
+    return bool(clstm_have_openmp())
+
+
+def openmp_max_threads():
+    """OpenMP's default thread count (honours OMP_NUM_THREADS)."""
+    return clstm_omp_max_threads()
+
+
+# ---------------------------------------------------------------------------------------
+# Typed building blocks: one body for float32 and float64.
+
+cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+                      const floating* a, int lda, const floating* b, int ldb,
+                      floating beta, floating* c, int ldc) noexcept nogil:
+    """C (m×n, row-major) := alpha·op(A)·op(B) + beta·C"""
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef inline void gates_forward(int rows, int H, floating* gates, const floating* bias,
+                               const floating* peephole, const floating* c_prev,
+                               floating* c, floating* h) noexcept nogil:
+    if floating is float:
+        clstm_gates_forward_f32(rows, H, gates, bias, peephole, c_prev, c, h)
+    else:
+        clstm_gates_forward_f64(rows, H, gates, bias, peephole, c_prev, c, h)
+
+
+cdef inline void gates_backward(int rows, int H, floating* gates, const floating* peephole,
+                                const floating* c_prev, const floating* c,
+                                const floating* dh, floating* dc) noexcept nogil:
+    if floating is float:
+        clstm_gates_backward_f32(rows, H, gates, peephole, c_prev, c, dh, dc)
+    else:
+        clstm_gates_backward_f64(rows, H, gates, peephole, c_prev, c, dh, dc)
+
+
+cdef inline bint sizes_ok(int T, int B, int I, int H) noexcept nogil:
+    """Positive, and every BLAS dimension (T·B rows, 4H, I) fits BLAS's int."""
+    if T <= 0 or B <= 0 or I <= 0 or H <= 0:
+        return False
+    return <long long>T * B <= INT_MAX and 4 * <long long>H <= INT_MAX
+
+
+cdef inline int thread_count(int num_threads, int B) noexcept nogil:
+    if num_threads < 1:
+        num_threads = 1
+    return num_threads if num_threads < B else B
+
+
+# ---------------------------------------------------------------------------------------
+# Forward
+
+cdef void forward_rows(int T, int B, int H, int b0, int b1, const floating* w_hh,
+                       const floating* bias, const floating* peephole, const floating* h0,
+                       const floating* c0, floating* y, floating* gates,
+                       floating* cells) noexcept nogil:
+    """Rows b0:b1 of the batch through all T steps (the gates already hold x·W_ihᵀ)."""
+    cdef int t, rows = b1 - b0
+    cdef int G = 4 * H
+    cdef Py_ssize_t row0
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    for t in range(T):
+        row0 = <Py_ssize_t>t * B + b0
+        if t == 0:
+            h_prev = h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL
+            c_prev = c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL
+        else:
+            h_prev = y + (row0 - B) * H
+            c_prev = cells + (row0 - B) * H
+        if h_prev != NULL:
+            gemm(False, True, rows, G, H, <floating>1, h_prev, H, w_hh, H,
+                 <floating>1, gates + row0 * G, G)
+        gates_forward(rows, H, gates + row0 * G, bias, peephole, c_prev,
+                      cells + row0 * H, y + row0 * H)
+
+
+cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floating* w_ih,
+                       const floating* w_hh, const floating* bias, const floating* peephole,
+                       const floating* h0, const floating* c0, floating* y,
+                       floating* workspace, int num_threads) noexcept nogil:
+    cdef int chunk, n_chunks, saved
+    cdef int G = 4 * H
+    if not sizes_ok(T, B, I, H):
+        return -1
+    cdef floating* gates = workspace
+    cdef floating* cells = workspace + <Py_ssize_t>T * B * G
+    # The input projection of all T steps at once: (T·B × I)·(I × 4H), BLAS's threads.
+    gemm(False, True, T * B, G, I, <floating>1, x, I, w_ih, I, <floating>0, gates, G)
+    n_chunks = thread_count(num_threads, B)
+    if n_chunks > 1:
+        saved = _blas_threads_off()
+        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+            forward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
+                         w_hh, bias, peephole, h0, c0, y, gates, cells)
+        _blas_threads_restore(saved)
+    else:
+        forward_rows(T, B, H, 0, B, w_hh, bias, peephole, h0, c0, y, gates, cells)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Backward
+
+cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_hh,
+                        const floating* peephole, const floating* c0, floating* gates,
+                        const floating* cells, floating* dy, floating* dh0,
+                        floating* dc) noexcept nogil:
+    """Rows b0:b1 back through all T steps. dy[t] is dL/dh_t, and receives the recurrent
+    gradient of step t+1 before step t reads it; dc runs dL/dc_t backwards."""
+    cdef int t, rows = b1 - b0
+    cdef int G = 4 * H
+    cdef Py_ssize_t row0
+    cdef const floating* c_prev
+    for t in range(T - 1, -1, -1):
+        row0 = <Py_ssize_t>t * B + b0
+        if t > 0:
+            c_prev = cells + (row0 - B) * H
+        else:
+            c_prev = c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL
+        gates_backward(rows, H, gates + row0 * G, peephole, c_prev, cells + row0 * H,
+                       dy + row0 * H, dc + <Py_ssize_t>b0 * H)
+        if t > 0:   # dL/dh_{t-1} += da_t · W_hh
+            gemm(False, False, rows, H, G, <floating>1, gates + row0 * G, G, w_hh, H,
+                 <floating>1, dy + (row0 - B) * H, H)
+        else:
+            gemm(False, False, rows, H, G, <floating>1, gates + row0 * G, G, w_hh, H,
+                 <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
+
+
+cdef int layer_backward(int T, int B, int I, int H, const floating* x,
+                        const floating* w_ih, const floating* w_hh,
+                        const floating* peephole, const floating* h0, const floating* c0,
+                        const floating* y, floating* workspace, floating* dy,
+                        const floating* dh_n, const floating* dc_n, floating* dx,
+                        floating* dh0, floating* dc0, floating* dw_ih, floating* dw_hh,
+                        floating* dbias, floating* dpeephole, int num_threads) noexcept nogil:
+    cdef int chunk, n_chunks, saved
+    cdef int G = 4 * H
+    cdef Py_ssize_t k, TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
+    if not sizes_ok(T, B, I, H):
+        return -1
+    cdef floating* gates = workspace
+    cdef floating* cells = workspace + TB * G
+    cdef floating* dy_last = dy + (TB - B) * H
+    if dh_n != NULL:
+        for k in range(BH):
+            dy_last[k] += dh_n[k]
+    if dc_n != NULL:
+        memcpy(dc0, dc_n, BH * sizeof(floating))
+    else:
+        memset(dc0, 0, BH * sizeof(floating))
+
+    n_chunks = thread_count(num_threads, B)
+    if n_chunks > 1:
+        saved = _blas_threads_off()
+        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+            backward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
+                          w_hh, peephole, c0, gates, cells, dy, dh0, dc0)
+        _blas_threads_restore(saved)
+    else:
+        backward_rows(T, B, H, 0, B, w_hh, peephole, c0, gates, cells, dy, dh0, dc0)
+
+    # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs.
+    cdef floating* da = gates
+    if dx != NULL:      # dX = da · W_ih
+        gemm(False, False, T * B, I, G, <floating>1, da, G, w_ih, I, <floating>0, dx, I)
+    # dW_ih += daᵀ · X
+    gemm(True, False, G, I, T * B, <floating>1, da, G, x, I, <floating>1, dw_ih, I)
+    # dW_hh += daᵀ · H_prev, where H_prev is y shifted one step (and h0 for t = 0)
+    if T > 1:
+        gemm(True, False, G, H, (T - 1) * B, <floating>1, da + <Py_ssize_t>B * G, G, y, H,
+             <floating>1, dw_hh, H)
+    if h0 != NULL:
+        gemm(True, False, G, H, B, <floating>1, da, G, h0, H, <floating>1, dw_hh, H)
+    if floating is float:
+        clstm_column_sums_f32(TB, G, da, dbias)
+        if peephole != NULL and dpeephole != NULL:
+            clstm_peephole_grads_f32(T, B, H, da, cells, c0, dpeephole)
+    else:
+        clstm_column_sums_f64(TB, G, da, dbias)
+        if peephole != NULL and dpeephole != NULL:
+            clstm_peephole_grads_f64(T, B, H, da, cells, c0, dpeephole)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# The public C API (declared in clstm/kernels.pxd)
+
+cdef Py_ssize_t lstm_workspace_size(int T, int B, int H) noexcept nogil:
+    return <Py_ssize_t>5 * T * B * H
+
+
+cdef int lstm_forward_f32(int T, int B, int I, int H, const float* x, const float* w_ih,
+                          const float* w_hh, const float* bias, const float* peephole,
+                          const float* h0, const float* c0, float* y, float* workspace,
+                          int num_threads) noexcept nogil:
+    return layer_forward(T, B, I, H, x, w_ih, w_hh, bias, peephole, h0, c0, y, workspace,
+                         num_threads)
+
+
+cdef int lstm_forward_f64(int T, int B, int I, int H, const double* x, const double* w_ih,
+                          const double* w_hh, const double* bias, const double* peephole,
+                          const double* h0, const double* c0, double* y, double* workspace,
+                          int num_threads) noexcept nogil:
+    return layer_forward(T, B, I, H, x, w_ih, w_hh, bias, peephole, h0, c0, y, workspace,
+                         num_threads)
+
+
+cdef int lstm_backward_f32(int T, int B, int I, int H, const float* x, const float* w_ih,
+                           const float* w_hh, const float* peephole, const float* h0,
+                           const float* c0, const float* y, float* workspace, float* dy,
+                           const float* dh_n, const float* dc_n, float* dx, float* dh0,
+                           float* dc0, float* dw_ih, float* dw_hh, float* dbias,
+                           float* dpeephole, int num_threads) noexcept nogil:
+    return layer_backward(T, B, I, H, x, w_ih, w_hh, peephole, h0, c0, y, workspace, dy,
+                          dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dbias, dpeephole,
+                          num_threads)
+
+
+cdef int lstm_backward_f64(int T, int B, int I, int H, const double* x, const double* w_ih,
+                           const double* w_hh, const double* peephole, const double* h0,
+                           const double* c0, const double* y, double* workspace, double* dy,
+                           const double* dh_n, const double* dc_n, double* dx, double* dh0,
+                           double* dc0, double* dw_ih, double* dw_hh, double* dbias,
+                           double* dpeephole, int num_threads) noexcept nogil:
+    return layer_backward(T, B, I, H, x, w_ih, w_hh, peephole, h0, c0, y, workspace, dy,
+                          dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dbias, dpeephole,
+                          num_threads)
+
+
+# ---------------------------------------------------------------------------------------
+# Python entry points. clstm.lstm validates user input and allocates; these re-check
+# every buffer cheaply anyway, so a wrong call raises instead of reading out of bounds.
+
+cdef void* buffer_of(object arr, str name, int typenum, Py_ssize_t size,
+                     bint optional=False) except? NULL:
+    """The data pointer of a C-contiguous array of the given dtype and size."""
+    if arr is None:
+        if optional:
+            return NULL
+        raise ValueError(f"{name}: expected an array, got None")
+    if not cnp.PyArray_Check(arr):
+        raise TypeError(f"{name}: expected a NumPy array, got {type(arr).__name__}")
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    if cnp.PyArray_TYPE(a) != typenum:
+        raise TypeError(f"{name}: expected dtype {cnp.PyArray_DescrFromType(typenum)}, "
+                        f"got {a.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{name}: expected a C-contiguous array")
+    if cnp.PyArray_SIZE(a) != size:
+        raise ValueError(f"{name}: expected {size} elements, got {cnp.PyArray_SIZE(a)}")
+    return cnp.PyArray_DATA(a)
+
+
+cdef void* writable_buffer_of(object arr, str name, int typenum, Py_ssize_t size,
+                              bint optional=False) except? NULL:
+    cdef void* p = buffer_of(arr, name, typenum, size, optional)
+    if p != NULL and not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>arr):
+        raise ValueError(f"{name}: expected a writable array")
+    return p
+
+
+cdef int typenum_of(object x) except -1:
+    if not cnp.PyArray_Check(x):
+        raise TypeError(f"x: expected a NumPy array, got {type(x).__name__}")
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        raise TypeError(f"x: expected float32 or float64, got {x.dtype}")
+    return typenum
+
+
+def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y,
+            workspace, int num_threads=1):
+    """Forward of one layer over T steps; fills ``y`` (T,B,H) and ``workspace``.
+
+    All arrays C-contiguous and of one dtype (float32 or float64); ``peephole``, ``h0``
+    and ``c0`` may be None. The final state is ``y[T-1]`` and the last (B,H) block of
+    ``workspace``.
+    """
+    if not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B, G = 4 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, TB * I)
+    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
+    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * H)
+    cdef void* pb = buffer_of(bias, "bias", tn, G)
+    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
+    cdef void* ph0 = buffer_of(h0, "h0", tn, B * H, True)
+    cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
+    cdef void* py = writable_buffer_of(y, "y", tn, TB * H)
+    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * TB * H)
+    cdef int status
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = layer_forward(T, B, I, H, <float*>px, <float*>pwi, <float*>pwh,
+                                   <float*>pb, <float*>pp, <float*>ph0, <float*>pc0,
+                                   <float*>py, <float*>pw, num_threads)
+        else:
+            status = layer_forward(T, B, I, H, <double*>px, <double*>pwi, <double*>pwh,
+                                   <double*>pb, <double*>pp, <double*>ph0, <double*>pc0,
+                                   <double*>py, <double*>pw, num_threads)
+    if status != 0:
+        raise ValueError("lstm forward: invalid sizes")
+
+
+def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, workspace,
+             dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dbias, dpeephole,
+             int num_threads=1):
+    """Backward of one layer after :func:`forward` with the same arrays.
+
+    ``workspace`` and ``dy`` are destroyed; ``dx``, ``dh0``, ``dc0`` are overwritten
+    (``dx`` may be None to skip it); ``dw_ih``, ``dw_hh``, ``dbias``, ``dpeephole`` are
+    added into.
+    """
+    if not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t TB = <Py_ssize_t>T * B, G = 4 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, TB * I)
+    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
+    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * H)
+    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
+    cdef void* ph0 = buffer_of(h0, "h0", tn, B * H, True)
+    cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
+    cdef void* py = buffer_of(y, "y", tn, TB * H)
+    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * TB * H)
+    cdef void* pdy = writable_buffer_of(dy, "dy", tn, TB * H)
+    cdef void* pdhn = buffer_of(dh_n, "dh_n", tn, B * H, True)
+    cdef void* pdcn = buffer_of(dc_n, "dc_n", tn, B * H, True)
+    cdef void* pdx = writable_buffer_of(dx, "dx", tn, TB * I, True)
+    cdef void* pdh0 = writable_buffer_of(dh0, "dh0", tn, B * H)
+    cdef void* pdc0 = writable_buffer_of(dc0, "dc0", tn, B * H)
+    cdef void* pdwi = writable_buffer_of(dw_ih, "dw_ih", tn, G * I)
+    cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * H)
+    cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
+    cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
+    cdef int status
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = layer_backward(T, B, I, H, <float*>px, <float*>pwi, <float*>pwh,
+                                    <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
+                                    <float*>pw, <float*>pdy, <float*>pdhn, <float*>pdcn,
+                                    <float*>pdx, <float*>pdh0, <float*>pdc0, <float*>pdwi,
+                                    <float*>pdwh, <float*>pdb, <float*>pdp, num_threads)
+        else:
+            status = layer_backward(T, B, I, H, <double*>px, <double*>pwi, <double*>pwh,
+                                    <double*>pp, <double*>ph0, <double*>pc0, <double*>py,
+                                    <double*>pw, <double*>pdy, <double*>pdhn,
+                                    <double*>pdcn, <double*>pdx, <double*>pdh0,
+                                    <double*>pdc0, <double*>pdwi, <double*>pdwh,
+                                    <double*>pdb, <double*>pdp, num_threads)
+    if status != 0:
+        raise ValueError("lstm backward: invalid sizes")
+
+
+def sigmoid(x, out):
+    """out := σ(x) with the kernels' own vectorised exp (for accuracy tests)."""
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    cdef void* px = buffer_of(x, "x", tn, n)
+    cdef void* po = writable_buffer_of(out, "out", tn, n)
+    if tn == cnp.NPY_FLOAT32:
+        clstm_sigmoid_f32(n, <float*>px, <float*>po)
+    else:
+        clstm_sigmoid_f64(n, <double*>px, <double*>po)
+
+
+def tanh(x, out):
+    """out := tanh(x) with the kernels' own vectorised exp (for accuracy tests)."""
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    cdef void* px = buffer_of(x, "x", tn, n)
+    cdef void* po = writable_buffer_of(out, "out", tn, n)
+    if tn == cnp.NPY_FLOAT32:
+        clstm_tanh_f32(n, <float*>px, <float*>po)
+    else:
+        clstm_tanh_f64(n, <double*>px, <double*>po)
