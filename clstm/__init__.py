@@ -8,11 +8,12 @@ from .layers import (Dense, Dropout, Embedding, last_valid_step, last_valid_step
                      lengths_to_mask)
 from .losses import log_softmax, mse, softmax, softmax_cross_entropy
 from .lstm import LSTM
+from .optim import SGD, Adam, AdamW, clip_grad_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "set_num_threads", "get_num_threads",
+    "LSTM", "set_num_threads", "get_num_threads", "Adam", "AdamW", "SGD", "clip_grad_norm",
     "Embedding", "Dense", "Dropout", "last_valid_step", "last_valid_step_backward",
     "lengths_to_mask", "softmax", "log_softmax", "softmax_cross_entropy", "mse",
 ]

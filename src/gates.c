@@ -6,7 +6,9 @@
  * -ffast-math). And why target_clones: a wheel must run on any x86-64, so it cannot be
  * built with -march=native, but the gate loops are a large share of the time on small
  * and medium shapes; function multi-versioning compiles each loop for baseline SSE2,
- * AVX2+FMA and AVX-512, and the loader picks the best one for the CPU at run time.
+ * AVX2+FMA (x86-64-v3) and AVX-512 (x86-64-v4), and the loader picks the best one
+ * for the CPU at run time. ISA levels, not arch=haswell etc.: those test the CPU model,
+ * so an AMD CPU with AVX-512 would get the scalar default.
  */
 #include <string.h>
 #include <stdint.h>
@@ -22,8 +24,8 @@ int clstm_have_openmp(void) { return 0; }
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && defined(__GLIBC__) && !defined(CLSTM_NO_CLONES) && (__GNUC__ >= 8)
-#define CLSTM_CLONES __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
+    && defined(__GLIBC__) && !defined(CLSTM_NO_CLONES) && (__GNUC__ >= 12)
+#define CLSTM_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define CLSTM_CLONES
 #endif

@@ -1,0 +1,217 @@
+"""A plain NumPy LSTM, forward and backward, used as the oracle for the kernels.
+
+Nothing here is fast or clever: one time step at a time, one layer at a time,
+written to be read next to the equations in DEVELOPERS.md.  Gate order is
+i, f, g, o (as in PyTorch); peepholes are optional and the output-gate
+peephole looks at the *new* cell state c'.
+
+Arrays are computed in the dtype of the inputs (``np.result_type`` of x and
+the weights), so float64 inputs give a float64 oracle.
+
+    layers = layers_from_params(net.params, num_layers, peephole)
+    y, (h_n, c_n), cache = reference_forward(x, layers, h0, c0)
+    dx, (dh0, dc0), grads = reference_backward(dy, cache, dh_n, dc_n)
+"""
+
+import numpy as np
+
+LAYER_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+PEEPHOLE_KEY = "weight_peephole"
+
+
+def sigmoid(z):
+    # Same function as 1 / (1 + exp(-z)), written so that it never overflows.
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+# --------------------------------------------------------------------------
+# parameter layout helpers
+
+
+def layers_from_params(params, num_layers, peephole):
+    """PyTorch-style flat names (``weight_ih_l0`` ...) -> list of per-layer dicts.
+
+    The arrays are not copied: the dicts hold the same objects as ``params``.
+    """
+    keys = LAYER_KEYS + ((PEEPHOLE_KEY,) if peephole else ())
+    return [{key: params[f"{key}_l{k}"] for key in keys} for k in range(num_layers)]
+
+
+def params_from_layers(layers):
+    """The inverse of ``layers_from_params``: list of dicts -> flat PyTorch names."""
+    return {f"{key}_l{k}": value for k, layer in enumerate(layers) for key, value in layer.items()}
+
+
+# --------------------------------------------------------------------------
+# forward
+
+
+def _layer_forward(x, p, h, c):
+    """One layer over the whole sequence. x (T, B, I), h and c (B, H)."""
+    W_ih, W_hh = p["weight_ih"], p["weight_hh"]
+    b = p["bias_ih"] + p["bias_hh"]
+    peep = p.get(PEEPHOLE_KEY)
+    T, B, _ = x.shape
+    H = W_hh.shape[1]
+
+    y = np.empty((T, B, H), dtype=np.result_type(x, h, W_ih))
+    steps = []
+    for t in range(T):
+        a = x[t] @ W_ih.T + h @ W_hh.T + b          # (B, 4H)
+        a_i, a_f, a_g, a_o = (a[:, k * H:(k + 1) * H] for k in range(4))
+        if peep is not None:
+            a_i = a_i + peep[0] * c
+            a_f = a_f + peep[1] * c
+        i = sigmoid(a_i)
+        f = sigmoid(a_f)
+        g = np.tanh(a_g)
+        c_new = f * c + i * g
+        if peep is not None:
+            a_o = a_o + peep[2] * c_new                 # the NEW cell state
+        o = sigmoid(a_o)
+        tanh_c = np.tanh(c_new)
+        h_new = o * tanh_c
+
+        steps.append(dict(x=x[t], h_prev=h, c_prev=c, i=i, f=f, g=g, o=o,
+                          c_new=c_new, tanh_c=tanh_c))
+        y[t] = h_new
+        h, c = h_new, c_new
+    return y, h, c, steps
+
+
+def reference_forward(x, layers, h0=None, c0=None):
+    """Stacked LSTM forward.
+
+    x: (T, B, I).  layers: list of dicts (``weight_ih`` (4H, I_k), ``weight_hh``
+    (4H, H), ``bias_ih`` (4H,), ``bias_hh`` (4H,), optional ``weight_peephole``
+    (3, H)).  h0, c0: (L, B, H) or None for zeros.
+
+    Returns ``y (T, B, H), (h_n, c_n) each (L, B, H), cache``.
+    """
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"expected x of shape (T, B, I), got {x.shape}")
+    T, B, _ = x.shape
+    L = len(layers)
+    H = layers[0]["weight_hh"].shape[1]
+    dtype = np.result_type(x, *[v for layer in layers for v in layer.values()])
+    if h0 is None:
+        h0 = np.zeros((L, B, H), dtype=dtype)
+    if c0 is None:
+        c0 = np.zeros((L, B, H), dtype=dtype)
+
+    h_n = np.empty((L, B, H), dtype=dtype)
+    c_n = np.empty((L, B, H), dtype=dtype)
+    caches = []
+    inp = x.astype(dtype, copy=False)
+    for k, p in enumerate(layers):
+        y, h_n[k], c_n[k], steps = _layer_forward(inp, p, np.asarray(h0[k], dtype),
+                                                  np.asarray(c0[k], dtype))
+        caches.append(dict(input_shape=inp.shape, steps=steps))
+        inp = y
+    cache = dict(layers=layers, caches=caches, dtype=dtype, hidden_size=H, batch=B)
+    return inp, (h_n, c_n), cache
+
+
+# --------------------------------------------------------------------------
+# backward
+
+
+def _layer_backward(dy, p, layer_cache, dh, dc):
+    """Back-propagation through time for one layer.
+
+    dy (T, B, H): gradient w.r.t. this layer's outputs; dh, dc (B, H):
+    gradient w.r.t. its final state.  Returns dx, dh0, dc0, grads.
+    """
+    W_ih, W_hh = p["weight_ih"], p["weight_hh"]
+    peep = p.get(PEEPHOLE_KEY)
+    steps = layer_cache["steps"]
+    T = len(steps)
+
+    grads = {key: np.zeros_like(value, dtype=dy.dtype) for key, value in p.items()}
+    dx = np.zeros(layer_cache["input_shape"], dtype=dy.dtype)
+    for t in reversed(range(T)):
+        s = steps[t]
+        i, f, g, o = s["i"], s["f"], s["g"], s["o"]
+        c_prev, c_new, tanh_c = s["c_prev"], s["c_new"], s["tanh_c"]
+
+        dh_new = dy[t] + dh                           # from the output and from t+1
+        do = dh_new * tanh_c
+        da_o = do * o * (1 - o)
+        dc_new = dc + dh_new * o * (1 - tanh_c ** 2)
+        if peep is not None:
+            dc_new = dc_new + da_o * peep[2]
+        da_i = dc_new * g * i * (1 - i)
+        da_f = dc_new * c_prev * f * (1 - f)
+        da_g = dc_new * i * (1 - g ** 2)
+
+        dc = dc_new * f
+        if peep is not None:
+            dc = dc + da_i * peep[0] + da_f * peep[1]
+            grads[PEEPHOLE_KEY][0] += np.sum(da_i * c_prev, axis=0)
+            grads[PEEPHOLE_KEY][1] += np.sum(da_f * c_prev, axis=0)
+            grads[PEEPHOLE_KEY][2] += np.sum(da_o * c_new, axis=0)
+
+        da = np.concatenate([da_i, da_f, da_g, da_o], axis=1)   # (B, 4H)
+        dh = da @ W_hh
+        dx[t] = da @ W_ih
+        grads["weight_ih"] += da.T @ s["x"]
+        grads["weight_hh"] += da.T @ s["h_prev"]
+        grads["bias_ih"] += da.sum(axis=0)
+        grads["bias_hh"] += da.sum(axis=0)
+    return dx, dh, dc, grads
+
+
+def reference_backward(dy, cache, dh_n=None, dc_n=None):
+    """Gradients of sum(y*dy) + sum(h_n*dh_n) + sum(c_n*dc_n).
+
+    dy: (T, B, H); dh_n, dc_n: (L, B, H) or None (zeros).
+    Returns ``dx (T, B, I), (dh0, dc0) each (L, B, H), grads`` where grads is a
+    list of dicts with the same keys as the layers.
+    """
+    layers, caches = cache["layers"], cache["caches"]
+    dtype, H, B = cache["dtype"], cache["hidden_size"], cache["batch"]
+    L = len(layers)
+    if dh_n is None:
+        dh_n = np.zeros((L, B, H), dtype=dtype)
+    if dc_n is None:
+        dc_n = np.zeros((L, B, H), dtype=dtype)
+
+    dh0 = np.empty((L, B, H), dtype=dtype)
+    dc0 = np.empty((L, B, H), dtype=dtype)
+    grads = [None] * L
+    d_out = np.asarray(dy, dtype=dtype)
+    for k in reversed(range(L)):
+        d_out, dh0[k], dc0[k], grads[k] = _layer_backward(
+            d_out, layers[k], caches[k], np.asarray(dh_n[k], dtype), np.asarray(dc_n[k], dtype))
+    return d_out, (dh0, dc0), grads
+
+
+# --------------------------------------------------------------------------
+# finite differences
+
+
+def numerical_gradient(f, array, eps=1e-6, indices=None):
+    """Central differences of the scalar ``f()`` w.r.t. entries of ``array``.
+
+    ``array`` is modified in place (each entry is restored afterwards), so it
+    must be the very buffer ``f`` reads.  With ``indices=None`` every entry is
+    perturbed and an array of ``array``'s shape is returned; otherwise
+    ``indices`` are flat indices and a 1-D array of the same length is returned.
+    """
+    flat = array.reshape(-1)          # a view for contiguous arrays
+    if not np.shares_memory(flat, array):
+        raise ValueError("numerical_gradient needs a contiguous array to perturb in place")
+    all_entries = indices is None
+    if all_entries:
+        indices = range(flat.size)
+    out = np.empty(len(indices), dtype=np.float64)
+    for n, j in enumerate(indices):
+        old = flat[j].copy()
+        flat[j] = old + eps
+        f_plus = float(f())
+        flat[j] = old - eps
+        f_minus = float(f())
+        flat[j] = old
+        out[n] = (f_plus - f_minus) / (2 * eps)
+    return out.reshape(array.shape) if all_entries else out
