@@ -4,16 +4,25 @@ Compiled kernels (Cython over SciPy's BLAS, OpenMP across the batch) under a thi
 API with explicit forward and backward passes. See README.md for a tour.
 """
 from ._threads import get_num_threads, set_num_threads
+from .io import (from_torch_state_dict, load, lstm_from_keras, lstm_to_keras, save,
+                 to_torch_state_dict)
 from .layers import (Dense, Dropout, Embedding, last_valid_step, last_valid_step_backward,
                      lengths_to_mask)
 from .losses import log_softmax, mse, softmax, softmax_cross_entropy
 from .lstm import LSTM
+from .models import Classifier, LanguageModel, LastStep, Regressor, Sequential
 from .optim import SGD, Adam, AdamW, clip_grad_norm
+from .tbptt import batchify, reset_state, tbptt_chunks
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "set_num_threads", "get_num_threads", "Adam", "AdamW", "SGD", "clip_grad_norm",
+    "LSTM", "set_num_threads", "get_num_threads",
     "Embedding", "Dense", "Dropout", "last_valid_step", "last_valid_step_backward",
     "lengths_to_mask", "softmax", "log_softmax", "softmax_cross_entropy", "mse",
+    "Adam", "AdamW", "SGD", "clip_grad_norm",
+    "Sequential", "LastStep", "LanguageModel", "Regressor", "Classifier",
+    "batchify", "tbptt_chunks", "reset_state",
+    "save", "load", "lstm_from_keras", "lstm_to_keras", "to_torch_state_dict",
+    "from_torch_state_dict",
 ]

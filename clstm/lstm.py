@@ -238,6 +238,54 @@ class LSTM:
 
     __call__ = forward
 
+    def step(self, x, state=None):
+        """Advance every layer by one time step, for serving (no gradient, no dropout).
+
+        Equivalent to ``forward(x[None], state)`` but with nothing saved for backward
+        and the least work per call, for streams that arrive one step at a time.
+
+        Parameters
+        ----------
+        x : array_like
+            One time step: (B, input_size), or unbatched (input_size,).
+        state : pair of array_like, optional
+            (h, c), each (num_layers, B, hidden_size) (unbatched: (num_layers,
+            hidden_size)); zeros when omitted.
+
+        Returns
+        -------
+        y : ndarray
+            The top layer's new hidden state, (B, hidden_size).
+        (h, c) : pair of ndarray
+            The new state, to pass to the next call.
+        """
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous):
+            x = as_float_array(x, self.dtype, "x")
+        unbatched = x.ndim == 1
+        if unbatched:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.input_size or x.shape[0] == 0:
+            raise ValueError(f"x: expected one time step of shape (B, {self.input_size}) "
+                             f"or ({self.input_size},), got shape {x.shape}")
+        B = x.shape[0]
+        h0, c0 = self._state_pair(state, B, unbatched, "state") if state is not None \
+            else (None, None)
+        H, L, p = self.hidden_size, self.num_layers, self.params
+        h_n = np.empty((L, B, H), dtype=self.dtype)
+        c_n = np.empty((L, B, H), dtype=self.dtype)
+        gates = np.empty((B, 4 * H), dtype=self.dtype)
+        inp = x
+        for k in range(L):
+            kernels.step(B, inp.shape[1], H, inp, p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"],
+                         p[f"bias_ih_l{k}"], p[f"bias_hh_l{k}"],
+                         p[f"weight_peephole_l{k}"] if self.peephole else None,
+                         None if h0 is None else h0[k], None if c0 is None else c0[k],
+                         h_n[k], c_n[k], gates)
+            inp = h_n[k]
+        if unbatched:
+            return h_n[-1, 0], (h_n[:, 0], c_n[:, 0])
+        return h_n[-1], (h_n, c_n)
+
     # -- backward ---------------------------------------------------------------------
 
     def backward(self, dy, dstate=None, *, input_grad=True):

@@ -23,7 +23,7 @@ from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uintptr_t
 from libc.limits cimport INT_MAX
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 cimport numpy as cnp
 
 cnp.import_array()
@@ -116,6 +116,18 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
 
+cdef inline void gemv_rows(int n, int k, floating alpha, const floating* a, int lda,
+                           const floating* x, floating beta, floating* y) noexcept nogil:
+    """y (n) := alpha·A·x + beta·y for a row-major A (n×k); the one-row case of
+    ``gemm(False, True, 1, n, k, ...)``, without GEMM's packing."""
+    cdef char trans = b'T'
+    cdef int one = 1
+    if floating is float:
+        sgemv(&trans, &k, &n, &alpha, <float*>a, &lda, <float*>x, &one, &beta, y, &one)
+    else:
+        dgemv(&trans, &k, &n, &alpha, <double*>a, &lda, <double*>x, &one, &beta, y, &one)
+
+
 cdef inline void gates_forward(int rows, int H, floating* gates, const floating* bias,
                                const floating* peephole, const floating* c_prev,
                                floating* c, floating* h) noexcept nogil:
@@ -197,6 +209,28 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     else:
         forward_rows(T, B, H, 0, B, w_hh, bias, peephole, h0, c0, y, gates, cells)
     return 0
+
+
+cdef void layer_step(int B, int I, int H, const floating* x, const floating* w_ih,
+                     const floating* w_hh, const floating* b_ih, const floating* b_hh,
+                     const floating* peephole, const floating* h, const floating* c,
+                     floating* h_out, floating* c_out, floating* gates) noexcept nogil:
+    """One time step of one layer, for serving: no sequence workspace, nothing saved.
+    ``gates`` is (B, 4H) scratch; ``h``/``c`` may be NULL for a zero state."""
+    cdef int r, G = 4 * H
+    # Start the gates at b_ih and let the GEMMs add into them; b_hh is added in the
+    # fused loop, so the two biases are never summed into a temporary.
+    for r in range(B):
+        memcpy(gates + <Py_ssize_t>r * G, b_ih, G * sizeof(floating))
+    if B == 1:
+        gemv_rows(G, I, <floating>1, w_ih, I, x, <floating>1, gates)
+        if h != NULL:
+            gemv_rows(G, H, <floating>1, w_hh, H, h, <floating>1, gates)
+    else:
+        gemm(False, True, B, G, I, <floating>1, x, I, w_ih, I, <floating>1, gates, G)
+        if h != NULL:
+            gemm(False, True, B, G, H, <floating>1, h, H, w_hh, H, <floating>1, gates, G)
+    gates_forward(B, H, gates, b_hh, peephole, c, c_out, h_out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,6 +489,36 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
                                     <double*>pdb, <double*>pdp, num_threads)
     if status != 0:
         raise ValueError("lstm backward: invalid sizes")
+
+
+def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, c_out,
+         gates):
+    """One time step of one layer (inference): fills ``h_out``, ``c_out`` (B, H).
+
+    ``peephole``, ``h`` and ``c`` may be None; ``gates`` is (B, 4H) scratch.
+    """
+    if not sizes_ok(1, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got B={B}, I={I}, H={H}")
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t G = 4 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, <Py_ssize_t>B * I)
+    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
+    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * H)
+    cdef void* pbi = buffer_of(b_ih, "b_ih", tn, G)
+    cdef void* pbh = buffer_of(b_hh, "b_hh", tn, G)
+    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
+    cdef void* ph = buffer_of(h, "h", tn, <Py_ssize_t>B * H, True)
+    cdef void* pc = buffer_of(c, "c", tn, <Py_ssize_t>B * H, True)
+    cdef void* pho = writable_buffer_of(h_out, "h_out", tn, <Py_ssize_t>B * H)
+    cdef void* pco = writable_buffer_of(c_out, "c_out", tn, <Py_ssize_t>B * H)
+    cdef void* pg = writable_buffer_of(gates, "gates", tn, B * G)
+    if tn == cnp.NPY_FLOAT32:
+        layer_step(B, I, H, <float*>px, <float*>pwi, <float*>pwh, <float*>pbi, <float*>pbh,
+                   <float*>pp, <float*>ph, <float*>pc, <float*>pho, <float*>pco, <float*>pg)
+    else:
+        layer_step(B, I, H, <double*>px, <double*>pwi, <double*>pwh, <double*>pbi,
+                   <double*>pbh, <double*>pp, <double*>ph, <double*>pc, <double*>pho,
+                   <double*>pco, <double*>pg)
 
 
 def sigmoid(x, out):

@@ -1,0 +1,1171 @@
+"""A thin model API over the explicit layers: Sequential, and ready-made models.
+
+There is no autograd engine. :class:`Sequential` calls its layers' ``forward`` in order
+and their ``backward`` in reverse; the ready models (:class:`LanguageModel`,
+:class:`Regressor`, :class:`Classifier`) are Sequentials with a fixed layer list and a
+loss, and add Keras-like ``fit`` / ``evaluate`` / ``predict``.
+
+Data layout
+-----------
+Users pass **batch-first** arrays, as in Keras: features ``(N, T, F)`` or token ids
+``(N, T)``. Internally everything is time-major, ``(T, B, ...)``, which is what the LSTM
+kernels take; :meth:`Sequential.forward` and :meth:`Sequential.backward` work on
+time-major arrays directly.
+
+Variable-length sequences
+-------------------------
+Pass ``lengths`` (N,) with sequences padded **at the end**. The LSTM is causal, so padded
+steps after a sequence's end cannot change its earlier outputs; :class:`LastStep` reads
+``y[length - 1]``, and per-step losses mask the padded steps out, so padding changes
+neither predictions nor gradients. Padding at the start would be read as input: it is not
+supported. ``fit``/``evaluate``/``predict`` also overwrite padded inputs with zeros, so
+padding may hold anything (NaN, or token ids out of range).
+
+Parameters
+----------
+A model's ``params`` / ``grads`` are dicts named ``"<layer index>.<layer name>"``
+(``"1.weight_ih_l0"``), PyTorch's ``nn.Sequential`` naming. When all parameters share one
+dtype, the Sequential moves them into one flat buffer (``flat_params``, ``flat_grads``)
+and points each layer's dict entries at views of it; the layers read their parameters
+through those dicts on every call, so the optimisers update the whole model with a few
+vector operations.
+"""
+import inspect
+import math
+import sys
+import time
+
+import numpy as np
+
+from .layers import (Dense, Dropout, Embedding, Layer, last_valid_step_backward,
+                     lengths_to_mask)
+from .losses import mse, softmax, softmax_cross_entropy
+from .lstm import LSTM
+from .optim import Adam, clip_grad_norm
+from .tbptt import batchify, num_chunks
+
+__all__ = ["LastStep", "Sequential", "LanguageModel", "Regressor", "Classifier"]
+
+_LOSSES = (None, "mse", "cross_entropy")
+
+
+# ------------------------------------------------------------------------- adapters
+
+class LastStep(Layer):
+    """The output at the last valid step of each sequence: ``(T, B, H) -> (B, H)``.
+
+    ``forward(y, lengths)`` returns ``y[lengths[b] - 1, b]`` for every row ``b`` (the
+    last step, ``y[-1]``, without ``lengths``). Sequences must be padded at the end, so
+    that the selected step has seen only real input. ``backward`` puts the gradient back
+    at the selected steps and zero everywhere else, so padded steps get no gradient.
+    """
+
+    uses_lengths = True
+
+    def __init__(self):
+        super().__init__("float64")
+        self.dtype = None  # no parameters: the output keeps the input's dtype
+        self._cache = None
+
+    def forward(self, y, lengths=None):
+        """Select the last valid step.
+
+        Parameters
+        ----------
+        y : ndarray, shape (T, B, H)
+            Time-major outputs of a recurrent layer.
+        lengths : array_like of int, shape (B,), optional
+            Valid steps per sequence, in ``[1, T]``; all ``T`` when omitted.
+
+        Returns
+        -------
+        ndarray, shape (B, H)
+        """
+        y = np.asarray(y)
+        if y.ndim != 3:
+            raise ValueError(f"LastStep: expected y of shape (T, B, H), got {y.shape}")
+        T, B = y.shape[:2]
+        lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+        if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer) \
+                or (B and (lengths.min() < 1 or lengths.max() > T)):
+            raise ValueError(f"LastStep: expected lengths, integers in [1, {T}] of shape "
+                             f"({B},), got {_describe(lengths)}")
+        self._cache = (T, lengths)
+        return y[lengths - 1, np.arange(B)]
+
+    def backward(self, dlast):
+        """Scatter ``dlast`` (B, H) back to a (T, B, H) gradient, zero off the selection."""
+        T, lengths = self._require_cache(self._cache)
+        return last_valid_step_backward(dlast, lengths, T)
+
+
+def _describe(arr):
+    arr = np.asarray(arr)
+    text = f"shape {arr.shape}, dtype {arr.dtype}"
+    if arr.size and arr.dtype.kind in "iu":
+        text += f", min {int(arr.min())}, max {int(arr.max())}"
+    return text
+
+
+def _is_recurrent(layer):
+    return isinstance(layer, LSTM) or getattr(layer, "recurrent", False)
+
+
+def _takes_keyword(method, name):
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------ Sequential
+
+class Sequential:
+    """Layers applied one after another, with explicit forward and backward.
+
+    Parameters
+    ----------
+    layers : sequence of layers
+        Objects with ``forward``, ``backward``, ``params`` and ``grads`` (``LSTM``,
+        ``Embedding``, ``Dense``, ``Dropout``, :class:`LastStep`, or your own). LSTMs
+        must be time-major (``batch_first=False``).
+    loss : {None, "mse", "cross_entropy"}
+        The loss ``fit`` and ``evaluate`` use; "cross_entropy" is softmax cross-entropy
+        on the last axis (``predict`` then returns probabilities).
+
+    Attributes
+    ----------
+    layers : list
+    params, grads : dict of str to ndarray
+        ``"<index>.<name>"`` -> the layers' own arrays (views of ``flat_params`` and
+        ``flat_grads`` when those are not None).
+    flat_params, flat_grads : ndarray or None
+        One buffer for all parameters (and one for all gradients) when the layers'
+        parameters share a dtype.
+    optimizer : Optimizer or None
+        The optimiser the last ``fit`` used; the next ``fit`` continues with it.
+    """
+
+    def __init__(self, layers, *, loss=None):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential: expected at least one layer, got none")
+        for i, layer in enumerate(self.layers):
+            missing = [a for a in ("forward", "backward", "params", "grads")
+                       if not hasattr(layer, a)]
+            if missing:
+                raise TypeError(f"Sequential: layer {i} ({type(layer).__name__}) lacks "
+                                f"{', '.join(missing)}")
+            if isinstance(layer, LSTM) and layer.batch_first:
+                raise ValueError(f"Sequential: layer {i} is an LSTM with batch_first=True; "
+                                 "expected a time-major LSTM (batch_first=False)")
+        if loss not in _LOSSES:
+            raise ValueError(f"Sequential: expected loss in {_LOSSES}, got {loss!r}")
+        self.loss = loss
+        self.optimizer = None
+        self.training = True
+        self._input_grad_kw = [_takes_keyword(layer.backward, "input_grad")
+                               for layer in self.layers]
+        self.flat_params, self.flat_grads = self._flatten()
+
+    # -- parameters ---------------------------------------------------------------------
+
+    def _flatten(self):
+        """Move every parameter into one buffer and rebind the layers' dict entries to
+        views of it. Returns (flat_params, flat_grads), or (None, None) when dtypes mix.
+
+        Layers read ``self.params[name]`` at every call (``LSTM``, ``Embedding`` and
+        ``Dense`` do, and custom layers must), so rebinding the dict entries is all it
+        takes. An LSTM's own ``flat_params`` / ``flat_grads`` become the slices covering
+        exactly its parameters, laid out in its own order, so the LSTM used on its own
+        (``zero_grad``, an optimiser) still sees the same memory.
+        """
+        entries = [(layer, name, arr) for layer in self.layers
+                   for name, arr in layer.params.items()]
+        dtypes = {arr.dtype for _, _, arr in entries}
+        if len(dtypes) != 1:
+            return None, None
+        dtype = dtypes.pop()
+        total = sum(arr.size for _, _, arr in entries)
+        flat_p = np.empty(total, dtype=dtype)
+        flat_g = np.empty(total, dtype=dtype)
+        offset = 0
+        for layer in self.layers:
+            start = offset
+            for name, arr in list(layer.params.items()):
+                size = arr.size
+                p = flat_p[offset:offset + size].reshape(arr.shape)
+                g = flat_g[offset:offset + size].reshape(arr.shape)
+                p[...] = arr
+                g[...] = layer.grads[name]
+                layer.params[name], layer.grads[name] = p, g
+                offset += size
+            if isinstance(layer, LSTM):
+                layer.flat_params = flat_p[start:offset]
+                layer.flat_grads = flat_g[start:offset]
+        return flat_p, flat_g
+
+    @property
+    def params(self):
+        """dict: ``"<index>.<name>"`` -> parameter array (the layer's own)."""
+        return {f"{i}.{name}": arr for i, layer in enumerate(self.layers)
+                for name, arr in layer.params.items()}
+
+    @property
+    def grads(self):
+        """dict: ``"<index>.<name>"`` -> gradient array, same keys as ``params``."""
+        return {f"{i}.{name}": arr for i, layer in enumerate(self.layers)
+                for name, arr in layer.grads.items()}
+
+    @property
+    def dtype(self):
+        """numpy.dtype of the first parameter (float64 for a model without any)."""
+        for layer in self.layers:
+            for arr in layer.params.values():
+                return arr.dtype
+        return np.dtype(np.float64)
+
+    def zero_grad(self):
+        """Zero every gradient in place."""
+        if self.flat_grads is not None:
+            self.flat_grads.fill(0)
+        else:
+            for layer in self.layers:
+                layer.zero_grad()
+
+    def train(self, mode=True):
+        """Training mode (dropout active) for every layer; returns self."""
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self):
+        """Inference mode for every layer; returns self."""
+        return self.train(False)
+
+    def state_dict(self):
+        """A copy of the parameters, by their prefixed names."""
+        return {name: arr.copy() for name, arr in self.params.items()}
+
+    def load_state_dict(self, state):
+        """Copy parameters in (in place), checking that names and shapes match exactly.
+
+        Raises
+        ------
+        ValueError
+            Missing or unexpected names, or a shape that differs, saying which.
+        """
+        params = self.params
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: expected the names {sorted(params)}; "
+                             f"missing {missing}, unexpected {unexpected}")
+        for name, value in state.items():
+            value = np.asarray(value)
+            if value.dtype.kind not in "fiu":
+                raise ValueError(f"load_state_dict: {name}: expected real numbers, got "
+                                 f"dtype {value.dtype}")
+            if value.shape != params[name].shape:
+                raise ValueError(f"load_state_dict: {name}: expected shape "
+                                 f"{params[name].shape}, got {value.shape}")
+        for name, value in state.items():
+            params[name][...] = value
+
+    def get_config(self):
+        """The constructor arguments as JSON-able data (see :mod:`clstm.io`)."""
+        return {"layers": [layer_config(layer) for layer in self.layers],
+                "loss": self.loss}
+
+    @classmethod
+    def from_config(cls, config):
+        """A new model built from :meth:`get_config` output (fresh weights)."""
+        return cls([build_layer(c) for c in config["layers"]], loss=config.get("loss"))
+
+    def __repr__(self):
+        inner = ",\n".join(f"  ({i}) {_layer_repr(layer)}"
+                           for i, layer in enumerate(self.layers))
+        return f"{type(self).__name__}(\n{inner}\n)"
+
+    # -- forward / backward -------------------------------------------------------------
+
+    def forward(self, x, state=None, *, lengths=None):
+        """Run the layers in order on time-major input.
+
+        Parameters
+        ----------
+        x : ndarray
+            (T, B, F) features or (T, B) token ids, whatever the first layer takes.
+        state : list, optional
+            One initial ``(h, c)`` (or None, meaning zeros) per recurrent layer, in
+            order; e.g. the state a previous call returned, to continue a sequence.
+        lengths : array_like of int, shape (B,), optional
+            Valid steps per sequence, for lengths-aware layers (:class:`LastStep`).
+
+        Returns
+        -------
+        out : ndarray
+            The last layer's output.
+        state : list
+            The final ``(h, c)`` of each recurrent layer.
+        """
+        recurrent = [i for i, layer in enumerate(self.layers) if _is_recurrent(layer)]
+        if state is None:
+            state = [None] * len(recurrent)
+        elif not isinstance(state, (list, tuple)) or len(state) != len(recurrent):
+            raise ValueError(f"state: expected a list of {len(recurrent)} (h, c) pairs (one "
+                             f"per recurrent layer), got {_describe_state(state)}")
+        states = iter(state)
+        new_state = []
+        for layer in self.layers:
+            if _is_recurrent(layer):
+                x, s = layer.forward(x, next(states))
+                new_state.append(s)
+            elif getattr(layer, "uses_lengths", False):
+                x = layer.forward(x, lengths)
+            else:
+                x = layer.forward(x)
+        return x, new_state
+
+    __call__ = forward
+
+    def backward(self, dout, *, input_grad=False):
+        """Back-propagate ``dout`` through the layers of the last ``forward``.
+
+        Adds into every layer's ``grads``. Gradients with respect to initial states are
+        dropped: a carried-in state is a constant (truncated BPTT).
+
+        Parameters
+        ----------
+        dout : ndarray
+            dL/d(out), the shape of ``forward``'s output.
+        input_grad : bool, default False
+            Return dL/dx (skipped by default: the input is usually data).
+
+        Returns
+        -------
+        ndarray or None
+            dL/dx when ``input_grad`` and the first layer has one.
+        """
+        d = dout
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            want = input_grad or i > 0
+            kw = {"input_grad": want} if self._input_grad_kw[i] else {}
+            d = layer.backward(d, **kw)
+            if _is_recurrent(layer):
+                d = d[0]
+            if d is None:
+                break
+        return d
+
+    # -- data checks ----------------------------------------------------------------------
+
+    @property
+    def _token_input(self):
+        return isinstance(self.layers[0], Embedding)
+
+    @property
+    def _seq2one(self):
+        return any(getattr(layer, "uses_lengths", False) for layer in self.layers)
+
+    def _input_features(self):
+        first = self.layers[0]
+        for attr in ("input_size", "in_features"):
+            if hasattr(first, attr):
+                return getattr(first, attr)
+        return None
+
+    def _output_features(self):
+        for layer in reversed(self.layers):
+            for attr in ("out_features", "hidden_size", "embedding_dim"):
+                if hasattr(layer, attr):
+                    return getattr(layer, attr)
+        return None
+
+    def _check_x(self, x, name="x"):
+        x = np.asarray(x)
+        if self._token_input:
+            if x.ndim != 2:
+                raise ValueError(f"{name}: expected token ids of shape (N, T) (batch-first), "
+                                 f"got shape {x.shape}")
+            if not np.issubdtype(x.dtype, np.integer):
+                raise ValueError(f"{name}: expected integer token ids, got dtype {x.dtype}")
+        else:
+            F = self._input_features()
+            if x.ndim != 3 or (F is not None and x.shape[2] != F):
+                raise ValueError(f"{name}: expected shape (N, T, {F if F else 'F'}) "
+                                 f"(batch-first), got shape {x.shape}")
+            if x.dtype.kind not in "fiub":
+                raise ValueError(f"{name}: expected real numbers, got dtype {x.dtype}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"{name}: expected at least one sequence and one step, "
+                             f"got shape {x.shape}")
+        return x
+
+    def _check_y(self, y, x, name="y"):
+        if self.loss is None:
+            raise ValueError("this model has no loss: construct it with loss='mse' or "
+                             "loss='cross_entropy' to fit or evaluate it")
+        N, T = x.shape[:2]
+        y = np.asarray(y)
+        if y.ndim == 0 or y.shape[0] != N:
+            raise ValueError(f"{name}: expected {N} samples (as x), got shape {y.shape}")
+        out = self._output_features()
+        lead = (N,) if self._seq2one else (N, T)
+        if self.loss == "cross_entropy":
+            if y.shape != lead:
+                raise ValueError(f"{name}: expected class ids of shape {lead}, got shape "
+                                 f"{y.shape}")
+            if not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"{name}: expected integer class ids, got dtype {y.dtype}")
+            if y.size and (y.min() < 0 or y.max() >= out):
+                raise ValueError(f"{name}: expected class ids in [0, {out}), got min "
+                                 f"{int(y.min())}, max {int(y.max())}")
+            return y
+        if y.shape == lead and out == 1:
+            y = y[..., None]  # Keras accepts (N,) targets for a Dense(1) output
+        if y.shape != lead + (out,):
+            raise ValueError(f"{name}: expected shape {lead + (out,)}, got shape {y.shape}")
+        if y.dtype.kind not in "fiub":
+            raise ValueError(f"{name}: expected real numbers, got dtype {y.dtype}")
+        return y
+
+    @staticmethod
+    def _check_lengths(lengths, x, name="lengths"):
+        if lengths is None:
+            return None
+        N, T = x.shape[:2]
+        lengths = np.asarray(lengths)
+        if lengths.shape != (N,) or not np.issubdtype(lengths.dtype, np.integer) \
+                or lengths.min() < 1 or lengths.max() > T:
+            raise ValueError(f"{name}: expected integers in [1, {T}] of shape ({N},), got "
+                             f"{_describe(lengths)}")
+        return lengths
+
+    def _time_major(self, xb, lengths):
+        """Batch-first (B, T, ...) -> contiguous time-major (T, B, ...), padding zeroed."""
+        x = np.swapaxes(xb, 0, 1)
+        x = np.array(x, dtype=x.dtype if self._token_input else self.dtype, order="C")
+        if lengths is not None:
+            # Zeros in place of padding: any garbage (NaN, ids out of range) then
+            # neither fails nor leaks into the gradient through 0 * NaN.
+            x[~lengths_to_mask(lengths, x.shape[0])] = 0
+        return x
+
+    # -- loss -----------------------------------------------------------------------------
+
+    def _loss(self, out, y, mask):
+        """(loss, dout, count, correct) for one time-major step of data.
+
+        ``count`` is what the mean is over: samples, or counted tokens for per-step
+        outputs; ``correct`` counts right argmax predictions (cross-entropy only).
+        """
+        if self.loss == "mse":
+            count = int(np.prod(out.shape[:-1])) if mask is None else int(mask.sum())
+            loss, dout = mse(out, y, mask=mask)
+            return loss, dout, count, None
+        count = int(np.prod(y.shape)) if mask is None else int(mask.sum())
+        loss, dout = softmax_cross_entropy(out, y, mask=mask)
+        hits = out.argmax(axis=-1) == y
+        correct = int(hits.sum() if mask is None else (hits & mask).sum())
+        return loss, dout, count, correct
+
+    # -- batches of time-major steps --------------------------------------------------------
+
+    def _steps(self, x, y, lengths, order, batch_size, bptt):
+        """Yield (x_tm, y_tm, mask, lengths, reset) per optimisation step.
+
+        A batch of sequences is one step, or one step per chunk of ``bptt`` time steps
+        (state carried between the chunks of a batch, ``reset`` at its first chunk).
+        """
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            lb = None if lengths is None else lengths[idx]
+            xt = self._time_major(x[idx], lb)
+            if self._seq2one:
+                yield xt, y[idx], None, lb, True
+                continue
+            yt = np.ascontiguousarray(np.swapaxes(y[idx], 0, 1))
+            mask = None if lb is None else lengths_to_mask(lb, xt.shape[0])
+            k = bptt or xt.shape[0]
+            for t in range(0, xt.shape[0], k):
+                m = None if mask is None else mask[t:t + k]
+                yield xt[t:t + k], yt[t:t + k], m, None, t == 0
+
+    def _num_steps(self, n, batch_size, T, bptt):
+        batches = -(-n // batch_size)
+        return batches if (self._seq2one or not bptt) else batches * num_chunks(T, bptt)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def loss_and_grad(self, x, y, *, lengths=None):
+        """Loss of one batch, with ``grads`` set to its gradient (no optimiser step).
+
+        Parameters
+        ----------
+        x, y, lengths
+            Batch-first, as for :meth:`fit`.
+
+        Returns
+        -------
+        float
+            The mean loss of the batch.
+        """
+        x = self._check_x(x)
+        y = self._check_y(y, x)
+        lengths = self._check_lengths(lengths, x)
+        order = np.arange(x.shape[0])
+        (xt, yt, mask, lb, _), = self._steps(x, y, lengths, order, len(order), None)
+        self.zero_grad()
+        out, _ = self.forward(xt, lengths=lb)
+        loss, dout, _, _ = self._loss(out, yt, mask)
+        self.backward(dout)
+        return loss
+
+    def _train_step(self, step, state, optimizer, clip_norm):
+        xt, yt, mask, lb, reset = step
+        self.zero_grad()
+        out, state = self.forward(xt, None if reset else state, lengths=lb)
+        loss, dout, count, correct = self._loss(out, yt, mask)
+        if count:  # a chunk of padding only has nothing to learn from
+            self.backward(dout)
+            if clip_norm is not None:
+                clip_grad_norm(self, clip_norm)
+            optimizer.step()
+        return loss, count, correct, state
+
+    def _run_epoch(self, steps, total, optimizer, clip_norm, progress):
+        self.train()
+        tally = _Tally()
+        state = None
+        for i, step in enumerate(steps, 1):
+            loss, count, correct, state = self._train_step(step, state, optimizer, clip_norm)
+            tally.add(loss, count, correct)
+            progress.update(i, total, tally)
+        return tally
+
+    def _evaluate_steps(self, steps):
+        was_training = self.training
+        self.eval()
+        try:
+            tally = _Tally()
+            state = None
+            for xt, yt, mask, lb, reset in steps:
+                out, state = self.forward(xt, None if reset else state, lengths=lb)
+                loss, _, count, correct = self._loss(out, yt, mask)
+                tally.add(loss, count, correct)
+            return tally.logs(self.loss == "cross_entropy")
+        finally:
+            self.train(was_training)
+
+    def _optimizer(self, optimizer):
+        if optimizer is not None:
+            self.optimizer = optimizer
+        elif self.optimizer is None:
+            self.optimizer = Adam(self, lr=1e-3)
+        return self.optimizer
+
+    def _fit_loop(self, make_steps, total, epochs, *, validate, optimizer, clip_norm,
+                  verbose, callbacks, unit):
+        """The epoch loop shared by every kind of data: train, validate, report."""
+        epochs = _positive("epochs", epochs)
+        if clip_norm is not None and not (float(clip_norm) > 0):
+            raise ValueError(f"clip_norm: expected a number > 0 or None, got {clip_norm!r}")
+        optimizer = self._optimizer(optimizer)
+        callbacks = list(callbacks or [])
+        history = {}
+        for epoch in range(epochs):
+            progress = _Progress(epoch, epochs, unit, verbose)
+            tally = self._run_epoch(make_steps(), total, optimizer, clip_norm, progress)
+            logs = tally.logs(self.loss == "cross_entropy")
+            if validate is not None:
+                logs.update({f"val_{k}": v for k, v in validate().items()})
+            for key, value in logs.items():
+                history.setdefault(key, []).append(value)
+            progress.end(logs, tally)
+            stops = [cb(epoch, logs) for cb in callbacks]  # every callback sees every epoch
+            if any(stops):
+                break
+        return history
+
+    def fit(self, x, y, epochs=1, batch_size=32, *, lengths=None, validation_data=None,
+            shuffle=True, seed=None, optimizer=None, clip_norm=None, bptt=None, verbose=1,
+            callbacks=None):
+        """Train on batch-first data.
+
+        Parameters
+        ----------
+        x : array_like
+            (N, T, F) features, or (N, T) token ids when the first layer is an Embedding.
+        y : array_like
+            Targets: (N,) class ids or (N, out) values for a model that ends on the last
+            step (:class:`LastStep`); (N, T) class ids or (N, T, out) values per step.
+            (N,) is accepted for an output of size 1.
+        epochs : int, default 1
+        batch_size : int, default 32
+        lengths : array_like of int, shape (N,), optional
+            Valid steps per sequence; sequences padded at the end.
+        validation_data : tuple, optional
+            ``(x_val, y_val)`` or ``(x_val, y_val, lengths_val)``, evaluated after each
+            epoch into ``val_loss`` (and ``val_accuracy``).
+        shuffle : bool, default True
+            Shuffle the samples every epoch.
+        seed : int, optional
+            Seeds the shuffling; with a model built with a seed, a run repeats exactly.
+        optimizer : clstm.optim.Optimizer, optional
+            Bound to this model. Default: the one the last ``fit`` used, or a new
+            ``Adam(model, lr=1e-3)``.
+        clip_norm : float, optional
+            Clip the global gradient norm to this before each step.
+        bptt : int, optional
+            Per-step models only: train each batch in chunks of ``bptt`` steps, the
+            state carried between chunks and gradients truncated at their boundaries.
+        verbose : {0, 1}, default 1
+            1 prints one line per epoch (and a live line on a terminal).
+        callbacks : list of callables, optional
+            ``callback(epoch, logs)`` after each epoch; a true return stops training.
+
+        Returns
+        -------
+        dict of str to list of float
+            Per-epoch ``loss`` (``accuracy`` for cross-entropy), and ``val_loss`` ...
+            with validation data.
+        """
+        batch_size = _positive("batch_size", batch_size)
+        if bptt is not None:
+            bptt = _positive("bptt", bptt)
+            if self._seq2one:
+                raise ValueError("bptt: expected None for a model that reads only the last "
+                                 "step (its loss is not per step), got " + repr(bptt))
+        x = self._check_x(x)
+        y = self._check_y(y, x)
+        lengths = self._check_lengths(lengths, x)
+        validate = self._validator(validation_data, batch_size)
+        rng = np.random.default_rng(seed)
+        N, T = x.shape[:2]
+
+        def make_steps():
+            order = rng.permutation(N) if shuffle else np.arange(N)
+            return self._steps(x, y, lengths, order, batch_size, bptt)
+
+        return self._fit_loop(make_steps, self._num_steps(N, batch_size, T, bptt), epochs,
+                              validate=validate, optimizer=optimizer, clip_norm=clip_norm,
+                              verbose=verbose, callbacks=callbacks,
+                              unit="samples" if self._seq2one else "tokens")
+
+    def _validator(self, validation_data, batch_size):
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)) \
+                or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data: expected (x_val, y_val) or (x_val, y_val, "
+                             f"lengths_val), got {_describe_state(validation_data)}")
+        xv, yv, lv = (tuple(validation_data) + (None,))[:3]
+        xv = self._check_x(xv, "x_val")
+        yv = self._check_y(yv, xv, "y_val")
+        lv = self._check_lengths(lv, xv, "lengths_val")
+        order = np.arange(xv.shape[0])
+        return lambda: self._evaluate_steps(
+            self._steps(xv, yv, lv, order, max(batch_size, 256), None))
+
+    def evaluate(self, x, y, *, lengths=None, batch_size=256):
+        """Mean loss (and accuracy for cross-entropy) on batch-first data, in eval mode.
+
+        Returns
+        -------
+        dict
+            ``{"loss": float}``, plus ``"accuracy"`` for cross-entropy models.
+        """
+        batch_size = _positive("batch_size", batch_size)
+        x = self._check_x(x)
+        y = self._check_y(y, x)
+        lengths = self._check_lengths(lengths, x)
+        order = np.arange(x.shape[0])
+        return self._evaluate_steps(self._steps(x, y, lengths, order, batch_size, None))
+
+    def predict(self, x, *, lengths=None, batch_size=256):
+        """Outputs for batch-first input, in eval mode.
+
+        Returns
+        -------
+        ndarray
+            (N, out) for a model ending on the last step, (N, T, out) per step;
+            probabilities (softmax over the last axis) for cross-entropy models.
+        """
+        batch_size = _positive("batch_size", batch_size)
+        x = self._check_x(x)
+        lengths = self._check_lengths(lengths, x)
+        was_training = self.training
+        self.eval()
+        try:
+            outs = []
+            for start in range(0, x.shape[0], batch_size):
+                lb = None if lengths is None else lengths[start:start + batch_size]
+                xt = self._time_major(x[start:start + batch_size], lb)
+                out, _ = self.forward(xt, lengths=lb)
+                outs.append(out if self._seq2one else np.swapaxes(out, 0, 1))
+        finally:
+            self.train(was_training)
+        out = np.concatenate(outs)
+        return softmax(out) if self.loss == "cross_entropy" else out
+
+
+def _layer_repr(layer):
+    """The layer's own repr, or one built from its config where it has none."""
+    if type(layer).__repr__ is not object.__repr__:
+        return repr(layer)
+    try:
+        config = layer_config(layer)
+    except ValueError:
+        return repr(layer)
+    args = ", ".join(f"{k}={v!r}" for k, v in config.items() if k != "type")
+    return f"{config['type']}({args})"
+
+
+def _describe_state(state):
+    """'a list of length 3', or the type's name: for error messages."""
+    if isinstance(state, (list, tuple)):
+        return f"a {type(state).__name__} of length {len(state)}"
+    return type(state).__name__
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------- progress and tallies
+
+class _Tally:
+    """Running, count-weighted means of the loss and the accuracy over an epoch."""
+
+    def __init__(self):
+        self.loss_sum = 0.0
+        self.count = 0
+        self.correct = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss, count, correct):
+        if count:
+            self.loss_sum += loss * count
+            self.count += count
+            self.correct += correct or 0
+
+    def logs(self, with_accuracy):
+        logs = {"loss": self.loss_sum / self.count if self.count else math.nan}
+        if with_accuracy:
+            logs["accuracy"] = self.correct / self.count if self.count else math.nan
+        return logs
+
+    def rate(self):
+        return self.count / max(time.perf_counter() - self.start, 1e-9)
+
+
+class _Progress:
+    """One line per epoch; on a terminal, a live line redrawn with a carriage return."""
+
+    def __init__(self, epoch, epochs, unit, verbose, stream=None):
+        self.prefix = f"epoch {epoch + 1}/{epochs}"
+        self.unit = unit
+        self.verbose = verbose
+        self.stream = sys.stdout if stream is None else stream
+        self.live = bool(verbose) and getattr(self.stream, "isatty", lambda: False)()
+        self.last_draw = 0.0
+        self.width = 0
+
+    def _draw(self, text, end=""):
+        pad = " " * max(self.width - len(text), 0)  # wipe a longer previous line
+        self.stream.write(("\r" if self.live else "") + text + pad + end)
+        self.stream.flush()
+        self.width = len(text)
+
+    def update(self, step, total, tally):
+        now = time.perf_counter()
+        if not self.live or (now - self.last_draw < 0.1 and step < total):
+            return
+        self.last_draw = now
+        loss = tally.logs(False)["loss"]
+        self._draw(f"{self.prefix} [{step}/{total}] - loss {loss:.4f} - "
+                   f"{tally.rate():,.0f} {self.unit}/s")
+
+    def end(self, logs, tally):
+        if not self.verbose:
+            return
+        parts = [f"{k} {v:.4f}" for k, v in logs.items()]
+        seconds = time.perf_counter() - tally.start
+        self._draw(" - ".join([self.prefix] + parts +
+                              [f"{tally.rate():,.0f} {self.unit}/s", f"{seconds:.1f}s"]),
+                   end="\n")
+
+
+# ------------------------------------------------------------------- layer configs
+
+def layer_config(layer):
+    """A JSON-able description of a layer's constructor arguments (weights excluded).
+
+    Raises
+    ------
+    ValueError
+        For any other type, subclasses included: a subclass saved as its base class
+        would load without its own behaviour.
+    """
+    kind = type(layer)
+    if kind is LSTM:
+        return {"type": "LSTM", "input_size": layer.input_size,
+                "hidden_size": layer.hidden_size, "num_layers": layer.num_layers,
+                "dtype": layer.dtype.name, "peephole": layer.peephole,
+                "dropout": layer.dropout, "batch_first": layer.batch_first}
+    if kind is Embedding:
+        return {"type": "Embedding", "num_embeddings": layer.num_embeddings,
+                "embedding_dim": layer.embedding_dim, "padding_idx": layer.padding_idx,
+                "dtype": layer.dtype.name}
+    if kind is Dense:
+        return {"type": "Dense", "in_features": layer.in_features,
+                "out_features": layer.out_features, "bias": "bias" in layer.params,
+                "dtype": layer.dtype.name}
+    if kind is Dropout:
+        return {"type": "Dropout", "p": layer.p,
+                "dtype": None if layer.dtype is None else layer.dtype.name}
+    if kind is LastStep:
+        return {"type": "LastStep"}
+    raise ValueError(f"cannot describe a layer of type {kind.__name__}: expected "
+                     "LSTM, Embedding, Dense, Dropout or LastStep")
+
+
+def build_layer(config):
+    """The layer :func:`layer_config` describes, with fresh weights.
+
+    Raises
+    ------
+    ValueError
+        An unknown type or arguments the layer rejects.
+    """
+    kinds = {"LSTM": LSTM, "Embedding": Embedding, "Dense": Dense, "Dropout": Dropout,
+             "LastStep": LastStep}
+    if not isinstance(config, dict) or config.get("type") not in kinds:
+        raise ValueError(f"layer config: expected a dict with 'type' in {sorted(kinds)}, "
+                         f"got {config!r}")
+    args = {k: v for k, v in config.items() if k != "type"}
+    kind = kinds[config["type"]]
+    if kind is LSTM:
+        positional = [args.pop("input_size", None), args.pop("hidden_size", None),
+                      args.pop("num_layers", 1)]
+    elif kind is Embedding:
+        positional = [args.pop("num_embeddings", None), args.pop("embedding_dim", None)]
+    elif kind is Dense:
+        positional = [args.pop("in_features", None), args.pop("out_features", None)]
+    else:
+        positional = []
+    try:
+        return kind(*positional, **args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"layer config {config!r}: {e}") from None
+
+
+# ----------------------------------------------------------------------- ready models
+
+def _config_seed(seed):
+    """The seed as saved in a config: an int, or None for anything not JSON-able."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return int(seed)
+    return None
+
+
+def _seeds(seed, n):
+    """n independent seeds for the parts of a model, all from one user seed."""
+    return np.random.SeedSequence(seed).spawn(n)
+
+
+class _Ready(Sequential):
+    """A Sequential whose layers follow from its constructor arguments."""
+
+    def get_config(self):
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class LanguageModel(_Ready):
+    """Next-token model: Embedding -> LSTM -> (Dropout) -> Dense, softmax cross-entropy.
+
+    Parameters
+    ----------
+    vocab_size : int
+    embed_dim : int
+    hidden_size : int
+    num_layers : int, default 1
+    dropout : float, default 0.0
+        Between stacked LSTM layers and before the output layer (training only).
+    dtype : {"float32", "float64"}
+    seed : int, optional
+        Seeds the initialisation and the dropout masks.
+
+    Notes
+    -----
+    ``fit`` takes either one long 1-D token stream, trained with truncated BPTT over
+    ``batch_size`` parallel streams (:func:`clstm.tbptt.batchify`), the state carried
+    from chunk to chunk and reset at the start of every epoch; or (N, T) sequences,
+    whose targets are the inputs shifted by one unless ``y`` is given.
+    """
+
+    def __init__(self, vocab_size, embed_dim, hidden_size, num_layers=1, dropout=0.0, *,
+                 dtype="float32", seed=None):
+        self._config = {"vocab_size": vocab_size, "embed_dim": embed_dim,
+                        "hidden_size": hidden_size, "num_layers": num_layers,
+                        "dropout": dropout, "dtype": np.dtype(dtype).name,
+                        "seed": _config_seed(seed)}
+        s = _seeds(seed, 4)
+        layers = [Embedding(vocab_size, embed_dim, seed=s[0], dtype=dtype),
+                  LSTM(embed_dim, hidden_size, num_layers, dropout=dropout, seed=s[1],
+                       dtype=dtype)]
+        if dropout:
+            layers.append(Dropout(dropout, seed=s[2], dtype=dtype))
+        layers.append(Dense(hidden_size, vocab_size, seed=s[3], dtype=dtype))
+        super().__init__(layers, loss="cross_entropy")
+        self.vocab_size = vocab_size
+
+    def _check_stream(self, stream, name):
+        stream = np.asarray(stream)
+        if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
+            raise ValueError(f"{name}: expected a 1-D integer token stream, got "
+                             f"{_describe(stream)}")
+        if stream.size and (stream.min() < 0 or stream.max() >= self.vocab_size):
+            raise ValueError(f"{name}: expected token ids in [0, {self.vocab_size}), got "
+                             f"{_describe(stream)}")
+        return stream
+
+    def _stream_steps(self, stream, batch_size, bptt, name, *, shrink=False):
+        """Chunks of a batchified stream; state reset only at the first chunk.
+
+        ``shrink`` (for evaluation) lowers the batch size for a short stream rather
+        than refusing it.
+        """
+        if shrink:
+            batch_size = min(batch_size, max(len(stream) // 2, 1))
+        if len(stream) < 2 * batch_size:
+            raise ValueError(f"{name}: expected at least 2 tokens per stream, got "
+                             f"{len(stream)} tokens for {batch_size} streams")
+        data = batchify(stream, batch_size)
+        steps = data.shape[0] - 1
+        chunks = [(t, min(bptt, steps - t)) for t in range(0, steps, bptt)]
+
+        def make_steps():
+            for t, k in chunks:
+                yield (np.ascontiguousarray(data[t:t + k]), data[t + 1:t + 1 + k], None,
+                       None, t == 0)
+        return make_steps, len(chunks)
+
+    def _as_sequences(self, x, y, lengths):
+        """(N, T) inputs without y: predict each token from the ones before it."""
+        if y is not None:
+            return x, y, lengths
+        x = self._check_x(x)
+        if x.shape[1] < 2:
+            raise ValueError(f"x: expected at least 2 steps to predict the next token, "
+                             f"got shape {x.shape}")
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, x)
+            if lengths.min() < 2:
+                raise ValueError(f"lengths: expected every length >= 2 when the targets "
+                                 f"are the inputs shifted by one, got min {lengths.min()}")
+            lengths = lengths - 1
+        return x[:, :-1], x[:, 1:], lengths
+
+    def fit(self, x, y=None, epochs=1, batch_size=32, *, bptt=35, lengths=None,
+            validation_data=None, shuffle=True, seed=None, optimizer=None, clip_norm=None,
+            verbose=1, callbacks=None):
+        """Train on a 1-D token stream (truncated BPTT) or on (N, T) sequences.
+
+        Parameters
+        ----------
+        x : array_like of int
+            A 1-D stream, or (N, T) sequences (batch-first).
+        y : array_like of int, optional
+            (N, T) targets for sequences; default: ``x`` shifted by one step. Must be
+            None for a stream.
+        bptt : int, default 35
+            Steps per truncated-BPTT chunk (one optimiser step each).
+        validation_data : array_like or tuple, optional
+            A 1-D stream for a stream, else as :meth:`Sequential.fit`.
+        shuffle : bool
+            Shuffles sequences; a stream is always read in order.
+
+        Other parameters are those of :meth:`Sequential.fit`.
+        """
+        batch_size = _positive("batch_size", batch_size)
+        bptt = _positive("bptt", bptt)
+        if np.ndim(x) != 1:
+            x, y, lengths = self._as_sequences(x, y, lengths)
+            if isinstance(validation_data, np.ndarray):  # sequences alone: shift them
+                validation_data = self._as_sequences(validation_data, None, None)
+            return super().fit(x, y, epochs, batch_size, lengths=lengths,
+                               validation_data=validation_data, shuffle=shuffle, seed=seed,
+                               optimizer=optimizer, clip_norm=clip_norm, bptt=bptt,
+                               verbose=verbose, callbacks=callbacks)
+        if y is not None or lengths is not None:
+            raise ValueError("y and lengths: expected None for a 1-D token stream (the "
+                             "targets are the stream shifted by one)")
+        make_steps, total = self._stream_steps(self._check_stream(x, "x"), batch_size,
+                                               bptt, "x")
+        validate = None
+        if validation_data is not None:
+            val = self._stream_steps(self._check_stream(validation_data, "validation_data"),
+                                     batch_size, bptt, "validation_data", shrink=True)[0]
+            validate = lambda: self._evaluate_steps(val())  # noqa: E731
+        return self._fit_loop(make_steps, total, epochs, validate=validate,
+                              optimizer=optimizer, clip_norm=clip_norm, verbose=verbose,
+                              callbacks=callbacks, unit="tokens")
+
+    def evaluate(self, x, y=None, *, lengths=None, batch_size=32, bptt=35):
+        """Mean per-token loss and accuracy of a stream or of sequences (eval mode).
+
+        ``exp(loss)`` is the perplexity.
+        """
+        if np.ndim(x) == 1:
+            steps = self._stream_steps(self._check_stream(x, "x"),
+                                       _positive("batch_size", batch_size),
+                                       _positive("bptt", bptt), "x", shrink=True)[0]
+            return self._evaluate_steps(steps())
+        x, y, lengths = self._as_sequences(x, y, lengths)
+        return super().evaluate(x, y, lengths=lengths, batch_size=batch_size)
+
+    def generate(self, prompt_ids, length, temperature=1.0, seed=None):
+        """Sample ``length`` tokens after a prompt, one step at a time.
+
+        The prompt is read in one forward pass; then each sampled token is fed back with
+        the carried state, so each new token costs one step.
+
+        Parameters
+        ----------
+        prompt_ids : array_like of int, shape (P,)
+            At least one token.
+        length : int
+            Tokens to generate (>= 0).
+        temperature : float, default 1.0
+            Divides the logits; lower is more conservative, 0 picks the most likely token.
+        seed : int, optional
+            Seeds the sampling: the same seed gives the same tokens.
+
+        Returns
+        -------
+        ndarray of int64, shape (length,)
+            The generated tokens (the prompt excluded).
+        """
+        prompt = self._check_stream(prompt_ids, "prompt_ids")
+        if prompt.size == 0:
+            raise ValueError("prompt_ids: expected at least one token, got none")
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) \
+                or length < 0:
+            raise ValueError(f"length: expected an int >= 0, got {length!r}")
+        temperature = float(temperature)
+        if not temperature >= 0:
+            raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
+        rng = np.random.default_rng(seed)
+        out = np.empty(int(length), dtype=np.int64)
+        was_training = self.training
+        self.eval()
+        try:
+            logits, state = self.forward(prompt[:, None])
+            for i in range(out.size):
+                out[i] = _sample(logits[-1, 0], temperature, rng)
+                logits, state = self.forward(out[i:i + 1, None], state)
+        finally:
+            self.train(was_training)
+        return out
+
+
+def _sample(logits, temperature, rng):
+    if temperature == 0:
+        return int(np.argmax(logits))
+    p = softmax(logits.astype(np.float64) / temperature)
+    # inverse CDF with one uniform: independent of numpy's choice() internals
+    return int(min(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right"),
+                   p.size - 1))
+
+
+class Regressor(_Ready):
+    """LSTM -> last step -> (Dropout) -> Dense, mean squared error.
+
+    Keras' ``Sequential([LSTM(hidden_size), Dense(output_size)])``.
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step.
+    hidden_size : int
+    output_size : int, default 1
+    num_layers : int, default 1
+    dropout : float, default 0.0
+        Between stacked LSTM layers and before the output layer (training only).
+    dtype : {"float32", "float64"}
+    seed : int, optional
+    """
+
+    def __init__(self, input_size, hidden_size, output_size=1, num_layers=1, dropout=0.0,
+                 *, dtype="float32", seed=None):
+        self._config = {"input_size": input_size, "hidden_size": hidden_size,
+                        "output_size": output_size, "num_layers": num_layers,
+                        "dropout": dropout, "dtype": np.dtype(dtype).name,
+                        "seed": _config_seed(seed)}
+        s = _seeds(seed, 3)
+        layers = [LSTM(input_size, hidden_size, num_layers, dropout=dropout, seed=s[0],
+                       dtype=dtype), LastStep()]
+        if dropout:
+            layers.append(Dropout(dropout, seed=s[1], dtype=dtype))
+        layers.append(Dense(hidden_size, output_size, seed=s[2], dtype=dtype))
+        super().__init__(layers, loss="mse")
+
+
+class Classifier(_Ready):
+    """(Embedding) -> LSTM -> last valid step -> (Dropout) -> Dense, cross-entropy.
+
+    Give ``input_size`` for (N, T, F) feature input, or ``vocab_size`` for (N, T) token
+    ids. With ``lengths``, the class is read at each sequence's last valid step (pad at
+    the end).
+
+    Parameters
+    ----------
+    input_size : int, optional
+        Features per step; exclusive with ``vocab_size``.
+    hidden_size : int
+    num_classes : int
+    vocab_size : int, optional
+        Token input through an Embedding of ``embed_dim`` (default ``hidden_size``).
+    embed_dim : int, optional
+    num_layers : int, default 1
+    dropout : float, default 0.0
+    padding_idx : int, optional
+        Embedding row kept at zero.
+    dtype : {"float32", "float64"}
+    seed : int, optional
+    """
+
+    def __init__(self, input_size=None, hidden_size=64, num_classes=2, *, vocab_size=None,
+                 embed_dim=None, num_layers=1, dropout=0.0, padding_idx=None,
+                 dtype="float32", seed=None):
+        if (input_size is None) == (vocab_size is None):
+            raise ValueError(f"Classifier: expected exactly one of input_size (features) "
+                             f"and vocab_size (tokens), got input_size={input_size!r}, "
+                             f"vocab_size={vocab_size!r}")
+        self._config = {"input_size": input_size, "hidden_size": hidden_size,
+                        "num_classes": num_classes, "vocab_size": vocab_size,
+                        "embed_dim": embed_dim, "num_layers": num_layers, "dropout": dropout,
+                        "padding_idx": padding_idx, "dtype": np.dtype(dtype).name,
+                        "seed": _config_seed(seed)}
+        s = _seeds(seed, 4)
+        layers = []
+        if vocab_size is not None:
+            input_size = hidden_size if embed_dim is None else embed_dim
+            layers.append(Embedding(vocab_size, input_size, padding_idx, seed=s[0],
+                                    dtype=dtype))
+        layers += [LSTM(input_size, hidden_size, num_layers, dropout=dropout, seed=s[1],
+                        dtype=dtype), LastStep()]
+        if dropout:
+            layers.append(Dropout(dropout, seed=s[2], dtype=dtype))
+        layers.append(Dense(hidden_size, num_classes, seed=s[3], dtype=dtype))
+        super().__init__(layers, loss="cross_entropy")

@@ -1,0 +1,70 @@
+"""LSTM.step, the serving path: one time step per call with carried state, nothing saved
+for backward. It must agree with forward over the whole sequence."""
+import numpy as np
+import pytest
+
+import clstm
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize("peephole", [False, True])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_steps_one_at_a_time_equal_one_forward(num_layers, peephole, batch):
+    rng = np.random.default_rng(0)
+    net = clstm.LSTM(5, 6, num_layers, dtype="float64", peephole=peephole, seed=1)
+    x = rng.standard_normal((7, batch, 5))
+    h0 = rng.standard_normal((num_layers, batch, 6))
+    c0 = rng.standard_normal((num_layers, batch, 6))
+    y_full, (h_full, c_full) = net.forward(x, (h0, c0))
+    state = (h0, c0)
+    for t in range(7):
+        y_t, state = net.step(x[t], state)
+        np.testing.assert_allclose(y_t, y_full[t], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(state[0], h_full, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(state[1], c_full, rtol=1e-12, atol=1e-14)
+
+
+def test_step_without_state_starts_from_zeros():
+    net = clstm.LSTM(3, 4, 2, dtype="float64", seed=0)
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    y_step, _ = net.step(x)
+    y_full, _ = net.forward(x[None])
+    np.testing.assert_allclose(y_step, y_full[0], rtol=1e-12)
+
+
+def test_unbatched_step():
+    net = clstm.LSTM(3, 4, 2, dtype="float64", seed=0)
+    x = np.random.default_rng(1).standard_normal(3)
+    y, (h, c) = net.step(x)
+    assert y.shape == (4,) and h.shape == (2, 4) and c.shape == (2, 4)
+    y_batched, _ = net.step(x[None])
+    np.testing.assert_allclose(y, y_batched[0])
+    y2, _ = net.step(x, (h, c))
+    y_full, _ = net.forward(np.stack([x, x]))
+    np.testing.assert_allclose(y2, y_full[1], rtol=1e-12)
+
+
+def test_step_does_not_modify_the_state_passed_in():
+    net = clstm.LSTM(3, 4, seed=0)
+    h = np.ones((1, 2, 4), np.float32)
+    c = np.ones((1, 2, 4), np.float32)
+    net.step(np.ones((2, 3), np.float32), (h, c))
+    assert np.all(h == 1) and np.all(c == 1)
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros((2, 5)), "expected one time step"),
+    (np.zeros((1, 2, 3)), "expected one time step"),
+    (np.zeros((0, 3)), "expected one time step"),
+    (np.zeros((2, 3), complex), "real numbers"),
+])
+def test_step_rejects_bad_input(x, match):
+    net = clstm.LSTM(3, 4)
+    with pytest.raises((ValueError, TypeError), match=match):
+        net.step(x)
+
+
+def test_step_rejects_a_state_of_the_wrong_shape():
+    net = clstm.LSTM(3, 4, 2)
+    with pytest.raises(ValueError, match="expected shape"):
+        net.step(np.zeros((2, 3)), (np.zeros((1, 2, 4)), np.zeros((2, 2, 4))))
