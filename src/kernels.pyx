@@ -11,9 +11,11 @@ The work per layer (T steps, B rows, I inputs, H hidden units):
   T·B rows and the bias gradient as column sums.
 
 Rows of the batch never interact, so with OpenMP each thread takes one contiguous slice
-of rows through all T steps: no barrier per step. BLAS's own threads are switched off
-for the duration of that parallel region (through the setter registered by
-clstm._threads), and used for the large GEMMs outside it.
+of rows through all T steps: no barrier per step. The large GEMMs outside that loop (the
+input projection, the weight and input gradients) are cut into blocks of rows or columns
+over the same threads. There is one thread pool: SciPy's BLAS is switched to one thread
+for the duration of a call (through the setter registered by clstm._threads), because
+BLAS's own threads next to the OpenMP team oversubscribe the cores.
 
 Matrices are row-major; BLAS is column-major. ``gemm`` below swaps the operands:
 row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
@@ -153,10 +155,86 @@ cdef inline bint sizes_ok(int T, int B, int I, int H) noexcept nogil:
     return <long long>T * B <= INT_MAX and 4 * <long long>H <= INT_MAX
 
 
-cdef inline int thread_count(int num_threads, int B) noexcept nogil:
-    if num_threads < 1:
-        num_threads = 1
-    return num_threads if num_threads < B else B
+# A thread takes a slice of the batch only if its share of the recurrent work is at least
+# this many FLOPs (about 20-40 µs): below that, waking a second thread and the risk of it
+# being descheduled on a busy machine cost more than the split saves.
+cdef double _min_flops_per_thread = 1.0e6
+# How many threads the last forward or backward used (read by the tests, which must know
+# that a "2 threads" run really split the batch).
+cdef int _threads_used_last = 0
+
+
+def _set_min_flops_per_thread(double flops):
+    """Set the work threshold for a thread (tests set 0 to force splitting tiny
+    batches); returns the previous value."""
+    global _min_flops_per_thread
+    old = _min_flops_per_thread
+    _min_flops_per_thread = flops
+    return old
+
+
+def _threads_used_by_last_call():
+    return _threads_used_last
+
+
+cdef inline int thread_count(int num_threads, int T, int B, int H) noexcept nogil:
+    """Threads for the batch split: at most one per row, and enough work for each."""
+    global _threads_used_last
+    cdef double recurrent_flops = 8.0 * T * B * H * H      # T GEMMs of 2·B·H·4H
+    cdef double by_work = recurrent_flops / _min_flops_per_thread if _min_flops_per_thread > 0 else B
+    cdef int n = num_threads
+    if n > B:
+        n = B
+    if n > by_work:
+        n = <int>by_work
+    if n < 1:
+        n = 1
+    _threads_used_last = n
+    return n
+
+
+cdef inline int split_point(int m, int parts, int i) noexcept nogil:
+    """Boundary i of ``parts`` near-equal blocks of m, on multiples of 16 so that each
+    thread's block starts on BLAS's blocking (and on a cache line)."""
+    if i >= parts:
+        return m
+    cdef long long p = (<long long>m * i // parts + 8) // 16 * 16
+    return <int>p if p < m else m
+
+
+cdef void parallel_gemm(int num_threads, bint trans_a, bint trans_b, int m, int n, int k,
+                        floating alpha, const floating* a, int lda, const floating* b,
+                        int ldb, floating beta, floating* c, int ldc) noexcept nogil:
+    """gemm() on ``num_threads`` OpenMP threads: the output is cut into blocks of rows
+    (or of columns, when it is wider than tall), each computed by one thread calling
+    single-threaded BLAS. One thread pool for the whole kernel: BLAS's own threads,
+    running beside the OpenMP team, oversubscribe the cores (measured: 40x slower
+    on a busy 2-core machine)."""
+    cdef int chunk, lo, hi
+    cdef int parts = num_threads
+    cdef double by_work = 2.0 * m * n * k / _min_flops_per_thread if _min_flops_per_thread > 0 else parts
+    if parts > by_work:
+        parts = <int>by_work
+    if parts > (m if m >= n else n) // 16:
+        parts = (m if m >= n else n) // 16
+    if parts <= 1:
+        gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    if m >= n:
+        for chunk in prange(parts, num_threads=parts, schedule="static"):
+            lo = split_point(m, parts, chunk)
+            hi = split_point(m, parts, chunk + 1)
+            if hi > lo:
+                gemm(trans_a, trans_b, hi - lo, n, k, alpha,
+                     a + (lo if trans_a else <Py_ssize_t>lo * lda), lda, b, ldb, beta,
+                     c + <Py_ssize_t>lo * ldc, ldc)
+    else:
+        for chunk in prange(parts, num_threads=parts, schedule="static"):
+            lo = split_point(n, parts, chunk)
+            hi = split_point(n, parts, chunk + 1)
+            if hi > lo:
+                gemm(trans_a, trans_b, m, hi - lo, k, alpha, a, lda,
+                     b + (<Py_ssize_t>lo * ldb if trans_b else lo), ldb, beta, c + lo, ldc)
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,17 +275,18 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         return -1
     cdef floating* gates = workspace
     cdef floating* cells = workspace + <Py_ssize_t>T * B * G
-    # The input projection of all T steps at once: (T·B × I)·(I × 4H), BLAS's threads.
-    gemm(False, True, T * B, G, I, <floating>1, x, I, w_ih, I, <floating>0, gates, G)
-    n_chunks = thread_count(num_threads, B)
+    saved = _blas_threads_off() if num_threads > 1 else 0
+    # The input projection of all T steps at once: (T·B × I)·(I × 4H).
+    parallel_gemm(num_threads, False, True, T * B, G, I, <floating>1, x, I, w_ih, I,
+                  <floating>0, gates, G)
+    n_chunks = thread_count(num_threads, T, B, H)
     if n_chunks > 1:
-        saved = _blas_threads_off()
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
                          w_hh, bias, peephole, h0, c0, y, gates, cells)
-        _blas_threads_restore(saved)
     else:
         forward_rows(T, B, H, 0, B, w_hh, bias, peephole, h0, c0, y, gates, cells)
+    _blas_threads_restore(saved)
     return 0
 
 
@@ -285,28 +364,31 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
     else:
         memset(dc0, 0, BH * sizeof(floating))
 
-    n_chunks = thread_count(num_threads, B)
+    saved = _blas_threads_off() if num_threads > 1 else 0
+    n_chunks = thread_count(num_threads, T, B, H)
     if n_chunks > 1:
-        saved = _blas_threads_off()
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             backward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
                           w_hh, peephole, c0, gates, cells, dy, dh0, dc0)
-        _blas_threads_restore(saved)
     else:
         backward_rows(T, B, H, 0, B, w_hh, peephole, c0, gates, cells, dy, dh0, dc0)
 
     # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs.
     cdef floating* da = gates
     if dx != NULL:      # dX = da · W_ih
-        gemm(False, False, T * B, I, G, <floating>1, da, G, w_ih, I, <floating>0, dx, I)
+        parallel_gemm(num_threads, False, False, T * B, I, G, <floating>1, da, G, w_ih, I,
+                      <floating>0, dx, I)
     # dW_ih += daᵀ · X
-    gemm(True, False, G, I, T * B, <floating>1, da, G, x, I, <floating>1, dw_ih, I)
+    parallel_gemm(num_threads, True, False, G, I, T * B, <floating>1, da, G, x, I,
+                  <floating>1, dw_ih, I)
     # dW_hh += daᵀ · H_prev, where H_prev is y shifted one step (and h0 for t = 0)
     if T > 1:
-        gemm(True, False, G, H, (T - 1) * B, <floating>1, da + <Py_ssize_t>B * G, G, y, H,
-             <floating>1, dw_hh, H)
+        parallel_gemm(num_threads, True, False, G, H, (T - 1) * B, <floating>1,
+                      da + <Py_ssize_t>B * G, G, y, H, <floating>1, dw_hh, H)
     if h0 != NULL:
-        gemm(True, False, G, H, B, <floating>1, da, G, h0, H, <floating>1, dw_hh, H)
+        parallel_gemm(num_threads, True, False, G, H, B, <floating>1, da, G, h0, H,
+                      <floating>1, dw_hh, H)
+    _blas_threads_restore(saved)
     if floating is float:
         clstm_column_sums_f32(TB, G, da, dbias)
         if peephole != NULL and dpeephole != NULL:

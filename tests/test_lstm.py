@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import clstm
+from clstm import kernels
 from reference import (  # tests/ is on sys.path through pyproject's pythonpath
     layers_from_params,
     numerical_gradient,
@@ -367,6 +368,8 @@ def test_results_do_not_depend_on_thread_count(dtype):
     rng = np.random.default_rng(11)
     x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
     old = clstm.get_num_threads()
+    # the kernels keep tiny problems on one thread; force the split so 2 threads run
+    old_threshold = kernels._set_min_flops_per_thread(0)
     try:
         clstm.set_num_threads(1)
         assert clstm.get_num_threads() == 1
@@ -374,8 +377,11 @@ def test_results_do_not_depend_on_thread_count(dtype):
         clstm.set_num_threads(2)
         assert clstm.get_num_threads() == 2
         two = run(net, x, state, R, Rstate)
+        if kernels.openmp_enabled():
+            assert kernels._threads_used_by_last_call() == 2
     finally:
         clstm.set_num_threads(old)
+        kernels._set_min_flops_per_thread(old_threshold)
     assert clstm.get_num_threads() == old
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
     assert_results_close(two, one, **tol)
