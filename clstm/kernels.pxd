@@ -16,7 +16,8 @@
 #                followed by the cell states (T, B, H); the final cell state c_n is
 #                workspace[4·T·B·H + (T-1)·B·H :], i.e. the last (B, H) block.
 #
-# Return value: 0 on success, -1 when a size is not positive or too large for BLAS's int.
+# Return value: 0 on success, -1 when a size is not positive or too large for BLAS's int,
+# -2 when the kernel could not allocate its packed copy of w_hh (a few hundred KiB).
 # num_threads: OpenMP threads across the batch (each thread owns a slice of the rows for
 # all T steps); pass 1 when calling from your own parallel region.
 

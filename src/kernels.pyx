@@ -23,8 +23,12 @@ row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
+from libc.stdlib cimport free
 from libc.stdint cimport uintptr_t
 from libc.limits cimport INT_MAX
+
+cdef extern from "stdlib.h" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 cimport numpy as cnp
 
@@ -55,6 +59,17 @@ cdef extern from "gates.h" nogil:
     void clstm_tanh_f64(long n, const double *x, double *y)
     int clstm_omp_max_threads()
     int clstm_have_openmp()
+
+cdef extern from "packed_gemm.h" nogil:
+    size_t clstm_packed_size_f32(int K, int N)
+    size_t clstm_packed_size_f64(int K, int N)
+    void clstm_pack_f32(int K, int N, const float *src, int ld, int src_is_nk, float *packed)
+    void clstm_pack_f64(int K, int N, const double *src, int ld, int src_is_nk, double *packed)
+    void clstm_packed_gemm_f32(int M, int K, int N, const float *A, int lda,
+                               const float *packed, float *C, int ldc, int accumulate)
+    void clstm_packed_gemm_f64(int M, int K, int N, const double *A, int lda,
+                               const double *packed, double *C, int ldc, int accumulate)
+    const char *clstm_packed_gemm_isa_name()
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,6 +161,62 @@ cdef inline void gates_backward(int rows, int H, floating* gates, const floating
         clstm_gates_backward_f32(rows, H, gates, peephole, c_prev, c, dh, dc)
     else:
         clstm_gates_backward_f64(rows, H, gates, peephole, c_prev, c, dh, dc)
+
+
+# The recurrent GEMMs use the same W_hh at every step. Packed once per call into the
+# panel layout of src/packed_gemm.h, it is read straight by a register-blocked kernel at
+# each step, where a BLAS call would re-pack it T times (and is tuned for large M).
+# Switchable for A/B measurements (bench/): 0 calls BLAS at every step instead.
+cdef bint _use_packed_gemm = True
+
+
+def _set_packed_gemm(bint enabled):
+    """Use the packed recurrent GEMM (True) or BLAS at every step (False); returns the
+    previous setting."""
+    global _use_packed_gemm
+    old = _use_packed_gemm
+    _use_packed_gemm = enabled
+    return old
+
+
+def packed_gemm_isa():
+    """The instruction set of the packed GEMM kernel chosen for this CPU."""
+    return clstm_packed_gemm_isa_name().decode()
+
+
+cdef floating* pack_weights(int K, int N, const floating* src, int ld,
+                            bint src_is_nk) noexcept nogil:
+    """A packed copy of P (K × N) (src is Pᵀ when src_is_nk), or NULL when out of memory.
+    Free with free()."""
+    cdef void* buf = NULL
+    cdef size_t n
+    if floating is float:
+        n = clstm_packed_size_f32(K, N)
+    else:
+        n = clstm_packed_size_f64(K, N)
+    if posix_memalign(&buf, 64, n * sizeof(floating)) != 0:
+        return NULL
+    if floating is float:
+        clstm_pack_f32(K, N, src, ld, src_is_nk, <float*>buf)
+    else:
+        clstm_pack_f64(K, N, src, ld, src_is_nk, <double*>buf)
+    return <floating*>buf
+
+
+cdef inline void recurrent_gemm(int m, int n, int k, const floating* a, int lda,
+                                const floating* packed, const floating* w, bint w_is_nk,
+                                floating beta, floating* c, int ldc) noexcept nogil:
+    """C (m×n) := A (m×k)·P + beta·C, where P is W or Wᵀ (W row-major, w_is_nk: W is
+    n×k), from the packed copy when there is one."""
+    if packed != NULL:
+        if floating is float:
+            clstm_packed_gemm_f32(m, k, n, a, lda, packed, c, ldc, beta != 0)
+        else:
+            clstm_packed_gemm_f64(m, k, n, a, lda, packed, c, ldc, beta != 0)
+    elif w_is_nk:
+        gemm(False, True, m, n, k, <floating>1, a, lda, w, k, beta, c, ldc)
+    else:
+        gemm(False, False, m, n, k, <floating>1, a, lda, w, n, beta, c, ldc)
 
 
 cdef inline bint sizes_ok(int T, int B, int I, int H) noexcept nogil:
@@ -241,7 +312,7 @@ cdef void parallel_gemm(int num_threads, bint trans_a, bint trans_b, int m, int 
 # Forward
 
 cdef void forward_rows(int T, int B, int H, int b0, int b1, const floating* w_hh,
-                       const floating* bias, const floating* peephole, const floating* h0,
+                       const floating* w_hh_packed, const floating* bias, const floating* peephole, const floating* h0,
                        const floating* c0, floating* y, floating* gates,
                        floating* cells) noexcept nogil:
     """Rows b0:b1 of the batch through all T steps (the gates already hold x·W_ihᵀ)."""
@@ -259,8 +330,8 @@ cdef void forward_rows(int T, int B, int H, int b0, int b1, const floating* w_hh
             h_prev = y + (row0 - B) * H
             c_prev = cells + (row0 - B) * H
         if h_prev != NULL:
-            gemm(False, True, rows, G, H, <floating>1, h_prev, H, w_hh, H,
-                 <floating>1, gates + row0 * G, G)
+            recurrent_gemm(rows, G, H, h_prev, H, w_hh_packed, w_hh, True, <floating>1,
+                           gates + row0 * G, G)
         gates_forward(rows, H, gates + row0 * G, bias, peephole, c_prev,
                       cells + row0 * H, y + row0 * H)
 
@@ -275,6 +346,11 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         return -1
     cdef floating* gates = workspace
     cdef floating* cells = workspace + <Py_ssize_t>T * B * G
+    cdef floating* packed = NULL
+    if _use_packed_gemm and T > 1:
+        packed = pack_weights(H, G, w_hh, H, True)      # P = W_hhᵀ (H × 4H)
+        if packed == NULL:
+            return -2
     saved = _blas_threads_off() if num_threads > 1 else 0
     # The input projection of all T steps at once: (T·B × I)·(I × 4H).
     parallel_gemm(num_threads, False, True, T * B, G, I, <floating>1, x, I, w_ih, I,
@@ -283,10 +359,11 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
-                         w_hh, bias, peephole, h0, c0, y, gates, cells)
+                         w_hh, packed, bias, peephole, h0, c0, y, gates, cells)
     else:
-        forward_rows(T, B, H, 0, B, w_hh, bias, peephole, h0, c0, y, gates, cells)
+        forward_rows(T, B, H, 0, B, w_hh, packed, bias, peephole, h0, c0, y, gates, cells)
     _blas_threads_restore(saved)
+    free(packed)
     return 0
 
 
@@ -316,7 +393,7 @@ cdef void layer_step(int B, int I, int H, const floating* x, const floating* w_i
 # Backward
 
 cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_hh,
-                        const floating* peephole, const floating* c0, floating* gates,
+                        const floating* w_hh_packed, const floating* peephole, const floating* c0, floating* gates,
                         const floating* cells, floating* dy, floating* dh0,
                         floating* dc) noexcept nogil:
     """Rows b0:b1 back through all T steps. dy[t] is dL/dh_t, and receives the recurrent
@@ -334,11 +411,11 @@ cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_h
         gates_backward(rows, H, gates + row0 * G, peephole, c_prev, cells + row0 * H,
                        dy + row0 * H, dc + <Py_ssize_t>b0 * H)
         if t > 0:   # dL/dh_{t-1} += da_t · W_hh
-            gemm(False, False, rows, H, G, <floating>1, gates + row0 * G, G, w_hh, H,
-                 <floating>1, dy + (row0 - B) * H, H)
+            recurrent_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                           <floating>1, dy + (row0 - B) * H, H)
         else:
-            gemm(False, False, rows, H, G, <floating>1, gates + row0 * G, G, w_hh, H,
-                 <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
+            recurrent_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                           <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
 
 
 cdef int layer_backward(int T, int B, int I, int H, const floating* x,
@@ -364,14 +441,21 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
     else:
         memset(dc0, 0, BH * sizeof(floating))
 
+    cdef floating* packed = NULL
+    if _use_packed_gemm and T > 1:
+        packed = pack_weights(G, H, w_hh, H, False)     # P = W_hh (4H × H)
+        if packed == NULL:
+            return -2
     saved = _blas_threads_off() if num_threads > 1 else 0
     n_chunks = thread_count(num_threads, T, B, H)
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             backward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
-                          w_hh, peephole, c0, gates, cells, dy, dh0, dc0)
+                          w_hh, packed, peephole, c0, gates, cells, dy, dh0, dc0)
     else:
-        backward_rows(T, B, H, 0, B, w_hh, peephole, c0, gates, cells, dy, dh0, dc0)
+        backward_rows(T, B, H, 0, B, w_hh, packed, peephole, c0, gates, cells, dy, dh0,
+                      dc0)
+    free(packed)
 
     # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs.
     cdef floating* da = gates
@@ -486,6 +570,13 @@ cdef int typenum_of(object x) except -1:
     return typenum
 
 
+cdef check_status(int status, str what):
+    if status == -2:
+        raise MemoryError(f"lstm {what}: out of memory for the packed weights")
+    if status != 0:
+        raise ValueError(f"lstm {what}: invalid sizes")
+
+
 def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y,
             workspace, int num_threads=1):
     """Forward of one layer over T steps; fills ``y`` (T,B,H) and ``workspace``.
@@ -518,8 +609,7 @@ def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y
             status = layer_forward(T, B, I, H, <double*>px, <double*>pwi, <double*>pwh,
                                    <double*>pb, <double*>pp, <double*>ph0, <double*>pc0,
                                    <double*>py, <double*>pw, num_threads)
-    if status != 0:
-        raise ValueError("lstm forward: invalid sizes")
+    check_status(status, "forward")
 
 
 def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, workspace,
@@ -569,8 +659,7 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
                                     <double*>pdcn, <double*>pdx, <double*>pdh0,
                                     <double*>pdc0, <double*>pdwi, <double*>pdwh,
                                     <double*>pdb, <double*>pdp, num_threads)
-    if status != 0:
-        raise ValueError("lstm backward: invalid sizes")
+    check_status(status, "backward")
 
 
 def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, c_out,
