@@ -1,0 +1,1 @@
+"""Benchmarks of clstm against its peers: `python -m bench --help`."""

@@ -1,0 +1,120 @@
+"""The GEMM ceiling: how long SciPy's BLAS takes for the GEMMs an LSTM cannot avoid.
+
+For a cell of the grid the ceiling runs, through `scipy.linalg.blas.?gemm`, every GEMM of
+`shapes.ideal_gemms` as many times as an LSTM would (the recurrent ones T times), on
+operands preallocated in Fortran order so the f2py wrapper copies nothing, C overwritten in
+place (beta = 0).  That run is timed interleaved with the implementations, so it sees the
+same machine they do.
+
+Calling through the Python wrapper costs about a microsecond per call that a compiled LSTM
+does not pay; for the tiny recurrent GEMMs of small shapes that is most of the time.  So a
+twin run with the same calls and thread switches on 1x1x1 operands is timed alongside, and
+
+    ceiling = best time(GEMM run) - best time(1x1x1 twin), never less than the FLOPs at
+              the peak rate of a large square GEMM.
+
+Best, not median, of the interleaved samples: the ceiling is what BLAS *can* reach, and on
+a shared machine interference only ever adds time.
+
+Each GEMM runs at 1 thread or at the cell's thread count, whichever was faster when timed
+alone (an ideal implementation would not spread a 1x64x256 product over two cores either).
+The ceiling is optimistic (short), so clstm's fraction of it errs on the low side.
+"""
+
+import numpy as np
+from scipy.linalg import blas
+from threadpoolctl import ThreadpoolController
+
+from bench.shapes import ideal_gemms
+from bench.timing import interleaved
+
+_CONTROLLER = None
+
+
+def blas_controller():
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
+def gemm_call(m, n, k, dtype):
+    """A zero-argument function computing one preallocated (m x k)·(k x n) product."""
+    gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.standard_normal((m, k)).astype(dtype))
+    b = np.asfortranarray(rng.standard_normal((k, n)).astype(dtype))
+    c = np.zeros((m, n), dtype=dtype, order="F")
+    out = gemm(1.0, a, b, beta=0.0, c=c, overwrite_c=1)
+    if not np.shares_memory(out, c):  # the wrapper copied: the timing would include it
+        raise RuntimeError(f"{gemm.__name__} copied its output for {m}x{n}x{k}")
+    return lambda: gemm(1.0, a, b, beta=0.0, c=c, overwrite_c=1)
+
+
+class CellCeiling:
+    """The GEMM run of one cell (`run`) and its 1x1x1 twin (`overhead_run`)."""
+
+    def __init__(self, plan, dtype, flops, peak_gflops, breakdown):
+        """plan: BLAS thread count -> [(Gemm, calls)]."""
+        self.flops, self.peak_gflops, self.breakdown = flops, peak_gflops, breakdown
+        self.n_calls = sum(count for group in plan.values() for _, count in group)
+        one = gemm_call(1, 1, 1, dtype)
+        self.run = self._loop({n: [(gemm_call(g.m, g.n, g.k, dtype), count) for g, count in group]
+                               for n, group in plan.items()})
+        self.overhead_run = self._loop({n: [(one, count) for _, count in group]
+                                        for n, group in plan.items()})
+
+    @staticmethod
+    def _loop(groups):
+        limit = blas_controller().limit
+
+        def run():
+            for threads, calls in groups.items():
+                with limit(limits=threads, user_api="blas"):
+                    for fn, count in calls:
+                        for _ in range(count):
+                            fn()
+        return run
+
+    def summarise(self, run_s, overhead_s):
+        floor = self.flops / (self.peak_gflops * 1e9)
+        return dict(net_s=max(run_s - overhead_s, floor), raw_s=run_s, overhead_s=overhead_s,
+                    floor_s=floor, calls=self.n_calls, peak_gflops=self.peak_gflops,
+                    gemms=self.breakdown)
+
+
+class GemmCeiling:
+    """Builds the ceiling of each cell; GEMMs timed alone are cached across cells."""
+
+    def __init__(self, repeats=5, min_time=0.02, peak_size=1024):
+        self.repeats = repeats
+        self.min_time = min_time
+        self.peak_size = peak_size
+        self._seconds = {}
+
+    def seconds(self, m, n, k, dtype, threads):
+        """Best-of-repeats seconds of one (m x k)·(k x n) GEMM alone on `threads` threads."""
+        key = (m, n, k, np.dtype(dtype).name, threads)
+        if key not in self._seconds:
+            fn = gemm_call(m, n, k, dtype)
+            with blas_controller().limit(limits=threads, user_api="blas"):
+                t = interleaved({"gemm": fn}, self.repeats, warmup=2, min_time=self.min_time)
+            self._seconds[key] = t["gemm"].best
+        return self._seconds[key]
+
+    def peak_gflops(self, dtype, threads):
+        n = self.peak_size
+        return 2 * n**3 / self.seconds(n, n, n, dtype, threads) / 1e9
+
+    def cell(self, shape, mode, dtype, threads, input_grad=False):
+        """The CellCeiling of one grid cell: which GEMM runs on how many threads, and the runs."""
+        plan, breakdown, flops = {}, [], 0
+        for g in ideal_gemms(shape, mode, input_grad=input_grad):
+            options = {n: self.seconds(g.m, g.n, g.k, dtype, n) for n in {1, threads}}
+            best = min(options, key=options.get)
+            plan.setdefault(best, []).append((g, g.count))
+            flops += g.flops
+            breakdown.append(dict(what=g.what, m=g.m, n=g.n, k=g.k, count=g.count,
+                                  threads=best, alone_call_s=options[best],
+                                  alone_gflops=2 * g.m * g.n * g.k / options[best] / 1e9))
+        return CellCeiling(plan, dtype, flops, self.peak_gflops(dtype, threads), breakdown)

@@ -1,0 +1,499 @@
+"""One adapter per implementation, all with the same interface.
+
+    peer = PEERS["torch"]()                      # or ClstmPeer(standin=...)
+    peer.available()                             # None, or why it cannot run here
+    runner = peer.setup(shape, dtype, threads, params, x)
+    runner.fwd(); runner.train()                 # one inference call / one training step
+    runner.forward_output(); runner.train_grads()  # for the cross-check, outside the timing
+
+Every peer receives the same weights (`make_params`, PyTorch names and layout) and the same
+input x (T, B, I); a peer that wants batch-major input gets it transposed at setup, outside
+the timing.  A training step is forward plus backward with every weight gradient, loss =
+sum of the outputs (dy = ones), no optimizer update.  `setup` raises `Skip` when the peer
+cannot run that cell (for instance a thread count its runtime cannot switch to).
+"""
+
+import contextlib
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Skip(Exception):
+    """This peer cannot run this cell; the message says why."""
+
+
+def make_params(shape, dtype, seed=0):
+    """PyTorch-named LSTM weights, drawn as PyTorch draws them: U(-1/sqrt(H), 1/sqrt(H))."""
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(shape.H)
+    G = 4 * shape.H
+    params = {}
+    for k, i_k in enumerate(shape.input_sizes()):
+        for name, size in ((f"weight_ih_l{k}", (G, i_k)), (f"weight_hh_l{k}", (G, shape.H)),
+                           (f"bias_ih_l{k}", (G,)), (f"bias_hh_l{k}", (G,))):
+            params[name] = rng.uniform(-bound, bound, size).astype(dtype)
+    return params
+
+
+def make_input(shape, dtype, seed=1):
+    return np.random.default_rng(seed).standard_normal((shape.T, shape.B, shape.I)).astype(dtype)
+
+
+class Runner:
+    """What `setup` returns; subclasses fill in the four methods."""
+
+    def fwd(self):
+        raise NotImplementedError
+
+    def train(self):
+        raise NotImplementedError
+
+    def forward_output(self):
+        """y (T, B, H) as a NumPy array."""
+        raise NotImplementedError
+
+    def train_grads(self):
+        """Weight gradients of one training step, PyTorch names -> NumPy arrays."""
+        raise NotImplementedError
+
+    def notes(self):
+        """Anything the report should say about how this peer ran (dict)."""
+        return {}
+
+
+class Peer:
+    name = ""
+
+    def available(self):
+        return None
+
+    def version(self):
+        return ""
+
+    def setup(self, shape, dtype, threads, params, x):
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- clstm
+
+
+def clstm_module(standin=None):
+    """The `clstm` package, or with `standin` ("torch") a stand-in with the same API."""
+    if standin:
+        from bench._standin import standin_module
+        return standin_module(standin)
+    mod = importlib.import_module("clstm")
+    mod.LSTM  # noqa: B018  (fails loudly while the package is still being written)
+    return mod
+
+
+class ClstmPeer(Peer):
+    name = "clstm"
+
+    def __init__(self, standin=None):
+        self.standin = standin
+
+    def available(self):
+        try:
+            clstm_module(self.standin)
+        except Exception as exc:
+            return f"clstm unusable: {type(exc).__name__}: {exc}"
+        return None
+
+    def version(self):
+        mod = clstm_module(self.standin)
+        return getattr(mod, "__version__", "") or _dist_version("clstm")
+
+    def setup(self, shape, dtype, threads, params, x):
+        mod = clstm_module(self.standin)
+        mod.set_num_threads(threads)
+        net = mod.LSTM(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
+        for name, value in params.items():
+            net.params[name][...] = value
+        return _ClstmRunner(net, x, np.ones((shape.T, shape.B, shape.H), dtype=dtype))
+
+
+class _ClstmRunner(Runner):
+    def __init__(self, net, x, dy):
+        self.net, self.x, self.dy = net, x, dy
+
+    def fwd(self):
+        self.net.eval()
+        self.net.forward(self.x)
+
+    def train(self):
+        net = self.net
+        net.train()
+        net.zero_grad()
+        net.forward(self.x)
+        net.backward(self.dy, input_grad=False)
+
+    def forward_output(self):
+        self.net.eval()
+        return np.array(self.net.forward(self.x)[0])
+
+    def train_grads(self):
+        self.train()
+        return {k: np.array(v) for k, v in self.net.grads.items()}
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+class TorchPeer(Peer):
+    """torch.nn.LSTM; with onednn=False every call runs inside mkldnn.flags(enabled=False)."""
+
+    def __init__(self, onednn=True):
+        self.onednn = onednn
+        self.name = "torch" if onednn else "torch-nodnnl"
+
+    def available(self):
+        return _import_error("torch")
+
+    def version(self):
+        import torch
+        return torch.__version__
+
+    def setup(self, shape, dtype, threads, params, x):
+        import torch
+        torch.set_num_threads(threads)
+        module = torch.nn.LSTM(shape.I, shape.H, shape.L, dtype=getattr(torch, dtype))
+        module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()})
+        return _TorchRunner(module, torch.from_numpy(x),
+                            torch.ones((shape.T, shape.B, shape.H), dtype=getattr(torch, dtype)),
+                            self.onednn)
+
+
+class _TorchRunner(Runner):
+    def __init__(self, module, x, dy, onednn):
+        import torch
+        self.torch, self.module, self.x, self.dy = torch, module, x, dy
+        self.context = (contextlib.nullcontext if onednn
+                        else lambda: torch.backends.mkldnn.flags(enabled=False))
+
+    def fwd(self):
+        with self.context(), self.torch.inference_mode():
+            self.module(self.x)
+
+    def train(self):
+        with self.context():
+            self.module.zero_grad(set_to_none=True)
+            y, _ = self.module(self.x)
+            y.backward(self.dy)
+
+    def forward_output(self):
+        with self.context(), self.torch.inference_mode():
+            return self.module(self.x)[0].numpy().copy()
+
+    def train_grads(self):
+        self.train()
+        return {n: p.grad.numpy().copy() for n, p in self.module.named_parameters()}
+
+    def path(self, mode):
+        """Which PyTorch path one call takes: "oneDNN" (aten::mkldnn_rnn_layer) or "generic".
+
+        Found by profiling one call, so it tells whether mkldnn.flags(enabled=False) really
+        switched the path, not only whether the timing moved.
+        """
+        from torch.profiler import ProfilerActivity, profile
+        fn = self.fwd if mode == "fwd" else self.train
+        with _quiet_fds(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        keys = {e.key for e in prof.key_averages()}
+        return "oneDNN" if any("mkldnn_rnn" in k for k in keys) else "generic"
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    """Silence what native code prints on fds 1 and 2 (the profiler's start/stop lines)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------- NumPy reference
+
+
+def _load_reference():
+    tests = str(REPO_ROOT / "tests")
+    if not (REPO_ROOT / "tests" / "reference.py").exists():
+        raise ImportError("tests/reference.py does not exist yet")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    ref = importlib.import_module("reference")
+    for fn in ("reference_forward", "reference_backward"):
+        if not hasattr(ref, fn):
+            raise ImportError(f"tests/reference.py has no {fn}")
+    return ref
+
+
+class NumpyReferencePeer(Peer):
+    """tests/reference.py: one step at a time in NumPy; its backward always computes dx."""
+
+    name = "numpy"
+
+    def available(self):
+        try:
+            _load_reference()
+        except Exception as exc:
+            return f"NumPy reference unusable: {exc}"
+        return None
+
+    def version(self):
+        return np.__version__
+
+    def setup(self, shape, dtype, threads, params, x):
+        from bench.ceiling import blas_controller
+        ref = _load_reference()
+        layers = [{key: params[f"{key}_l{k}"].copy()
+                   for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                  for k in range(shape.L)]
+        return _NumpyRunner(ref, layers, x, np.ones((shape.T, shape.B, shape.H), dtype=dtype),
+                            lambda: blas_controller().limit(limits=threads, user_api="blas"))
+
+
+class _NumpyRunner(Runner):
+    def __init__(self, ref, layers, x, dy, blas_limit):
+        self.ref, self.layers, self.x, self.dy, self.blas_limit = ref, layers, x, dy, blas_limit
+
+    def fwd(self):
+        with self.blas_limit():
+            self.ref.reference_forward(self.x, self.layers, None, None)
+
+    def _train(self):
+        with self.blas_limit():
+            _, _, cache = self.ref.reference_forward(self.x, self.layers, None, None)
+            return self.ref.reference_backward(self.dy, cache)
+
+    def train(self):
+        self._train()
+
+    def forward_output(self):
+        return self.ref.reference_forward(self.x, self.layers, None, None)[0]
+
+    def train_grads(self):
+        grads = self._train()[2]
+        return {f"{key}_l{k}": v for k, layer in enumerate(grads) for key, v in layer.items()}
+
+    def notes(self):
+        return {"input_grad": "tests/reference.py always computes dx"}
+
+
+# --------------------------------------------------------------------------- Keras / TensorFlow
+
+
+class _FixedThreads:
+    """A runtime whose thread pool is sized once per process (TensorFlow)."""
+
+    fixed_threads = None
+
+    def _claim_threads(self, threads):
+        if self.fixed_threads is None:
+            self._configure_threads(threads)
+            type(self).fixed_threads = threads
+        if threads != self.fixed_threads:
+            raise Skip(f"{self.name}: thread pool fixed at {self.fixed_threads} "
+                       f"thread(s) for this process")
+
+
+class KerasPeer(_FixedThreads, Peer):
+    """keras.layers.LSTM stack (TensorFlow backend), batch-major, inside tf.function."""
+
+    name = "keras"
+
+    def available(self):
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return _import_error("tensorflow") or _import_error("keras")
+
+    def version(self):
+        import keras
+        import tensorflow as tf
+        return f"keras {keras.__version__}, tensorflow {tf.__version__}"
+
+    def _configure_threads(self, threads):
+        if threads == os.cpu_count():
+            return  # TensorFlow's default pools are sized to all cores
+        import tensorflow as tf
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError as exc:  # TensorFlow already initialised elsewhere
+            raise Skip(f"keras: cannot size TensorFlow's thread pool: {exc}") from exc
+
+    def setup(self, shape, dtype, threads, params, x):
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        self._claim_threads(threads)
+        import keras
+        import tensorflow as tf
+        if keras.backend.backend() != "tensorflow":
+            raise Skip(f"keras: backend is {keras.backend.backend()}, not tensorflow")
+
+        inputs = keras.Input(shape=(shape.T, shape.I), batch_size=shape.B, dtype=dtype)
+        h, lstms = inputs, []
+        for _ in range(shape.L):
+            lstms.append(keras.layers.LSTM(shape.H, return_sequences=True, dtype=dtype))
+            h = lstms[-1](h)
+        model = keras.Model(inputs, h)
+        names = []
+        for k, layer in enumerate(lstms):
+            # Keras: kernel (I, 4H), recurrent_kernel (H, 4H), one bias; gates i, f, c, o
+            layer.set_weights([params[f"weight_ih_l{k}"].T, params[f"weight_hh_l{k}"].T,
+                               params[f"bias_ih_l{k}"] + params[f"bias_hh_l{k}"]])
+            names += [(k, w.name) for w in layer.trainable_weights]
+        return _KerasRunner(tf, model, tf.constant(np.ascontiguousarray(x.transpose(1, 0, 2))),
+                            names)
+
+
+class _KerasRunner(Runner):
+    def __init__(self, tf, model, x_bt, names):
+        self.x_bt, self.names = x_bt, names
+        weights = model.trainable_weights
+
+        @tf.function
+        def forward(x):
+            return model(x, training=False)
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x, training=True))
+            return tape.gradient(loss, weights)
+
+        self._forward, self._step = forward, step
+
+    def fwd(self):
+        self._forward(self.x_bt)
+
+    def train(self):
+        self._step(self.x_bt)
+
+    def forward_output(self):
+        return self._forward(self.x_bt).numpy().transpose(1, 0, 2)
+
+    def train_grads(self):
+        out = {}
+        for (k, name), g in zip(self.names, self._step(self.x_bt)):
+            g = g.numpy()
+            if name == "kernel":
+                out[f"weight_ih_l{k}"] = g.T
+            elif name == "recurrent_kernel":
+                out[f"weight_hh_l{k}"] = g.T
+            elif name == "bias":
+                out[f"bias_ih_l{k}"] = out[f"bias_hh_l{k}"] = g
+        return out
+
+
+# --------------------------------------------------------------------------- JAX
+
+
+def jax_lstm(params, x, num_layers):
+    """A stacked LSTM in JAX: one input projection per layer, then lax.scan over time."""
+    import jax
+    import jax.numpy as jnp
+
+    h = x
+    for k in range(num_layers):
+        w_hh_t = params[f"weight_hh_l{k}"].T
+        xp = h @ params[f"weight_ih_l{k}"].T + (params[f"bias_ih_l{k}"] + params[f"bias_hh_l{k}"])
+
+        def step(carry, xp_t, w_hh_t=w_hh_t):
+            h_t, c_t = carry
+            i, f, g, o = jnp.split(xp_t + h_t @ w_hh_t, 4, axis=-1)
+            c_t = jax.nn.sigmoid(f) * c_t + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h_t = jax.nn.sigmoid(o) * jnp.tanh(c_t)
+            return (h_t, c_t), h_t
+
+        zeros = jnp.zeros(xp.shape[1:2] + w_hh_t.shape[:1], xp.dtype)
+        _, h = jax.lax.scan(step, (zeros, zeros), xp)
+    return h
+
+
+class JaxPeer(Peer):
+    """jax_lstm, jitted; training step = jax.grad of sum(y), jitted.
+
+    XLA sizes its CPU thread pool when its backend starts and has no supported switch to an
+    arbitrary count, so JAX runs only at its default, all cores.
+    """
+
+    name = "jax"
+
+    def available(self):
+        return _import_error("jax")
+
+    def version(self):
+        import jax
+        return jax.__version__
+
+    def setup(self, shape, dtype, threads, params, x):
+        if threads != os.cpu_count():
+            raise Skip(f"jax: runs only at its default thread pool ({os.cpu_count()} threads)")
+        import jax
+        jax.config.update("jax_enable_x64", True)  # float64 cells; float32 arrays stay float32
+        jparams = {k: jax.device_put(v) for k, v in params.items()}
+        L = shape.L
+        forward = jax.jit(lambda p, x: jax_lstm(p, x, L))
+        step = jax.jit(jax.grad(lambda p, x: jax_lstm(p, x, L).sum()))
+        return _JaxRunner(jax, forward, step, jparams, jax.device_put(x))
+
+
+class _JaxRunner(Runner):
+    def __init__(self, jax, forward, step, params, x):
+        self.jax, self._forward, self._step, self.params, self.x = jax, forward, step, params, x
+
+    def fwd(self):
+        self._forward(self.params, self.x).block_until_ready()
+
+    def train(self):
+        self.jax.block_until_ready(self._step(self.params, self.x))
+
+    def forward_output(self):
+        return np.asarray(self._forward(self.params, self.x))
+
+    def train_grads(self):
+        return {k: np.asarray(v) for k, v in self._step(self.params, self.x).items()}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+PEERS = {
+    "torch": lambda: TorchPeer(onednn=True),
+    "torch-nodnnl": lambda: TorchPeer(onednn=False),
+    "numpy": NumpyReferencePeer,
+    "keras": KerasPeer,
+    "jax": JaxPeer,
+}
+
+
+def _import_error(module):
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        return f"{module} not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _dist_version(dist):
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:
+        return ""

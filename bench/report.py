@@ -1,0 +1,163 @@
+"""Results out: JSON (everything), Markdown (the tables), PNG (ratio to the best peer)."""
+
+import json
+import math
+from pathlib import Path
+
+
+def _ms(seconds):
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "—"
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _x(ratio):
+    if ratio is None or math.isnan(ratio):
+        return "—"
+    return f"{ratio:.2f}×"
+
+
+def _pct(fraction):
+    if fraction is None or math.isnan(fraction):
+        return "—"
+    return f"{100 * fraction:.0f}%"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _peer_ms(cell, name):
+    entry = cell["impls"].get(name)
+    if entry is None:
+        return "skip" if name in cell["skipped"] else "—"
+    return "err" if entry.get("error") else _ms(entry["median_s"])
+
+
+def grid_table(results):
+    peers = results["config"]["peers"]
+    header = (["shape", "dtype", "thr", "mode", "clstm ms", "GFLOP/s"]
+              + [f"{p} ms" for p in peers]
+              + ["best peer", "vs best peer", "ceiling ms", "of ceiling"])
+    rows = []
+    for cell in results["cells"]:
+        clstm = cell["impls"].get("clstm", {})
+        rows.append([cell["shape"], cell["dtype"], cell["threads"], cell["mode"],
+                     _ms(clstm.get("median_s")), f"{cell.get('clstm_gflops', math.nan):.1f}"]
+                    + [_peer_ms(cell, p) for p in peers]
+                    + [cell.get("best_peer") or "—", _x(cell.get("ratio_best_peer")),
+                       _ms(cell["ceiling"]["net_s"]), _pct(cell.get("ceiling_fraction"))])
+    return _table(header, rows)
+
+
+def memory_table(results):
+    rows = []
+    for m in results["memory"]:
+        c, t = m.get("clstm", {}), m.get("torch", {})
+        rows.append([m["shape"], m["dtype"], m["threads"],
+                     f"{c['delta_mib']:.1f}" if "delta_mib" in c else c.get("error", "—"),
+                     f"{t['delta_mib']:.1f}" if "delta_mib" in t else t.get("error", "—"),
+                     _x(m.get("ratio"))])
+    return _table(["shape", "dtype", "thr", "clstm MiB", "torch MiB", "torch / clstm"], rows)
+
+
+def streaming_table(results):
+    rows = []
+    for s in results["streaming"]:
+        if "error" in s:
+            rows.append([s["layers"], s["dtype"], s["threads"], s["error"], "", "", "", ""])
+            continue
+        imp = s["impls"]
+        rows.append([s["layers"], s["dtype"], s["threads"],
+                     f"{imp['clstm']['median_us']:.1f} ({s['clstm_call']})",
+                     f"{imp['torch']['median_us']:.1f}",
+                     f"{imp['torch-nodnnl']['median_us']:.1f}" if "torch-nodnnl" in imp else "—",
+                     _x(s["ratio_vs_torch"]), _x(s["ratio_vs_best_torch"])])
+    return _table(["layers", "dtype", "thr", "clstm µs/step", "torch µs/step",
+                   "torch-nodnnl µs/step", "torch / clstm", "best torch / clstm"], rows)
+
+
+def markdown(results):
+    m = results["machine"]
+    parts = [
+        "# clstm benchmark",
+        "",
+        f"{m['cpu']}, {m['cores']} cores; Python {m['python']}; " + ", ".join(
+            f"{k} {v}" for k, v in m["versions"].items() if v),
+        f"BLAS and OpenMP: {'; '.join(m['blas'])}",
+        "",
+        "Times are medians of interleaved repeats (every implementation once per repeat, in "
+        "rotating order), after warm-up.  GFLOP/s: forward 2·T·B·(I+H)·4H per layer, "
+        "training 3× that.  *vs best peer* = best peer time / clstm time (>1: clstm faster).  "
+        "*of ceiling* = time SciPy's BLAS needs for the GEMMs an ideal LSTM must run / clstm "
+        "time (see bench/ceiling.py).",
+        "",
+        "## Whole sequences: inference (fwd) and training step (train)",
+        "",
+        grid_table(results),
+    ]
+    if results.get("memory"):
+        parts += ["", "## Peak memory of one training step (RSS delta, fresh process)", "",
+                  memory_table(results)]
+    if results.get("streaming"):
+        parts += ["", "## Streaming inference: one step per call, B = 1, I = H = 64", "",
+                  streaming_table(results)]
+    if results.get("notes"):
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    return "\n".join(parts) + "\n"
+
+
+def write_json(results, path):
+    Path(path).write_text(json.dumps(results, indent=1, default=_jsonable))
+
+
+def _jsonable(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def chart(results, path):
+    """Bar chart: ratio to the best peer per shape, training, float32, one bar per thread count.
+
+    Returns None when written, else why not (matplotlib missing, nothing to plot).
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:
+        return f"no chart: matplotlib not importable ({type(exc).__name__})"
+    cells = [c for c in results["cells"]
+             if c["mode"] == "train" and c["dtype"] == "float32"
+             and c.get("ratio_best_peer") is not None and not math.isnan(c["ratio_best_peer"])]
+    if not cells:
+        return "no chart: no float32 training cell with a peer to compare"
+    shapes = sorted({c["shape"] for c in cells})
+    threads = sorted({c["threads"] for c in cells})
+    width = 0.8 / len(threads)
+    fig, ax = plt.subplots(figsize=(1.6 * len(shapes) + 2, 4))
+    for j, n in enumerate(threads):
+        by_shape = {c["shape"]: c for c in cells if c["threads"] == n}
+        xs = [i + (j - (len(threads) - 1) / 2) * width for i in range(len(shapes))]
+        ys = [by_shape[s]["ratio_best_peer"] if s in by_shape else 0 for s in shapes]
+        bars = ax.bar(xs, ys, width, label=f"{n} thread{'s' if n > 1 else ''}")
+        for bar, s in zip(bars, shapes):
+            if s in by_shape:
+                ax.annotate(by_shape[s]["best_peer"], (bar.get_x() + bar.get_width() / 2, 0),
+                            xytext=(0, 2), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=7, rotation=90, color="white")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(shapes)), shapes)
+    ax.set_ylabel("best peer time / clstm time")
+    label = results["clstm_label"]
+    ax.set_title(f"Training step, float32: {label} against its best peer (>1: {label} faster)",
+                 fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None

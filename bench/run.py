@@ -1,0 +1,431 @@
+"""clstm side by side with its peers: the grid, peak memory, streaming latency.
+
+    python -m bench [--quick] [--shapes S1,S3] [--dtypes float32,float64] [--threads 1,2]
+                    [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax]
+                    [--out DIR] [--no-memory] [--no-streaming] [--no-chart]
+
+Writes DIR/results.json, DIR/results.md and (with matplotlib) DIR/chart.png, and prints the
+Markdown.  Every implementation runs in this process, interleaved; peak memory is measured
+in fresh processes (bench/memory.py).  `--standin torch` replaces clstm by a torch-backed
+stand-in with clstm's API, only to exercise the harness while clstm cannot be imported.
+"""
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from bench import report, streaming  # noqa: E402
+from bench.ceiling import GemmCeiling, blas_controller  # noqa: E402
+from bench.peers import PEERS, REPO_ROOT, ClstmPeer, Skip, make_input, make_params  # noqa: E402
+from bench.shapes import DTYPES, MODES, SHAPES, parse_shapes, step_flops  # noqa: E402
+from bench.timing import interleaved  # noqa: E402
+
+ALL_CORES = os.cpu_count() or 1
+CEILING, CEILING_TWIN = "ceiling", "ceiling 1x1x1 twin"  # timed beside the peers, not peers
+
+# What --quick changes; explicit flags still win.
+QUICK = dict(shapes="S1,S2,S3", dtypes="float32", repeats=3, warmup=1, min_time=0.01,
+             memory_shapes="S3", stream_steps=500)
+FULL = dict(shapes=",".join(SHAPES), dtypes=",".join(DTYPES), repeats=7, warmup=2,
+            min_time=0.05, memory_shapes=None, stream_steps=2000)
+
+# Relative error (max |peer - clstm| / max |clstm|) above which a peer is reported as
+# disagreeing with clstm: it would mean the two are not doing the same work.
+TOLERANCE = {"float32": 2e-3, "float64": 1e-8}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="about a minute on 2 cores: S1-S3, float32, 3 repeats")
+    ap.add_argument("--shapes", help=f"comma list of {','.join(SHAPES)}")
+    ap.add_argument("--dtypes", help="comma list of float32,float64")
+    ap.add_argument("--threads", default=f"1,{ALL_CORES}" if ALL_CORES > 1 else "1",
+                    help="comma list of thread counts (default: 1 and all cores)")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma list of fwd,train")
+    ap.add_argument("--repeats", type=int, help="timed samples per implementation and cell")
+    ap.add_argument("--warmup", type=int, help="untimed calls before timing")
+    ap.add_argument("--min-time", type=float, help="seconds one timed sample lasts at least")
+    ap.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {','.join(PEERS)}")
+    ap.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
+    ap.add_argument("--memory-shapes", help="shapes for the peak-memory runs (default: --shapes)")
+    ap.add_argument("--stream-steps", type=int, help="steps timed per streaming configuration")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds of sleep before each multi-threaded sample, so that the "
+                         "previous implementation's spinning worker threads go idle "
+                         "(default 0: on a busy machine the sleep hurts more than it helps)")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-streaming", action="store_true")
+    ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--standin", choices=["torch"],
+                    help="replace clstm by a stand-in (harness development only)")
+    args = ap.parse_args(argv)
+
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.shapes = parse_shapes(args.shapes)
+    args.dtypes = _choices(args.dtypes, DTYPES, "dtype")
+    args.modes = _choices(args.modes, MODES, "mode")
+    args.peers = _choices(args.peers, list(PEERS), "peer")
+    args.threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
+    if args.memory_shapes is None:
+        args.memory_shapes = ",".join(s.name for s in args.shapes)
+    args.memory_shapes = parse_shapes(args.memory_shapes)
+    return args
+
+
+def _choices(text, allowed, what):
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad:
+        raise SystemExit(f"unknown {what}(s) {bad}; choose from {list(allowed)}")
+    return items
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_info(clstm_peer, peers):
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"numpy": np.__version__}
+    import scipy
+    versions["scipy"] = scipy.__version__
+    versions["clstm"] = _safe(clstm_peer.version)
+    for peer in peers:
+        if peer.available() is None and peer.name != "torch-nodnnl":
+            versions[peer.name] = _safe(peer.version)
+    blas = []
+    for lib in blas_controller().info():
+        if lib.get("user_api") == "blas":
+            blas.append(f"{lib.get('internal_api')} {lib.get('version')} "
+                        f"({lib.get('threading_layer')}, {lib.get('architecture')}, "
+                        f"{Path(lib['filepath']).name})")
+        else:
+            blas.append(f"{lib.get('internal_api')} ({Path(lib['filepath']).name})")
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = ALL_CORES
+    return dict(cpu=cpu, cores=ALL_CORES, usable_cores=affinity, platform=platform.platform(),
+                python=platform.python_version(), versions=versions, blas=blas,
+                threadpoolctl=blas_controller().info())
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception as exc:
+        return f"? ({type(exc).__name__})"
+
+
+# --------------------------------------------------------------------------- grid
+
+
+def rel_error(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def cross_check(runner, mode, expected):
+    """Relative error of a peer's output (fwd) or weight gradients (train) against clstm's."""
+    if mode == "fwd":
+        return rel_error(runner.forward_output(), expected)
+    got = runner.train_grads()
+    return max(rel_error(got[name], value) for name, value in expected.items())
+
+
+def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
+    """Every mode of one (shape, dtype, threads): a list of result dicts, one per mode."""
+    params, x = make_params(shape, dtype), make_input(shape, dtype)
+    runners, skipped = {}, {}
+    for peer in [clstm_peer] + peers:
+        try:
+            runners[peer.name] = peer.setup(shape, dtype, threads, params, x)
+        except Skip as exc:
+            skipped[peer.name] = str(exc)
+        except Exception as exc:
+            skipped[peer.name] = f"setup failed: {type(exc).__name__}: {exc}"
+    if "clstm" not in runners:
+        raise SystemExit(f"clstm could not be set up for {shape.name}: {skipped['clstm']}")
+
+    cells = []
+    for mode in args.modes:
+        t0 = time.perf_counter()
+        # The ceiling on `threads` threads, and on one: n cores can always do what one does.
+        ceilings = {n: ceiling.cell(shape, mode, dtype, n, input_grad=False)
+                    for n in sorted({threads, 1})}
+        contenders = {name: getattr(r, mode) for name, r in runners.items()}
+        for n, ce in ceilings.items():
+            contenders.update({(CEILING, n): ce.run, (CEILING_TWIN, n): ce.overhead_run})
+        timings = interleaved(contenders, args.repeats, args.warmup, args.min_time,
+                              settle=args.settle if threads > 1 else 0.0)
+        options = {n: ce.summarise(timings.pop((CEILING, n)).best,
+                                   timings.pop((CEILING_TWIN, n)).best)
+                   for n, ce in ceilings.items()}
+        ceil = dict(min(options.values(), key=lambda o: o["net_s"]))
+        ceil["threads"] = min(options, key=lambda n: options[n]["net_s"])
+        ceil["by_threads"] = {n: {k: v for k, v in o.items() if k != "gemms"}
+                              for n, o in options.items()}
+        impls = {name: dict(median_s=t.median, samples_s=t.samples, calls_per_sample=t.number,
+                            spread=t.spread(), error=t.error)
+                 for name, t in timings.items()}
+
+        reference = None
+        try:
+            clstm_runner = runners["clstm"]
+            reference = (clstm_runner.forward_output() if mode == "fwd"
+                         else clstm_runner.train_grads())
+        except Exception as exc:
+            impls["clstm"]["error"] = impls["clstm"]["error"] or f"{type(exc).__name__}: {exc}"
+        for name, runner in runners.items():
+            if name == "clstm" or reference is None or impls[name]["error"]:
+                continue
+            try:
+                impls[name]["rel_error_vs_clstm"] = cross_check(runner, mode, reference)
+            except Exception as exc:
+                impls[name]["rel_error_vs_clstm"] = f"{type(exc).__name__}: {exc}"
+            if hasattr(runner, "path"):
+                impls[name]["path"] = runner.path(mode)
+            impls[name].update(runner.notes())
+
+        clstm_s = impls["clstm"]["median_s"] if not impls["clstm"]["error"] else math.nan
+        peer_times = {n: v["median_s"] for n, v in impls.items()
+                      if n != "clstm" and not v["error"] and not math.isnan(v["median_s"])}
+        best = min(peer_times, key=peer_times.get) if peer_times else None
+        flops = step_flops(shape, mode)
+        cells.append(dict(
+            shape=shape.name, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
+            dtype=dtype, threads=threads, mode=mode, flops=flops,
+            impls=impls, skipped=skipped,
+            clstm_gflops=flops / clstm_s / 1e9,
+            best_peer=best, best_peer_s=peer_times.get(best, math.nan),
+            ratio_best_peer=peer_times[best] / clstm_s if best else math.nan,
+            ceiling=ceil, ceiling_fraction=ceil["net_s"] / clstm_s,
+        ))
+        c = cells[-1]
+        log(f"  {shape.name} {dtype} {threads}thr {mode:5s}: "
+            + ", ".join(f"{n} {report._ms(v['median_s'])}" + (" ERR" if v["error"] else "")
+                        for n, v in impls.items())
+            + f" ms | vs best {report._x(c['ratio_best_peer'])}, ceiling "
+            f"{report._ms(ceil['net_s'])} ms ({report._pct(c['ceiling_fraction'])})"
+            f" [{time.perf_counter() - t0:.1f}s]")
+    del runners
+    gc.collect()
+    return cells
+
+
+# --------------------------------------------------------------------------- memory, streaming
+
+
+def run_memory(args):
+    """Peak RSS of one training step, clstm and PyTorch, each in a fresh process."""
+    threads = max(args.threads)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    rows = []
+    for shape in args.memory_shapes:
+        for dtype in args.dtypes:
+            row = dict(shape=shape.name, dtype=dtype, threads=threads)
+            for impl in ("clstm", "torch"):
+                cmd = [sys.executable, "-m", "bench.memory", "--impl", impl,
+                       "--shape", shape.name, "--dtype", dtype, "--threads", str(threads)]
+                if impl == "clstm" and args.standin:
+                    cmd += ["--standin", args.standin]
+                proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
+                                      text=True, timeout=600)
+                try:
+                    row[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+                except (IndexError, json.JSONDecodeError):
+                    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                    row[impl] = dict(error=f"exit {proc.returncode}: {tail}")
+            c, t = row["clstm"].get("delta_mib"), row["torch"].get("delta_mib")
+            row["ratio"] = t / c if c and t is not None else math.nan
+            log(f"  memory {shape.name} {dtype}: clstm {c} MiB, torch {t} MiB")
+            rows.append(row)
+    return rows
+
+
+def run_streaming(args):
+    rows = []
+    for threads in args.threads:
+        for dtype in args.dtypes:
+            for layers in (1, 2):
+                try:
+                    row = streaming.run(layers, dtype, threads, steps=args.stream_steps,
+                                        standin=args.standin,
+                                        with_nodnnl="torch-nodnnl" in args.peers,
+                                        settle=args.settle if threads > 1 else 0.0)
+                except Exception as exc:
+                    row = dict(layers=layers, dtype=dtype, threads=threads,
+                               error=f"{type(exc).__name__}: {exc}")
+                log(f"  streaming L={layers} {dtype} {threads}thr: "
+                    + (", ".join(f"{k} {v['median_us']:.1f} us" for k, v in row["impls"].items())
+                       if "impls" in row else row["error"]))
+                rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- notes
+
+
+def grid_notes(cells, args, unavailable):
+    notes = []
+    if args.standin:
+        notes.append(f"**clstm is a STAND-IN ({args.standin})**: every clstm figure here is the "
+                     "stand-in's, not clstm's.")
+    for name, why in unavailable.items():
+        notes.append(f"{name} skipped: {why}")
+    skips = sorted({why for c in cells for why in c["skipped"].values()})
+    notes += [f"skipped cells: {why}" for why in skips]
+
+    paths = {}
+    for c in cells:
+        for name in ("torch", "torch-nodnnl"):
+            if "path" in c["impls"].get(name, {}):
+                paths.setdefault((c["dtype"], c["mode"]), {})[name] = c["impls"][name]["path"]
+    for (dtype, mode), p in sorted(paths.items()):
+        if p.get("torch") and p.get("torch-nodnnl"):
+            if p["torch"] != p["torch-nodnnl"]:
+                notes.append(f"torch-nodnnl {dtype} {mode}: mkldnn.flags(enabled=False) switches "
+                             f"PyTorch from its {p['torch']} path to its {p['torch-nodnnl']} "
+                             "path (checked with the profiler).")
+            else:
+                notes.append(f"torch-nodnnl {dtype} {mode}: same {p['torch']} path as torch "
+                             "(PyTorch has no oneDNN LSTM for this dtype): the two columns "
+                             "differ only by noise.")
+    if any(c["impls"].get("numpy", {}).get("input_grad") for c in cells):
+        notes.append("numpy (tests/reference.py) always computes the input gradient; its "
+                     "training times include that GEMM, the others' do not.")
+    for c in cells:
+        for name, v in c["impls"].items():
+            err = v.get("rel_error_vs_clstm")
+            if isinstance(err, str) or (err is not None and err > TOLERANCE[c["dtype"]]):
+                notes.append(f"MISMATCH {c['shape']} {c['dtype']} {c['threads']}thr {c['mode']}: "
+                             f"{name} differs from clstm by {err} (relative)")
+            if v.get("error"):
+                notes.append(f"{c['shape']} {c['dtype']} {c['threads']}thr {c['mode']}: "
+                             f"{name} failed: {v['error']}")
+    noisy = [f"{c['shape']} {c['dtype']} {c['threads']}thr {c['mode']}" for c in cells
+             if c["impls"]["clstm"]["spread"] > 0.25]
+    if noisy:
+        notes.append("noisy (clstm's samples spread over more than 25% of the median): "
+                     + "; ".join(noisy))
+    if any(c["L"] > 1 and c["mode"] == "train" for c in cells):
+        notes.append("ceiling of multi-layer training includes the input gradient of every "
+                     "layer above the first (it feeds the layer below); layer 0's is not "
+                     "asked for.")
+    notes.append("ceiling: the cell's GEMMs through SciPy's BLAS, timed interleaved with the "
+                 "implementations (best sample), less a twin run of 1x1x1 GEMMs (the Python "
+                 "wrapper's cost); each GEMM at 1 thread or the cell's count, whichever is "
+                 "faster alone, and in multi-threaded cells the 1-thread run too if faster; "
+                 "never below the FLOPs at a large square GEMM's rate.  Raw figures in "
+                 "results.json.")
+    if "keras" in args.peers and any("keras" in c["impls"] for c in cells):
+        notes.append("keras: batch-major input (transposed at setup), forward and gradient "
+                     "inside tf.function, no optimizer step.")
+    return notes
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    warnings.filterwarnings("ignore", message="TF32 acceleration")
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    clstm_peer = ClstmPeer(standin=args.standin)
+    why = clstm_peer.available()
+    if why:
+        raise SystemExit(f"{why}\n(build clstm first, or exercise the harness with "
+                         "--standin torch)")
+    peers, unavailable = [], {}
+    for name in args.peers:
+        peer = PEERS[name]()
+        why = peer.available()
+        if why:
+            unavailable[name] = why
+            log(f"skipping {name}: {why}")
+        else:
+            peers.append(peer)
+
+    started = time.time()
+    ceiling = GemmCeiling(repeats=max(3, args.repeats), min_time=args.min_time,
+                          peak_size=512 if args.quick else 1024)
+    cells = []
+    # The largest thread count first: runtimes whose pool is sized once per process
+    # (TensorFlow) are then sized to it.
+    for threads in args.threads:
+        for dtype in args.dtypes:
+            log(f"grid: {threads} thread(s), {dtype}")
+            for shape in args.shapes:
+                cells += run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling)
+    order = {s.name: i for i, s in enumerate(args.shapes)}
+    cells.sort(key=lambda c: (DTYPES.index(c["dtype"]), order[c["shape"]], c["threads"],
+                              MODES.index(c["mode"])))
+
+    results = dict(
+        clstm_label=f"clstm[standin:{args.standin}]" if args.standin else "clstm",
+        machine=machine_info(clstm_peer, peers),
+        config=dict(shapes=[s.name for s in args.shapes], dtypes=args.dtypes,
+                    threads=sorted(args.threads), modes=args.modes, peers=args.peers,
+                    repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
+                    settle=args.settle,
+                    quick=args.quick, standin=args.standin, argv=sys.argv[1:]),
+        gemm_peak_gflops={f"{d} {n}thr": ceiling.peak_gflops(d, n)
+                          for d in args.dtypes for n in args.threads},
+        cells=cells, memory=[], streaming=[],
+    )
+    if not args.no_memory:
+        log("peak memory (fresh processes)")
+        results["memory"] = run_memory(args)
+    if not args.no_streaming:
+        log("streaming")
+        results["streaming"] = run_streaming(args)
+    results["notes"] = grid_notes(cells, args, unavailable)
+    if not args.no_chart:
+        why = report.chart(results, out / "chart.png")
+        if why:
+            results["notes"].append(why)
+    results["elapsed_s"] = time.time() - started
+
+    report.write_json(results, out / "results.json")
+    md = report.markdown(results)
+    (out / "results.md").write_text(md)
+    print(md)
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}"
+        + ("" if args.no_chart or not (out / "chart.png").exists() else f", {out / 'chart.png'}")
+        + f" in {results['elapsed_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

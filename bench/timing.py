@@ -1,0 +1,137 @@
+"""Interleaved timing: every implementation runs once per repeat, in rotating order.
+
+Running the contenders side by side, in turns, spreads the drift of a shared machine
+(other jobs, frequency changes) over all of them instead of charging it to whoever happened
+to run during the slow minute.  A sample is the mean of `number` back-to-back calls, with
+`number` chosen per implementation so that one sample lasts at least `min_time` seconds.
+"""
+
+import contextlib
+import gc
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Timing:
+    """Seconds per call: one entry per repeat, plus the calls per sample."""
+
+    samples: list = field(default_factory=list)
+    number: int = 1
+    error: str = ""
+
+    @property
+    def median(self):
+        return statistics.median(self.samples) if self.samples else math.nan
+
+    @property
+    def best(self):
+        return min(self.samples) if self.samples else math.nan
+
+    def spread(self):
+        """(max - min) / median of the samples: a rough noise figure for the table notes."""
+        if len(self.samples) < 2:
+            return 0.0
+        return (max(self.samples) - min(self.samples)) / self.median
+
+
+def _calls_per_sample(fn, min_time, tries=3):
+    once = math.inf
+    for _ in range(tries):  # the fastest of a few: one slow call must not set the count
+        start = time.perf_counter()
+        fn()
+        once = min(once, time.perf_counter() - start)
+        if once > min_time:
+            break
+    return max(1, math.ceil(min_time / max(once, 1e-9)))
+
+
+def _sample(fn, number):
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        return (time.perf_counter() - start) / number
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0):
+    """Time each callable of `callables` (name -> zero-argument function).
+
+    Each runs `warmup` times first (compilation, caches, lazy allocation), then the
+    calls per sample are calibrated, then `repeats` rounds run every implementation once
+    in an order rotated by one each round.  An implementation that raises is dropped and
+    its error kept.  Returns name -> Timing.
+
+    `settle` seconds of sleep precede each sample: the worker threads the previous
+    implementation left spinning (OpenBLAS spins ~0.1 s after a call, OpenMP and
+    TensorFlow pools a little) go to sleep instead of stealing the next one's cores.
+    """
+    names = list(callables)
+    results = {name: Timing() for name in names}
+    live = []
+    for name in names:
+        try:
+            for _ in range(warmup):
+                callables[name]()
+            results[name].number = _calls_per_sample(callables[name], min_time)
+            live.append(name)
+        except Exception as exc:  # a peer failing must not sink the whole grid
+            results[name].error = f"{type(exc).__name__}: {exc}"
+    gc.collect()
+    for r in range(repeats):
+        k = r % len(live) if live else 0
+        for name in live[k:] + live[:k]:
+            if results[name].error:
+                continue
+            if settle:
+                time.sleep(settle)
+            try:
+                results[name].samples.append(_sample(callables[name], results[name].number))
+            except Exception as exc:
+                results[name].error = f"{type(exc).__name__}: {exc}"
+    return results
+
+
+def per_call_latencies(steppers, steps, block=100, warmup=100, contexts=None, settle=0.0):
+    """Latency of every single call, for streaming: name -> list of seconds.
+
+    `steppers` maps a name to a zero-argument function that advances its own state by one
+    step.  Blocks of `block` calls alternate between implementations in rotating order;
+    `contexts` (name -> context-manager factory) wraps each of that name's blocks, e.g. a
+    library switch that must not be paid per call.  `settle`: as in `interleaved`, before
+    each block.
+    """
+    contexts = contexts or {}
+    names = list(steppers)
+    no_context = contextlib.nullcontext
+    for name in names:
+        with contexts.get(name, no_context)():
+            for _ in range(warmup):
+                steppers[name]()
+    out = {name: [] for name in names}
+    clock = time.perf_counter_ns
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(math.ceil(steps / block)):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                fn, lat = steppers[name], out[name]
+                if settle:
+                    time.sleep(settle)
+                with contexts.get(name, no_context)():
+                    for _ in range(block):
+                        t0 = clock()
+                        fn()
+                        lat.append((clock() - t0) * 1e-9)
+    finally:
+        if enabled:
+            gc.enable()
+    return out
