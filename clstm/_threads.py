@@ -1,12 +1,16 @@
-"""Thread control: how many threads the kernels use, and BLAS's threads beside them.
+"""Thread control: how many threads the kernels use, and SciPy's BLAS beside them.
 
-The kernels run OpenMP threads across the batch and call BLAS inside that parallel
-region; BLAS must then run on one thread, or the two thread pools oversubscribe the
-cores. The kernels switch BLAS to one thread for the region and back afterwards through
-the ``openblas_set_num_threads`` of the very BLAS SciPy ships (the one that
-``scipy.linalg.cython_blas`` calls), which this module finds and registers once. When
-SciPy uses a BLAS that cannot be steered that way (MKL, BLIS, ...), ``blas_guard``
-limits BLAS through threadpoolctl around each multi-threaded kernel call instead.
+The kernels run one OpenMP team: the batch split across threads for the time loop, and
+the large GEMMs cut into blocks over the same threads, each calling single-threaded BLAS.
+BLAS's own worker threads must stay out of the way, or the two pools oversubscribe the
+cores. So every kernel call holds SciPy's OpenBLAS (the one ``scipy.linalg.cython_blas``
+calls) to one thread and restores it afterwards, through that library's
+``openblas_set_num_threads``, which this module finds and registers once. When SciPy
+uses a BLAS that cannot be steered that way (MKL, BLIS, ...), ``blas_guard`` limits it
+through threadpoolctl around each kernel call instead.
+
+``set_num_threads`` sets the kernels' team size only: it changes nothing else in the
+process (NumPy's own BLAS keeps its settings).
 """
 import contextlib
 import ctypes
@@ -53,12 +57,12 @@ _kernel_steers_blas = _register()
 
 
 def set_num_threads(n):
-    """Use ``n`` threads: OpenMP threads in the kernels, and BLAS threads around them.
+    """Use ``n`` OpenMP threads in clstm's kernels.
 
     Parameters
     ----------
     n : int
-        A positive thread count. ``OMP_NUM_THREADS`` sets the default.
+        A positive thread count. ``OMP_NUM_THREADS`` sets the default (else all cores).
     """
     global _num_threads
     if isinstance(n, bool):
@@ -70,7 +74,6 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n}")
     _num_threads = n
-    threadpool_limits(limits=n, user_api="blas")
 
 
 def get_num_threads():
@@ -78,9 +81,24 @@ def get_num_threads():
     return _num_threads
 
 
-def blas_guard(threads):
-    """A context that keeps BLAS on one thread while ``threads`` OpenMP threads run, for
-    the BLAS libraries the kernels cannot switch themselves."""
-    if threads > 1 and not _kernel_steers_blas and kernels.openmp_enabled():
+@contextlib.contextmanager
+def threads(n):
+    """Run the enclosed code with ``n`` kernel threads, then restore the previous count.
+
+    >>> with clstm.threads(1):
+    ...     y, state = net.forward(x)
+    """
+    previous = _num_threads
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
+
+
+def blas_guard():
+    """A context that keeps SciPy's BLAS on one thread during a kernel call, for the
+    BLAS libraries the kernels cannot switch themselves (a no-op otherwise)."""
+    if not _kernel_steers_blas:
         return threadpool_limits(limits=1, user_api="blas")
     return contextlib.nullcontext()

@@ -209,7 +209,7 @@ class LSTM:
         c_n = np.empty((L, B, H), dtype=self.dtype)
         layers = []
         inp = x
-        with _threads.blas_guard(threads):
+        with _threads.blas_guard():
             for k in range(L):
                 w_ih, w_hh, bias, peephole = self._layer_weights(k)
                 h0_k = None if h0 is None else h0[k]
@@ -331,7 +331,7 @@ class LSTM:
         dbias = np.empty(4 * H, dtype=self.dtype)
         g = self.grads
         dx = None
-        with _threads.blas_guard(threads):
+        with _threads.blas_guard():
             for k in range(L - 1, -1, -1):
                 inp, y, workspace, h0_k, c0_k, mask = layers[k]
                 w_ih, w_hh, _, peephole = self._layer_weights(k)

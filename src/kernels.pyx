@@ -227,9 +227,9 @@ cdef inline bint sizes_ok(int T, int B, int I, int H) noexcept nogil:
 
 
 # A thread takes a slice of the batch only if its share of the recurrent work is at least
-# this many FLOPs (about 20-40 µs): below that, waking a second thread and the risk of it
+# this many FLOPs (about 20-40 µs): below that, waking a sleeping thread and the risk of it
 # being descheduled on a busy machine cost more than the split saves.
-cdef double _min_flops_per_thread = 1.0e6
+cdef double _min_flops_per_thread = 2.0e6
 # How many threads the last forward or backward used (read by the tests, which must know
 # that a "2 threads" run really split the batch).
 cdef int _threads_used_last = 0
@@ -599,8 +599,9 @@ def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y
     cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
     cdef void* py = writable_buffer_of(y, "y", tn, TB * H)
     cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * TB * H)
-    cdef int status
+    cdef int status, saved
     with nogil:
+        saved = _blas_threads_off()
         if tn == cnp.NPY_FLOAT32:
             status = layer_forward(T, B, I, H, <float*>px, <float*>pwi, <float*>pwh,
                                    <float*>pb, <float*>pp, <float*>ph0, <float*>pc0,
@@ -609,6 +610,7 @@ def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y
             status = layer_forward(T, B, I, H, <double*>px, <double*>pwi, <double*>pwh,
                                    <double*>pb, <double*>pp, <double*>ph0, <double*>pc0,
                                    <double*>py, <double*>pw, num_threads)
+        _blas_threads_restore(saved)
     check_status(status, "forward")
 
 
@@ -644,8 +646,9 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
     cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * H)
     cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
     cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
-    cdef int status
+    cdef int status, saved
     with nogil:
+        saved = _blas_threads_off()
         if tn == cnp.NPY_FLOAT32:
             status = layer_backward(T, B, I, H, <float*>px, <float*>pwi, <float*>pwh,
                                     <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
@@ -659,6 +662,7 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
                                     <double*>pdcn, <double*>pdx, <double*>pdh0,
                                     <double*>pdc0, <double*>pdwi, <double*>pdwh,
                                     <double*>pdb, <double*>pdp, num_threads)
+        _blas_threads_restore(saved)
     check_status(status, "backward")
 
 
@@ -683,6 +687,7 @@ def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, 
     cdef void* pho = writable_buffer_of(h_out, "h_out", tn, <Py_ssize_t>B * H)
     cdef void* pco = writable_buffer_of(c_out, "c_out", tn, <Py_ssize_t>B * H)
     cdef void* pg = writable_buffer_of(gates, "gates", tn, B * G)
+    cdef int saved = _blas_threads_off()
     if tn == cnp.NPY_FLOAT32:
         layer_step(B, I, H, <float*>px, <float*>pwi, <float*>pwh, <float*>pbi, <float*>pbh,
                    <float*>pp, <float*>ph, <float*>pc, <float*>pho, <float*>pco, <float*>pg)
@@ -690,6 +695,7 @@ def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, 
         layer_step(B, I, H, <double*>px, <double*>pwi, <double*>pwh, <double*>pbi,
                    <double*>pbh, <double*>pp, <double*>ph, <double*>pc, <double*>pho,
                    <double*>pco, <double*>pg)
+    _blas_threads_restore(saved)
 
 
 def sigmoid(x, out):

@@ -1,0 +1,190 @@
+"""A character-level language model on the English text that ships with Python.
+
+    python examples/char_lm.py            # about 4 minutes on 2 cores
+    python examples/char_lm.py --quick    # about 1 minute
+    python examples/char_lm.py --save char_lm.npz
+
+The corpus is ``pydoc_data.topics.topics``, the text of ``help("topics")`` (about
+465,000 characters of Python's reference documentation, so nothing to download; its
+exact content depends on the Python version). The values are joined in sorted-key
+order and the last 10% of the characters are held out: the model never trains on them.
+
+The model is ``clstm.LanguageModel`` (Embedding -> LSTM -> Dense, softmax
+cross-entropy), trained with ``fit`` on the character stream: truncated BPTT over
+``--batch`` parallel streams (``clstm.batchify``), the LSTM state carried from chunk to
+chunk, Adam and gradient-norm clipping. After each epoch the held-out text is scored as
+one stream, its state carried from the first character to the last, and reported in
+bits per character (cross-entropy in base 2); for scale, the script also prints the
+bits per character of a unigram model (character frequencies of the training text).
+At the end it prints a sample generated from a prompt.
+"""
+import argparse
+import math
+import platform
+import sys
+import time
+
+import numpy as np
+
+import clstm
+
+
+def load_text(max_chars=None):
+    """The text of Python's ``help("topics")`` pages, joined in sorted-key order."""
+    from pydoc_data.topics import topics
+    text = "".join(topics[key] for key in sorted(topics))
+    return text[:max_chars] if max_chars else text
+
+
+def encode(text):
+    """``(ids, vocab)``: one int64 id per character, ids into the sorted alphabet."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    alphabet = np.unique(codes)
+    ids = np.searchsorted(alphabet, codes).astype(np.int64)
+    return ids, "".join(map(chr, alphabet))
+
+
+def decode(ids, vocab):
+    return "".join(vocab[i] for i in ids)
+
+
+def unigram_bits(train, held, vocab_size):
+    """Bits per character of ``held`` under the training text's character frequencies
+    (add-one smoothed, so that a character unseen in training costs finite bits)."""
+    counts = np.bincount(train, minlength=vocab_size) + 1.0
+    return float(-np.mean(np.log2(counts[held] / counts.sum())))
+
+
+def held_out_bits(model, held, streams=1):
+    """Bits per character of the model on ``held``, read as ``streams`` streams with
+    the state carried through each (1: the whole text as one stream). The first
+    character has no context and is not scored."""
+    logs = model.evaluate(held, batch_size=streams, bptt=500)
+    return logs["loss"] / math.log(2)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="about a minute: a smaller model, fewer epochs")
+    p.add_argument("--epochs", type=int, default=None, help="default 4 (--quick: 2)")
+    p.add_argument("--hidden", type=int, default=None, help="LSTM units, default 256 "
+                   "(--quick: 128)")
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--embed", type=int, default=48, help="embedding size")
+    p.add_argument("--batch", type=int, default=32, help="parallel streams")
+    p.add_argument("--bptt", type=int, default=64, help="steps per truncated-BPTT chunk")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--lr-decay", type=float, default=0.5,
+                   help="multiply the learning rate by this after each epoch past the "
+                        "first half of training")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of the text, at its end, held out")
+    p.add_argument("--max-chars", type=int, default=None,
+                   help="use only the first N characters of the text")
+    p.add_argument("--eval-streams", type=int, default=1,
+                   help="score the held-out text as this many parallel streams (1: one "
+                        "stream, exact; more is faster for large models)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="clstm threads (default: clstm's, OMP_NUM_THREADS or all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", default="The ")
+    p.add_argument("--sample-length", type=int, default=300)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--save", metavar="PATH", default=None,
+                   help="save the trained model here with clstm.save")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    args = p.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 2 if args.quick else 4
+    if args.hidden is None:
+        args.hidden = 128 if args.quick else 256
+    return args
+
+
+def main(argv=None):
+    """Train, report and sample; returns the results as a dict (for tests)."""
+    args = parse_args(argv)
+    say = (lambda *a, **k: None) if args.quiet else print
+    start = time.perf_counter()
+    if args.threads is not None:
+        clstm.set_num_threads(args.threads)
+
+    text = load_text(args.max_chars)
+    ids, vocab = encode(text)
+    cut = int(len(ids) * (1 - args.holdout))
+    train, held = ids[:cut], ids[cut:]
+    baseline = unigram_bits(train, held[1:], len(vocab))
+    say(f"corpus: pydoc_data.topics (Python {platform.python_version()}), "
+        f"{len(ids):,} characters, {len(vocab)} distinct; training on {len(train):,}, "
+        f"holding out the last {len(held):,}")
+    say(f"unigram baseline on the held-out text: {baseline:.3f} bits/char "
+        f"(uniform over the alphabet: {math.log2(len(vocab)):.3f})")
+
+    model = clstm.LanguageModel(len(vocab), args.embed, args.hidden, args.layers,
+                                dropout=args.dropout, dtype="float32", seed=args.seed)
+    optimizer = clstm.Adam(model, lr=args.lr)
+    n_params = sum(a.size for a in model.params.values())
+    say(f"model: Embedding({len(vocab)}, {args.embed}) -> LSTM({args.embed}, "
+        f"{args.hidden}, layers={args.layers}) -> Dense({args.hidden}, {len(vocab)}); "
+        f"{n_params:,} parameters, float32")
+    say(f"training: {args.epochs} epochs, {args.batch} streams x {args.bptt}-step "
+        f"chunks, Adam lr {args.lr:g}, clip {args.clip:g}, "
+        f"{clstm.get_num_threads()} threads")
+
+    history = []
+    clock = {"epoch_start": time.perf_counter(), "train_s": 0.0}
+    chars_per_epoch = (len(train) // args.batch - 1) * args.batch  # what fit trains on
+    decay_from = args.epochs // 2  # constant rate for the first half, then decay
+
+    def after_epoch(epoch, logs):
+        train_s = time.perf_counter() - clock["epoch_start"]
+        clock["train_s"] += train_s
+        t = time.perf_counter()
+        bits = held_out_bits(model, held, args.eval_streams)
+        history.append(bits)
+        say(f"epoch {epoch + 1}/{args.epochs}: train {logs['loss'] / math.log(2):.3f} "
+            f"bits/char, held-out {bits:.3f} bits/char; "
+            f"{chars_per_epoch / train_s:,.0f} chars/s ({train_s:.1f} s), "
+            f"held-out scored in {time.perf_counter() - t:.1f} s", flush=True)
+        if epoch + 1 >= decay_from:
+            optimizer.lr = optimizer.lr * args.lr_decay
+        clock["epoch_start"] = time.perf_counter()
+        return not math.isfinite(bits)  # stop on divergence
+
+    model.fit(train, epochs=args.epochs, batch_size=args.batch, bptt=args.bptt,
+              optimizer=optimizer, clip_norm=args.clip, verbose=0,
+              callbacks=[after_epoch])
+
+    unknown = sorted(set(args.prompt) - set(vocab))
+    if not args.prompt or unknown:
+        raise SystemExit(f"--prompt: expected characters of the text, got "
+                         f"{args.prompt!r} (not in the text: {unknown})")
+    prompt_ids = np.array([vocab.index(c) for c in args.prompt])
+    sample = decode(model.generate(prompt_ids, args.sample_length,
+                                   temperature=args.temperature, seed=args.seed), vocab)
+    say(f"\nsample (prompt {args.prompt!r}, temperature {args.temperature:g}, "
+        f"seed {args.seed}):\n{args.prompt}{sample}\n")
+
+    if args.save:
+        clstm.save(model, args.save)
+        say(f"saved the model to {args.save} (clstm.load reads it back)")
+
+    elapsed = time.perf_counter() - start
+    throughput = chars_per_epoch * len(history) / clock["train_s"]
+    print(f"training throughput: {throughput:,.0f} chars/s (LSTM {args.hidden} x "
+          f"{args.layers}, {args.batch} streams x {args.bptt} steps, "
+          f"{clstm.get_num_threads()} threads)")
+    print(f"held-out bits/char: {history[-1]:.3f} (unigram baseline {baseline:.3f}) "
+          f"after {len(history)} epochs, {elapsed:.0f} s")
+    return {"bits_per_char": history[-1], "history": history,
+            "unigram_bits": baseline, "vocab_size": len(vocab),
+            "chars_per_s": throughput, "seconds": elapsed, "sample": sample,
+            "model": model}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
