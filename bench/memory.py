@@ -1,7 +1,7 @@
 """Peak memory of one training step, in a fresh process.
 
     python -m bench.memory --impl clstm|torch|torch-nodnnl --shape S3 [--dtype float32]
-                           [--threads 1] [--steps 1] [--standin torch]
+                           [--threads 1] [--steps 1]
 
 prints one JSON object.  The process imports, builds the model, the input and dy, and
 allocates the weight gradients (clstm holds them from construction; PyTorch gets them
@@ -69,11 +69,11 @@ def reset_peak():
         return False
 
 
-def build_step(impl, shape, dtype, threads, standin=None):
+def build_step(impl, shape, dtype, threads):
     """The zero-argument training step of `impl`, with everything it needs allocated."""
     params, x = make_params(shape, dtype), make_input(shape, dtype)
     if impl == "clstm":
-        mod = clstm_module(standin)
+        mod = clstm_module()
         mod.set_num_threads(threads)
         net = mod.LSTM(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
         for name, value in params.items():
@@ -108,8 +108,8 @@ def build_step(impl, shape, dtype, threads, standin=None):
     return step
 
 
-def measure(impl, shape, dtype, threads, steps=1, standin=None):
-    step = build_step(impl, shape, dtype, threads, standin)
+def measure(impl, shape, dtype, threads, steps=1):
+    step = build_step(impl, shape, dtype, threads)
     gc.collect()
     rss_before = rss_bytes()
     reset = reset_peak()
@@ -118,7 +118,7 @@ def measure(impl, shape, dtype, threads, steps=1, standin=None):
         step()
     peak_after, maxrss_after = peak_bytes(), maxrss_bytes()
     return dict(
-        impl=impl + (f"[standin:{standin}]" if impl == "clstm" and standin else ""),
+        impl=impl,
         shape=shape.name, dtype=dtype, threads=threads, steps=steps,
         peak_reset=reset,
         rss_before_mib=rss_before / MIB,
@@ -127,6 +127,7 @@ def measure(impl, shape, dtype, threads, steps=1, standin=None):
         delta_mib=(peak_after - peak_before) / MIB,
         ru_maxrss_before_mib=maxrss_before / MIB,
         ru_maxrss_after_mib=maxrss_after / MIB,
+        **({"clstm_file": clstm_module().__file__} if impl == "clstm" else {}),
     )
 
 
@@ -137,11 +138,9 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--standin", default=None, help="measure a stand-in in place of clstm")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message="TF32 acceleration")
-    result = measure(args.impl, SHAPES[args.shape], args.dtype, args.threads, args.steps,
-                     args.standin)
+    result = measure(args.impl, SHAPES[args.shape], args.dtype, args.threads, args.steps)
     print(json.dumps(result))
 
 

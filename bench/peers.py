@@ -1,6 +1,6 @@
 """One adapter per implementation, all with the same interface.
 
-    peer = PEERS["torch"]()                      # or ClstmPeer(standin=...)
+    peer = PEERS["torch"]()                      # or ClstmPeer()
     peer.available()                             # None, or why it cannot run here
     runner = peer.setup(shape, dtype, threads, params, x)
     runner.fwd(); runner.train()                 # one inference call / one training step
@@ -83,35 +83,38 @@ class Peer:
 # --------------------------------------------------------------------------- clstm
 
 
-def clstm_module(standin=None):
-    """The `clstm` package, or with `standin` ("torch") a stand-in with the same API."""
-    if standin:
-        from bench._standin import standin_module
-        return standin_module(standin)
+def clstm_module():
+    """The `clstm` package (which one: see bench/__init__.py)."""
     mod = importlib.import_module("clstm")
-    mod.LSTM  # noqa: B018  (fails loudly while the package is still being written)
+    mod.LSTM  # noqa: B018
     return mod
+
+
+def clstm_location(mod=None):
+    """The sys.path folder `clstm` was imported from (the parent of the package folder)."""
+    mod = mod or clstm_module()
+    return str(Path(mod.__file__).resolve().parent.parent)
 
 
 class ClstmPeer(Peer):
     name = "clstm"
 
-    def __init__(self, standin=None):
-        self.standin = standin
-
     def available(self):
         try:
-            clstm_module(self.standin)
+            clstm_module()
         except Exception as exc:
             return f"clstm unusable: {type(exc).__name__}: {exc}"
         return None
 
     def version(self):
-        mod = clstm_module(self.standin)
-        return getattr(mod, "__version__", "") or _dist_version("clstm")
+        mod = clstm_module()
+        return getattr(mod, "__version__", "") or _dist_version("clstm-cpu")
+
+    def file(self):
+        return clstm_module().__file__
 
     def setup(self, shape, dtype, threads, params, x):
-        mod = clstm_module(self.standin)
+        mod = clstm_module()
         mod.set_num_threads(threads)
         net = mod.LSTM(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
         for name, value in params.items():

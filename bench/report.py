@@ -88,6 +88,7 @@ def markdown(results):
         f"{m['cpu']}, {m['cores']} cores; Python {m['python']}; " + ", ".join(
             f"{k} {v}" for k, v in m["versions"].items() if v),
         f"BLAS and OpenMP: {'; '.join(m['blas'])}",
+        f"clstm measured: `{m.get('clstm_file', '?')}` ({m.get('clstm_source', '?')})",
         "",
         "Times are medians of interleaved repeats (every implementation once per repeat, in "
         "rotating order), after warm-up.  GFLOP/s: forward 2·T·B·(I+H)·4H per layer, "
@@ -107,6 +108,11 @@ def markdown(results):
                   streaming_table(results)]
     if results.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    if results.get("phases"):
+        parts += ["", f"Run time {results.get('elapsed_s', math.nan):.0f} s; wall / CPU seconds "
+                  "by phase (CPU: every thread, and the memory subprocesses): " + ", ".join(
+                      f"{k} {v['wall_s']:.0f} / {v['cpu_s']:.0f}"
+                      for k, v in results["phases"].items()) + "."]
     return "\n".join(parts) + "\n"
 
 
@@ -153,8 +159,7 @@ def chart(results, path):
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(shapes)), shapes)
     ax.set_ylabel("best peer time / clstm time")
-    label = results["clstm_label"]
-    ax.set_title(f"Training step, float32: {label} against its best peer (>1: {label} faster)",
+    ax.set_title("Training step, float32: clstm against its best peer (>1: clstm faster)",
                  fontsize=10)
     ax.legend()
     fig.tight_layout()

@@ -2,12 +2,13 @@
 
     python -m bench [--quick] [--shapes S1,S3] [--dtypes float32,float64] [--threads 1,2]
                     [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax]
-                    [--out DIR] [--no-memory] [--no-streaming] [--no-chart]
+                    [--stream-threads 1] [--out DIR] [--no-memory] [--no-streaming] [--no-chart]
 
 Writes DIR/results.json, DIR/results.md and (with matplotlib) DIR/chart.png, and prints the
 Markdown.  Every implementation runs in this process, interleaved; peak memory is measured
-in fresh processes (bench/memory.py).  `--standin torch` replaces clstm by a torch-backed
-stand-in with clstm's API, only to exercise the harness while clstm cannot be imported.
+in fresh processes (bench/memory.py), which import the same clstm as this process.  Which
+clstm that is (the source tree when built in place, else the installed package): see
+bench/__init__.py; results.json records its path under machine.clstm_file.
 """
 
 import argparse
@@ -27,20 +28,26 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench import report, streaming  # noqa: E402
+from bench import CLSTM_PATH_ENV, report, streaming  # noqa: E402
 from bench.ceiling import GemmCeiling, blas_controller  # noqa: E402
-from bench.peers import PEERS, REPO_ROOT, ClstmPeer, Skip, make_input, make_params  # noqa: E402
+from bench.peers import (PEERS, REPO_ROOT, ClstmPeer, Skip, clstm_location,  # noqa: E402
+                         clstm_module, make_input, make_params)
 from bench.shapes import DTYPES, MODES, SHAPES, parse_shapes, step_flops  # noqa: E402
 from bench.timing import interleaved  # noqa: E402
 
 ALL_CORES = os.cpu_count() or 1
 CEILING, CEILING_TWIN = "ceiling", "ceiling 1x1x1 twin"  # timed beside the peers, not peers
 
-# What --quick changes; explicit flags still win.
+# What --quick changes; explicit flags still win.  Quick leaves out the NumPy reference
+# (tests/reference.py, one step at a time: the slowest peer in every cell, about a third of
+# the grid's time, and not a performance contender) and streams on one thread only (B = 1,
+# H = 64 is far too small to split).
 QUICK = dict(shapes="S1,S2,S3", dtypes="float32", repeats=3, warmup=1, min_time=0.01,
-             memory_shapes="S3", stream_steps=500)
+             memory_shapes="S3", stream_steps=500, stream_threads="1",
+             peers=",".join(p for p in PEERS if p != "numpy"))
 FULL = dict(shapes=",".join(SHAPES), dtypes=",".join(DTYPES), repeats=7, warmup=2,
-            min_time=0.05, memory_shapes=None, stream_steps=2000)
+            min_time=0.05, memory_shapes=None, stream_steps=2000, stream_threads=None,
+            peers=",".join(PEERS))
 
 # Relative error (max |peer - clstm| / max |clstm|) above which a peer is reported as
 # disagreeing with clstm: it would mean the two are not doing the same work.
@@ -50,7 +57,8 @@ TOLERANCE = {"float32": 2e-3, "float64": 1e-8}
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="about a minute on 2 cores: S1-S3, float32, 3 repeats")
+                    help="about a minute on an idle 2-core machine: S1-S3, float32, 3 "
+                         "repeats, no numpy peer, streaming on 1 thread")
     ap.add_argument("--shapes", help=f"comma list of {','.join(SHAPES)}")
     ap.add_argument("--dtypes", help="comma list of float32,float64")
     ap.add_argument("--threads", default=f"1,{ALL_CORES}" if ALL_CORES > 1 else "1",
@@ -59,10 +67,13 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, help="timed samples per implementation and cell")
     ap.add_argument("--warmup", type=int, help="untimed calls before timing")
     ap.add_argument("--min-time", type=float, help="seconds one timed sample lasts at least")
-    ap.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {','.join(PEERS)}")
+    ap.add_argument("--peers", help=f"comma list of {','.join(PEERS)} (default: all; "
+                    "--quick: all but numpy)")
     ap.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     ap.add_argument("--memory-shapes", help="shapes for the peak-memory runs (default: --shapes)")
     ap.add_argument("--stream-steps", type=int, help="steps timed per streaming configuration")
+    ap.add_argument("--stream-threads",
+                    help="thread counts for streaming (default: --threads; --quick: 1)")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="seconds of sleep before each multi-threaded sample, so that the "
                          "previous implementation's spinning worker threads go idle "
@@ -70,8 +81,6 @@ def parse_args(argv=None):
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-streaming", action="store_true")
     ap.add_argument("--no-chart", action="store_true")
-    ap.add_argument("--standin", choices=["torch"],
-                    help="replace clstm by a stand-in (harness development only)")
     args = ap.parse_args(argv)
 
     defaults = QUICK if args.quick else FULL
@@ -83,6 +92,8 @@ def parse_args(argv=None):
     args.modes = _choices(args.modes, MODES, "mode")
     args.peers = _choices(args.peers, list(PEERS), "peer")
     args.threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
+    args.stream_threads = (args.threads if args.stream_threads is None else
+                           sorted({int(t) for t in args.stream_threads.split(",")}, reverse=True))
     if args.memory_shapes is None:
         args.memory_shapes = ",".join(s.name for s in args.shapes)
     args.memory_shapes = parse_shapes(args.memory_shapes)
@@ -117,6 +128,7 @@ def machine_info(clstm_peer, peers):
     import scipy
     versions["scipy"] = scipy.__version__
     versions["clstm"] = _safe(clstm_peer.version)
+    clstm_file = _safe(clstm_peer.file)
     for peer in peers:
         if peer.available() is None and peer.name != "torch-nodnnl":
             versions[peer.name] = _safe(peer.version)
@@ -133,8 +145,18 @@ def machine_info(clstm_peer, peers):
     except AttributeError:
         affinity = ALL_CORES
     return dict(cpu=cpu, cores=ALL_CORES, usable_cores=affinity, platform=platform.platform(),
-                python=platform.python_version(), versions=versions, blas=blas,
+                python=platform.python_version(), python_executable=sys.executable,
+                clstm_file=clstm_file, clstm_source="in-place build of this checkout"
+                if _inside(clstm_file, REPO_ROOT) else "installed package",
+                versions=versions, blas=blas,
                 threadpoolctl=blas_controller().info())
+
+
+def _inside(path, folder):
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _safe(fn):
@@ -242,14 +264,42 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
     return cells
 
 
+class _PhaseClock:
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+
+    @staticmethod
+    def _cpu():
+        try:
+            import resource
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+            children = kids.ru_utime + kids.ru_stime
+        except (ImportError, OSError):  # no resource module (Windows)
+            children = 0.0
+        return time.process_time() + children
+
+    def lap(self):
+        wall, cpu = time.perf_counter(), self._cpu()
+        out = dict(wall_s=round(wall - self.wall, 2), cpu_s=round(cpu - self.cpu, 2))
+        self.wall, self.cpu = wall, cpu
+        return out
+
+
 # --------------------------------------------------------------------------- memory, streaming
 
 
 def run_memory(args):
     """Peak RSS of one training step, clstm and PyTorch, each in a fresh process."""
     threads = max(args.threads)
+    # The child must import the clstm this process measured, not whatever `-m` finds first
+    # from cwd: its folder goes first on PYTHONPATH (the repository root after it, for
+    # `bench`), and BENCH_CLSTM_PATH tells the child's bench/__init__.py to keep it first.
+    clstm_mod = clstm_module()
+    where = clstm_location(clstm_mod)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env[CLSTM_PATH_ENV] = where
+    env["PYTHONPATH"] = os.pathsep.join(
+        dict.fromkeys(filter(None, [where, str(REPO_ROOT), env.get("PYTHONPATH")])))
     rows = []
     for shape in args.memory_shapes:
         for dtype in args.dtypes:
@@ -257,8 +307,6 @@ def run_memory(args):
             for impl in ("clstm", "torch"):
                 cmd = [sys.executable, "-m", "bench.memory", "--impl", impl,
                        "--shape", shape.name, "--dtype", dtype, "--threads", str(threads)]
-                if impl == "clstm" and args.standin:
-                    cmd += ["--standin", args.standin]
                 proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
                                       text=True, timeout=600)
                 try:
@@ -266,6 +314,9 @@ def run_memory(args):
                 except (IndexError, json.JSONDecodeError):
                     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                     row[impl] = dict(error=f"exit {proc.returncode}: {tail}")
+            child = row["clstm"].get("clstm_file")
+            if child and not _same_file(child, clstm_mod.__file__):
+                row["clstm"] = dict(error=f"child imported another clstm: {child}")
             c, t = row["clstm"].get("delta_mib"), row["torch"].get("delta_mib")
             row["ratio"] = t / c if c and t is not None else math.nan
             log(f"  memory {shape.name} {dtype}: clstm {c} MiB, torch {t} MiB")
@@ -273,14 +324,20 @@ def run_memory(args):
     return rows
 
 
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def run_streaming(args):
     rows = []
-    for threads in args.threads:
+    for threads in args.stream_threads:
         for dtype in args.dtypes:
             for layers in (1, 2):
                 try:
                     row = streaming.run(layers, dtype, threads, steps=args.stream_steps,
-                                        standin=args.standin,
                                         with_nodnnl="torch-nodnnl" in args.peers,
                                         settle=args.settle if threads > 1 else 0.0)
                 except Exception as exc:
@@ -298,9 +355,13 @@ def run_streaming(args):
 
 def grid_notes(cells, args, unavailable):
     notes = []
-    if args.standin:
-        notes.append(f"**clstm is a STAND-IN ({args.standin})**: every clstm figure here is the "
-                     "stand-in's, not clstm's.")
+    if args.quick:
+        notes.append(f"--quick: {','.join(s.name for s in args.shapes)}, "
+                     f"{','.join(args.dtypes)}, {args.repeats} repeats, peak memory on "
+                     f"{','.join(s.name for s in args.memory_shapes)}, streaming on "
+                     f"{','.join(map(str, args.stream_threads))} thread(s)"
+                     + ("" if "numpy" in args.peers else
+                        "; the numpy reference peer left out (--peers adds it)") + ".")
     for name, why in unavailable.items():
         notes.append(f"{name} skipped: {why}")
     skips = sorted({why for c in cells for why in c["skipped"].values()})
@@ -363,11 +424,12 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    clstm_peer = ClstmPeer(standin=args.standin)
+    clstm_peer = ClstmPeer()
     why = clstm_peer.available()
     if why:
-        raise SystemExit(f"{why}\n(build clstm first, or exercise the harness with "
-                         "--standin torch)")
+        raise SystemExit(f"{why}\n(install clstm with `pip install .`, or build it in place "
+                         "with `python setup.py build_ext --inplace`; the source tree's "
+                         "clstm/ is used only when it holds compiled kernels)")
     peers, unavailable = [], {}
     for name in args.peers:
         peer = PEERS[name]()
@@ -379,6 +441,8 @@ def main(argv=None):
             peers.append(peer)
 
     started = time.time()
+    phases = {}
+    clock = _PhaseClock()
     ceiling = GemmCeiling(repeats=max(3, args.repeats), min_time=args.min_time,
                           peak_size=512 if args.quick else 1024)
     cells = []
@@ -389,18 +453,20 @@ def main(argv=None):
             log(f"grid: {threads} thread(s), {dtype}")
             for shape in args.shapes:
                 cells += run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling)
+        phases[f"grid {threads}thr"] = clock.lap()
     order = {s.name: i for i, s in enumerate(args.shapes)}
     cells.sort(key=lambda c: (DTYPES.index(c["dtype"]), order[c["shape"]], c["threads"],
                               MODES.index(c["mode"])))
 
     results = dict(
-        clstm_label=f"clstm[standin:{args.standin}]" if args.standin else "clstm",
         machine=machine_info(clstm_peer, peers),
         config=dict(shapes=[s.name for s in args.shapes], dtypes=args.dtypes,
                     threads=sorted(args.threads), modes=args.modes, peers=args.peers,
+                    stream_threads=sorted(args.stream_threads), stream_steps=args.stream_steps,
+                    memory_shapes=[s.name for s in args.memory_shapes],
                     repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
                     settle=args.settle,
-                    quick=args.quick, standin=args.standin, argv=sys.argv[1:]),
+                    quick=args.quick, argv=sys.argv[1:]),
         gemm_peak_gflops={f"{d} {n}thr": ceiling.peak_gflops(d, n)
                           for d in args.dtypes for n in args.threads},
         cells=cells, memory=[], streaming=[],
@@ -408,15 +474,20 @@ def main(argv=None):
     if not args.no_memory:
         log("peak memory (fresh processes)")
         results["memory"] = run_memory(args)
+        phases["memory"] = clock.lap()
     if not args.no_streaming:
         log("streaming")
         results["streaming"] = run_streaming(args)
+        phases["streaming"] = clock.lap()
     results["notes"] = grid_notes(cells, args, unavailable)
     if not args.no_chart:
         why = report.chart(results, out / "chart.png")
         if why:
             results["notes"].append(why)
     results["elapsed_s"] = time.time() - started
+    # wall and CPU seconds (this process's threads plus the memory subprocesses) per phase:
+    # CPU far above wall x threads, or wall far above CPU, says the machine was busy
+    results["phases"] = phases
 
     report.write_json(results, out / "results.json")
     md = report.markdown(results)

@@ -61,15 +61,14 @@ def _agreement(a, b, steps=50):
     return worst
 
 
-def run(layers, dtype, threads, steps=2000, hidden=64, standin=None, with_nodnnl=True,
-        settle=0.0):
+def run(layers, dtype, threads, steps=2000, hidden=64, with_nodnnl=True, settle=0.0):
     """Per-step latency of clstm and PyTorch for one streaming configuration (a dict)."""
     import torch
     shape = Shape(f"stream-L{layers}", B=1, T=1, I=hidden, H=hidden, L=layers)
     params = make_params(shape, dtype)
     rng = np.random.default_rng(2)
     xs = [rng.standard_normal((1, 1, shape.I)).astype(dtype) for _ in range(N_INPUTS)]
-    mod = clstm_module(standin)
+    mod = clstm_module()
     mod.set_num_threads(threads)
     torch.set_num_threads(threads)
 
