@@ -308,6 +308,36 @@ cdef void parallel_gemm(int num_threads, bint trans_a, bint trans_b, int m, int 
                      b + (<Py_ssize_t>lo * ldb if trans_b else lo), ldb, beta, c + lo, ldc)
 
 
+cdef void parallel_packed_gemm(int num_threads, int m, int k, int n, const floating* a,
+                               int lda, const floating* packed, floating* c, int ldc,
+                               bint accumulate) noexcept nogil:
+    """C (m×n) (+)= A (m×k)·P from a packed P, the rows cut into blocks over the threads
+    (the packed P is shared, read only)."""
+    cdef int chunk, lo, hi
+    cdef int parts = num_threads
+    cdef double by_work = 2.0 * m * n * k / _min_flops_per_thread if _min_flops_per_thread > 0 else parts
+    if parts > by_work:
+        parts = <int>by_work
+    if parts > m // 16:
+        parts = m // 16
+    if parts <= 1:
+        if floating is float:
+            clstm_packed_gemm_f32(m, k, n, a, lda, packed, c, ldc, accumulate)
+        else:
+            clstm_packed_gemm_f64(m, k, n, a, lda, packed, c, ldc, accumulate)
+        return
+    for chunk in prange(parts, num_threads=parts, schedule="static"):
+        lo = split_point(m, parts, chunk)
+        hi = split_point(m, parts, chunk + 1)
+        if hi > lo:
+            if floating is float:
+                clstm_packed_gemm_f32(hi - lo, k, n, a + <Py_ssize_t>lo * lda, lda, packed,
+                                      c + <Py_ssize_t>lo * ldc, ldc, accumulate)
+            else:
+                clstm_packed_gemm_f64(hi - lo, k, n, a + <Py_ssize_t>lo * lda, lda, packed,
+                                      c + <Py_ssize_t>lo * ldc, ldc, accumulate)
+
+
 # ---------------------------------------------------------------------------------------
 # Forward
 
@@ -347,14 +377,22 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     cdef floating* gates = workspace
     cdef floating* cells = workspace + <Py_ssize_t>T * B * G
     cdef floating* packed = NULL
+    cdef floating* packed_ih = NULL
     if _use_packed_gemm and T > 1:
         packed = pack_weights(H, G, w_hh, H, True)      # P = W_hhᵀ (H × 4H)
-        if packed == NULL:
+        packed_ih = pack_weights(I, G, w_ih, I, True)   # P = W_ihᵀ (I × 4H)
+        if packed == NULL or packed_ih == NULL:
+            free(packed)
+            free(packed_ih)
             return -2
     saved = _blas_threads_off() if num_threads > 1 else 0
     # The input projection of all T steps at once: (T·B × I)·(I × 4H).
-    parallel_gemm(num_threads, False, True, T * B, G, I, <floating>1, x, I, w_ih, I,
-                  <floating>0, gates, G)
+    if packed_ih != NULL:
+        parallel_packed_gemm(num_threads, T * B, I, G, x, I, packed_ih, gates, G, False)
+        free(packed_ih)
+    else:
+        parallel_gemm(num_threads, False, True, T * B, G, I, <floating>1, x, I, w_ih, I,
+                      <floating>0, gates, G)
     n_chunks = thread_count(num_threads, T, B, H)
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):

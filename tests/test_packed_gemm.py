@@ -1,0 +1,210 @@
+"""Tests of src/packed_gemm.c (packed small-M GEMM) against NumPy.
+
+The C file is compiled here into a throwaway shared library (``cc -O3 -shared -fPIC``,
+no -march, as the package builds it) and called through ctypes, so these tests need
+only a C compiler and the source tree, not the built extension. Every kernel the CPU
+supports is tested (plain C, AVX2, AVX-512), selected through
+clstm_packed_gemm_select.
+"""
+
+import ctypes
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "packed_gemm.c"
+NR = {np.float32: 32, np.float64: 16}
+SUFFIX = {np.float32: "f32", np.float64: "f64"}
+ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    cc = os.environ.get("CC", "cc").split()
+    if shutil.which(cc[0]) is None:
+        pytest.skip("no C compiler")
+    if not SOURCE.exists():
+        pytest.skip("needs the source tree (src/packed_gemm.c)")
+    out = tmp_path_factory.mktemp("packed_gemm") / "libpacked_gemm.so"
+    subprocess.run(cc + ["-O3", "-shared", "-fPIC", str(SOURCE), "-o", str(out)], check=True)
+    so = ctypes.CDLL(str(out))
+    i, p, sz = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+    for suf in ("f32", "f64"):
+        getattr(so, f"clstm_packed_size_{suf}").argtypes = [i, i]
+        getattr(so, f"clstm_packed_size_{suf}").restype = sz
+        getattr(so, f"clstm_pack_{suf}").argtypes = [i, i, p, i, i, p]
+        getattr(so, f"clstm_pack_{suf}").restype = None
+        getattr(so, f"clstm_packed_gemm_{suf}").argtypes = [i, i, i, p, i, p, p, i, i]
+        getattr(so, f"clstm_packed_gemm_{suf}").restype = None
+    so.clstm_packed_gemm_select.argtypes = [i]
+    so.clstm_packed_gemm_select.restype = i
+    so.clstm_packed_gemm_isa.restype = i
+    so.clstm_packed_gemm_isa_name.restype = ctypes.c_char_p
+    yield so
+    so.clstm_packed_gemm_select(-1)
+
+
+@pytest.fixture(params=list(ISAS))
+def isa(request, lib):
+    """Each kernel in turn; those the CPU (or a non-x86 build) lacks are skipped."""
+    if lib.clstm_packed_gemm_select(ISAS[request.param]) < 0:
+        pytest.skip(f"{request.param} kernel not available here")
+    yield request.param
+    lib.clstm_packed_gemm_select(-1)
+
+
+def pack(lib, P, dtype, src_is_nk, ld_pad=0):
+    """Pack P (K × N) through the library, from P itself or from Pᵀ (src_is_nk)."""
+    K, N = P.shape
+    src = P.T if src_is_nk else P
+    buf = np.full((src.shape[0], src.shape[1] + ld_pad), np.nan, dtype=dtype)
+    buf[:, : src.shape[1]] = src
+    size = getattr(lib, f"clstm_packed_size_{SUFFIX[dtype]}")(K, N)
+    packed = np.full(max(size, 1), np.nan, dtype=dtype)   # NaN: unwritten slots would show
+    getattr(lib, f"clstm_pack_{SUFFIX[dtype]}")(K, N, buf.ctypes.data, buf.shape[1],
+                                                 int(src_is_nk), packed.ctypes.data)
+    return packed[:size]
+
+
+def packed_gemm(lib, A, packed, C, K, N, accumulate):
+    """C[:, :N] (+)= A[:, :K] · P, with A and C possibly wider than K and N (lda, ldc)."""
+    M = C.shape[0]
+    getattr(lib, f"clstm_packed_gemm_{SUFFIX[C.dtype.type]}")(
+        M, K, N, A.ctypes.data, A.shape[1], packed.ctypes.data, C.ctypes.data, C.shape[1],
+        int(accumulate))
+
+
+def check_case(lib, rng, dtype, M, K, N, src_is_nk, accumulate, pad_a=0, pad_c=0, pad_src=0):
+    P = rng.standard_normal((K, N)).astype(dtype)
+    packed = pack(lib, P, dtype, src_is_nk, pad_src)
+    # Padding columns of A hold NaN: reading past column K would poison the result.
+    A = np.full((M, K + pad_a), np.nan, dtype=dtype)
+    A[:, :K] = rng.standard_normal((M, K))
+    # Padding columns of C hold a sentinel: writing past column N would change it.
+    C = np.full((M, N + pad_c), 7.0, dtype=dtype)
+    C0 = rng.standard_normal((M, N)).astype(dtype)
+    C[:, :N] = C0
+    packed_gemm(lib, A, packed, C, K, N, accumulate)
+
+    A64, P64 = A[:, :K].astype(np.float64), P.astype(np.float64)
+    expected = A64 @ P64 + (C0 if accumulate else 0)
+    # Error bound of a K-term dot product in any summation order, plus the final add.
+    magnitude = np.abs(A64) @ np.abs(P64) + (np.abs(C0) if accumulate else 0)
+    eps = np.finfo(dtype).eps
+    bound = 2 * eps * (K + 2) * magnitude + np.finfo(dtype).tiny
+    err = np.abs(C[:, :N] - expected)
+    where = f"{dtype.__name__} M={M} K={K} N={N} nk={src_is_nk} acc={accumulate}"
+    assert np.all(err <= bound), f"{where}: max excess {np.max(err - bound)}"
+    assert np.all(C[:, N:] == 7.0), f"{where}: wrote past column N"
+
+
+def test_packed_size(lib):
+    for dtype, nr in NR.items():
+        size = getattr(lib, f"clstm_packed_size_{SUFFIX[dtype]}")
+        assert size(5, 1) == 5 * nr
+        assert size(5, nr) == 5 * nr
+        assert size(5, nr + 1) == 10 * nr
+        assert size(0, 7) == 0 and size(7, 0) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("src_is_nk", [0, 1])
+def test_pack_layout(lib, dtype, src_is_nk):
+    """packed[(p·K + k)·NR + j] = P[k, p·NR + j], zero past N, from either source."""
+    rng = np.random.default_rng(1)
+    nr = NR[dtype]
+    K, N = 7, 2 * nr + 5
+    P = rng.standard_normal((K, N)).astype(dtype)
+    packed = pack(lib, P, dtype, src_is_nk, ld_pad=3)
+    panels = -(-N // nr)
+    padded = np.zeros((K, panels * nr), dtype=dtype)
+    padded[:, :N] = P
+    expected = padded.reshape(K, panels, nr).transpose(1, 0, 2).ravel()
+    np.testing.assert_array_equal(packed, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_edges(lib, isa, dtype):
+    """Every M up to two row blocks, N across panel edges, tiny K."""
+    rng = np.random.default_rng(2)
+    nr = NR[dtype]
+    for M in range(1, 18):
+        for N in (1, 2, nr // 2 - 1, nr // 2 + 1, nr - 1, nr, nr + 1, 2 * nr + 3, 4 * nr + 1):
+            for K in (1, 2, 3, 5):
+                check_case(lib, rng, dtype, M, K, N, (M + N) % 2, (M + K) % 2,
+                           pad_a=M % 3, pad_c=N % 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_random_shapes(lib, isa, dtype):
+    """Random sizes M 1..70, K 1..600 (and some past the k-block size), N 1..700, both
+    source layouts, accumulate on and off, padded leading dimensions."""
+    rng = np.random.default_rng(3 if dtype is np.float32 else 4)
+    for case in range(30):
+        M = int(rng.integers(1, 71))
+        K = int(rng.integers(1, 601)) if case % 8 else int(rng.integers(900, 2100))
+        N = int(rng.integers(1, 701))
+        check_case(lib, rng, dtype, M, K, N, int(rng.integers(2)), int(rng.integers(2)),
+                   pad_a=int(rng.integers(0, 9)), pad_c=int(rng.integers(0, 9)),
+                   pad_src=int(rng.integers(0, 4)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_shapes(lib, isa, dtype):
+    """The two uses: forward G += h·W_hhᵀ (P = W_hhᵀ packed from W_hh) and backward
+    dh += da·W_hh (P = W_hh), H = 64, at the per-thread row counts."""
+    rng = np.random.default_rng(5)
+    H = 64
+    for M in (1, 2, 4, 8, 16, 33, 64):
+        check_case(lib, rng, dtype, M, H, 4 * H, 1, 1)
+        check_case(lib, rng, dtype, M, 4 * H, H, 0, 1)
+        check_case(lib, rng, dtype, M, 4 * H, H, 0, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_k_zero(lib, dtype):
+    """An empty sum: C = 0 without accumulate, C unchanged with it."""
+    packed = np.zeros(1, dtype=dtype)
+    A = np.zeros((3, 1), dtype=dtype)
+    for accumulate in (0, 1):
+        C = np.full((3, 5), 2.0, dtype=dtype)
+        packed_gemm(lib, A, packed, C, 0, 4, accumulate)
+        np.testing.assert_array_equal(C[:, :4], 2.0 if accumulate else 0.0)
+        np.testing.assert_array_equal(C[:, 4], 2.0)
+
+
+def test_threads_share_packed(lib):
+    """Several threads at once, one packed matrix, each on its own rows (the OpenMP use):
+    ctypes drops the GIL during the call, so the calls do overlap."""
+    rng = np.random.default_rng(6)
+    K, N, M, threads = 256, 300, 8, 8
+    P = rng.standard_normal((K, N)).astype(np.float32)
+    packed = pack(lib, P, np.float32, 0)
+    A = rng.standard_normal((threads * M, K)).astype(np.float32)
+    C = np.zeros((threads * M, N), dtype=np.float32)
+
+    def work(t):
+        rows = slice(t * M, (t + 1) * M)
+        for _ in range(200):
+            packed_gemm(lib, A[rows], packed, C[rows], K, N, 0)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(threads)))
+    expected = A.astype(np.float64) @ P.astype(np.float64)
+    np.testing.assert_allclose(C, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_auto_selects_best(lib):
+    """Automatic choice is the most capable kernel the CPU runs."""
+    assert lib.clstm_packed_gemm_select(-1) == lib.clstm_packed_gemm_isa()
+    best = lib.clstm_packed_gemm_isa()
+    for name, code in ISAS.items():
+        if code > best:
+            assert lib.clstm_packed_gemm_select(code) == -1, name
+    lib.clstm_packed_gemm_select(-1)
+    assert lib.clstm_packed_gemm_isa_name().decode() in ISAS
