@@ -69,6 +69,10 @@ cdef extern from "packed_gemm.h" nogil:
                                const float *packed, float *C, int ldc, int accumulate)
     void clstm_packed_gemm_f64(int M, int K, int N, const double *A, int lda,
                                const double *packed, double *C, int ldc, int accumulate)
+    void clstm_packed_gemm_at_f32(int M, int K, int N, const float *A, int lda,
+                                  const float *packed, float *C, int ldc, int accumulate)
+    void clstm_packed_gemm_at_f64(int M, int K, int N, const double *A, int lda,
+                                  const double *packed, double *C, int ldc, int accumulate)
     const char *clstm_packed_gemm_isa_name()
 
 
@@ -308,6 +312,28 @@ cdef void parallel_gemm(int num_threads, bint trans_a, bint trans_b, int m, int 
                      b + (<Py_ssize_t>lo * ldb if trans_b else lo), ldb, beta, c + lo, ldc)
 
 
+cdef void packed_gemm_blocked(int m, int k, int n, const floating* a, int lda,
+                              const floating* packed, floating* c, int ldc,
+                              bint accumulate) noexcept nogil:
+    """C (m×n) (+)= A (m×k)·P in blocks of rows small enough that a block of A (about
+    256 KiB) stays in L2 while every panel of P passes over it. The packed kernel walks
+    panel by panel over all its rows, which for the T·B rows of the input projection
+    would stream all of A from memory once per 32-column panel."""
+    cdef int rows = <int>((256 * 1024) // (<size_t>k * sizeof(floating)))
+    rows = (rows // 16) * 16
+    if rows < 64:
+        rows = 64
+    cdef int r0, mb
+    for r0 in range(0, m, rows):
+        mb = rows if m - r0 > rows else m - r0
+        if floating is float:
+            clstm_packed_gemm_f32(mb, k, n, a + <Py_ssize_t>r0 * lda, lda, packed,
+                                  c + <Py_ssize_t>r0 * ldc, ldc, accumulate)
+        else:
+            clstm_packed_gemm_f64(mb, k, n, a + <Py_ssize_t>r0 * lda, lda, packed,
+                                  c + <Py_ssize_t>r0 * ldc, ldc, accumulate)
+
+
 cdef void parallel_packed_gemm(int num_threads, int m, int k, int n, const floating* a,
                                int lda, const floating* packed, floating* c, int ldc,
                                bint accumulate) noexcept nogil:
@@ -321,21 +347,56 @@ cdef void parallel_packed_gemm(int num_threads, int m, int k, int n, const float
     if parts > m // 16:
         parts = m // 16
     if parts <= 1:
-        if floating is float:
-            clstm_packed_gemm_f32(m, k, n, a, lda, packed, c, ldc, accumulate)
-        else:
-            clstm_packed_gemm_f64(m, k, n, a, lda, packed, c, ldc, accumulate)
+        packed_gemm_blocked(m, k, n, a, lda, packed, c, ldc, accumulate)
         return
     for chunk in prange(parts, num_threads=parts, schedule="static"):
         lo = split_point(m, parts, chunk)
         hi = split_point(m, parts, chunk + 1)
         if hi > lo:
-            if floating is float:
-                clstm_packed_gemm_f32(hi - lo, k, n, a + <Py_ssize_t>lo * lda, lda, packed,
-                                      c + <Py_ssize_t>lo * ldc, ldc, accumulate)
-            else:
-                clstm_packed_gemm_f64(hi - lo, k, n, a + <Py_ssize_t>lo * lda, lda, packed,
-                                      c + <Py_ssize_t>lo * ldc, ldc, accumulate)
+            packed_gemm_blocked(hi - lo, k, n, a + <Py_ssize_t>lo * lda, lda, packed,
+                                c + <Py_ssize_t>lo * ldc, ldc, accumulate)
+
+
+cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating* da,
+                         const floating* x, int ldx, floating* dw) noexcept nogil:
+    """dW (g×n) += daᵀ·X over ``rows`` rows: da (rows×g), X (rows×n, leading dimension
+    ldx). X is packed once and the transposed-A kernel reads da's columns from a small
+    stack copy, where BLAS would pack the transposed da in a strided pass of its own.
+    The rows of dW are cut into blocks over the threads. Returns -2 when out of memory."""
+    cdef int chunk, lo, hi, parts
+    cdef floating* packed
+    cdef double by_work
+    if not _use_packed_gemm:
+        parallel_gemm(num_threads, True, False, g, n, rows, <floating>1, da, g, x, ldx,
+                      <floating>1, dw, n)
+        return 0
+    packed = pack_weights(rows, n, x, ldx, False)
+    if packed == NULL:
+        return -2
+    parts = num_threads
+    by_work = 2.0 * g * n * rows / _min_flops_per_thread if _min_flops_per_thread > 0 else parts
+    if parts > by_work:
+        parts = <int>by_work
+    if parts > g // 16:
+        parts = g // 16
+    if parts <= 1:
+        if floating is float:
+            clstm_packed_gemm_at_f32(g, rows, n, da, g, packed, dw, n, 1)
+        else:
+            clstm_packed_gemm_at_f64(g, rows, n, da, g, packed, dw, n, 1)
+    else:
+        for chunk in prange(parts, num_threads=parts, schedule="static"):
+            lo = split_point(g, parts, chunk)
+            hi = split_point(g, parts, chunk + 1)
+            if hi > lo:
+                if floating is float:
+                    clstm_packed_gemm_at_f32(hi - lo, rows, n, da + lo, g, packed,
+                                             dw + <Py_ssize_t>lo * n, n, 1)
+                else:
+                    clstm_packed_gemm_at_f64(hi - lo, rows, n, da + lo, g, packed,
+                                             dw + <Py_ssize_t>lo * n, n, 1)
+    free(packed)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -497,20 +558,28 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
 
     # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs.
     cdef floating* da = gates
+    cdef floating* packed_ih = NULL
     if dx != NULL:      # dX = da · W_ih
-        parallel_gemm(num_threads, False, False, T * B, I, G, <floating>1, da, G, w_ih, I,
-                      <floating>0, dx, I)
+        if _use_packed_gemm:
+            packed_ih = pack_weights(G, I, w_ih, I, False)   # P = W_ih (4H × I)
+        if packed_ih != NULL:
+            parallel_packed_gemm(num_threads, T * B, G, I, da, G, packed_ih, dx, I, False)
+            free(packed_ih)
+        else:
+            parallel_gemm(num_threads, False, False, T * B, I, G, <floating>1, da, G, w_ih,
+                          I, <floating>0, dx, I)
+    cdef int status = 0
     # dW_ih += daᵀ · X
-    parallel_gemm(num_threads, True, False, G, I, T * B, <floating>1, da, G, x, I,
-                  <floating>1, dw_ih, I)
+    status |= weight_gradient(num_threads, G, T * B, I, da, x, I, dw_ih)
     # dW_hh += daᵀ · H_prev, where H_prev is y shifted one step (and h0 for t = 0)
     if T > 1:
-        parallel_gemm(num_threads, True, False, G, H, (T - 1) * B, <floating>1,
-                      da + <Py_ssize_t>B * G, G, y, H, <floating>1, dw_hh, H)
+        status |= weight_gradient(num_threads, G, (T - 1) * B, H, da + <Py_ssize_t>B * G,
+                                  y, H, dw_hh)
     if h0 != NULL:
-        parallel_gemm(num_threads, True, False, G, H, B, <floating>1, da, G, h0, H,
-                      <floating>1, dw_hh, H)
+        status |= weight_gradient(num_threads, G, B, H, da, h0, H, dw_hh)
     _blas_threads_restore(saved)
+    if status != 0:
+        return -2
     if floating is float:
         clstm_column_sums_f32(TB, G, da, dbias)
         if peephole != NULL and dpeephole != NULL:

@@ -47,6 +47,17 @@ void clstm_packed_gemm_f32(int M, int K, int N, const float *A, int lda,
 void clstm_packed_gemm_f64(int M, int K, int N, const double *A, int lda,
                            const double *packed, double *C, int ldc, int accumulate);
 
+/* C (M × N, row-major, ldc) = Aᵀ · P, plus the old C when accumulate != 0, where A is
+ * stored row-major K × M (leading dimension lda ≥ M): C[i, j] = Σ_k A[k, i] · P[k, j].
+ * Same packed P as above; no allocation (a stack buffer of up to 128 KiB), thread-safe.
+ * With K = 0 the product is zero.
+ * Use: LSTM weight gradients over all T·B rows, dW_ih (4H × I) += daᵀ · X with
+ * A = da (T·B × 4H, lda = 4H) and P = X packed by pack(K=T·B, N=I, X, ld=I, 0). */
+void clstm_packed_gemm_at_f32(int M, int K, int N, const float *A, int lda,
+                              const float *packed, float *C, int ldc, int accumulate);
+void clstm_packed_gemm_at_f64(int M, int K, int N, const double *A, int lda,
+                              const double *packed, double *C, int ldc, int accumulate);
+
 /* Which kernel runs: CLSTM_PG_GENERIC (plain C), CLSTM_PG_AVX2 (AVX2+FMA) or
  * CLSTM_PG_AVX512 (AVX-512F), chosen once from the CPU's features. */
 enum { CLSTM_PG_AUTO = -1, CLSTM_PG_GENERIC = 0, CLSTM_PG_AVX2 = 1, CLSTM_PG_AVX512 = 2 };

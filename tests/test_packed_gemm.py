@@ -41,6 +41,8 @@ def lib(tmp_path_factory):
         getattr(so, f"clstm_pack_{suf}").restype = None
         getattr(so, f"clstm_packed_gemm_{suf}").argtypes = [i, i, i, p, i, p, p, i, i]
         getattr(so, f"clstm_packed_gemm_{suf}").restype = None
+        getattr(so, f"clstm_packed_gemm_at_{suf}").argtypes = [i, i, i, p, i, p, p, i, i]
+        getattr(so, f"clstm_packed_gemm_at_{suf}").restype = None
     so.clstm_packed_gemm_select.argtypes = [i]
     so.clstm_packed_gemm_select.restype = i
     so.clstm_packed_gemm_isa.restype = i
@@ -99,6 +101,31 @@ def check_case(lib, rng, dtype, M, K, N, src_is_nk, accumulate, pad_a=0, pad_c=0
     bound = 2 * eps * (K + 2) * magnitude + np.finfo(dtype).tiny
     err = np.abs(C[:, :N] - expected)
     where = f"{dtype.__name__} M={M} K={K} N={N} nk={src_is_nk} acc={accumulate}"
+    assert np.all(err <= bound), f"{where}: max excess {np.max(err - bound)}"
+    assert np.all(C[:, N:] == 7.0), f"{where}: wrote past column N"
+
+
+def check_case_at(lib, rng, dtype, M, K, N, accumulate, pad_a=0, pad_c=0, pad_src=0):
+    """C (M × N) (+)= Aᵀ · P with A stored K × M (clstm_packed_gemm_at_*)."""
+    P = rng.standard_normal((K, N)).astype(dtype)
+    packed = pack(lib, P, dtype, 0, pad_src)
+    # Padding columns of A (past M) hold NaN: reading them would poison the result.
+    A = np.full((K, M + pad_a), np.nan, dtype=dtype)
+    A[:, :M] = rng.standard_normal((K, M))
+    C = np.full((M, N + pad_c), 7.0, dtype=dtype)
+    C0 = rng.standard_normal((M, N)).astype(dtype)
+    C[:, :N] = C0
+    getattr(lib, f"clstm_packed_gemm_at_{SUFFIX[dtype]}")(
+        M, K, N, A.ctypes.data, A.shape[1], packed.ctypes.data, C.ctypes.data, C.shape[1],
+        int(accumulate))
+
+    A64, P64 = A[:, :M].astype(np.float64), P.astype(np.float64)
+    expected = A64.T @ P64 + (C0 if accumulate else 0)
+    magnitude = np.abs(A64.T) @ np.abs(P64) + (np.abs(C0) if accumulate else 0)
+    eps = np.finfo(dtype).eps
+    bound = 2 * eps * (K + 2) * magnitude + np.finfo(dtype).tiny
+    err = np.abs(C[:, :N] - expected)
+    where = f"at {dtype.__name__} M={M} K={K} N={N} acc={accumulate} lda={A.shape[1]}"
     assert np.all(err <= bound), f"{where}: max excess {np.max(err - bound)}"
     assert np.all(C[:, N:] == 7.0), f"{where}: wrote past column N"
 
@@ -208,3 +235,80 @@ def test_auto_selects_best(lib):
             assert lib.clstm_packed_gemm_select(code) == -1, name
     lib.clstm_packed_gemm_select(-1)
     assert lib.clstm_packed_gemm_isa_name().decode() in ISAS
+
+
+# K blocks of the Aᵀ kernel: 256 floats / 128 doubles (PG_AT_KC_BYTES = 1024), cut into
+# near-equal blocks; row blocks of 16 slabs of 8 (AVX-512) or 6 (AVX2) rows.
+AT_KC = {np.float32: 256, np.float64: 128}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_at_small_edges(lib, isa, dtype):
+    """Aᵀ: every M across slab and row-block edges, N across panel edges, tiny K."""
+    rng = np.random.default_rng(7)
+    nr = NR[dtype]
+    for M in list(range(1, 18)) + [47, 48, 49, 95, 96, 97, 127, 128, 129, 193]:
+        for N in (1, nr // 2 - 1, nr // 2 + 1, nr - 1, nr, nr + 1, 2 * nr + 3):
+            for K in (1, 2, 5):
+                check_case_at(lib, rng, dtype, M, K, N, (M + K) % 2,
+                              pad_a=(M + N) % 4, pad_c=N % 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_at_k_blocks(lib, isa, dtype):
+    """Aᵀ: K just below, at and above multiples of the k block."""
+    rng = np.random.default_rng(8)
+    kc = AT_KC[dtype]
+    for j, K in enumerate((kc - 1, kc, kc + 1, 2 * kc - 1, 2 * kc, 2 * kc + 1, 3 * kc + 7,
+                           7 * kc - 1, 7 * kc + 1)):
+        M = (5, 129, 40, 97, 130, 8, 200, 33, 64)[j]
+        N = (33, 7, 64, 100, 17, 96, 65, 1, 40)[j]
+        check_case_at(lib, rng, dtype, M, K, N, j % 2, pad_a=j % 3, pad_c=(j + 1) % 3,
+                      pad_src=j % 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_at_random_shapes(lib, isa, dtype):
+    """Aᵀ: random M 1..300, K 1..4000, N 1..600, accumulate on and off, padded lda/ldc."""
+    rng = np.random.default_rng(9 if dtype is np.float32 else 10)
+    for case in range(16):
+        M = int(rng.integers(1, 301))
+        K = int(rng.integers(1, 4001)) if case % 3 else int(rng.integers(1, 60))
+        N = int(rng.integers(1, 601)) if case % 4 else int(rng.integers(1, 40))
+        check_case_at(lib, rng, dtype, M, K, N, int(rng.integers(2)),
+                      pad_a=int(rng.integers(0, 9)), pad_c=int(rng.integers(0, 9)),
+                      pad_src=int(rng.integers(0, 4)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_at_k_zero(lib, dtype):
+    """Aᵀ with K = 0: C = 0 without accumulate, C unchanged with it."""
+    packed = np.zeros(1, dtype=dtype)
+    A = np.zeros((1, 3), dtype=dtype)
+    for accumulate in (0, 1):
+        C = np.full((3, 5), 2.0, dtype=dtype)
+        getattr(lib, f"clstm_packed_gemm_at_{SUFFIX[dtype]}")(
+            3, 0, 4, A.ctypes.data, 3, packed.ctypes.data, C.ctypes.data, 5, accumulate)
+        np.testing.assert_array_equal(C[:, :4], 2.0 if accumulate else 0.0)
+        np.testing.assert_array_equal(C[:, 4], 2.0)
+
+
+def test_at_threads(lib):
+    """Aᵀ from several threads at once (each on its own C, one packed P)."""
+    rng = np.random.default_rng(11)
+    K, M, N, threads = 700, 150, 70, 4
+    P = rng.standard_normal((K, N)).astype(np.float32)
+    packed = pack(lib, P, np.float32, 0)
+    A = rng.standard_normal((threads, K, M)).astype(np.float32)
+    C = np.zeros((threads, M, N), dtype=np.float32)
+
+    def work(t):
+        for _ in range(20):
+            lib.clstm_packed_gemm_at_f32(M, K, N, A[t].ctypes.data, M, packed.ctypes.data,
+                                         C[t].ctypes.data, N, 0)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(threads)))
+    for t in range(threads):
+        expected = A[t].T.astype(np.float64) @ P.astype(np.float64)
+        np.testing.assert_allclose(C[t], expected, rtol=1e-4, atol=1e-3)
