@@ -323,8 +323,8 @@ cdef void packed_gemm_blocked(int m, int k, int n, const floating* a, int lda,
     rows = (rows // 16) * 16
     if rows < 64:
         rows = 64
-    cdef int r0, mb
-    for r0 in range(0, m, rows):
+    cdef int r0 = 0, mb
+    while r0 < m:
         mb = rows if m - r0 > rows else m - r0
         if floating is float:
             clstm_packed_gemm_f32(mb, k, n, a + <Py_ssize_t>r0 * lda, lda, packed,
@@ -332,6 +332,7 @@ cdef void packed_gemm_blocked(int m, int k, int n, const floating* a, int lda,
         else:
             clstm_packed_gemm_f64(mb, k, n, a + <Py_ssize_t>r0 * lda, lda, packed,
                                   c + <Py_ssize_t>r0 * ldc, ldc, accumulate)
+        r0 += mb
 
 
 cdef void parallel_packed_gemm(int num_threads, int m, int k, int n, const floating* a,
