@@ -18,6 +18,8 @@ update the arrays in place and users may assign new arrays of the same shape.
 
 import numpy as np
 
+from . import _threads, kernels
+
 __all__ = [
     "Layer",
     "Embedding",
@@ -295,8 +297,8 @@ class Dense(Layer):
                 f"got shape {x.shape}")
         self._lead = x.shape[:-1]
         # Keep the 2-D view; backward needs it for dW = dy^T x.
-        self._x2d = x.reshape(-1, self.in_features)
-        y = self._x2d @ self.params["weight"].T
+        self._x2d = np.ascontiguousarray(x.reshape(-1, self.in_features))
+        y = _matmul(self._x2d, self.params["weight"], trans_b=True)
         if "bias" in self.params:
             y += self.params["bias"]
         return y.reshape(self._lead + (self.out_features,))
@@ -325,13 +327,34 @@ class Dense(Layer):
                 f"Dense.backward: expected dy of shape {expected}, got "
                 f"{dy.shape}")
         dy2d = dy.reshape(-1, self.out_features)
-        self.grads["weight"] += dy2d.T @ x2d
+        _matmul(dy2d, x2d, trans_a=True, out=self.grads["weight"])
         if "bias" in self.grads:
             self.grads["bias"] += dy2d.sum(axis=0)
         if not input_grad:
             return None
-        return (dy2d @ self.params["weight"]).reshape(
+        return _matmul(dy2d, self.params["weight"]).reshape(
             self._lead + (self.in_features,))
+
+
+def _matmul(a, b, *, trans_a=False, trans_b=False, out=None):
+    """op(a) @ op(b), added into ``out`` when given, on the LSTM kernels' thread team
+    (NumPy's own BLAS threads would compete with it for the cores); NumPy's ``@`` when
+    the arrays do not fit the kernels (mixed dtypes, strided views)."""
+    opa = a.T if trans_a else a
+    opb = b.T if trans_b else b
+    arrays = (a, b) if out is None else (a, b, out)
+    if a.ndim == 2 and b.ndim == 2 and a.dtype in (np.float32, np.float64) and all(
+            arr.dtype == a.dtype and arr.flags.c_contiguous for arr in arrays) and (
+            out is None or out.flags.writeable):
+        accumulate = out is not None
+        if out is None:
+            out = np.empty((opa.shape[0], opb.shape[1]), dtype=a.dtype)
+        kernels.matmul(a, b, out, trans_a, trans_b, accumulate, _threads.get_num_threads())
+        return out
+    if out is None:
+        return opa @ opb
+    out += opa @ opb
+    return out
 
 
 class Dropout(Layer):

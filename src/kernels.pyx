@@ -806,6 +806,49 @@ def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, 
     _blas_threads_restore(saved)
 
 
+def matmul(a, b, out, bint trans_a=False, bint trans_b=False, bint accumulate=False,
+           int num_threads=1):
+    """out (m×n) := op(a)·op(b) (+ out when ``accumulate``), on the kernels' thread team.
+
+    For the layers around the LSTM (Dense), so that all of clstm's arithmetic runs on one
+    pool of threads: NumPy's ``@`` would use NumPy's own BLAS threads, which compete with
+    the kernels' OpenMP team. All three arrays 2-D, C-contiguous, of one dtype.
+    """
+    cdef int tn = typenum_of(a)
+    for name, arr in (("a", a), ("b", b), ("out", out)):
+        if not cnp.PyArray_Check(arr) or (<cnp.ndarray>arr).ndim != 2:
+            raise ValueError(f"matmul: expected a 2-D array for {name}")
+    cdef int m = a.shape[1] if trans_a else a.shape[0]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    cdef int kb = b.shape[1] if trans_b else b.shape[0]
+    cdef int n = b.shape[0] if trans_b else b.shape[1]
+    if kb != k or out.shape[0] != m or out.shape[1] != n:
+        raise ValueError(f"matmul: shapes do not fit: op(a) {m}×{k}, op(b) {kb}×{n}, "
+                         f"out {out.shape[0]}×{out.shape[1]}")
+    cdef void* pa = buffer_of(a, "a", tn, <Py_ssize_t>m * k)
+    cdef void* pb = buffer_of(b, "b", tn, <Py_ssize_t>k * n)
+    cdef void* pc = writable_buffer_of(out, "out", tn, <Py_ssize_t>m * n)
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        if not accumulate:
+            out.fill(0)
+        return
+    cdef int lda = m if trans_a else k
+    cdef int ldb = k if trans_b else n
+    cdef int saved
+    with nogil:
+        saved = _blas_threads_off()
+        if tn == cnp.NPY_FLOAT32:
+            parallel_gemm(num_threads, trans_a, trans_b, m, n, k, <float>1, <float*>pa, lda,
+                          <float*>pb, ldb, <float>(1 if accumulate else 0), <float*>pc, n)
+        else:
+            parallel_gemm(num_threads, trans_a, trans_b, m, n, k, <double>1, <double*>pa,
+                          lda, <double*>pb, ldb, <double>(1 if accumulate else 0),
+                          <double*>pc, n)
+        _blas_threads_restore(saved)
+
+
 def sigmoid(x, out):
     """out := σ(x) with the kernels' own vectorised exp (for accuracy tests)."""
     cdef int tn = typenum_of(x)
