@@ -539,6 +539,17 @@ PG_INLINE PG_TARGET void PG_KN(tile)(const int mr, const int nb, const int kc,
         }                                                                                \
     } while (0)
 
+    /* The C tile is read (accumulate) and written only after the k loop; with a
+     * power-of-two ldc its rows share an L1 set and are by then usually in L2 or L3, so
+     * fetch them now, while the k loop runs. Measured on Zen 4 (1 thread, M = 512,
+     * K = 128, N = 2048): +14-17% in f32 and f64; the slab copy of A (rows of a
+     * power-of-two lda into a padded stack buffer) was tried as well and was 8-18% slower. */
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            _mm_prefetch((const char *)(c + r * ldc + v * LANES), _MM_HINT_T0);
+
     int k = 0;
     for (; k + S <= kc; k += S) {
 #pragma GCC unroll 4

@@ -182,6 +182,21 @@ def test_random_shapes(lib, isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pow2_lda(lib, isa, dtype):
+    """Row strides of A a multiple of 1 KiB with M > 8 (several k blocks, a ragged last
+    row block and panel, accumulate on and off)."""
+    rng = np.random.default_rng(7)
+    itemsize = np.dtype(dtype).itemsize
+    for M, K, N, lda in ((40, 1000, 300, 1024), (40, 1100, 300, 2048), (40, 1000, 300, 2048),
+                         (17, 512, 1000, 512), (9, 128, 70, 128), (64, 2048, 33, 2048)):
+        if (lda * itemsize) % 1024:
+            lda *= 2
+        for accumulate in (0, 1):
+            check_case(lib, rng, dtype, M, K, N, accumulate, accumulate, pad_a=lda - K,
+                       pad_c=int(rng.integers(0, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_lstm_shapes(lib, isa, dtype):
     """The two uses: forward G += h·W_hhᵀ (P = W_hhᵀ packed from W_hh) and backward
     dh += da·W_hh (P = W_hh), H = 64, at the per-thread row counts."""
