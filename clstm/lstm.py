@@ -56,6 +56,11 @@ class LSTM:
         self.training = True
         self._cache = None
 
+        # per layer: the names of its weights, looked up at every call (an optimizer or a
+        # model may rebind the entries), built once
+        self._names = [(f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}", f"bias_hh_l{k}",
+                        f"weight_peephole_l{k}" if self.peephole else None)
+                       for k in range(self.num_layers)]
         shapes = self._parameter_shapes()
         total = sum(int(np.prod(s)) for s in shapes.values())
         self.flat_params = np.empty(total, dtype=self.dtype)
@@ -169,6 +174,10 @@ class LSTM:
                             f"{' of length %d' % len(state) if isinstance(state, (tuple, list)) else ''}")
         L, H = self.num_layers, self.hidden_size
         expected = (L, H) if unbatched else (L, B, H)
+        dt = self.dtype
+        if not unbatched and all(type(a) is np.ndarray and a.dtype == dt and a.shape == expected
+                                 and a.flags.c_contiguous for a in state):
+            return tuple(state)          # already what the kernels take: no copies, no checks
         pair = []
         for part, label in zip(state, ("h", "c")):
             if part is None:
@@ -275,13 +284,13 @@ class LSTM:
         c_n = np.empty((L, B, H), dtype=self.dtype)
         gates = np.empty((B, 4 * H), dtype=self.dtype)
         inp = x
-        for k in range(L):
-            kernels.step(B, inp.shape[1], H, inp, p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"],
-                         p[f"bias_ih_l{k}"], p[f"bias_hh_l{k}"],
-                         p[f"weight_peephole_l{k}"] if self.peephole else None,
+        for k, (w_ih, w_hh, b_ih, b_hh, peephole) in enumerate(self._names):
+            h_k = h_n[k]
+            kernels.step(B, inp.shape[1], H, inp, p[w_ih], p[w_hh], p[b_ih], p[b_hh],
+                         p[peephole] if peephole else None,
                          None if h0 is None else h0[k], None if c0 is None else c0[k],
-                         h_n[k], c_n[k], gates)
-            inp = h_n[k]
+                         h_k, c_n[k], gates)
+            inp = h_k
         if unbatched:
             return h_n[-1, 0], (h_n[:, 0], c_n[:, 0])
         return h_n[-1], (h_n, c_n)
