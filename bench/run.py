@@ -36,7 +36,8 @@ from bench.shapes import DTYPES, MODES, SHAPES, parse_shapes, step_flops  # noqa
 from bench.timing import interleaved  # noqa: E402
 
 ALL_CORES = os.cpu_count() or 1
-CEILING, CEILING_TWIN = "ceiling", "ceiling 1x1x1 twin"  # timed beside the peers, not peers
+CEILING, CEILING_TWIN = "ceiling", "ceiling 1x1x1 twin"  # timed after the peers, not peers
+CEILING_PAUSE_S = 0.3  # OpenBLAS's workers spin ~0.1 s after a multi-threaded call
 
 # What --quick changes; explicit flags still win.  Quick leaves out the NumPy reference
 # (tests/reference.py, one step at a time: the slowest peer in every cell, about a third of
@@ -205,12 +206,19 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
         ceilings = {n: ceiling.cell(shape, mode, dtype, n, input_grad=False)
                     for n in sorted({threads, 1})}
         contenders = {name: getattr(r, mode) for name, r in runners.items()}
-        for n, ce in ceilings.items():
-            contenders.update({(CEILING, n): ce.run, (CEILING_TWIN, n): ce.overhead_run})
         timings = interleaved(contenders, args.repeats, args.warmup, args.min_time,
                               settle=args.settle if threads > 1 else 0.0)
-        options = {n: ce.summarise(timings.pop((CEILING, n)).best,
-                                   timings.pop((CEILING_TWIN, n)).best)
+        # The ceiling is timed after the implementations, not in their rotation: SciPy's
+        # OpenBLAS workers spin for ~0.1 s after each multi-threaded GEMM and took a core
+        # from whichever implementation ran next (clstm's 2-thread forward measured 2x
+        # slower when it followed them). A pause lets them go idle before the next cell.
+        gemms = {}
+        for n, ce in ceilings.items():
+            gemms.update({(CEILING, n): ce.run, (CEILING_TWIN, n): ce.overhead_run})
+        gemm_timings = interleaved(gemms, args.repeats, args.warmup, args.min_time)
+        time.sleep(CEILING_PAUSE_S)
+        options = {n: ce.summarise(gemm_timings[(CEILING, n)].best,
+                                   gemm_timings[(CEILING_TWIN, n)].best)
                    for n, ce in ceilings.items()}
         ceil = dict(min(options.values(), key=lambda o: o["net_s"]))
         ceil["threads"] = min(options, key=lambda n: options[n]["net_s"])
@@ -403,8 +411,10 @@ def grid_notes(cells, args, unavailable):
         notes.append("ceiling of multi-layer training includes the input gradient of every "
                      "layer above the first (it feeds the layer below); layer 0's is not "
                      "asked for.")
-    notes.append("ceiling: the cell's GEMMs through SciPy's BLAS, timed interleaved with the "
-                 "implementations (best sample), less a twin run of 1x1x1 GEMMs (the Python "
+    notes.append("ceiling: the cell's GEMMs through SciPy's BLAS, timed in the same run right "
+                 "after the implementations (best sample; not in their rotation, where "
+                 "OpenBLAS's spinning workers slowed whoever ran next), less a twin run of "
+                 "1x1x1 GEMMs (the Python "
                  "wrapper's cost); each GEMM at 1 thread or the cell's count, whichever is "
                  "faster alone, and in multi-threaded cells the 1-thread run too if faster; "
                  "never below the FLOPs at a large square GEMM's rate.  Raw figures in "
