@@ -7,21 +7,7 @@ import pytest
 import clstm
 from clstm.models import LanguageModel
 from clstm.tbptt import batchify, num_chunks, reset_state, tbptt_chunks
-
-
-def numgrad(f, x, eps=1e-6):
-    """Central finite differences of the scalar ``f()`` w.r.t. ``x``, perturbed in place."""
-    assert x.dtype == np.float64
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        fp = f()
-        x[idx] = old - eps
-        fm = f()
-        x[idx] = old
-        g[idx] = (fp - fm) / (2 * eps)
-    return g
+from reference import numerical_gradient as numgrad  # tests/ is on sys.path
 
 
 def run_chunks(net, x, k, state=None):
