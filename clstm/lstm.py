@@ -55,6 +55,10 @@ class LSTM:
         self._rng = np.random.default_rng(seed)
         self.training = True
         self._cache = None
+        # One workspace per layer, kept between calls: at large shapes it is tens of MB,
+        # which glibc maps fresh on every allocation (page faults, zeroing: ~10% of a
+        # training step at S5 in float64). Internal only: nothing returned aliases it.
+        self._workspaces = {}
 
         # per layer: the names of its weights, looked up at every call (an optimizer or a
         # model may rebind the entries), built once
@@ -188,6 +192,13 @@ class LSTM:
             pair.append(np.ascontiguousarray(arr.reshape(L, B, H)))
         return tuple(pair)
 
+    def _workspace(self, layer, size):
+        """Layer ``layer``'s kernel workspace of ``size`` elements, reused across calls."""
+        buffer = self._workspaces.get(layer)
+        if buffer is None or buffer.size < size:
+            buffer = self._workspaces[layer] = np.empty(size, dtype=self.dtype)
+        return buffer[:size]
+
     def forward(self, x, state=None):
         """Run the stack over a whole sequence.
 
@@ -212,6 +223,7 @@ class LSTM:
         x, unbatched = self._time_major_input(x)
         T, B, _ = x.shape
         h0, c0 = self._state_pair(state, B, unbatched, "state")
+        self._cache = None  # the workspaces are about to be overwritten
         H, L = self.hidden_size, self.num_layers
         threads = _threads.get_num_threads()
         h_n = np.empty((L, B, H), dtype=self.dtype)
@@ -224,7 +236,7 @@ class LSTM:
                 h0_k = None if h0 is None else h0[k]
                 c0_k = None if c0 is None else c0[k]
                 y = np.empty((T, B, H), dtype=self.dtype)
-                workspace = np.empty(5 * T * B * H, dtype=self.dtype)
+                workspace = self._workspace(k, 5 * T * B * H)
                 kernels.forward(T, B, inp.shape[2], H, inp, w_ih, w_hh, bias, peephole,
                                 h0_k, c0_k, y, workspace, threads)
                 h_n[k] = y[-1]

@@ -525,3 +525,40 @@ def test_dropout_zeroes_or_scales_by_inverse_keep_probability():
     assert np.all(is_dropped | is_kept), "some units are neither 0 nor y/(1-p)"
     n_dropped = int(np.sum(is_dropped & ~is_kept))
     assert 3 <= n_dropped <= 35, f"{n_dropped} of {B} dropped with p={p}"
+
+
+# --------------------------------------------------------------------------
+# workspaces are reused between calls
+
+
+def test_backward_after_two_forwards_differentiates_the_second():
+    rng = np.random.default_rng(5)
+    net = clstm.LSTM(3, 4, 2, dtype="float64", peephole=True, seed=0)
+    fresh = clstm.LSTM(3, 4, 2, dtype="float64", peephole=True, seed=0)
+    x_long, x_short = rng.standard_normal((9, 2, 3)), rng.standard_normal((4, 2, 3))
+    net.forward(x_long)                       # leaves a larger workspace behind
+    y, _ = net.forward(x_short)
+    dx, (dh0, dc0) = net.backward(np.ones_like(y))
+    y_ref, _ = fresh.forward(x_short)
+    dx_ref, (dh0_ref, dc0_ref) = fresh.backward(np.ones_like(y_ref))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-13)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-13)
+    np.testing.assert_allclose(dh0, dh0_ref, rtol=1e-13, atol=1e-15)
+    for name in net.grads:
+        np.testing.assert_allclose(net.grads[name], fresh.grads[name], rtol=1e-13, atol=1e-15)
+
+
+def test_a_forward_rejected_by_validation_keeps_the_previous_one_intact():
+    rng = np.random.default_rng(6)
+    net = clstm.LSTM(3, 4, dtype="float64", seed=0)
+    fresh = clstm.LSTM(3, 4, dtype="float64", seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    y, _ = net.forward(x)
+    with pytest.raises(ValueError, match="expected 3 features"):
+        net.forward(np.ones((5, 2, 7)))        # rejected before any workspace is touched
+    dx, _ = net.backward(np.ones_like(y))
+    y_ref, _ = fresh.forward(x)
+    dx_ref, _ = fresh.backward(np.ones_like(y_ref))
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-13)
+    with pytest.raises(ValueError, match="forward"):
+        net.backward(np.ones_like(y))          # one backward per forward
