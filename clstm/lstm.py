@@ -141,10 +141,11 @@ class LSTM:
     # -- forward ----------------------------------------------------------------------
 
     def _layer_weights(self, k):
+        """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole or None), read from ``params`` now:
+        an optimizer or a model may have rebound the entries."""
         p = self.params
-        peephole = p[f"weight_peephole_l{k}"] if self.peephole else None
-        bias = p[f"bias_ih_l{k}"] + p[f"bias_hh_l{k}"]
-        return p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"], bias, peephole
+        w_ih, w_hh, b_ih, b_hh, peephole = self._names[k]
+        return p[w_ih], p[w_hh], p[b_ih], p[b_hh], (p[peephole] if peephole else None)
 
     def _time_major_input(self, x):
         x = as_float_array(x, self.dtype, "x") if not (
@@ -232,7 +233,8 @@ class LSTM:
         inp = x
         with _threads.blas_guard():
             for k in range(L):
-                w_ih, w_hh, bias, peephole = self._layer_weights(k)
+                w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
+                bias = b_ih + b_hh   # the kernel takes the two biases summed
                 h0_k = None if h0 is None else h0[k]
                 c0_k = None if c0 is None else c0[k]
                 y = np.empty((T, B, H), dtype=self.dtype)
@@ -291,15 +293,14 @@ class LSTM:
         B = x.shape[0]
         h0, c0 = self._state_pair(state, B, unbatched, "state") if state is not None \
             else (None, None)
-        H, L, p = self.hidden_size, self.num_layers, self.params
+        H, L = self.hidden_size, self.num_layers
         h_n = np.empty((L, B, H), dtype=self.dtype)
         c_n = np.empty((L, B, H), dtype=self.dtype)
         gates = np.empty((B, 4 * H), dtype=self.dtype)
         inp = x
-        for k, (w_ih, w_hh, b_ih, b_hh, peephole) in enumerate(self._names):
+        for k in range(L):
             h_k = h_n[k]
-            kernels.step(B, inp.shape[1], H, inp, p[w_ih], p[w_hh], p[b_ih], p[b_hh],
-                         p[peephole] if peephole else None,
+            kernels.step(B, inp.shape[1], H, inp, *self._layer_weights(k),
                          None if h0 is None else h0[k], None if c0 is None else c0[k],
                          h_k, c_n[k], gates)
             inp = h_k
@@ -355,7 +356,7 @@ class LSTM:
         with _threads.blas_guard():
             for k in range(L - 1, -1, -1):
                 inp, y, workspace, h0_k, c0_k, mask = layers[k]
-                w_ih, w_hh, _, peephole = self._layer_weights(k)
+                w_ih, w_hh, _, _, peephole = self._layer_weights(k)
                 I = inp.shape[2]
                 dx = np.empty((T, B, I), dtype=self.dtype) if (k > 0 or input_grad) else None
                 dbias.fill(0)

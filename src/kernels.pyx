@@ -93,10 +93,6 @@ def _register_blas_thread_control(uintptr_t setter, uintptr_t getter):
     _blas_get_threads = <get_threads_fn>getter
 
 
-def _blas_thread_control_registered():
-    return _blas_set_threads != NULL and _blas_get_threads != NULL
-
-
 cdef inline int _blas_threads_off() noexcept nogil:
     """Switch BLAS to one thread; return the count to restore."""
     cdef int saved = 0
