@@ -387,6 +387,34 @@ def test_results_do_not_depend_on_thread_count(dtype):
     assert_results_close(two, one, **tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_input_projection_step_by_step_equals_upfront(dtype, threads):
+    # The forward computes x·W_ihᵀ either step by step inside each thread's loop or for
+    # all steps at once before it, depending on rows per thread and weight size; both
+    # must give the same outputs and gradients.
+    T, B, I, H, L = 5, 8, 7, 12, 2
+    net = make_net(I, H, L, dtype=dtype, peephole=True)
+    rng = np.random.default_rng(21)
+    x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
+    old = clstm.get_num_threads()
+    old_threshold = kernels._set_min_flops_per_thread(0)
+    old_rows = kernels._set_min_rows_per_step_projection(0)
+    try:
+        clstm.set_num_threads(threads)
+        step_by_step = run(net, x, state, R, Rstate)
+        kernels._set_min_rows_per_step_projection(1 << 30)
+        upfront = run(net, x, state, R, Rstate)
+    finally:
+        clstm.set_num_threads(old)
+        kernels._set_min_flops_per_thread(old_threshold)
+        kernels._set_min_rows_per_step_projection(old_rows)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+    assert_results_close(step_by_step, upfront, **tol)
+    loose = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
+    assert_results_close(step_by_step, run_reference(net, L, True, x, state, R, Rstate), **loose)
+
+
 # --------------------------------------------------------------------------
 # inputs and outputs are not aliased
 
