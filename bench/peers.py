@@ -48,6 +48,10 @@ def make_input(shape, dtype, seed=1):
 class Runner:
     """What `setup` returns; subclasses fill in the four methods."""
 
+    # Seconds to wait after each timed sample of this runner before the next one starts:
+    # for implementations whose worker threads keep spinning on the cores after a call.
+    pause_after_s = 0.0
+
     def fwd(self):
         raise NotImplementedError
 
@@ -267,8 +271,18 @@ class NumpyReferencePeer(Peer):
         layers = [{key: params[f"{key}_l{k}"].copy()
                    for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
                   for k in range(shape.L)]
-        return _NumpyRunner(ref, layers, x, np.ones((shape.T, shape.B, shape.H), dtype=dtype),
-                            lambda: blas_controller().limit(limits=threads, user_api="blas"))
+        runner = _NumpyRunner(ref, layers, x, np.ones((shape.T, shape.B, shape.H), dtype=dtype),
+                              lambda: blas_controller().limit(limits=threads, user_api="blas"))
+        if threads > 1:
+            # NumPy's OpenBLAS workers spin for ~0.1 s (2^28 cycles) after each call. In
+            # the rotation they took a core from whichever implementation came next:
+            # clstm's 2-thread S2 training step measured 0.69x PyTorch's after this peer
+            # against 1.33x with PyTorch alone. Let them go idle before the next sample.
+            runner.pause_after_s = NUMPY_BLAS_SPIN_S
+        return runner
+
+
+NUMPY_BLAS_SPIN_S = 0.15
 
 
 class _NumpyRunner(Runner):

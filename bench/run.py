@@ -207,7 +207,8 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
                     for n in sorted({threads, 1})}
         contenders = {name: getattr(r, mode) for name, r in runners.items()}
         timings = interleaved(contenders, args.repeats, args.warmup, args.min_time,
-                              settle=args.settle if threads > 1 else 0.0)
+                              settle=args.settle if threads > 1 else 0.0,
+                              pause_after={name: r.pause_after_s for name, r in runners.items()})
         # The ceiling is timed after the implementations, not in their rotation: SciPy's
         # OpenBLAS workers spin for ~0.1 s after each multi-threaded GEMM and took a core
         # from whichever implementation ran next (clstm's 2-thread forward measured 2x

@@ -61,7 +61,7 @@ def _sample(fn, number):
             gc.enable()
 
 
-def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0):
+def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0, pause_after=None):
     """Time each callable of `callables` (name -> zero-argument function).
 
     Each runs `warmup` times first (compilation, caches, lazy allocation), then the
@@ -72,7 +72,10 @@ def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0):
     `settle` seconds of sleep precede each sample: the worker threads the previous
     implementation left spinning (OpenBLAS spins ~0.1 s after a call, OpenMP and
     TensorFlow pools a little) go to sleep instead of stealing the next one's cores.
+    `pause_after` (name -> seconds) does the same after the samples of the named
+    implementations only: those known to leave threads spinning for long.
     """
+    pause_after = pause_after or {}
     names = list(callables)
     results = {name: Timing() for name in names}
     live = []
@@ -85,6 +88,7 @@ def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0):
         except Exception as exc:  # a peer failing must not sink the whole grid
             results[name].error = f"{type(exc).__name__}: {exc}"
     gc.collect()
+    time.sleep(max([pause_after.get(name, 0.0) for name in live], default=0.0))
     for r in range(repeats):
         k = r % len(live) if live else 0
         for name in live[k:] + live[:k]:
@@ -96,6 +100,8 @@ def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0):
                 results[name].samples.append(_sample(callables[name], results[name].number))
             except Exception as exc:
                 results[name].error = f"{type(exc).__name__}: {exc}"
+            if pause_after.get(name):
+                time.sleep(pause_after[name])
     return results
 
 
