@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.timing import OPENBLAS_SPIN_PAUSE_S
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -278,11 +280,9 @@ class NumpyReferencePeer(Peer):
             # the rotation they took a core from whichever implementation came next:
             # clstm's 2-thread S2 training step measured 0.69x PyTorch's after this peer
             # against 1.33x with PyTorch alone. Let them go idle before the next sample.
-            runner.pause_after_s = NUMPY_BLAS_SPIN_S
+            runner.pause_after_s = OPENBLAS_SPIN_PAUSE_S
         return runner
 
-
-NUMPY_BLAS_SPIN_S = 0.15
 
 
 class _NumpyRunner(Runner):

@@ -33,11 +33,10 @@ from bench.ceiling import GemmCeiling, blas_controller  # noqa: E402
 from bench.peers import (PEERS, REPO_ROOT, ClstmPeer, Skip, clstm_location,  # noqa: E402
                          clstm_module, make_input, make_params)
 from bench.shapes import DTYPES, MODES, SHAPES, parse_shapes, step_flops  # noqa: E402
-from bench.timing import interleaved  # noqa: E402
+from bench.timing import OPENBLAS_SPIN_PAUSE_S, interleaved  # noqa: E402
 
 ALL_CORES = os.cpu_count() or 1
 CEILING, CEILING_TWIN = "ceiling", "ceiling 1x1x1 twin"  # timed after the peers, not peers
-CEILING_PAUSE_S = 0.3  # OpenBLAS's workers spin ~0.1 s after a multi-threaded call
 
 # What --quick changes; explicit flags still win.  Quick leaves out the NumPy reference
 # (tests/reference.py, one step at a time: the slowest peer in every cell, about a third of
@@ -217,7 +216,7 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
         for n, ce in ceilings.items():
             gemms.update({(CEILING, n): ce.run, (CEILING_TWIN, n): ce.overhead_run})
         gemm_timings = interleaved(gemms, args.repeats, args.warmup, args.min_time)
-        time.sleep(CEILING_PAUSE_S)
+        time.sleep(OPENBLAS_SPIN_PAUSE_S)
         options = {n: ce.summarise(gemm_timings[(CEILING, n)].best,
                                    gemm_timings[(CEILING_TWIN, n)].best)
                    for n, ce in ceilings.items()}

@@ -37,6 +37,10 @@ class Timing:
         return (max(self.samples) - min(self.samples)) / self.median
 
 
+# How long to wait for OpenBLAS's workers to go idle: they spin 2^28 cycles (~0.1 s)
+# after each multi-threaded call, on cores the next timed implementation needs.
+OPENBLAS_SPIN_PAUSE_S = 0.3
+
 def _calls_per_sample(fn, min_time, tries=3):
     once = math.inf
     for _ in range(tries):  # the fastest of a few: one slow call must not set the count

@@ -203,11 +203,11 @@ cdef floating* pack_weights(int K, int N, const floating* src, int ld,
     return <floating*>buf
 
 
-cdef inline void recurrent_gemm(int m, int n, int k, const floating* a, int lda,
+cdef inline void weights_gemm(int m, int n, int k, const floating* a, int lda,
                                 const floating* packed, const floating* w, bint w_is_nk,
                                 floating beta, floating* c, int ldc) noexcept nogil:
     """C (m×n) := A (m×k)·P + beta·C, where P is W or Wᵀ (W row-major, w_is_nk: W is
-    n×k), from the packed copy when there is one."""
+    n×k), from the packed copy when there is one (else W must be given)."""
     if packed != NULL:
         if floating is float:
             clstm_packed_gemm_f32(m, k, n, a, lda, packed, c, ldc, beta != 0)
@@ -335,12 +335,8 @@ cdef void packed_gemm_blocked(int m, int k, int n, const floating* a, int lda,
     cdef int r0 = 0, mb
     while r0 < m:
         mb = rows if m - r0 > rows else m - r0
-        if floating is float:
-            clstm_packed_gemm_f32(mb, k, n, a + <Py_ssize_t>r0 * lda, lda, packed,
-                                  c + <Py_ssize_t>r0 * ldc, ldc, accumulate)
-        else:
-            clstm_packed_gemm_f64(mb, k, n, a + <Py_ssize_t>r0 * lda, lda, packed,
-                                  c + <Py_ssize_t>r0 * ldc, ldc, accumulate)
+        weights_gemm(mb, n, k, a + <Py_ssize_t>r0 * lda, lda, packed, NULL, False,
+                     <floating>(1 if accumulate else 0), c + <Py_ssize_t>r0 * ldc, ldc)
         r0 += mb
 
 
@@ -427,12 +423,8 @@ cdef void forward_rows(int T, int B, int I, int H, int b0, int b1, const floatin
     for t in range(T):
         row0 = <Py_ssize_t>t * B + b0
         if w_ih_packed != NULL:
-            if floating is float:
-                clstm_packed_gemm_f32(rows, I, G, x + row0 * I, I, w_ih_packed,
-                                      gates + row0 * G, G, 0)
-            else:
-                clstm_packed_gemm_f64(rows, I, G, x + row0 * I, I, w_ih_packed,
-                                      gates + row0 * G, G, 0)
+            weights_gemm(rows, G, I, x + row0 * I, I, w_ih_packed, NULL, True, <floating>0,
+                         gates + row0 * G, G)
         if t == 0:
             h_prev = h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL
             c_prev = c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL
@@ -440,7 +432,7 @@ cdef void forward_rows(int T, int B, int I, int H, int b0, int b1, const floatin
             h_prev = y + (row0 - B) * H
             c_prev = cells + (row0 - B) * H
         if h_prev != NULL:
-            recurrent_gemm(rows, G, H, h_prev, H, w_hh_packed, w_hh, True, <floating>1,
+            weights_gemm(rows, G, H, h_prev, H, w_hh_packed, w_hh, True, <floating>1,
                            gates + row0 * G, G)
         gates_forward(rows, H, gates + row0 * G, bias, peephole, c_prev,
                       cells + row0 * H, y + row0 * H)
@@ -544,10 +536,10 @@ cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_h
         gates_backward(rows, H, gates + row0 * G, peephole, c_prev, cells + row0 * H,
                        dy + row0 * H, dc + <Py_ssize_t>b0 * H)
         if t > 0:   # dL/dh_{t-1} += da_t · W_hh
-            recurrent_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+            weights_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
                            <floating>1, dy + (row0 - B) * H, H)
         else:
-            recurrent_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+            weights_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
                            <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
 
 

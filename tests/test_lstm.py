@@ -11,6 +11,7 @@ import pytest
 
 import clstm
 from clstm import kernels
+from knobs import kernel_knob
 from reference import (  # tests/ is on sys.path through pyproject's pythonpath
     layers_from_params,
     numerical_gradient,
@@ -369,19 +370,15 @@ def test_results_do_not_depend_on_thread_count(dtype):
     x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
     old = clstm.get_num_threads()
     # the kernels keep tiny problems on one thread; force the split so 2 threads run
-    old_threshold = kernels._set_min_flops_per_thread(0)
-    try:
-        clstm.set_num_threads(1)
-        assert clstm.get_num_threads() == 1
-        one = run(net, x, state, R, Rstate)
-        clstm.set_num_threads(2)
-        assert clstm.get_num_threads() == 2
-        two = run(net, x, state, R, Rstate)
-        if kernels.openmp_enabled():
-            assert kernels._threads_used_by_last_call() == 2
-    finally:
-        clstm.set_num_threads(old)
-        kernels._set_min_flops_per_thread(old_threshold)
+    with kernel_knob(kernels._set_min_flops_per_thread, 0):
+        with clstm.threads(1):
+            assert clstm.get_num_threads() == 1
+            one = run(net, x, state, R, Rstate)
+        with clstm.threads(2):
+            assert clstm.get_num_threads() == 2
+            two = run(net, x, state, R, Rstate)
+            if kernels.openmp_enabled():
+                assert kernels._threads_used_by_last_call() == 2
     assert clstm.get_num_threads() == old
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
     assert_results_close(two, one, **tol)
@@ -397,18 +394,11 @@ def test_input_projection_step_by_step_equals_upfront(dtype, threads):
     net = make_net(I, H, L, dtype=dtype, peephole=True)
     rng = np.random.default_rng(21)
     x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
-    old = clstm.get_num_threads()
-    old_threshold = kernels._set_min_flops_per_thread(0)
-    old_rows = kernels._set_min_rows_per_step_projection(0)
-    try:
-        clstm.set_num_threads(threads)
-        step_by_step = run(net, x, state, R, Rstate)
-        kernels._set_min_rows_per_step_projection(1 << 30)
-        upfront = run(net, x, state, R, Rstate)
-    finally:
-        clstm.set_num_threads(old)
-        kernels._set_min_flops_per_thread(old_threshold)
-        kernels._set_min_rows_per_step_projection(old_rows)
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(threads):
+        with kernel_knob(kernels._set_min_rows_per_step_projection, 0):
+            step_by_step = run(net, x, state, R, Rstate)
+        with kernel_knob(kernels._set_min_rows_per_step_projection, 1 << 30):
+            upfront = run(net, x, state, R, Rstate)
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
     assert_results_close(step_by_step, upfront, **tol)
     loose = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)

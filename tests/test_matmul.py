@@ -4,6 +4,7 @@ import pytest
 
 import clstm
 from clstm import kernels
+from knobs import kernel_knob  # tests/ is on sys.path through pyproject's pythonpath
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -18,11 +19,8 @@ def test_matmul_matches_numpy(dtype, trans_a, trans_b, accumulate, threads):
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
     out = rng.standard_normal((m, n)).astype(dtype)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b) + (out if accumulate else 0)
-    old = kernels._set_min_flops_per_thread(0)      # split even this small product
-    try:
+    with kernel_knob(kernels._set_min_flops_per_thread, 0):   # split even this small product
         kernels.matmul(a, b, out, trans_a, trans_b, accumulate, threads)
-    finally:
-        kernels._set_min_flops_per_thread(old)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
 
