@@ -18,9 +18,18 @@
 #include <omp.h>
 int clstm_omp_max_threads(void) { return omp_get_max_threads(); }
 int clstm_have_openmp(void) { return 1; }
+int clstm_omp_thread_num(void) { return omp_get_thread_num(); }
+int clstm_omp_num_threads(void) { return omp_get_num_threads(); }
+void clstm_omp_barrier(void)
+{
+#pragma omp barrier
+}
 #else
 int clstm_omp_max_threads(void) { return 1; }
 int clstm_have_openmp(void) { return 0; }
+int clstm_omp_thread_num(void) { return 0; }
+int clstm_omp_num_threads(void) { return 1; }
+void clstm_omp_barrier(void) {}
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \

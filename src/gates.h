@@ -24,6 +24,16 @@ void clstm_gates_forward_f64(int rows, int H, double *gates, const double *bias,
                              const double *peephole, const double *c_prev,
                              double *c, double *h);
 
+/* The same for hidden units u0 <= j < u1 only (of every row and gate): the gates, c and h
+ * of the other units are neither read nor written, so threads that own disjoint unit
+ * ranges can run it on one step side by side. */
+void clstm_gates_forward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                   const float *bias, const float *peephole,
+                                   const float *c_prev, float *c, float *h);
+void clstm_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                   const double *bias, const double *peephole,
+                                   const double *c_prev, double *c, double *h);
+
 void clstm_gates_backward_f32(int rows, int H, float *gates, const float *peephole,
                               const float *c_prev, const float *c,
                               const float *dh, float *dc);
@@ -52,6 +62,12 @@ void clstm_tanh_f64(long n, const double *x, double *y);
 /* OpenMP's thread count, or 1 when built without OpenMP. */
 int clstm_omp_max_threads(void);
 int clstm_have_openmp(void);
+/* Inside a parallel region: this thread's number and the team's size (0 and 1 without
+ * OpenMP), and a barrier of the team (orphaned: it binds to the innermost enclosing
+ * parallel region, so it can be called from the kernels' per-thread functions). */
+int clstm_omp_thread_num(void);
+int clstm_omp_num_threads(void);
+void clstm_omp_barrier(void);
 
 #ifdef __cplusplus
 }

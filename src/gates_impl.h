@@ -3,17 +3,22 @@
 
 /* The forward body, specialised by the compiler for each constant combination of the
  * flags, so the hot loop carries no branch. */
-ALWAYS_INLINE void SUF(forward_body)(int rows, int H, REAL *restrict gates,
-                                     const REAL *restrict bias, const REAL *restrict peep,
-                                     const REAL *restrict c_prev, REAL *restrict c,
-                                     REAL *restrict h, const int use_peep, const int use_cprev)
+ALWAYS_INLINE void SUF(forward_body)(int rows, int H, int u0, int u1,
+                                     REAL *restrict gates, const REAL *restrict bias,
+                                     const REAL *restrict peep, const REAL *restrict c_prev,
+                                     REAL *restrict c, REAL *restrict h, const int use_peep,
+                                     const int use_cprev)
 {
+    /* Units u0..u1 only: shift every per-unit array to u0; the strides stay H and 4H. */
+    bias += u0;
+    if (use_peep)
+        peep += u0;
     for (int r = 0; r < rows; r++) {
-        REAL *gi = gates + (size_t)r * 4 * H;
+        REAL *gi = gates + (size_t)r * 4 * H + u0;
         REAL *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
-        const REAL *cp = use_cprev ? c_prev + (size_t)r * H : c_prev;
-        REAL *cr = c + (size_t)r * H, *hr = h + (size_t)r * H;
-        for (int j = 0; j < H; j++) {
+        const REAL *cp = use_cprev ? c_prev + (size_t)r * H + u0 : c_prev;
+        REAL *cr = c + (size_t)r * H + u0, *hr = h + (size_t)r * H + u0;
+        for (int j = 0; j < u1 - u0; j++) {
             REAL cpj = use_cprev ? cp[j] : (REAL)0;
             REAL ai = gi[j] + bias[j];
             REAL af = gf[j] + bias[H + j];
@@ -41,20 +46,27 @@ ALWAYS_INLINE void SUF(forward_body)(int rows, int H, REAL *restrict gates,
 }
 
 CLSTM_CLONES
-void SUF(clstm_gates_forward)(int rows, int H, REAL *gates, const REAL *bias,
-                              const REAL *peephole, const REAL *c_prev, REAL *c, REAL *h)
+void SUF(clstm_gates_forward_units)(int rows, int H, int u0, int u1, REAL *gates,
+                                    const REAL *bias, const REAL *peephole,
+                                    const REAL *c_prev, REAL *c, REAL *h)
 {
     if (peephole) {
         if (c_prev)
-            SUF(forward_body)(rows, H, gates, bias, peephole, c_prev, c, h, 1, 1);
+            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 1, 1);
         else
-            SUF(forward_body)(rows, H, gates, bias, peephole, c_prev, c, h, 1, 0);
+            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 1, 0);
     } else {
         if (c_prev)
-            SUF(forward_body)(rows, H, gates, bias, peephole, c_prev, c, h, 0, 1);
+            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 0, 1);
         else
-            SUF(forward_body)(rows, H, gates, bias, peephole, c_prev, c, h, 0, 0);
+            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 0, 0);
     }
+}
+
+void SUF(clstm_gates_forward)(int rows, int H, REAL *gates, const REAL *bias,
+                              const REAL *peephole, const REAL *c_prev, REAL *c, REAL *h)
+{
+    SUF(clstm_gates_forward_units)(rows, H, 0, H, gates, bias, peephole, c_prev, c, h);
 }
 
 ALWAYS_INLINE void SUF(backward_body)(int rows, int H, REAL *restrict gates,

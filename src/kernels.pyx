@@ -11,7 +11,8 @@ The work per layer (T steps, B rows, I inputs, H hidden units):
   T·B rows and the bias gradient as column sums.
 
 Rows of the batch never interact, so with OpenMP each thread takes one contiguous slice
-of rows through all T steps: no barrier per step. The large GEMMs outside that loop (the
+of rows through all T steps: no barrier per step (a batch with fewer rows than threads
+splits the hidden units instead, see forward_units). The large GEMMs outside that loop (the
 input projection, the weight and input gradients) are cut into blocks of rows or columns
 over the same threads. There is one thread pool: SciPy's BLAS is switched to one thread
 for the duration of a call (through the setter registered by clstm._threads), because
@@ -21,7 +22,7 @@ Matrices are row-major; BLAS is column-major. ``gemm`` below swaps the operands:
 row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport free
 from libc.stdint cimport uintptr_t
@@ -41,6 +42,12 @@ cdef extern from "gates.h" nogil:
     void clstm_gates_forward_f64(int rows, int H, double *gates, const double *bias,
                                  const double *peephole, const double *c_prev,
                                  double *c, double *h)
+    void clstm_gates_forward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                       const float *bias, const float *peephole,
+                                       const float *c_prev, float *c, float *h)
+    void clstm_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                       const double *bias, const double *peephole,
+                                       const double *c_prev, double *c, double *h)
     void clstm_gates_backward_f32(int rows, int H, float *gates, const float *peephole,
                                   const float *c_prev, const float *c,
                                   const float *dh, float *dc)
@@ -59,6 +66,9 @@ cdef extern from "gates.h" nogil:
     void clstm_tanh_f64(long n, const double *x, double *y)
     int clstm_omp_max_threads()
     int clstm_have_openmp()
+    int clstm_omp_thread_num()
+    int clstm_omp_num_threads()
+    void clstm_omp_barrier()
 
 cdef extern from "packed_gemm.h" nogil:
     size_t clstm_packed_size_f32(int K, int N)
@@ -152,6 +162,16 @@ cdef inline void gates_forward(int rows, int H, floating* gates, const floating*
         clstm_gates_forward_f32(rows, H, gates, bias, peephole, c_prev, c, h)
     else:
         clstm_gates_forward_f64(rows, H, gates, bias, peephole, c_prev, c, h)
+
+
+cdef inline void gates_forward_units(int rows, int H, int u0, int u1, floating* gates,
+                                     const floating* bias, const floating* peephole,
+                                     const floating* c_prev, floating* c,
+                                     floating* h) noexcept nogil:
+    if floating is float:
+        clstm_gates_forward_units_f32(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h)
+    else:
+        clstm_gates_forward_units_f64(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h)
 
 
 cdef inline void gates_backward(int rows, int H, floating* gates, const floating* peephole,
@@ -255,6 +275,21 @@ def _set_min_rows_per_step_projection(int rows):
     global _min_rows_per_step_projection
     old = _min_rows_per_step_projection
     _min_rows_per_step_projection = rows
+    return old
+
+
+# Split the hidden units over the threads (a barrier per step) when the batch cannot
+# give every thread rows of its own, and each step's recurrent product gives each thread
+# at least this many FLOPs (see forward_units).
+cdef double _min_step_flops_per_unit_thread = 6.0e4
+
+
+def _set_min_step_flops_per_unit_thread(double flops):
+    """Set the per-step work threshold of the hidden-unit split (0: whenever the batch
+    is smaller than the thread count; a huge value: never); returns the previous value."""
+    global _min_step_flops_per_unit_thread
+    old = _min_step_flops_per_unit_thread
+    _min_step_flops_per_unit_thread = flops
     return old
 
 
@@ -438,6 +473,94 @@ cdef void forward_rows(int T, int B, int I, int H, int b0, int b1, const floatin
                       cells + row0 * H, y + row0 * H)
 
 
+cdef inline int unit_bound(int H, int parts, int i) noexcept nogil:
+    """Boundary i of ``parts`` near-equal ranges of H hidden units, on multiples of 16
+    (whole vectors in the gate loop)."""
+    if i >= parts:
+        return H
+    cdef int p = (<long long>H * i // parts + 8) // 16 * 16
+    return p if p < H else H
+
+
+cdef inline int unit_split_threads(int num_threads, int n_chunks, int B, int H) noexcept nogil:
+    """Threads for the hidden-unit split of the recurrence, or 1 for none: only when the
+    batch split leaves threads idle, with at least 16 units and enough work per step for
+    each thread."""
+    global _threads_used_last
+    cdef int n = num_threads
+    if n <= n_chunks or not clstm_have_openmp():
+        return 1
+    if n > H // 16:
+        n = H // 16
+    cdef double step_flops = 8.0 * B * H * H      # (B×H)·(H×4H)
+    if _min_step_flops_per_unit_thread > 0 and n > step_flops / _min_step_flops_per_unit_thread:
+        n = <int>(step_flops / _min_step_flops_per_unit_thread)
+    if n <= n_chunks:
+        return 1
+    _threads_used_last = n
+    return n
+
+
+cdef void forward_units(int T, int B, int I, int H, const floating* x,
+                        const floating* w_ih, const floating* w_hh, const floating* bias,
+                        const floating* peephole, const floating* h0, const floating* c0,
+                        floating* y, floating* gates, floating* cells,
+                        int* failed) noexcept nogil:
+    """One thread's share of a layer's forward when the hidden units, not the rows, are
+    split over the team (called inside a parallel region by every thread of it).
+
+    The thread owns units u0:u1 of every gate. It packs its four slices of W_ih and of
+    W_hh (rows g·H+u0 : g·H+u1) itself, computes its gate columns of the input
+    projection for all T·B rows, then at each step the recurrent product into those
+    columns and c and h of its units for all B rows. Step t+1 needs all of h_t, hence a
+    barrier per step. With a batch of one there are no rows to split, and one thread
+    would stream all of W_hh at every step: at H = 256-1024 float32 most of a step is
+    that stream, which two threads read half each, from two L2 caches (measured on
+    Zen 4, B = 1, T = 100, 2 threads against 1: 1.3x at H = 128, 1.5x at H = 256).
+    """
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, g, t
+    cdef int G = 4 * H
+    cdef floating* packed[4]
+    cdef floating* packed_ih
+    cdef Py_ssize_t row0, gate0
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    for g in range(4):
+        packed[g] = NULL
+        if u > 0 and failed[0] == 0:
+            gate0 = <Py_ssize_t>g * H + u0
+            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
+            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
+            if packed_ih == NULL or packed[g] == NULL:
+                failed[0] = 1
+            else:
+                packed_gemm_blocked(T * B, I, u, x, I, packed_ih, gates + gate0, G, False)
+            free(packed_ih)
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    if failed[0] == 0:
+        for t in range(T):
+            row0 = <Py_ssize_t>t * B
+            if t == 0:
+                h_prev = h0
+                c_prev = c0
+            else:
+                h_prev = y + (row0 - B) * H
+                c_prev = cells + (row0 - B) * H
+            if u > 0:
+                if h_prev != NULL:
+                    for g in range(4):
+                        weights_gemm(B, u, H, h_prev, H, packed[g], NULL, True, <floating>1,
+                                     gates + row0 * G + <Py_ssize_t>g * H + u0, G)
+                gates_forward_units(B, H, u0, u1, gates + row0 * G, bias, peephole, c_prev,
+                                    cells + row0 * H, y + row0 * H)
+            clstm_omp_barrier()              # h_t complete before any thread reads it
+    for g in range(4):
+        free(packed[g])
+
+
 cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floating* w_ih,
                        const floating* w_hh, const floating* bias, const floating* peephole,
                        const floating* h0, const floating* c0, floating* y,
@@ -450,6 +573,17 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     cdef floating* cells = workspace + <Py_ssize_t>T * B * G
     cdef floating* packed = NULL
     cdef floating* packed_ih = NULL
+    cdef int failed = 0
+    n_chunks = thread_count(num_threads, T, B, H)
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H)
+                        if _use_packed_gemm and T > 1 else 1)
+    if n_units > 1:
+        saved = _blas_threads_off()
+        with parallel(num_threads=n_units):
+            forward_units(T, B, I, H, x, w_ih, w_hh, bias, peephole, h0, c0, y, gates,
+                          cells, &failed)
+        _blas_threads_restore(saved)
+        return -2 if failed else 0
     if _use_packed_gemm and T > 1:
         packed = pack_weights(H, G, w_hh, H, True)      # P = W_hhᵀ (H × 4H)
         packed_ih = pack_weights(I, G, w_ih, I, True)   # P = W_ihᵀ (I × 4H)
@@ -458,7 +592,6 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
             free(packed_ih)
             return -2
     saved = _blas_threads_off() if num_threads > 1 else 0
-    n_chunks = thread_count(num_threads, T, B, H)
     # The input projection x·W_ihᵀ: with a few rows per thread, each thread computes it
     # step by step for its own rows, just before the recurrent product that adds to the
     # same gates, which are then still in its cache. Measured at 1 thread on Zen 4

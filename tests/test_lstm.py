@@ -405,6 +405,53 @@ def test_input_projection_step_by_step_equals_upfront(dtype, threads):
     assert_results_close(step_by_step, run_reference(net, L, True, x, state, R, Rstate), **loose)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B, threads, H, peephole", [
+    (1, 2, 40, True),     # units 0:16 and 16:40
+    (1, 2, 64, False),
+    (3, 4, 48, True),     # more threads than rows: each thread has all 3 rows
+    (1, 3, 20, False),    # 20 units: one thread of 16 and one of 4 (the third has none)
+])
+def test_hidden_unit_split_equals_one_thread(dtype, B, threads, H, peephole):
+    # With fewer rows than threads, the forward splits the hidden units over the threads
+    # (a barrier per step). Same outputs and gradients as one thread, and the reference.
+    T, I, L = 6, 5, 2
+    net = make_net(I, H, L, dtype=dtype, peephole=peephole)
+    rng = np.random.default_rng(22)
+    x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+            kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+        with clstm.threads(1):
+            one = run(net, x, state, R, Rstate)
+            one_zero_state = np.array(net.forward(x)[0])   # no state given: zeros
+        with clstm.threads(threads):
+            split = run(net, x, state, R, Rstate)
+            split_zero_state = np.array(net.forward(x)[0])
+            if kernels.openmp_enabled():   # (backward, by rows, sets its own count)
+                assert kernels._threads_used_by_last_call() == min(threads, H // 16)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+    assert_results_close(split, one, **tol)
+    np.testing.assert_allclose(split_zero_state, one_zero_state, **tol)
+    loose = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
+    assert_results_close(split, run_reference(net, L, peephole, x, state, R, Rstate), **loose)
+
+
+def test_hidden_unit_split_only_when_rows_leave_threads_idle():
+    net = make_net(5, 64, 1, dtype="float32")
+    x = np.ones((4, 2, 5), np.float32)
+    if not kernels.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2):
+        with kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+            net.forward(x)            # 2 rows for 2 threads: the batch split
+            assert kernels._threads_used_by_last_call() == 2
+            net.forward(x[:, :1])     # 1 row: the unit split
+            assert kernels._threads_used_by_last_call() == 2
+        with kernel_knob(kernels._set_min_step_flops_per_unit_thread, 1e30):
+            net.forward(x[:, :1])     # too little work per step: one thread
+            assert kernels._threads_used_by_last_call() == 1
+
+
 # --------------------------------------------------------------------------
 # inputs and outputs are not aliased
 
