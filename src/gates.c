@@ -43,8 +43,11 @@ void clstm_omp_barrier(void) {}
 
 /* exp(x) for float: round x/ln2 to an integer k with the shifter trick (adding 1.5·2^23
  * leaves k in the low mantissa bits), reduce r = x - k·ln2 in two parts (|r| ≤ ln2/2),
- * a degree-7 Taylor polynomial (relative error < 3e-9 on that range), and 2^k built from
- * its bits. The clamp keeps 2^k a normal number; NaN passes through the clamps. */
+ * a degree-5 polynomial fitted for least relative error on that range (7.5e-8, 0.63 ulp;
+ * the degree-7 Taylor polynomial it replaced was more exact than float can hold, and its
+ * two more FMAs per exp made the gate loop 12% slower: sigmoid now within 2.3 ulp of the
+ * exact value instead of 1.3, tanh 1.6 ulp instead of 1.5), and 2^k built from its bits.
+ * The clamp keeps 2^k a normal number; NaN passes through the clamps. */
 ALWAYS_INLINE float exp_f32(float x)
 {
     const float shifter = 12582912.0f; /* 0x1.8p23 */
@@ -58,14 +61,12 @@ ALWAYS_INLINE float exp_f32(float x)
     kf -= shifter;
     float r = x - kf * 0.693145751953125f;
     r = r - kf * 1.428606765330187045e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float p = 0.00829765074806159f;
+    p = p * r + 0.04191538581951764f;
+    p = p * r + 0.16667574817608277f;
+    p = p * r + 0.49998894818154155f;
+    p = p * r + 0.9999996919580132f;
+    p = p * r + 1.000000071657714f;
     int32_t scale_bits = (k + 127) << 23;
     float scale;
     memcpy(&scale, &scale_bits, 4);

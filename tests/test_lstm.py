@@ -429,7 +429,9 @@ def test_hidden_unit_split_equals_one_thread(dtype, B, threads, H, peephole):
             split_zero_state = np.array(net.forward(x)[0])
             if kernels.openmp_enabled():   # (backward, by rows, sets its own count)
                 assert kernels._threads_used_by_last_call() == min(threads, H // 16)
-    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+    # Narrower column blocks sum the products in another order than one thread does:
+    # float32 gates differ by rounding, which the gradients' sums amplify.
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
     assert_results_close(split, one, **tol)
     np.testing.assert_allclose(split_zero_state, one_zero_state, **tol)
     loose = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
