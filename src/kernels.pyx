@@ -293,8 +293,16 @@ def _set_min_step_flops_per_unit_thread(double flops):
     return old
 
 
+# Whether the last forward split the hidden units (True) or the rows (read by the tests).
+cdef bint _units_split_last = False
+
+
 def _threads_used_by_last_call():
     return _threads_used_last
+
+
+def _last_forward_split_units():
+    return bool(_units_split_last)
 
 
 cdef inline int thread_count(int num_threads, int T, int B, int H) noexcept nogil:
@@ -482,20 +490,28 @@ cdef inline int unit_bound(int H, int parts, int i) noexcept nogil:
     return p if p < H else H
 
 
-cdef inline int unit_split_threads(int num_threads, int n_chunks, int B, int H) noexcept nogil:
-    """Threads for the hidden-unit split of the recurrence, or 1 for none: only when the
-    batch split leaves threads idle, with at least 16 units and enough work per step for
-    each thread."""
+cdef inline int unit_split_threads(int num_threads, int n_chunks, int B, int H,
+                                   int elem_size) noexcept nogil:
+    """Threads for the hidden-unit split of the recurrence, or 1 for none (see
+    forward_units): when the batch split leaves threads idle, or gives each thread at most
+    2 rows while W_hh takes at least 1 MiB (every thread would stream all of it at every
+    step for those few rows); with at least 16 units and enough work per step for each
+    thread. Measured on Zen 4, 2 threads, T = 50-100, float32 and float64, units against
+    rows: 1 row per thread 1.5-1.6x faster (H = 256), 2 rows 1.13-1.22x (H = 256-512),
+    4 rows 0.92-1.08x, 8 or more 0.91-1.07x."""
     global _threads_used_last
     cdef int n = num_threads
-    if n <= n_chunks or not clstm_have_openmp():
+    cdef bint idle = n_chunks < num_threads
+    cdef bint few_rows = (n_chunks > 1 and B // n_chunks <= 2
+                          and 4.0 * H * H * elem_size >= 1024.0 * 1024.0)
+    if not (idle or few_rows) or not clstm_have_openmp():
         return 1
     if n > H // 16:
         n = H // 16
     cdef double step_flops = 8.0 * B * H * H      # (B×H)·(H×4H)
     if _min_step_flops_per_unit_thread > 0 and n > step_flops / _min_step_flops_per_unit_thread:
         n = <int>(step_flops / _min_step_flops_per_unit_thread)
-    if n <= n_chunks:
+    if n <= n_chunks and not (few_rows and n > 1):
         return 1
     _threads_used_last = n
     return n
@@ -575,8 +591,10 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     cdef floating* packed_ih = NULL
     cdef int failed = 0
     n_chunks = thread_count(num_threads, T, B, H)
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H)
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
                         if _use_packed_gemm and T > 1 else 1)
+    global _units_split_last
+    _units_split_last = n_units > 1
     if n_units > 1:
         saved = _blas_threads_off()
         with parallel(num_threads=n_units):

@@ -409,14 +409,17 @@ def test_input_projection_step_by_step_equals_upfront(dtype, threads):
 @pytest.mark.parametrize("B, threads, H, peephole", [
     (1, 2, 40, True),     # units 0:16 and 16:40
     (1, 2, 64, False),
-    (3, 4, 48, True),     # more threads than rows: each thread has all 3 rows
-    (1, 3, 20, False),    # 20 units: one thread of 16 and one of 4 (the third has none)
+    (3, 4, 64, True),     # more threads than rows: each thread has all 3 rows
+    (1, 3, 56, False),    # units 0:16, 16:32, 32:56
+    (4, 2, 256, False),   # 2 rows per thread and W_hh >= 1 MiB: units rather than rows
 ])
 def test_hidden_unit_split_equals_one_thread(dtype, B, threads, H, peephole):
     # With fewer rows than threads, the forward splits the hidden units over the threads
     # (a barrier per step). Same outputs and gradients as one thread, and the reference.
     T, I, L = 6, 5, 2
-    net = make_net(I, H, L, dtype=dtype, peephole=peephole)
+    # (smaller weights for H = 256, whose float32 sums would otherwise drift from the
+    # float64 reference by more than its tolerance, split or not)
+    net = make_net(I, H, L, dtype=dtype, peephole=peephole, scale=0.5 if H < 128 else 0.1)
     rng = np.random.default_rng(22)
     x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
     with kernel_knob(kernels._set_min_flops_per_thread, 0), \
@@ -429,6 +432,7 @@ def test_hidden_unit_split_equals_one_thread(dtype, B, threads, H, peephole):
             split_zero_state = np.array(net.forward(x)[0])
             if kernels.openmp_enabled():   # (backward, by rows, sets its own count)
                 assert kernels._threads_used_by_last_call() == min(threads, H // 16)
+                assert kernels._last_forward_split_units()
     # Narrower column blocks sum the products in another order than one thread does:
     # float32 gates differ by rounding, which the gradients' sums amplify.
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
@@ -438,20 +442,34 @@ def test_hidden_unit_split_equals_one_thread(dtype, B, threads, H, peephole):
     assert_results_close(split, run_reference(net, L, peephole, x, state, R, Rstate), **loose)
 
 
-def test_hidden_unit_split_only_when_rows_leave_threads_idle():
+def test_hidden_unit_split_only_for_idle_threads_or_few_rows_and_large_weights():
     net = make_net(5, 64, 1, dtype="float32")
     x = np.ones((4, 2, 5), np.float32)
     if not kernels.openmp_enabled():
         pytest.skip("built without OpenMP")
     with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2):
         with kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
-            net.forward(x)            # 2 rows for 2 threads: the batch split
+            net.forward(x)            # 2 rows for 2 threads, W_hh small: the batch split
             assert kernels._threads_used_by_last_call() == 2
+            assert not kernels._last_forward_split_units()
             net.forward(x[:, :1])     # 1 row: the unit split
             assert kernels._threads_used_by_last_call() == 2
+            assert kernels._last_forward_split_units()
         with kernel_knob(kernels._set_min_step_flops_per_unit_thread, 1e30):
             net.forward(x[:, :1])     # too little work per step: one thread
             assert kernels._threads_used_by_last_call() == 1
+    # 2 rows per thread: rows while W_hh is small, units once it takes 1 MiB
+    x4 = np.ones((2, 4, 5), np.float32)
+    small, large = make_net(5, 128, 1, dtype="float32"), make_net(5, 256, 1, dtype="float32")
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2):
+        small.forward(x4)
+        assert kernels._threads_used_by_last_call() == 2
+        assert not kernels._last_forward_split_units()
+        large.forward(x4)
+        assert kernels._threads_used_by_last_call() == 2
+        assert kernels._last_forward_split_units()
+        large.forward(np.ones((2, 6, 5), np.float32))   # 3 rows per thread: rows
+        assert not kernels._last_forward_split_units()
 
 
 # --------------------------------------------------------------------------
