@@ -41,6 +41,14 @@ void clstm_gates_backward_f64(int rows, int H, double *gates, const double *peep
                               const double *c_prev, const double *c,
                               const double *dh, double *dc);
 
+/* The same for hidden units u0 <= j < u1 only (as clstm_gates_forward_units). */
+void clstm_gates_backward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                    const float *peephole, const float *c_prev,
+                                    const float *c, const float *dh, float *dc);
+void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                    const double *peephole, const double *c_prev,
+                                    const double *c, const double *dh, double *dc);
+
 /* db[j] += sum over rows of da[r, j], for a (rows, n) block. */
 void clstm_column_sums_f32(long rows, int n, const float *da, float *db);
 void clstm_column_sums_f64(long rows, int n, const double *da, double *db);

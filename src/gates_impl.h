@@ -69,18 +69,21 @@ void SUF(clstm_gates_forward)(int rows, int H, REAL *gates, const REAL *bias,
     SUF(clstm_gates_forward_units)(rows, H, 0, H, gates, bias, peephole, c_prev, c, h);
 }
 
-ALWAYS_INLINE void SUF(backward_body)(int rows, int H, REAL *restrict gates,
-                                      const REAL *restrict peep, const REAL *restrict c_prev,
-                                      const REAL *restrict c, const REAL *restrict dh,
-                                      REAL *restrict dc, const int use_peep, const int use_cprev)
+ALWAYS_INLINE void SUF(backward_body)(int rows, int H, int u0, int u1,
+                                      REAL *restrict gates, const REAL *restrict peep,
+                                      const REAL *restrict c_prev, const REAL *restrict c,
+                                      const REAL *restrict dh, REAL *restrict dc,
+                                      const int use_peep, const int use_cprev)
 {
+    if (use_peep)
+        peep += u0;
     for (int r = 0; r < rows; r++) {
-        REAL *gi = gates + (size_t)r * 4 * H;
+        REAL *gi = gates + (size_t)r * 4 * H + u0;
         REAL *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
-        const REAL *cp = use_cprev ? c_prev + (size_t)r * H : c_prev;
-        const REAL *cr = c + (size_t)r * H, *dhr = dh + (size_t)r * H;
-        REAL *dcr = dc + (size_t)r * H;
-        for (int j = 0; j < H; j++) {
+        const REAL *cp = use_cprev ? c_prev + (size_t)r * H + u0 : c_prev;
+        const REAL *cr = c + (size_t)r * H + u0, *dhr = dh + (size_t)r * H + u0;
+        REAL *dcr = dc + (size_t)r * H + u0;
+        for (int j = 0; j < u1 - u0; j++) {
             REAL i = gi[j], f = gf[j], g = gg[j], o = go[j];
             REAL cpj = use_cprev ? cp[j] : (REAL)0;
             REAL tc = SUF(tanh)(cr[j]);
@@ -105,20 +108,27 @@ ALWAYS_INLINE void SUF(backward_body)(int rows, int H, REAL *restrict gates,
 }
 
 CLSTM_CLONES
-void SUF(clstm_gates_backward)(int rows, int H, REAL *gates, const REAL *peephole,
-                               const REAL *c_prev, const REAL *c, const REAL *dh, REAL *dc)
+void SUF(clstm_gates_backward_units)(int rows, int H, int u0, int u1, REAL *gates,
+                                     const REAL *peephole, const REAL *c_prev, const REAL *c,
+                                     const REAL *dh, REAL *dc)
 {
     if (peephole) {
         if (c_prev)
-            SUF(backward_body)(rows, H, gates, peephole, c_prev, c, dh, dc, 1, 1);
+            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 1, 1);
         else
-            SUF(backward_body)(rows, H, gates, peephole, c_prev, c, dh, dc, 1, 0);
+            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 1, 0);
     } else {
         if (c_prev)
-            SUF(backward_body)(rows, H, gates, peephole, c_prev, c, dh, dc, 0, 1);
+            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 0, 1);
         else
-            SUF(backward_body)(rows, H, gates, peephole, c_prev, c, dh, dc, 0, 0);
+            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 0, 0);
     }
+}
+
+void SUF(clstm_gates_backward)(int rows, int H, REAL *gates, const REAL *peephole,
+                               const REAL *c_prev, const REAL *c, const REAL *dh, REAL *dc)
+{
+    SUF(clstm_gates_backward_units)(rows, H, 0, H, gates, peephole, c_prev, c, dh, dc);
 }
 
 CLSTM_CLONES

@@ -11,8 +11,8 @@ The work per layer (T steps, B rows, I inputs, H hidden units):
   T·B rows and the bias gradient as column sums.
 
 Rows of the batch never interact, so with OpenMP each thread takes one contiguous slice
-of rows through all T steps: no barrier per step (a batch with fewer rows than threads
-splits the hidden units instead, see forward_units). The large GEMMs outside that loop (the
+of rows through all T steps: no barrier per step (a batch with too few rows for the
+threads splits the hidden units instead, see forward_units and backward_units). The large GEMMs outside that loop (the
 input projection, the weight and input gradients) are cut into blocks of rows or columns
 over the same threads. There is one thread pool: SciPy's BLAS is switched to one thread
 for the duration of a call (through the setter registered by clstm._threads), because
@@ -54,6 +54,12 @@ cdef extern from "gates.h" nogil:
     void clstm_gates_backward_f64(int rows, int H, double *gates, const double *peephole,
                                   const double *c_prev, const double *c,
                                   const double *dh, double *dc)
+    void clstm_gates_backward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                        const float *peephole, const float *c_prev,
+                                        const float *c, const float *dh, float *dc)
+    void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                        const double *peephole, const double *c_prev,
+                                        const double *c, const double *dh, double *dc)
     void clstm_column_sums_f32(long rows, int n, const float *da, float *db)
     void clstm_column_sums_f64(long rows, int n, const double *da, double *db)
     void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float *cells,
@@ -181,6 +187,16 @@ cdef inline void gates_backward(int rows, int H, floating* gates, const floating
         clstm_gates_backward_f32(rows, H, gates, peephole, c_prev, c, dh, dc)
     else:
         clstm_gates_backward_f64(rows, H, gates, peephole, c_prev, c, dh, dc)
+
+
+cdef inline void gates_backward_units(int rows, int H, int u0, int u1, floating* gates,
+                                      const floating* peephole, const floating* c_prev,
+                                      const floating* c, const floating* dh,
+                                      floating* dc) noexcept nogil:
+    if floating is float:
+        clstm_gates_backward_units_f32(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc)
+    else:
+        clstm_gates_backward_units_f64(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc)
 
 
 # The recurrent GEMMs use the same W_hh at every step. Packed once per call into the
@@ -694,6 +710,46 @@ cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_h
                            <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
 
 
+cdef void backward_units(int T, int B, int H, const floating* w_hh,
+                         const floating* peephole, const floating* c0, floating* gates,
+                         const floating* cells, floating* dy, floating* dh0, floating* dc,
+                         int* failed) noexcept nogil:
+    """One thread's share of the backward time loop split by hidden units, as the forward
+    (forward_units): the thread owns units u0:u1, turns their gates into da_t and carries
+    their dc, and after a barrier (da_t of all units is needed) computes their part of
+    dL/dh_{t-1} = da_t · W_hh[:, u0:u1] into its own columns of dy, which only it reads
+    at the next step."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, t
+    cdef int G = 4 * H
+    cdef floating* packed = NULL
+    cdef Py_ssize_t row0
+    cdef const floating* c_prev
+    if u > 0:
+        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (4H × u)
+        if packed == NULL:
+            failed[0] = 1
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    if failed[0] == 0:
+        for t in range(T - 1, -1, -1):
+            row0 = <Py_ssize_t>t * B
+            c_prev = cells + (row0 - B) * H if t > 0 else c0
+            if u > 0:
+                gates_backward_units(B, H, u0, u1, gates + row0 * G, peephole, c_prev,
+                                     cells + row0 * H, dy + row0 * H, dc)
+            clstm_omp_barrier()              # da_t complete before any thread reads it
+            if u > 0:
+                if t > 0:
+                    weights_gemm(B, u, G, gates + row0 * G, G, packed, NULL, False,
+                                 <floating>1, dy + (row0 - B) * H + u0, H)
+                else:
+                    weights_gemm(B, u, G, gates + row0 * G, G, packed, NULL, False,
+                                 <floating>0, dh0 + u0, H)
+    free(packed)
+
+
 cdef int layer_backward(int T, int B, int I, int H, const floating* x,
                         const floating* w_ih, const floating* w_hh,
                         const floating* peephole, const floating* h0, const floating* c0,
@@ -718,17 +774,30 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         memset(dc0, 0, BH * sizeof(floating))
 
     cdef floating* packed = NULL
-    if _use_packed_gemm and T > 1:
+    cdef int failed = 0
+    n_chunks = thread_count(num_threads, T, B, H)
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if _use_packed_gemm and T > 1 else 1)
+    if n_units > 1:
+        saved = _blas_threads_off()
+        with parallel(num_threads=n_units):
+            backward_units(T, B, H, w_hh, peephole, c0, gates, cells, dy, dh0, dc0, &failed)
+        if failed:
+            _blas_threads_restore(saved)
+            return -2
+        n_chunks = 0     # done: skip the time loop by rows below
+    elif _use_packed_gemm and T > 1:
         packed = pack_weights(G, H, w_hh, H, False)     # P = W_hh (4H × H)
         if packed == NULL:
             return -2
-    saved = _blas_threads_off() if num_threads > 1 else 0
-    n_chunks = thread_count(num_threads, T, B, H)
+        saved = _blas_threads_off() if num_threads > 1 else 0
+    else:
+        saved = _blas_threads_off() if num_threads > 1 else 0
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             backward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
                           w_hh, packed, peephole, c0, gates, cells, dy, dh0, dc0)
-    else:
+    elif n_chunks == 1:
         backward_rows(T, B, H, 0, B, w_hh, packed, peephole, c0, gates, cells, dy, dh0,
                       dc0)
     free(packed)
