@@ -11,10 +11,10 @@ The work per layer (T steps, B rows, I inputs, H hidden units):
   T·B rows and the bias gradient as column sums.
 
 Rows of the batch never interact, so with OpenMP each thread takes one contiguous slice
-of rows through all T steps: no barrier per step (a batch with too few rows for the
-threads splits the hidden units instead, see forward_units and backward_units). The large GEMMs outside that loop (the
-input projection, the weight and input gradients) are cut into blocks of rows or columns
-over the same threads. There is one thread pool: SciPy's BLAS is switched to one thread
+of rows through all T steps: no barrier per step. (A batch with too few rows for the
+threads splits the hidden units instead, with a barrier per step: forward_units,
+backward_units.) The large GEMMs outside that loop (the input projection, the weight and
+input gradients) are cut into blocks of rows or columns over the same threads. There is one thread pool: SciPy's BLAS is switched to one thread
 for the duration of a call (through the setter registered by clstm._threads), because
 BLAS's own threads next to the OpenMP team oversubscribe the cores.
 
@@ -294,9 +294,8 @@ def _set_min_rows_per_step_projection(int rows):
     return old
 
 
-# Split the hidden units over the threads (a barrier per step) when the batch cannot
-# give every thread rows of its own, and each step's recurrent product gives each thread
-# at least this many FLOPs (see forward_units).
+# Split the hidden units over the threads (a barrier per step) only if each step's
+# recurrent product gives each thread at least this many FLOPs (see unit_split_threads).
 cdef double _min_step_flops_per_unit_thread = 6.0e4
 
 
@@ -562,7 +561,7 @@ cdef void forward_units(int T, int B, int I, int H, const floating* x,
     cdef const floating* c_prev
     for g in range(4):
         packed[g] = NULL
-        if u > 0 and failed[0] == 0:
+        if u > 0:
             gate0 = <Py_ssize_t>g * H + u0
             packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
             packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
@@ -597,6 +596,7 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
                        const floating* w_hh, const floating* bias, const floating* peephole,
                        const floating* h0, const floating* c0, floating* y,
                        floating* workspace, int num_threads) noexcept nogil:
+    global _units_split_last
     cdef int chunk, n_chunks, saved
     cdef int G = 4 * H
     if not sizes_ok(T, B, I, H):
@@ -609,7 +609,6 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
                         if _use_packed_gemm and T > 1 else 1)
-    global _units_split_last
     _units_split_last = n_units > 1
     if n_units > 1:
         saved = _blas_threads_off()
