@@ -13,6 +13,7 @@
 #include <string.h>
 #include <stdint.h>
 #include "gates.h"
+#include "gates_avx512.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -125,3 +126,73 @@ ALWAYS_INLINE double tanh_f64(double x) { return 2.0 / (1.0 + exp_f64(-2.0 * x))
 #include "gates_impl.h"
 #undef REAL
 #undef SUF
+
+/* float32: the forward loop, sigmoid and tanh also exist in AVX-512 intrinsics
+ * (gates_avx512.c), used when the CPU has AVX-512F unless switched off. -1: not decided
+ * yet; several threads may race to decide, all storing the same value. */
+static int use_avx512 = -1;
+
+static int avx512_on(void)
+{
+#if CLSTM_GATES_AVX512
+    int on = __atomic_load_n(&use_avx512, __ATOMIC_RELAXED);
+    if (on < 0) {
+        on = clstm_gates_avx512_supported();
+        __atomic_store_n(&use_avx512, on, __ATOMIC_RELAXED);
+    }
+    return on;
+#else
+    return 0;
+#endif
+}
+
+int clstm_gates_avx512_in_use(void) { return avx512_on(); }
+
+int clstm_gates_set_avx512(int enable)
+{
+    int old = avx512_on();
+#if CLSTM_GATES_AVX512
+    __atomic_store_n(&use_avx512, enable && clstm_gates_avx512_supported(), __ATOMIC_RELAXED);
+#else
+    (void)enable;
+#endif
+    return old;
+}
+
+void clstm_gates_forward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                   const float *bias, const float *peephole,
+                                   const float *c_prev, float *c, float *h)
+{
+    if (avx512_on())
+        clstm_gates_forward_units_avx512_f32(rows, H, u0, u1, gates, bias, peephole, c_prev,
+                                             c, h);
+    else
+        gates_forward_units_c_f32(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
+}
+
+void clstm_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                   const double *bias, const double *peephole,
+                                   const double *c_prev, double *c, double *h)
+{
+    gates_forward_units_c_f64(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
+}
+
+void clstm_sigmoid_f32(long n, const float *x, float *y)
+{
+    if (avx512_on())
+        clstm_sigmoid_avx512_f32(n, x, y);
+    else
+        sigmoid_c_f32(n, x, y);
+}
+
+void clstm_sigmoid_f64(long n, const double *x, double *y) { sigmoid_c_f64(n, x, y); }
+
+void clstm_tanh_f32(long n, const float *x, float *y)
+{
+    if (avx512_on())
+        clstm_tanh_avx512_f32(n, x, y);
+    else
+        tanh_c_f32(n, x, y);
+}
+
+void clstm_tanh_f64(long n, const double *x, double *y) { tanh_c_f64(n, x, y); }

@@ -45,10 +45,11 @@ ALWAYS_INLINE void SUF(forward_body)(int rows, int H, int u0, int u1,
     }
 }
 
+/* The plain C loop; gates.c's clstm_gates_forward_units_* choose it or the AVX-512 one. */
 CLSTM_CLONES
-void SUF(clstm_gates_forward_units)(int rows, int H, int u0, int u1, REAL *gates,
-                                    const REAL *bias, const REAL *peephole,
-                                    const REAL *c_prev, REAL *c, REAL *h)
+void SUF(gates_forward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
+                                const REAL *bias, const REAL *peephole, const REAL *c_prev,
+                                REAL *c, REAL *h)
 {
     if (peephole) {
         if (c_prev)
@@ -166,14 +167,14 @@ void SUF(clstm_peephole_grads)(int T, int B, int H, const REAL *restrict da,
 }
 
 CLSTM_CLONES
-void SUF(clstm_sigmoid)(long n, const REAL *restrict x, REAL *restrict y)
+void SUF(sigmoid_c)(long n, const REAL *restrict x, REAL *restrict y)
 {
     for (long k = 0; k < n; k++)
         y[k] = SUF(sigmoid)(x[k]);
 }
 
 CLSTM_CLONES
-void SUF(clstm_tanh)(long n, const REAL *restrict x, REAL *restrict y)
+void SUF(tanh_c)(long n, const REAL *restrict x, REAL *restrict y)
 {
     for (long k = 0; k < n; k++)
         y[k] = SUF(tanh)(x[k]);

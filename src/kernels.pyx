@@ -72,6 +72,8 @@ cdef extern from "gates.h" nogil:
     void clstm_tanh_f64(long n, const double *x, double *y)
     int clstm_omp_max_threads()
     int clstm_have_openmp()
+    int clstm_gates_set_avx512(int enable)
+    int clstm_gates_avx512_in_use()
     int clstm_omp_thread_num()
     int clstm_omp_num_threads()
     void clstm_omp_barrier()
@@ -213,6 +215,17 @@ def _set_packed_gemm(bint enabled):
     old = _use_packed_gemm
     _use_packed_gemm = enabled
     return old
+
+
+def _set_gates_avx512(bint enabled):
+    """Use the AVX-512 float32 gate loop, sigmoid and tanh where the CPU has them (True)
+    or the plain C ones (False); returns whether the AVX-512 code was in use."""
+    return bool(clstm_gates_set_avx512(enabled))
+
+
+def gates_isa():
+    """Which float32 gate loop runs: "avx512" (intrinsics) or "c" (compiler-vectorised)."""
+    return "avx512" if clstm_gates_avx512_in_use() else "c"
 
 
 def packed_gemm_isa():

@@ -6,6 +6,25 @@ import pytest
 
 from clstm import kernels
 
+from knobs import kernel_knob
+
+
+def _avx512_available():
+    with kernel_knob(kernels._set_gates_avx512, True):
+        return kernels.gates_isa() == "avx512"
+
+
+# float32 has two implementations (AVX-512 intrinsics where the CPU has them, and the
+# compiler-vectorised C loop everywhere): every test runs on each one this CPU can run.
+CODES = ["c"] + (["avx512"] if _avx512_available() else [])
+
+
+@pytest.fixture(params=CODES)
+def gate_code(request):
+    with kernel_knob(kernels._set_gates_avx512, request.param == "avx512"):
+        assert kernels.gates_isa() == request.param
+        yield request.param
+
 # relative to float eps: a few ulp for sigmoid; tanh = 2σ(2x) - 1 loses relative (not
 # absolute) accuracy near 0, so it is held to an absolute bound there.
 ULP = {np.float32: np.finfo(np.float32).eps, np.float64: np.finfo(np.float64).eps}
@@ -19,7 +38,7 @@ def grid(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sigmoid_matches_libm_to_a_few_ulp(dtype):
+def test_sigmoid_matches_libm_to_a_few_ulp(dtype, gate_code):
     x = grid(dtype)
     out = np.empty_like(x)
     kernels.sigmoid(x, out)
@@ -35,7 +54,7 @@ def test_sigmoid_matches_libm_to_a_few_ulp(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tanh_matches_libm(dtype):
+def test_tanh_matches_libm(dtype, gate_code):
     x = grid(dtype)
     out = np.empty_like(x)
     kernels.tanh(x, out)
@@ -51,8 +70,18 @@ def test_tanh_matches_libm(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("function", [kernels.sigmoid, kernels.tanh])
-def test_nan_propagates(function, dtype):
+def test_nan_propagates(function, dtype, gate_code):
     x = np.array([0.5, np.nan, -0.5], dtype=dtype)
     out = np.empty_like(x)
     function(x, out)
     assert np.isnan(out[1]) and np.all(np.isfinite(out[[0, 2]]))
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 33])
+def test_vector_tails(n, gate_code):
+    # lengths that end inside a vector: the masked tail of the AVX-512 code
+    x = np.linspace(-5, 5, n).astype(np.float32)
+    out = np.full(n + 1, 7.0, np.float32)        # one guard value past the end
+    kernels.sigmoid(x, out[:n])
+    np.testing.assert_allclose(out[:n], 1 / (1 + np.exp(-x.astype(np.float64))), rtol=1e-6)
+    assert out[n] == 7.0
