@@ -127,8 +127,8 @@ ALWAYS_INLINE double tanh_f64(double x) { return 2.0 / (1.0 + exp_f64(-2.0 * x))
 #undef REAL
 #undef SUF
 
-/* float32: the forward loop, sigmoid and tanh also exist in AVX-512 intrinsics
- * (gates_avx512.c), used when the CPU has AVX-512F unless switched off. -1: not decided
+/* The forward loop, sigmoid and tanh also exist in AVX-512 intrinsics (gates_avx512.c),
+ * used when the CPU has AVX-512F unless switched off. -1: not decided
  * yet; several threads may race to decide, all storing the same value. */
 static int use_avx512 = -1;
 
@@ -174,7 +174,11 @@ void clstm_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gate
                                    const double *bias, const double *peephole,
                                    const double *c_prev, double *c, double *h)
 {
-    gates_forward_units_c_f64(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
+    if (avx512_on())
+        clstm_gates_forward_units_avx512_f64(rows, H, u0, u1, gates, bias, peephole, c_prev,
+                                             c, h);
+    else
+        gates_forward_units_c_f64(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
 }
 
 void clstm_sigmoid_f32(long n, const float *x, float *y)
@@ -185,7 +189,13 @@ void clstm_sigmoid_f32(long n, const float *x, float *y)
         sigmoid_c_f32(n, x, y);
 }
 
-void clstm_sigmoid_f64(long n, const double *x, double *y) { sigmoid_c_f64(n, x, y); }
+void clstm_sigmoid_f64(long n, const double *x, double *y)
+{
+    if (avx512_on())
+        clstm_sigmoid_avx512_f64(n, x, y);
+    else
+        sigmoid_c_f64(n, x, y);
+}
 
 void clstm_tanh_f32(long n, const float *x, float *y)
 {
@@ -195,4 +205,10 @@ void clstm_tanh_f32(long n, const float *x, float *y)
         tanh_c_f32(n, x, y);
 }
 
-void clstm_tanh_f64(long n, const double *x, double *y) { tanh_c_f64(n, x, y); }
+void clstm_tanh_f64(long n, const double *x, double *y)
+{
+    if (avx512_on())
+        clstm_tanh_avx512_f64(n, x, y);
+    else
+        tanh_c_f64(n, x, y);
+}

@@ -61,7 +61,7 @@ void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float 
 void clstm_peephole_grads_f64(int T, int B, int H, const double *da, const double *cells,
                               const double *c0, double *dpeep);
 
-/* Use the AVX-512 float32 code where the CPU has it (enable = 1, the default) or the plain
+/* Use the AVX-512 forward loop, sigmoid and tanh where the CPU has them (enable = 1, the default) or the plain
  * C loops everywhere (0, for tests and measurements); returns the previous setting (1 only
  * if the AVX-512 code was in use). */
 int clstm_gates_set_avx512(int enable);

@@ -1,4 +1,5 @@
-/* The float32 forward gate loop, sigmoid and tanh in AVX-512 intrinsics.
+/* The forward gate loop, sigmoid and tanh in AVX-512 intrinsics (float and double, one
+ * template: gates_avx512_impl.h).
  *
  * Why: GCC vectorises the plain C loops of gates_impl.h, but there exp(x) = 2^k·p(r) must
  * round x/ln2 with the shifter trick and build 2^k from integer bit operations, about a
@@ -22,137 +23,82 @@ int clstm_gates_avx512_supported(void)
     return __builtin_cpu_supports("avx512f");
 }
 
-/* exp(x): k = round(x/ln2), r = x - k·ln2 in two parts, the degree-5 polynomial of
- * gates.c, then p·2^k by vscalefps. The clamps (as in gates.c) keep p·2^k finite and
- * let NaN through: vminps/vmaxps return their second operand when either is NaN. */
-AVX512_INLINE __m512 exp_v(__m512 x)
+/* ---- float: the degree-5 polynomial of gates.c ---- */
+AVX512_INLINE __m512 exp_poly_f32(__m512 r)
 {
-    x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
-    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
-    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187045e-06f), r);
     __m512 p = _mm512_set1_ps(0.00829765074806159f);
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.04191538581951764f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16667574817608277f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.49998894818154155f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.9999996919580132f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.000000071657714f));
-    return _mm512_scalef_ps(p, k);
+    return _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.000000071657714f));
 }
 
-/* σ(x) = 1 / (1 + exp(-x)) */
-AVX512_INLINE __m512 sigmoid_v(__m512 x)
+#define REAL float
+#define V __m512
+#define VOP(op) _mm512_##op##_ps
+#define MASK __mmask16
+#define LANES 16
+#define SUF(name) name##_f32
+#define EXP_MAX 88.0f
+#define EXP_MIN -87.0f
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693145751953125f
+#define LN2_LO 1.428606765330187045e-06f
+#include "gates_avx512_impl.h"
+#undef REAL
+#undef V
+#undef VOP
+#undef MASK
+#undef LANES
+#undef SUF
+#undef EXP_MAX
+#undef EXP_MIN
+#undef LOG2E
+#undef LN2_HI
+#undef LN2_LO
+
+/* ---- double: the degree-13 Taylor polynomial of gates.c ---- */
+AVX512_INLINE __m512d exp_poly_f64(__m512d r)
 {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    return _mm512_div_ps(one, _mm512_add_ps(one, exp_v(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+    static const double c[] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0,
+                               1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
+                               1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+    __m512d p = _mm512_set1_pd(c[0]);
+#pragma GCC unroll 16
+    for (int i = 1; i < 14; i++)
+        p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(c[i]));
+    return p;
 }
 
-/* tanh(x) = 2σ(2x) - 1 */
-AVX512_INLINE __m512 tanh_v(__m512 x)
-{
-    const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 e = exp_v(_mm512_mul_ps(x, _mm512_set1_ps(-2.0f)));
-    return _mm512_sub_ps(_mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(one, e)), one);
-}
-
-/* Lanes j .. j+15 that exist when n values remain from j. */
-AVX512_INLINE __mmask16 lanes(int remaining)
-{
-    return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1u);
-}
-
-/* The loop of gates_impl.h's forward_body, 16 hidden units at a time (masked at the end
- * of a row); flags constant after inlining. */
-AVX512_INLINE void forward_body(int rows, int H, int u0, int u1, float *gates,
-                                const float *bias, const float *peep, const float *c_prev,
-                                float *c, float *h, const int use_peep, const int use_cprev)
-{
-    const int n = u1 - u0;
-    bias += u0;
-    if (use_peep)
-        peep += u0;
-    for (int r = 0; r < rows; r++) {
-        float *gi = gates + (size_t)r * 4 * H + u0;
-        float *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
-        const float *cp = use_cprev ? c_prev + (size_t)r * H + u0 : c_prev;
-        float *cr = c + (size_t)r * H + u0, *hr = h + (size_t)r * H + u0;
-        for (int j = 0; j < n; j += 16) {
-            const __mmask16 m = lanes(n - j);
-            __m512 cpj = use_cprev ? _mm512_maskz_loadu_ps(m, cp + j) : _mm512_setzero_ps();
-            __m512 ai = _mm512_add_ps(_mm512_maskz_loadu_ps(m, gi + j),
-                                      _mm512_maskz_loadu_ps(m, bias + j));
-            __m512 af = _mm512_add_ps(_mm512_maskz_loadu_ps(m, gf + j),
-                                      _mm512_maskz_loadu_ps(m, bias + H + j));
-            __m512 ag = _mm512_add_ps(_mm512_maskz_loadu_ps(m, gg + j),
-                                      _mm512_maskz_loadu_ps(m, bias + 2 * H + j));
-            __m512 ao = _mm512_add_ps(_mm512_maskz_loadu_ps(m, go + j),
-                                      _mm512_maskz_loadu_ps(m, bias + 3 * H + j));
-            if (use_peep) {
-                ai = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, peep + j), cpj, ai);
-                af = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, peep + H + j), cpj, af);
-            }
-            __m512 i = sigmoid_v(ai), f = sigmoid_v(af), g = tanh_v(ag);
-            __m512 cn = _mm512_fmadd_ps(f, cpj, _mm512_mul_ps(i, g));
-            if (use_peep)
-                ao = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, peep + 2 * H + j), cn, ao);
-            __m512 o = sigmoid_v(ao);
-            _mm512_mask_storeu_ps(gi + j, m, i);
-            _mm512_mask_storeu_ps(gf + j, m, f);
-            _mm512_mask_storeu_ps(gg + j, m, g);
-            _mm512_mask_storeu_ps(go + j, m, o);
-            _mm512_mask_storeu_ps(cr + j, m, cn);
-            _mm512_mask_storeu_ps(hr + j, m, _mm512_mul_ps(o, tanh_v(cn)));
-        }
-    }
-}
-
-AVX512 void clstm_gates_forward_units_avx512_f32(int rows, int H, int u0, int u1,
-                                                 float *gates, const float *bias,
-                                                 const float *peephole, const float *c_prev,
-                                                 float *c, float *h)
-{
-    if (peephole) {
-        if (c_prev)
-            forward_body(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 1, 1);
-        else
-            forward_body(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 1, 0);
-    } else {
-        if (c_prev)
-            forward_body(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 0, 1);
-        else
-            forward_body(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 0, 0);
-    }
-}
-
-AVX512 void clstm_sigmoid_avx512_f32(long n, const float *x, float *y)
-{
-    for (long k = 0; k < n; k += 16) {
-        const __mmask16 m = lanes(n - k > 16 ? 16 : (int)(n - k));
-        _mm512_mask_storeu_ps(y + k, m, sigmoid_v(_mm512_maskz_loadu_ps(m, x + k)));
-    }
-}
-
-AVX512 void clstm_tanh_avx512_f32(long n, const float *x, float *y)
-{
-    for (long k = 0; k < n; k += 16) {
-        const __mmask16 m = lanes(n - k > 16 ? 16 : (int)(n - k));
-        _mm512_mask_storeu_ps(y + k, m, tanh_v(_mm512_maskz_loadu_ps(m, x + k)));
-    }
-}
+#define REAL double
+#define V __m512d
+#define VOP(op) _mm512_##op##_pd
+#define MASK __mmask8
+#define LANES 8
+#define SUF(name) name##_f64
+#define EXP_MAX 708.0
+#define EXP_MIN -708.0
+#define LOG2E 1.4426950408889634074
+#define LN2_HI 6.93147180369123816490e-01
+#define LN2_LO 1.90821492927058770002e-10
+#include "gates_avx512_impl.h"
 
 #else /* no AVX-512 code in this build: gates.c never calls the functions below */
 
 int clstm_gates_avx512_supported(void) { return 0; }
-void clstm_gates_forward_units_avx512_f32(int rows, int H, int u0, int u1, float *gates,
-                                          const float *bias, const float *peephole,
-                                          const float *c_prev, float *c, float *h)
-{
-    (void)rows, (void)H, (void)u0, (void)u1, (void)gates, (void)bias, (void)peephole;
-    (void)c_prev, (void)c, (void)h;
-}
-void clstm_sigmoid_avx512_f32(long n, const float *x, float *y) { (void)n, (void)x, (void)y; }
-void clstm_tanh_avx512_f32(long n, const float *x, float *y) { (void)n, (void)x, (void)y; }
+#define CLSTM_STUBS(REAL, SUF)                                                              \
+    void clstm_gates_forward_units_avx512_##SUF(int rows, int H, int u0, int u1,           \
+                                                REAL *gates, const REAL *bias,             \
+                                                const REAL *peephole, const REAL *c_prev,  \
+                                                REAL *c, REAL *h)                          \
+    {                                                                                       \
+        (void)rows, (void)H, (void)u0, (void)u1, (void)gates, (void)bias, (void)peephole;  \
+        (void)c_prev, (void)c, (void)h;                                                     \
+    }                                                                                       \
+    void clstm_sigmoid_avx512_##SUF(long n, const REAL *x, REAL *y) { (void)n, (void)x, (void)y; } \
+    void clstm_tanh_avx512_##SUF(long n, const REAL *x, REAL *y) { (void)n, (void)x, (void)y; }
+CLSTM_STUBS(float, f32)
+CLSTM_STUBS(double, f64)
 
 #endif

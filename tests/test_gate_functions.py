@@ -14,7 +14,7 @@ def _avx512_available():
         return kernels.gates_isa() == "avx512"
 
 
-# float32 has two implementations (AVX-512 intrinsics where the CPU has them, and the
+# Two implementations (AVX-512 intrinsics where the CPU has them, and the
 # compiler-vectorised C loop everywhere): every test runs on each one this CPU can run.
 CODES = ["c"] + (["avx512"] if _avx512_available() else [])
 
@@ -77,11 +77,14 @@ def test_nan_propagates(function, dtype, gate_code):
     assert np.isnan(out[1]) and np.all(np.isfinite(out[[0, 2]]))
 
 
-@pytest.mark.parametrize("n", [1, 15, 16, 17, 33])
-def test_vector_tails(n, gate_code):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 9, 15, 16, 17, 33])
+def test_vector_tails(n, dtype, gate_code):
     # lengths that end inside a vector: the masked tail of the AVX-512 code
-    x = np.linspace(-5, 5, n).astype(np.float32)
-    out = np.full(n + 1, 7.0, np.float32)        # one guard value past the end
-    kernels.sigmoid(x, out[:n])
-    np.testing.assert_allclose(out[:n], 1 / (1 + np.exp(-x.astype(np.float64))), rtol=1e-6)
-    assert out[n] == 7.0
+    x = np.linspace(-5, 5, n).astype(dtype)
+    for function, exact in ((kernels.sigmoid, 1 / (1 + np.exp(-x.astype(np.longdouble)))),
+                            (kernels.tanh, np.tanh(x.astype(np.longdouble)))):
+        out = np.full(n + 1, 7.0, dtype)         # one guard value past the end
+        function(x, out[:n])
+        np.testing.assert_allclose(out[:n], exact, rtol=8 * ULP[dtype], atol=4 * ULP[dtype])
+        assert out[n] == 7.0
