@@ -363,14 +363,17 @@ def test_batch_first_gives_transposed_result(with_state):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_results_do_not_depend_on_thread_count(dtype):
-    T, B, I, H, L = 4, 6, 3, 4, 2
+@pytest.mark.parametrize("H", [4, 40])    # 40: packed weights of 2 panels (f32) or 3 (f64)
+def test_results_do_not_depend_on_thread_count(dtype, H):
+    T, B, I, L = 4, 6, 3, 2
     net = make_net(I, H, L, dtype=dtype, peephole=True)
     rng = np.random.default_rng(11)
     x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
     old = clstm.get_num_threads()
     # the kernels keep tiny problems on one thread; force the split so 2 threads run
-    with kernel_knob(kernels._set_min_flops_per_thread, 0):
+    # (the packing of weights and inputs too)
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+            kernel_knob(kernels._set_min_parallel_pack_bytes, 0):
         with clstm.threads(1):
             assert clstm.get_num_threads() == 1
             one = run(net, x, state, R, Rstate)
