@@ -49,9 +49,9 @@ void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gat
                                     const double *peephole, const double *c_prev,
                                     const double *c, const double *dh, double *dc);
 
-/* db[j] += sum over rows of da[r, j], for a (rows, n) block. */
-void clstm_column_sums_f32(long rows, int n, const float *da, float *db);
-void clstm_column_sums_f64(long rows, int n, const double *da, double *db);
+/* db[j] += sum over rows of da[r, j], for a (rows, n) block with row stride ld. */
+void clstm_column_sums_f32(long rows, int n, const float *da, int ld, float *db);
+void clstm_column_sums_f64(long rows, int n, const double *da, int ld, double *db);
 
 /* The peephole weights' gradients over a whole sequence of `steps` (T) steps of `rows` (B):
  * dpeep[0] += Σ da_i ⊙ c_{t-1}, dpeep[1] += Σ da_f ⊙ c_{t-1}, dpeep[2] += Σ da_o ⊙ c_t.

@@ -133,10 +133,11 @@ void SUF(clstm_gates_backward)(int rows, int H, REAL *gates, const REAL *peephol
 }
 
 CLSTM_CLONES
-void SUF(clstm_column_sums)(long rows, int n, const REAL *restrict da, REAL *restrict db)
+void SUF(clstm_column_sums)(long rows, int n, const REAL *restrict da, int ld,
+                           REAL *restrict db)
 {
     for (long r = 0; r < rows; r++) {
-        const REAL *row = da + (size_t)r * n;
+        const REAL *row = da + (size_t)r * ld;
         for (int j = 0; j < n; j++)
             db[j] += row[j];
     }

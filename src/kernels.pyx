@@ -60,8 +60,8 @@ cdef extern from "gates.h" nogil:
     void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
                                         const double *peephole, const double *c_prev,
                                         const double *c, const double *dh, double *dc)
-    void clstm_column_sums_f32(long rows, int n, const float *da, float *db)
-    void clstm_column_sums_f64(long rows, int n, const double *da, double *db)
+    void clstm_column_sums_f32(long rows, int n, const float *da, int ld, float *db)
+    void clstm_column_sums_f64(long rows, int n, const double *da, int ld, double *db)
     void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float *cells,
                                   const float *c0, float *dpeep)
     void clstm_peephole_grads_f64(int T, int B, int H, const double *da, const double *cells,
@@ -267,7 +267,7 @@ cdef floating* pack_weights_parallel(int num_threads, int K, int N, const floati
     cdef int parts = num_threads, chunk, p0, p1, n0, n1
     if parts > panels:
         parts = panels
-    if parts <= 1 or <double>K * N * sizeof(floating) < _min_parallel_pack_bytes:
+    if parts <= 1 or <double>K * N * sizeof(floating) < _min_parallel_pass_bytes:
         return pack_weights(K, N, src, ld, src_is_nk)
     if floating is float:
         n = clstm_packed_size_f32(K, N)
@@ -313,16 +313,17 @@ cdef inline bint sizes_ok(int T, int B, int I, int H) noexcept nogil:
     return <long long>T * B <= INT_MAX and 4 * <long long>H <= INT_MAX
 
 
-# Packs smaller than this stay on one thread (waking the team costs more than it saves).
-cdef double _min_parallel_pack_bytes = 256.0 * 1024
+# Passes over memory (packing, column sums) smaller than this stay on one thread: waking
+# the team costs more than it saves.
+cdef double _min_parallel_pass_bytes = 256.0 * 1024
 
 
-def _set_min_parallel_pack_bytes(double size):
-    """Set the size from which packing is split over the threads (tests set 0); returns
-    the previous value."""
-    global _min_parallel_pack_bytes
-    old = _min_parallel_pack_bytes
-    _min_parallel_pack_bytes = size
+def _set_min_parallel_pass_bytes(double size):
+    """Set the size from which packing and column sums are split over the threads (tests
+    set 0); returns the previous value."""
+    global _min_parallel_pass_bytes
+    old = _min_parallel_pass_bytes
+    _min_parallel_pass_bytes = size
     return old
 
 
@@ -813,6 +814,31 @@ cdef void backward_units(int T, int B, int H, const floating* w_hh,
     free(packed)
 
 
+cdef void parallel_column_sums(int num_threads, Py_ssize_t rows, int n, const floating* da,
+                               floating* db) noexcept nogil:
+    """db += the column sums of da (rows × n), the columns cut into blocks over the
+    threads (a serial pass over all of da otherwise, with the other threads idle)."""
+    cdef int parts = num_threads, chunk, lo, hi
+    if parts > n // 16:
+        parts = n // 16
+    if <double>rows * n * sizeof(floating) < _min_parallel_pass_bytes:
+        parts = 1
+    if parts <= 1:
+        if floating is float:
+            clstm_column_sums_f32(rows, n, da, n, db)
+        else:
+            clstm_column_sums_f64(rows, n, da, n, db)
+        return
+    for chunk in prange(parts, num_threads=parts, schedule="static"):
+        lo = split_point(n, parts, chunk)
+        hi = split_point(n, parts, chunk + 1)
+        if hi > lo:
+            if floating is float:
+                clstm_column_sums_f32(rows, hi - lo, da + lo, n, db + lo)
+            else:
+                clstm_column_sums_f64(rows, hi - lo, da + lo, n, db + lo)
+
+
 cdef int layer_backward(int T, int B, int I, int H, const floating* x,
                         const floating* w_ih, const floating* w_hh,
                         const floating* peephole, const floating* h0, const floating* c0,
@@ -889,12 +915,11 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
     _blas_threads_restore(saved)
     if status != 0:
         return -2
+    parallel_column_sums(num_threads, TB, G, da, dbias)
     if floating is float:
-        clstm_column_sums_f32(TB, G, da, dbias)
         if peephole != NULL and dpeephole != NULL:
             clstm_peephole_grads_f32(T, B, H, da, cells, c0, dpeephole)
     else:
-        clstm_column_sums_f64(TB, G, da, dbias)
         if peephole != NULL and dpeephole != NULL:
             clstm_peephole_grads_f64(T, B, H, da, cells, c0, dpeephole)
     return 0

@@ -371,9 +371,9 @@ def test_results_do_not_depend_on_thread_count(dtype, H):
     x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
     old = clstm.get_num_threads()
     # the kernels keep tiny problems on one thread; force the split so 2 threads run
-    # (the packing of weights and inputs too)
+    # (the packing of weights and inputs and the bias gradient's column sums too)
     with kernel_knob(kernels._set_min_flops_per_thread, 0), \
-            kernel_knob(kernels._set_min_parallel_pack_bytes, 0):
+            kernel_knob(kernels._set_min_parallel_pass_bytes, 0):
         with clstm.threads(1):
             assert clstm.get_num_threads() == 1
             one = run(net, x, state, R, Rstate)
