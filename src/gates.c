@@ -10,10 +10,26 @@
  * for the CPU at run time. ISA levels, not arch=haswell etc.: those test the CPU model,
  * so an AMD CPU with AVX-512 would get the scalar default.
  */
+#include <ctype.h>
+#include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
 #include "gates.h"
 #include "gates_avx512.h"
+
+/* Whether OMP_WAIT_POLICY asks idle OpenMP threads to sleep: then every barrier must
+ * wake a sleeping thread (read at each call: cheap next to a layer's work). */
+int clstm_omp_passive_wait(void)
+{
+    const char *policy = getenv("OMP_WAIT_POLICY");
+    const char *passive = "passive";
+    if (policy == NULL)
+        return 0;
+    for (; *passive; policy++, passive++)
+        if (tolower((unsigned char)*policy) != *passive)
+            return 0;
+    return *policy == '\0';
+}
 
 #ifdef _OPENMP
 #include <omp.h>

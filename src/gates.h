@@ -82,6 +82,8 @@ int clstm_have_openmp(void);
 int clstm_omp_thread_num(void);
 int clstm_omp_num_threads(void);
 void clstm_omp_barrier(void);
+/* 1 when OMP_WAIT_POLICY is "passive" (idle threads sleep instead of spinning). */
+int clstm_omp_passive_wait(void);
 
 #ifdef __cplusplus
 }

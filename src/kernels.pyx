@@ -77,6 +77,7 @@ cdef extern from "gates.h" nogil:
     int clstm_omp_thread_num()
     int clstm_omp_num_threads()
     void clstm_omp_barrier()
+    int clstm_omp_passive_wait()
 
 cdef extern from "packed_gemm.h" nogil:
     int CLSTM_PACKED_NR_F32
@@ -576,7 +577,8 @@ cdef inline int unit_split_threads(int num_threads, int n_chunks, int B, int H,
     forward_units): when the batch split leaves threads idle, or gives each thread at most
     2 rows while W_hh takes at least 1 MiB (every thread would stream all of it at every
     step for those few rows); with at least 16 units and enough work per step for each
-    thread. Measured on Zen 4, 2 threads, T = 50-100, float32 and float64, units against
+    thread; and never when idle threads sleep (OMP_WAIT_POLICY=PASSIVE). Measured on
+    Zen 4, 2 threads, T = 50-100, float32 and float64, units against
     rows: 1 row per thread 1.5-1.6x faster (H = 256), 2 rows 1.13-1.22x (H = 256-512),
     4 rows 0.92-1.08x, 8 or more 0.91-1.07x."""
     global _threads_used_last
@@ -585,6 +587,11 @@ cdef inline int unit_split_threads(int num_threads, int n_chunks, int B, int H,
     cdef bint few_rows = (n_chunks > 1 and B // n_chunks <= 2
                           and 4.0 * H * H * elem_size >= 1024.0 * 1024.0)
     if not (idle or few_rows) or not clstm_have_openmp():
+        return 1
+    if clstm_omp_passive_wait():
+        # Every barrier would wake a sleeping thread: measured on the 2-core VM with
+        # OMP_WAIT_POLICY=PASSIVE, B = 1, 2 threads, the split was 0.55x (H = 128) to
+        # 1.04x (H = 1024) of one thread.
         return 1
     if n > H // 16:
         n = H // 16

@@ -461,6 +461,16 @@ def test_hidden_unit_split_only_for_idle_threads_or_few_rows_and_large_weights()
         with kernel_knob(kernels._set_min_step_flops_per_unit_thread, 1e30):
             net.forward(x[:, :1])     # too little work per step: one thread
             assert kernels._threads_used_by_last_call() == 1
+    # idle threads that sleep would need waking at every step's barrier: no unit split
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2), \
+            kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("OMP_WAIT_POLICY", "Passive")
+            net.forward(x[:, :1])
+            assert not kernels._last_forward_split_units()
+            mp.setenv("OMP_WAIT_POLICY", "active")
+            net.forward(x[:, :1])
+            assert kernels._last_forward_split_units()
     # 2 rows per thread: rows while W_hh is small, units once it takes 1 MiB
     x4 = np.ones((2, 4, 5), np.float32)
     small, large = make_net(5, 128, 1, dtype="float32"), make_net(5, 256, 1, dtype="float32")
