@@ -146,7 +146,9 @@ ALWAYS_INLINE double tanh_f64(double x) { return 2.0 / (1.0 + exp_f64(-2.0 * x))
 /* The forward loop, sigmoid and tanh also exist in AVX-512 intrinsics (gates_avx512.c),
  * used when the CPU has AVX-512F unless switched off. -1: not decided
  * yet; several threads may race to decide, all storing the same value. */
+#if CLSTM_GATES_AVX512
 static int use_avx512 = -1;
+#endif
 
 static int avx512_on(void)
 {
