@@ -143,7 +143,7 @@ ALWAYS_INLINE double tanh_f64(double x) { return 2.0 / (1.0 + exp_f64(-2.0 * x))
 #undef REAL
 #undef SUF
 
-/* The forward loop, sigmoid and tanh also exist in AVX-512 intrinsics (gates_avx512.c),
+/* The gate loops, sigmoid and tanh also exist in AVX-512 intrinsics (gates_avx512.c),
  * used when the CPU has AVX-512F unless switched off. -1: not decided
  * yet; several threads may race to decide, all storing the same value. */
 #if CLSTM_GATES_AVX512
@@ -197,6 +197,28 @@ void clstm_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gate
                                              c, h);
     else
         gates_forward_units_c_f64(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
+}
+
+void clstm_gates_backward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                    const float *peephole, const float *c_prev,
+                                    const float *c, const float *dh, float *dc)
+{
+    if (avx512_on())
+        clstm_gates_backward_units_avx512_f32(rows, H, u0, u1, gates, peephole, c_prev, c,
+                                              dh, dc);
+    else
+        gates_backward_units_c_f32(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc);
+}
+
+void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                    const double *peephole, const double *c_prev,
+                                    const double *c, const double *dh, double *dc)
+{
+    if (avx512_on())
+        clstm_gates_backward_units_avx512_f64(rows, H, u0, u1, gates, peephole, c_prev, c,
+                                              dh, dc);
+    else
+        gates_backward_units_c_f64(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc);
 }
 
 void clstm_sigmoid_f32(long n, const float *x, float *y)

@@ -1,5 +1,5 @@
-/* The forward gate loop, sigmoid and tanh in AVX-512 intrinsics (float and double, one
- * template: gates_avx512_impl.h).
+/* The gate loops (forward and backward), sigmoid and tanh in AVX-512 intrinsics (float
+ * and double, one template: gates_avx512_impl.h).
  *
  * Why: GCC vectorises the plain C loops of gates_impl.h, but there exp(x) = 2^k·p(r) must
  * round x/ln2 with the shifter trick and build 2^k from integer bit operations, about a
@@ -95,6 +95,14 @@ int clstm_gates_avx512_supported(void) { return 0; }
     {                                                                                       \
         (void)rows, (void)H, (void)u0, (void)u1, (void)gates, (void)bias, (void)peephole;  \
         (void)c_prev, (void)c, (void)h;                                                     \
+    }                                                                                       \
+    void clstm_gates_backward_units_avx512_##SUF(int rows, int H, int u0, int u1,          \
+                                                 REAL *gates, const REAL *peephole,        \
+                                                 const REAL *c_prev, const REAL *c,        \
+                                                 const REAL *dh, REAL *dc)                 \
+    {                                                                                       \
+        (void)rows, (void)H, (void)u0, (void)u1, (void)gates, (void)peephole;              \
+        (void)c_prev, (void)c, (void)dh, (void)dc;                                          \
     }                                                                                       \
     void clstm_sigmoid_avx512_##SUF(long n, const REAL *x, REAL *y) { (void)n, (void)x, (void)y; } \
     void clstm_tanh_avx512_##SUF(long n, const REAL *x, REAL *y) { (void)n, (void)x, (void)y; }

@@ -1,4 +1,4 @@
-/* The forward gate loop and sigmoid/tanh in AVX-512 intrinsics (gates_avx512.c),
+/* The gate loops and sigmoid/tanh in AVX-512 intrinsics (gates_avx512.c),
  * chosen at run time by gates.c when the CPU has AVX-512F. Same contract as the
  * functions of the same name without _avx512 in gates.h. */
 #ifndef CLSTM_GATES_AVX512_H
@@ -19,6 +19,12 @@ void clstm_gates_forward_units_avx512_f32(int rows, int H, int u0, int u1, float
 void clstm_gates_forward_units_avx512_f64(int rows, int H, int u0, int u1, double *gates,
                                           const double *bias, const double *peephole,
                                           const double *c_prev, double *c, double *h);
+void clstm_gates_backward_units_avx512_f32(int rows, int H, int u0, int u1, float *gates,
+                                           const float *peephole, const float *c_prev,
+                                           const float *c, const float *dh, float *dc);
+void clstm_gates_backward_units_avx512_f64(int rows, int H, int u0, int u1, double *gates,
+                                           const double *peephole, const double *c_prev,
+                                           const double *c, const double *dh, double *dc);
 void clstm_sigmoid_avx512_f32(long n, const float *x, float *y);
 void clstm_sigmoid_avx512_f64(long n, const double *x, double *y);
 void clstm_tanh_avx512_f32(long n, const float *x, float *y);

@@ -100,6 +100,69 @@ AVX512 void SUF(clstm_gates_forward_units_avx512)(int rows, int H, int u0, int u
     }
 }
 
+/* The loop of gates_impl.h's backward_body, LANES hidden units at a time. */
+AVX512_INLINE void SUF(backward_body)(int rows, int H, int u0, int u1, REAL *gates,
+                                      const REAL *peep, const REAL *c_prev, const REAL *c,
+                                      const REAL *dh, REAL *dc, const int use_peep,
+                                      const int use_cprev)
+{
+    const int n = u1 - u0;
+    const V one = VOP(set1)(1);
+    if (use_peep)
+        peep += u0;
+    for (int r = 0; r < rows; r++) {
+        REAL *gi = gates + (size_t)r * 4 * H + u0;
+        REAL *gf = gi + H, *gg = gi + 2 * H, *go = gi + 3 * H;
+        const REAL *cp = use_cprev ? c_prev + (size_t)r * H + u0 : c_prev;
+        const REAL *cr = c + (size_t)r * H + u0, *dhr = dh + (size_t)r * H + u0;
+        REAL *dcr = dc + (size_t)r * H + u0;
+        for (int j = 0; j < n; j += LANES) {
+            const MASK m = SUF(lanes)(n - j);
+            V i = VOP(maskz_loadu)(m, gi + j), f = VOP(maskz_loadu)(m, gf + j);
+            V g = VOP(maskz_loadu)(m, gg + j), o = VOP(maskz_loadu)(m, go + j);
+            V cpj = use_cprev ? VOP(maskz_loadu)(m, cp + j) : VOP(setzero)();
+            V tc = SUF(tanh_v)(VOP(maskz_loadu)(m, cr + j));
+            V dhj = VOP(maskz_loadu)(m, dhr + j);
+            V dho = VOP(mul)(dhj, o);
+            V dao = VOP(mul)(VOP(mul)(dhj, tc), VOP(mul)(o, VOP(sub)(one, o)));
+            V dcn = VOP(fmadd)(dho, VOP(fnmadd)(tc, tc, one), VOP(maskz_loadu)(m, dcr + j));
+            if (use_peep)
+                dcn = VOP(fmadd)(dao, VOP(maskz_loadu)(m, peep + 2 * H + j), dcn);
+            V dai = VOP(mul)(VOP(mul)(dcn, g), VOP(mul)(i, VOP(sub)(one, i)));
+            V daf = VOP(mul)(VOP(mul)(dcn, cpj), VOP(mul)(f, VOP(sub)(one, f)));
+            V dag = VOP(mul)(VOP(mul)(dcn, i), VOP(fnmadd)(g, g, one));
+            V dcp = VOP(mul)(dcn, f);
+            if (use_peep) {
+                dcp = VOP(fmadd)(dai, VOP(maskz_loadu)(m, peep + j), dcp);
+                dcp = VOP(fmadd)(daf, VOP(maskz_loadu)(m, peep + H + j), dcp);
+            }
+            VOP(mask_storeu)(gi + j, m, dai);
+            VOP(mask_storeu)(gf + j, m, daf);
+            VOP(mask_storeu)(gg + j, m, dag);
+            VOP(mask_storeu)(go + j, m, dao);
+            VOP(mask_storeu)(dcr + j, m, dcp);
+        }
+    }
+}
+
+AVX512 void SUF(clstm_gates_backward_units_avx512)(int rows, int H, int u0, int u1,
+                                                   REAL *gates, const REAL *peephole,
+                                                   const REAL *c_prev, const REAL *c,
+                                                   const REAL *dh, REAL *dc)
+{
+    if (peephole) {
+        if (c_prev)
+            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 1, 1);
+        else
+            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 1, 0);
+    } else {
+        if (c_prev)
+            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 0, 1);
+        else
+            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 0, 0);
+    }
+}
+
 AVX512 void SUF(clstm_sigmoid_avx512)(long n, const REAL *x, REAL *y)
 {
     for (long k = 0; k < n; k += LANES) {

@@ -109,9 +109,9 @@ ALWAYS_INLINE void SUF(backward_body)(int rows, int H, int u0, int u1,
 }
 
 CLSTM_CLONES
-void SUF(clstm_gates_backward_units)(int rows, int H, int u0, int u1, REAL *gates,
-                                     const REAL *peephole, const REAL *c_prev, const REAL *c,
-                                     const REAL *dh, REAL *dc)
+void SUF(gates_backward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
+                                 const REAL *peephole, const REAL *c_prev, const REAL *c,
+                                 const REAL *dh, REAL *dc)
 {
     if (peephole) {
         if (c_prev)

@@ -383,7 +383,10 @@ def test_results_do_not_depend_on_thread_count(dtype, H):
             if kernels.openmp_enabled():
                 assert kernels._threads_used_by_last_call() == 2
     assert clstm.get_num_threads() == old
-    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+    # A thread's per-step GEMM picks its micro-kernel by its number of rows (3 here, 6 on
+    # one thread), which sums in another order: float32 agrees to rounding, amplified by
+    # the gradients' sums; float64 to a few ulp. (A wrong split is off by far more.)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
     assert_results_close(two, one, **tol)
 
 
