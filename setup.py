@@ -60,7 +60,7 @@ extensions = [
         sources=["src/kernels.pyx", "src/gates.c", "src/gates_avx512.c", "src/packed_gemm.c"],
         include_dirs=[numpy.get_include(), "src"],
         depends=["src/gates.h", "src/gates_impl.h", "src/gates_avx512.h",
-                 "src/gates_avx512_impl.h", "src/packed_gemm.h"],
+                 "src/gates_avx512_impl.h", "src/gates_flags.h", "src/packed_gemm.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,

@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include "gates.h"
 #include "gates_avx512.h"
+#include "gates_flags.h"
 
 /* Whether OMP_WAIT_POLICY asks idle OpenMP threads to sleep: then every barrier must
  * wake a sleeping thread (read at each call: cheap next to a layer's work). */
@@ -131,21 +132,10 @@ ALWAYS_INLINE double sigmoid_f64(double x) { return 1.0 / (1.0 + exp_f64(-x)); }
 ALWAYS_INLINE float tanh_f32(float x) { return 2.0f / (1.0f + exp_f32(-2.0f * x)) - 1.0f; }
 ALWAYS_INLINE double tanh_f64(double x) { return 2.0 / (1.0 + exp_f64(-2.0 * x)) - 1.0; }
 
-#define REAL float
-#define SUF(name) name##_f32
-#include "gates_impl.h"
-#undef REAL
-#undef SUF
-
-#define REAL double
-#define SUF(name) name##_f64
-#include "gates_impl.h"
-#undef REAL
-#undef SUF
-
 /* The gate loops, sigmoid and tanh also exist in AVX-512 intrinsics (gates_avx512.c),
- * used when the CPU has AVX-512F unless switched off. -1: not decided
- * yet; several threads may race to decide, all storing the same value. */
+ * used when the CPU has AVX-512F unless switched off; the public entry points of
+ * gates_impl.h ask avx512_on(). -1: not decided yet; several threads may race to decide,
+ * all storing the same value. */
 #if CLSTM_GATES_AVX512
 static int use_avx512 = -1;
 #endif
@@ -177,78 +167,14 @@ int clstm_gates_set_avx512(int enable)
     return old;
 }
 
-void clstm_gates_forward_units_f32(int rows, int H, int u0, int u1, float *gates,
-                                   const float *bias, const float *peephole,
-                                   const float *c_prev, float *c, float *h)
-{
-    if (avx512_on())
-        clstm_gates_forward_units_avx512_f32(rows, H, u0, u1, gates, bias, peephole, c_prev,
-                                             c, h);
-    else
-        gates_forward_units_c_f32(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
-}
+#define REAL float
+#define SUF(name) name##_f32
+#include "gates_impl.h"
+#undef REAL
+#undef SUF
 
-void clstm_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gates,
-                                   const double *bias, const double *peephole,
-                                   const double *c_prev, double *c, double *h)
-{
-    if (avx512_on())
-        clstm_gates_forward_units_avx512_f64(rows, H, u0, u1, gates, bias, peephole, c_prev,
-                                             c, h);
-    else
-        gates_forward_units_c_f64(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
-}
-
-void clstm_gates_backward_units_f32(int rows, int H, int u0, int u1, float *gates,
-                                    const float *peephole, const float *c_prev,
-                                    const float *c, const float *dh, float *dc)
-{
-    if (avx512_on())
-        clstm_gates_backward_units_avx512_f32(rows, H, u0, u1, gates, peephole, c_prev, c,
-                                              dh, dc);
-    else
-        gates_backward_units_c_f32(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc);
-}
-
-void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
-                                    const double *peephole, const double *c_prev,
-                                    const double *c, const double *dh, double *dc)
-{
-    if (avx512_on())
-        clstm_gates_backward_units_avx512_f64(rows, H, u0, u1, gates, peephole, c_prev, c,
-                                              dh, dc);
-    else
-        gates_backward_units_c_f64(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc);
-}
-
-void clstm_sigmoid_f32(long n, const float *x, float *y)
-{
-    if (avx512_on())
-        clstm_sigmoid_avx512_f32(n, x, y);
-    else
-        sigmoid_c_f32(n, x, y);
-}
-
-void clstm_sigmoid_f64(long n, const double *x, double *y)
-{
-    if (avx512_on())
-        clstm_sigmoid_avx512_f64(n, x, y);
-    else
-        sigmoid_c_f64(n, x, y);
-}
-
-void clstm_tanh_f32(long n, const float *x, float *y)
-{
-    if (avx512_on())
-        clstm_tanh_avx512_f32(n, x, y);
-    else
-        tanh_c_f32(n, x, y);
-}
-
-void clstm_tanh_f64(long n, const double *x, double *y)
-{
-    if (avx512_on())
-        clstm_tanh_avx512_f64(n, x, y);
-    else
-        tanh_c_f64(n, x, y);
-}
+#define REAL double
+#define SUF(name) name##_f64
+#include "gates_impl.h"
+#undef REAL
+#undef SUF

@@ -10,6 +10,7 @@
  * the plain C loop to a few ulp (the tests run both).
  */
 #include "gates_avx512.h"
+#include "gates_flags.h"
 
 #if CLSTM_GATES_AVX512
 #include <immintrin.h>

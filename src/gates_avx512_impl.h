@@ -87,17 +87,7 @@ AVX512 void SUF(clstm_gates_forward_units_avx512)(int rows, int H, int u0, int u
                                                   const REAL *peephole, const REAL *c_prev,
                                                   REAL *c, REAL *h)
 {
-    if (peephole) {
-        if (c_prev)
-            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 1, 1);
-        else
-            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 1, 0);
-    } else {
-        if (c_prev)
-            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 0, 1);
-        else
-            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 0, 0);
-    }
+    CLSTM_WITH_GATE_FLAGS(SUF(forward_body), peephole, c_prev, rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
 }
 
 /* The loop of gates_impl.h's backward_body, LANES hidden units at a time. */
@@ -150,17 +140,7 @@ AVX512 void SUF(clstm_gates_backward_units_avx512)(int rows, int H, int u0, int 
                                                    const REAL *c_prev, const REAL *c,
                                                    const REAL *dh, REAL *dc)
 {
-    if (peephole) {
-        if (c_prev)
-            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 1, 1);
-        else
-            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 1, 0);
-    } else {
-        if (c_prev)
-            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 0, 1);
-        else
-            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 0, 0);
-    }
+    CLSTM_WITH_GATE_FLAGS(SUF(backward_body), peephole, c_prev, rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc);
 }
 
 AVX512 void SUF(clstm_sigmoid_avx512)(long n, const REAL *x, REAL *y)

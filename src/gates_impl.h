@@ -45,23 +45,25 @@ ALWAYS_INLINE void SUF(forward_body)(int rows, int H, int u0, int u1,
     }
 }
 
-/* The plain C loop; gates.c's clstm_gates_forward_units_* choose it or the AVX-512 one. */
+/* The plain C loop. */
 CLSTM_CLONES
 void SUF(gates_forward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
                                 const REAL *bias, const REAL *peephole, const REAL *c_prev,
                                 REAL *c, REAL *h)
 {
-    if (peephole) {
-        if (c_prev)
-            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 1, 1);
-        else
-            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 1, 0);
-    } else {
-        if (c_prev)
-            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 0, 1);
-        else
-            SUF(forward_body)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h, 0, 0);
-    }
+    CLSTM_WITH_GATE_FLAGS(SUF(forward_body), peephole, c_prev, rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
+}
+
+/* The public entry: the AVX-512 loop (gates_avx512.c) where in use, else the C one. */
+void SUF(clstm_gates_forward_units)(int rows, int H, int u0, int u1, REAL *gates,
+                                    const REAL *bias, const REAL *peephole,
+                                    const REAL *c_prev, REAL *c, REAL *h)
+{
+    if (avx512_on())
+        SUF(clstm_gates_forward_units_avx512)(rows, H, u0, u1, gates, bias, peephole, c_prev,
+                                              c, h);
+    else
+        SUF(gates_forward_units_c)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
 }
 
 void SUF(clstm_gates_forward)(int rows, int H, REAL *gates, const REAL *bias,
@@ -113,17 +115,18 @@ void SUF(gates_backward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
                                  const REAL *peephole, const REAL *c_prev, const REAL *c,
                                  const REAL *dh, REAL *dc)
 {
-    if (peephole) {
-        if (c_prev)
-            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 1, 1);
-        else
-            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 1, 0);
-    } else {
-        if (c_prev)
-            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 0, 1);
-        else
-            SUF(backward_body)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc, 0, 0);
-    }
+    CLSTM_WITH_GATE_FLAGS(SUF(backward_body), peephole, c_prev, rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc);
+}
+
+void SUF(clstm_gates_backward_units)(int rows, int H, int u0, int u1, REAL *gates,
+                                     const REAL *peephole, const REAL *c_prev, const REAL *c,
+                                     const REAL *dh, REAL *dc)
+{
+    if (avx512_on())
+        SUF(clstm_gates_backward_units_avx512)(rows, H, u0, u1, gates, peephole, c_prev, c,
+                                               dh, dc);
+    else
+        SUF(gates_backward_units_c)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc);
 }
 
 void SUF(clstm_gates_backward)(int rows, int H, REAL *gates, const REAL *peephole,
@@ -179,4 +182,20 @@ void SUF(tanh_c)(long n, const REAL *restrict x, REAL *restrict y)
 {
     for (long k = 0; k < n; k++)
         y[k] = SUF(tanh)(x[k]);
+}
+
+void SUF(clstm_sigmoid)(long n, const REAL *x, REAL *y)
+{
+    if (avx512_on())
+        SUF(clstm_sigmoid_avx512)(n, x, y);
+    else
+        SUF(sigmoid_c)(n, x, y);
+}
+
+void SUF(clstm_tanh)(long n, const REAL *x, REAL *y)
+{
+    if (avx512_on())
+        SUF(clstm_tanh_avx512)(n, x, y);
+    else
+        SUF(tanh_c)(n, x, y);
 }

@@ -236,59 +236,50 @@ def packed_gemm_isa():
     return clstm_packed_gemm_isa_name().decode()
 
 
-cdef floating* pack_weights(int K, int N, const floating* src, int ld,
-                            bint src_is_nk) noexcept nogil:
+cdef inline void pack_into(int K, int N, const floating* src, int ld, bint src_is_nk,
+                           floating* packed) noexcept nogil:
+    if floating is float:
+        clstm_pack_f32(K, N, src, ld, src_is_nk, packed)
+    else:
+        clstm_pack_f64(K, N, src, ld, src_is_nk, packed)
+
+
+cdef floating* pack_weights(int K, int N, const floating* src, int ld, bint src_is_nk,
+                            int num_threads=1) noexcept nogil:
     """A packed copy of P (K × N) (src is Pᵀ when src_is_nk), or NULL when out of memory.
-    Free with free()."""
-    cdef void* buf = NULL
-    cdef size_t n
-    if floating is float:
-        n = clstm_packed_size_f32(K, N)
-    else:
-        n = clstm_packed_size_f64(K, N)
-    if posix_memalign(&buf, 64, n * sizeof(floating)) != 0:
-        return NULL
-    if floating is float:
-        clstm_pack_f32(K, N, src, ld, src_is_nk, <float*>buf)
-    else:
-        clstm_pack_f64(K, N, src, ld, src_is_nk, <double*>buf)
-    return <floating*>buf
+    Free with free().
 
-
-cdef floating* pack_weights_parallel(int num_threads, int K, int N, const floating* src,
-                                     int ld, bint src_is_nk) noexcept nogil:
-    """pack_weights() with the panels cut into blocks over ``num_threads`` threads (each
-    panel is packed on its own, into its own place). A pack of several MiB (W_ih, W_hh,
-    X for the weight gradients) is otherwise a serial phase between parallel GEMMs, with
-    the other threads idle: measured at S4, 2 threads, training, ~3% of the wall time."""
+    With num_threads > 1 and at least _min_parallel_pass_bytes, the panels are cut into
+    blocks over the threads (a block of whole panels from column n0 is itself a packed
+    matrix, at n0·K in the full one). A pack of several MiB (W_ih, W_hh, X for the weight
+    gradients) is otherwise a serial phase between parallel GEMMs, with the other threads
+    idle: measured at S4, 2 threads, training, ~3% of the wall time."""
     cdef void* buf = NULL
     cdef size_t n
     cdef int nr = CLSTM_PACKED_NR_F32 if floating is float else CLSTM_PACKED_NR_F64
     cdef int panels = (N + nr - 1) // nr
-    cdef int parts = num_threads, chunk, p0, p1, n0, n1
-    if parts > panels:
-        parts = panels
-    if parts <= 1 or <double>K * N * sizeof(floating) < _min_parallel_pass_bytes:
-        return pack_weights(K, N, src, ld, src_is_nk)
+    cdef int parts = num_threads, chunk, n0, n1
     if floating is float:
         n = clstm_packed_size_f32(K, N)
     else:
         n = clstm_packed_size_f64(K, N)
     if posix_memalign(&buf, 64, n * sizeof(floating)) != 0:
         return NULL
+    cdef floating* packed = <floating*>buf
+    if parts > panels:
+        parts = panels
+    if parts <= 1 or <double>K * N * sizeof(floating) < _min_parallel_pass_bytes:
+        pack_into(K, N, src, ld, src_is_nk, packed)
+        return packed
     for chunk in prange(parts, num_threads=parts, schedule="static"):
-        p0 = panels * chunk // parts
-        p1 = panels * (chunk + 1) // parts
-        n0 = p0 * nr
-        n1 = p1 * nr if p1 * nr < N else N
+        n0 = panels * chunk // parts * nr
+        n1 = panels * (chunk + 1) // parts * nr
+        if n1 > N:
+            n1 = N
         if n1 > n0:
-            if floating is float:
-                clstm_pack_f32(K, n1 - n0, src + (<Py_ssize_t>n0 * ld if src_is_nk else n0),
-                               ld, src_is_nk, <float*>buf + <Py_ssize_t>p0 * K * nr)
-            else:
-                clstm_pack_f64(K, n1 - n0, src + (<Py_ssize_t>n0 * ld if src_is_nk else n0),
-                               ld, src_is_nk, <double*>buf + <Py_ssize_t>p0 * K * nr)
-    return <floating*>buf
+            pack_into(K, n1 - n0, src + (<Py_ssize_t>n0 * ld if src_is_nk else n0), ld,
+                      src_is_nk, packed + <Py_ssize_t>n0 * K)
+    return packed
 
 
 cdef inline void weights_gemm(int m, int n, int k, const floating* a, int lda,
@@ -500,7 +491,7 @@ cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating
         parallel_gemm(num_threads, True, False, g, n, rows, <floating>1, da, g, x, ldx,
                       <floating>1, dw, n)
         return 0
-    packed = pack_weights_parallel(num_threads, rows, n, x, ldx, False)
+    packed = pack_weights(rows, n, x, ldx, False, num_threads)
     if packed == NULL:
         return -2
     parts = num_threads
@@ -690,8 +681,8 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         _blas_threads_restore(saved)
         return -2 if failed else 0
     if _use_packed_gemm and T > 1:
-        packed = pack_weights_parallel(num_threads, H, G, w_hh, H, True)     # P = W_hhᵀ
-        packed_ih = pack_weights_parallel(num_threads, I, G, w_ih, I, True)  # P = W_ihᵀ
+        packed = pack_weights(H, G, w_hh, H, True, num_threads)     # P = W_hhᵀ
+        packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
         if packed == NULL or packed_ih == NULL:
             free(packed)
             free(packed_ih)
@@ -874,36 +865,32 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
                         if _use_packed_gemm and T > 1 else 1)
+    saved = _blas_threads_off() if num_threads > 1 else 0
     if n_units > 1:
-        saved = _blas_threads_off()
         with parallel(num_threads=n_units):
             backward_units(T, B, H, w_hh, peephole, c0, gates, cells, dy, dh0, dc0, &failed)
-        if failed:
-            _blas_threads_restore(saved)
-            return -2
-        n_chunks = 0     # done: skip the time loop by rows below
-    elif _use_packed_gemm and T > 1:
-        packed = pack_weights_parallel(num_threads, G, H, w_hh, H, False)   # P = W_hh
-        if packed == NULL:
-            return -2
-        saved = _blas_threads_off() if num_threads > 1 else 0
     else:
-        saved = _blas_threads_off() if num_threads > 1 else 0
-    if n_chunks > 1:
-        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
-            backward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
-                          w_hh, packed, peephole, c0, gates, cells, dy, dh0, dc0)
-    elif n_chunks == 1:
-        backward_rows(T, B, H, 0, B, w_hh, packed, peephole, c0, gates, cells, dy, dh0,
-                      dc0)
-    free(packed)
+        if _use_packed_gemm and T > 1:
+            packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
+            failed = packed == NULL
+        if not failed and n_chunks > 1:
+            for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+                backward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
+                              w_hh, packed, peephole, c0, gates, cells, dy, dh0, dc0)
+        elif not failed:
+            backward_rows(T, B, H, 0, B, w_hh, packed, peephole, c0, gates, cells, dy, dh0,
+                          dc0)
+        free(packed)
+    if failed:
+        _blas_threads_restore(saved)
+        return -2
 
     # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs.
     cdef floating* da = gates
     cdef floating* packed_ih = NULL
     if dx != NULL:      # dX = da · W_ih
         if _use_packed_gemm:
-            packed_ih = pack_weights_parallel(num_threads, G, I, w_ih, I, False)  # P = W_ih
+            packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, T * B, G, I, da, G, packed_ih, dx, I, False)
             free(packed_ih)

@@ -1,0 +1,116 @@
+"""A/B of one kernel tuning knob in one process: `python -m bench.knob_ab KNOB A B`.
+
+The kernels expose their tuning choices as `clstm.kernels._set_<knob>(value)` setters
+(each returns the previous value). This times clstm on the same network and input with
+the knob at A and at B, interleaved (bench.timing.interleaved: calibrated samples,
+rotating order, medians), so that a kernel change is measured against the code it
+replaced without a second build. Examples, as used for the commits of the kernels:
+
+    python -m bench.knob_ab gates_avx512 1 0 --shapes S1,S2 --threads 1
+    python -m bench.knob_ab min_step_flops_per_unit_thread 6e4 1e30 --shapes 1,100,256,256,1 --threads 2
+    python -m bench.knob_ab min_parallel_pass_bytes 262144 1e30 --shapes S3,S4 --threads 2
+"""
+
+import argparse
+
+import numpy as np
+
+from bench.shapes import MODES, SHAPES, Shape
+from bench.timing import interleaved
+
+
+def parse_shape(text):
+    """A grid name (S1..S5) or "B,T,I,H,L"."""
+    if text in SHAPES:
+        return SHAPES[text]
+    try:
+        B, T, I, H, L = (int(v) for v in text.split(","))  # noqa: E741
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a grid shape ({', '.join(SHAPES)}) or B,T,I,H,L, got {text!r}") from None
+    return Shape(text, B=B, T=T, I=I, H=H, L=L)
+
+
+def split_shapes(text):
+    """"S1,S2" is two grid shapes, "1,100,64,64,1" one custom shape, ';' separates any."""
+    if ";" not in text and all(name in SHAPES for name in text.split(",")):
+        return text.split(",")
+    return text.split(";")
+
+
+def parse_value(text):
+    """The knob's value: an int where it reads as one (booleans as 0/1), else a float."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def measure(kernels, clstm, setter, a, b, shape, dtype, mode, repeats):
+    """Median seconds per call with the knob at a and at b; the knob is restored."""
+    net = clstm.LSTM(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((shape.T, shape.B, shape.I)).astype(dtype)
+    dy = np.ones((shape.T, shape.B, shape.H), dtype=dtype)
+
+    def call():
+        if mode == "fwd":
+            net.forward(x)
+        else:
+            net.zero_grad()
+            net.forward(x)
+            net.backward(dy, input_grad=False)
+
+    def with_knob(value):
+        def run():
+            setter(value)
+            call()
+        return run
+
+    old = setter(a)
+    try:
+        timings = interleaved({"A": with_knob(a), "B": with_knob(b)}, repeats)
+    finally:
+        setter(old)
+    for name, timing in timings.items():
+        if timing.error:
+            raise RuntimeError(f"knob value {name}: {timing.error}")
+    return timings["A"].median, timings["B"].median
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.knob_ab",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("knob", help="name after kernels._set_ (e.g. gates_avx512)")
+    ap.add_argument("a", type=parse_value, help="value A")
+    ap.add_argument("b", type=parse_value, help="value B")
+    ap.add_argument("--shapes", default="S1,S2", help="comma list of S1..S5 or B,T,I,H,L "
+                    "(separate several custom shapes with ';')")
+    ap.add_argument("--dtypes", default="float32")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=11)
+    args = ap.parse_args(argv)
+
+    import clstm
+    from clstm import kernels
+
+    setter = getattr(kernels, f"_set_{args.knob}", None)
+    if setter is None:
+        knobs = sorted(n[len("_set_"):] for n in dir(kernels) if n.startswith("_set_"))
+        ap.error(f"no knob {args.knob!r}; the kernels have: {', '.join(knobs)}")
+    shapes = [parse_shape(s) for s in split_shapes(args.shapes)]
+    clstm.set_num_threads(args.threads)
+    print(f"knob {args.knob}: A = {args.a}, B = {args.b}; {args.threads} thread(s), "
+          f"medians of {args.repeats} interleaved samples")
+    for shape in shapes:
+        for dtype in args.dtypes.split(","):
+            for mode in args.modes.split(","):
+                ta, tb = measure(kernels, clstm, setter, args.a, args.b, shape, dtype, mode,
+                                 args.repeats)
+                print(f"  {shape.label()} {dtype} {mode:5}: A {ta * 1e3:9.3f} ms  "
+                      f"B {tb * 1e3:9.3f} ms  B/A {tb / ta:5.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
