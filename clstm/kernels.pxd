@@ -16,11 +16,16 @@
 #                followed by the cell states (T, B, H); the final cell state c_n is
 #                workspace[4·T·B·H + (T-1)·B·H :], i.e. the last (B, H) block.
 #
-# Return value: 0 on success, -1 when a size is not positive or too large for BLAS's int,
-# -2 when the kernel could not allocate its packed copy of w_hh (a few hundred KiB).
+# Return value: 0 on success, -1 when a size is not positive or too large (for BLAS's
+# int, or for a buffer of more than 2**50 elements), -2 when the kernel could not
+# allocate its packed copies of the weights.
 # num_threads: OpenMP threads across the batch (each thread owns a slice of the rows for
-# all T steps); pass 1 when calling from your own parallel region.
+# all T steps); pass 1 when calling from your own parallel region. In a process forked
+# after it ran a team of several threads, the kernels run on one (GNU OpenMP cannot
+# restart its pool in a forked child). The calls are safe from several threads at once
+# when each has its own workspace and outputs.
 
+# The workspace's size in elements, or -1 for sizes that are not positive or too large.
 cdef Py_ssize_t lstm_workspace_size(int T, int B, int H) noexcept nogil
 
 cdef int lstm_forward_f32(int T, int B, int I, int H, const float* x, const float* w_ih,

@@ -7,6 +7,7 @@ happens in clstm.kernels. The math is in DEVELOPERS.md.
 import numpy as np
 
 from . import _threads, kernels
+from ._concurrency import ForkSafeLock, PerThread, WorkspacePool
 from ._validate import as_float_array, check_shape, float_dtype, positive_int
 
 
@@ -38,7 +39,19 @@ class LSTM:
     params, grads : dict of str to ndarray
         PyTorch's names and shapes (``weight_ih_l0``, ...); views into ``flat_params``
         and ``flat_grads``, so an optimiser can update everything at once.
+
+    Notes
+    -----
+    One object may be called from many threads at once: ``forward`` and ``step`` share
+    nothing between calls but the parameters they read (each call has its own kernel
+    workspaces), and what a ``forward`` keeps for ``backward`` is kept per thread, so a
+    thread's ``backward`` differentiates that thread's last ``forward``. Backward calls
+    add into ``grads`` one at a time.
     """
+
+    #: Idle kernel workspaces kept for reuse, per model, at most this many bytes (a
+    #: larger workspace is freed after its call); see :meth:`release_workspace`.
+    workspace_cache_bytes = 512 * 1024 * 1024
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, dtype="float32",
                  peephole=False, dropout=0.0, seed=None, batch_first=False):
@@ -54,11 +67,11 @@ class LSTM:
         self.dropout = float(dropout)
         self._rng = np.random.default_rng(seed)
         self.training = True
-        self._cache = None
-        # One workspace per layer, kept between calls: at large shapes it is tens of MB,
-        # which glibc maps fresh on every allocation (page faults, zeroing: ~10% of a
-        # training step at S5 in float64). Internal only: nothing returned aliases it.
-        self._workspaces = {}
+        # What each thread's last forward keeps for its backward; the kernels' scratch
+        # buffers, reused across calls but never shared by two (clstm/_concurrency.py).
+        self._cache = PerThread()
+        self._workspaces = WorkspacePool(self.dtype, self.workspace_cache_bytes)
+        self._grad_lock = ForkSafeLock()
 
         # per layer: the names of its weights, looked up at every call (an optimizer or a
         # model may rebind the entries), built once
@@ -101,7 +114,21 @@ class LSTM:
 
     def zero_grad(self):
         """Set every gradient to zero (in place: the views stay valid)."""
-        self.flat_grads.fill(0)
+        with self._grad_lock:
+            self.flat_grads.fill(0)
+
+    def release_workspace(self):
+        """Free the kernel workspaces kept for reuse, and what this thread's last
+        forward kept for a backward (which then needs a new forward)."""
+        self._drop_cache()
+        self._workspaces.clear()
+
+    def _drop_cache(self):
+        """Give this thread's forward cache's workspaces back to the pool."""
+        cache = self._cache.pop()
+        if cache is not None:
+            for layer in cache[3]:
+                self._workspaces.give(layer[2])
 
     def train(self, mode=True):
         """Training mode: dropout between layers is active. Returns self."""
@@ -193,13 +220,6 @@ class LSTM:
             pair.append(np.ascontiguousarray(arr.reshape(L, B, H)))
         return tuple(pair)
 
-    def _workspace(self, layer, size):
-        """Layer ``layer``'s kernel workspace of ``size`` elements, reused across calls."""
-        buffer = self._workspaces.get(layer)
-        if buffer is None or buffer.size < size:
-            buffer = self._workspaces[layer] = np.empty(size, dtype=self.dtype)
-        return buffer[:size]
-
     def forward(self, x, state=None):
         """Run the stack over a whole sequence.
 
@@ -224,32 +244,39 @@ class LSTM:
         x, unbatched = self._time_major_input(x)
         T, B, _ = x.shape
         h0, c0 = self._state_pair(state, B, unbatched, "state")
-        self._cache = None  # the workspaces are about to be overwritten
+        self._drop_cache()  # a thread's new forward replaces its last one
         H, L = self.hidden_size, self.num_layers
         threads = _threads.get_num_threads()
         h_n = np.empty((L, B, H), dtype=self.dtype)
         c_n = np.empty((L, B, H), dtype=self.dtype)
         layers = []
         inp = x
-        with _threads.blas_guard():
-            for k in range(L):
-                w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
-                bias = b_ih + b_hh   # the kernel takes the two biases summed
-                h0_k = None if h0 is None else h0[k]
-                c0_k = None if c0 is None else c0[k]
-                y = np.empty((T, B, H), dtype=self.dtype)
-                workspace = self._workspace(k, 5 * T * B * H)
-                kernels.forward(T, B, inp.shape[2], H, inp, w_ih, w_hh, bias, peephole,
-                                h0_k, c0_k, y, workspace, threads)
-                h_n[k] = y[-1]
-                c_n[k] = workspace[-B * H:].reshape(B, H)
-                mask = None
-                if self.training and self.dropout > 0 and k < L - 1:
-                    keep = self._rng.random((T, B, H)) >= self.dropout
-                    mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
-                layers.append((inp, y, workspace, h0_k, c0_k, mask))
-                inp = y if mask is None else y * mask
-        self._cache = (T, B, unbatched, layers)
+        try:
+            with _threads.blas_guard():
+                for k in range(L):
+                    w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
+                    bias = b_ih + b_hh   # the kernel takes the two biases summed
+                    h0_k = None if h0 is None else h0[k]
+                    c0_k = None if c0 is None else c0[k]
+                    y = np.empty((T, B, H), dtype=self.dtype)
+                    workspace = self._workspaces.take(5 * T * B * H)
+                    layers.append((inp, y, workspace, h0_k, c0_k, None))
+                    kernels.forward(T, B, inp.shape[2], H, inp, w_ih, w_hh, bias,
+                                    peephole, h0_k, c0_k, y, workspace, threads)
+                    h_n[k] = y[-1]
+                    c_n[k] = workspace[-B * H:].reshape(B, H)
+                    mask = None
+                    if self.training and self.dropout > 0 and k < L - 1:
+                        keep = self._rng.random((T, B, H)) >= self.dropout
+                        mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                        layers[-1] = (inp, y, workspace, h0_k, c0_k, mask)
+                    inp = y if mask is None else y * mask
+        except BaseException:
+            # Interrupted (Ctrl-C) or failed: the model stays usable, the buffers return.
+            for layer in layers:
+                self._workspaces.give(layer[2])
+            raise
+        self._cache.set((T, B, unbatched, layers))
 
         out = y.view()
         out.flags.writeable = False
@@ -331,10 +358,12 @@ class LSTM:
         (dh_0, dc_0) : pair of ndarray
             dL/dh_0 and dL/dc_0, (num_layers, B, hidden_size).
         """
-        if self._cache is None:
+        cache = self._cache.get()
+        if cache is None:
             raise ValueError("backward: expected a forward pass to differentiate, got none "
-                             "(call forward() first; each forward supports one backward)")
-        T, B, unbatched, layers = self._cache
+                             "(call forward() first, in the same thread; each forward "
+                             "supports one backward)")
+        T, B, unbatched, layers = cache
         H, L = self.hidden_size, self.num_layers
         expected = (T, H) if unbatched else ((B, T, H) if self.batch_first else (T, B, H))
         dy = as_float_array(dy, self.dtype, "dy")
@@ -345,7 +374,7 @@ class LSTM:
             dy = dy.transpose(1, 0, 2)
         dy = np.array(dy, dtype=self.dtype, order="C", copy=True)  # the kernel overwrites it
         dh_n, dc_n = self._state_pair(dstate, B, unbatched, "dstate")
-        self._cache = None  # the workspaces are consumed below
+        self._cache.set(None)  # the workspaces are consumed below
 
         threads = _threads.get_num_threads()
         dh0 = np.empty((L, B, H), dtype=self.dtype)
@@ -353,7 +382,8 @@ class LSTM:
         dbias = np.empty(4 * H, dtype=self.dtype)
         g = self.grads
         dx = None
-        with _threads.blas_guard():
+        # One backward at a time adds into the shared gradients.
+        with self._grad_lock, _threads.blas_guard(), _GiveBack(self._workspaces, layers):
             for k in range(L - 1, -1, -1):
                 inp, y, workspace, h0_k, c0_k, mask = layers[k]
                 w_ih, w_hh, _, _, peephole = self._layer_weights(k)
@@ -423,3 +453,17 @@ class LSTM:
         module.load_state_dict({n: torch.from_numpy(v.copy()) for n, v in self.params.items()})
         module.train(self.training)
         return module
+
+
+class _GiveBack:
+    """Returns a forward's workspaces to the pool when its backward ends (or fails)."""
+
+    def __init__(self, pool, layers):
+        self.pool, self.layers = pool, layers
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for layer in self.layers:
+            self.pool.give(layer[2])

@@ -27,6 +27,8 @@ from libc.string cimport memcpy, memset
 from libc.stdlib cimport free
 from libc.stdint cimport uintptr_t
 from libc.limits cimport INT_MAX
+from cpython.ref cimport PyObject
+from cpython.exc cimport PyErr_Restore
 
 cdef extern from "stdlib.h" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
@@ -79,6 +81,22 @@ cdef extern from "gates.h" nogil:
     void clstm_omp_barrier()
     int clstm_omp_passive_wait()
 
+cdef extern from "runtime.h" nogil:
+    ctypedef struct clstm_call:
+        int stop_step
+        PyObject* exc_type
+        PyObject* exc_value
+        PyObject* exc_tb
+    void clstm_blas_register(void* set_threads, void* get_threads)
+    void clstm_blas_enter()
+    void clstm_blas_leave()
+    int clstm_team_threads(int requested)
+    int clstm_fork_limited()
+    void clstm_call_init(clstm_call* call, int check_signals)
+    int clstm_call_stop_at(clstm_call* call, int t)
+    int clstm_call_stopped(clstm_call* call)
+    double clstm_monotonic()
+
 cdef extern from "packed_gemm.h" nogil:
     int CLSTM_PACKED_NR_F32
     int CLSTM_PACKED_NR_F64
@@ -99,34 +117,19 @@ cdef extern from "packed_gemm.h" nogil:
 
 # ---------------------------------------------------------------------------------------
 # BLAS thread control. Registered once from Python (clstm._threads finds SciPy's BLAS);
-# NULL when the BLAS is not one we know how to steer.
-
-ctypedef void (*set_threads_fn)(int) noexcept nogil
-ctypedef int (*get_threads_fn)() noexcept nogil
-cdef set_threads_fn _blas_set_threads = NULL
-cdef get_threads_fn _blas_get_threads = NULL
-
+# nothing is steered when the BLAS is not one we know how to steer. The guard is
+# reference counted in src/runtime.c, so calls from several threads at once are safe.
 
 def _register_blas_thread_control(uintptr_t setter, uintptr_t getter):
     """Install the addresses of the BLAS's ``set_num_threads``/``get_num_threads``."""
-    global _blas_set_threads, _blas_get_threads
-    _blas_set_threads = <set_threads_fn>setter
-    _blas_get_threads = <get_threads_fn>getter
+    clstm_blas_register(<void*>setter, <void*>getter)
 
 
-cdef inline int _blas_threads_off() noexcept nogil:
-    """Switch BLAS to one thread; return the count to restore."""
-    cdef int saved = 0
-    if _blas_set_threads != NULL and _blas_get_threads != NULL:
-        saved = _blas_get_threads()
-        if saved > 1:
-            _blas_set_threads(1)
-    return saved
-
-
-cdef inline void _blas_threads_restore(int saved) noexcept nogil:
-    if saved > 1:
-        _blas_set_threads(saved)
+def fork_limited():
+    """Whether this process is a child forked after its parent ran a multi-threaded
+    kernel: GNU OpenMP cannot restart its thread pool there, so every kernel runs on
+    one thread (see src/runtime.c)."""
+    return bool(clstm_fork_limited())
 
 
 def openmp_enabled():
@@ -298,11 +301,21 @@ cdef inline void weights_gemm(int m, int n, int k, const floating* a, int lda,
         gemm(False, False, m, n, k, <floating>1, a, lda, w, n, beta, c, ldc)
 
 
+# The largest buffer (in elements) a call may index: far beyond any memory, far below
+# where a size computation in Py_ssize_t could overflow.
+cdef double _max_buffer_elements = 2.0 ** 50
+
+
 cdef inline bint sizes_ok(int T, int B, int I, int H) noexcept nogil:
-    """Positive, and every BLAS dimension (T·B rows, 4H, I) fits BLAS's int."""
+    """Positive, every BLAS dimension (T·B rows, 4H, I) fits BLAS's int, and every
+    buffer (the workspace of 5·T·B·H, x of T·B·I) can be indexed without overflow."""
     if T <= 0 or B <= 0 or I <= 0 or H <= 0:
         return False
-    return <long long>T * B <= INT_MAX and 4 * <long long>H <= INT_MAX
+    if <long long>T * B > INT_MAX or 4 * <long long>H > INT_MAX:
+        return False
+    return (5.0 * T * B * H <= _max_buffer_elements
+            and <double>T * B * I <= _max_buffer_elements
+            and 4.0 * H * (<double>H + I) <= _max_buffer_elements)
 
 
 # Passes over memory (packing, column sums) smaller than this stay on one thread: waking
@@ -439,7 +452,7 @@ cdef void parallel_gemm(int num_threads, bint trans_a, bint trans_b, int m, int 
 
 cdef void packed_gemm_blocked(int m, int k, int n, const floating* a, int lda,
                               const floating* packed, floating* c, int ldc,
-                              bint accumulate) noexcept nogil:
+                              bint accumulate, clstm_call* call) noexcept nogil:
     """C (m×n) (+)= A (m×k)·P in blocks of 256 rows. The packed kernel walks panel by
     panel over all its rows, which for the T·B rows of the input projection would stream
     all of A from memory once per panel; with too few rows per block, each panel (from
@@ -449,6 +462,8 @@ cdef void packed_gemm_blocked(int m, int k, int n, const floating* a, int lda,
     cdef int rows = 256
     cdef int r0 = 0, mb
     while r0 < m:
+        if clstm_call_stopped(call):     # Ctrl-C: the call is abandoned
+            return
         mb = rows if m - r0 > rows else m - r0
         weights_gemm(mb, n, k, a + <Py_ssize_t>r0 * lda, lda, packed, NULL, False,
                      <floating>(1 if accumulate else 0), c + <Py_ssize_t>r0 * ldc, ldc)
@@ -457,7 +472,7 @@ cdef void packed_gemm_blocked(int m, int k, int n, const floating* a, int lda,
 
 cdef void parallel_packed_gemm(int num_threads, int m, int k, int n, const floating* a,
                                int lda, const floating* packed, floating* c, int ldc,
-                               bint accumulate) noexcept nogil:
+                               bint accumulate, clstm_call* call) noexcept nogil:
     """C (m×n) (+)= A (m×k)·P from a packed P, the rows cut into blocks over the threads
     (the packed P is shared, read only)."""
     cdef int chunk, lo, hi
@@ -468,55 +483,68 @@ cdef void parallel_packed_gemm(int num_threads, int m, int k, int n, const float
     if parts > m // 16:
         parts = m // 16
     if parts <= 1:
-        packed_gemm_blocked(m, k, n, a, lda, packed, c, ldc, accumulate)
+        packed_gemm_blocked(m, k, n, a, lda, packed, c, ldc, accumulate, call)
         return
     for chunk in prange(parts, num_threads=parts, schedule="static"):
         lo = split_point(m, parts, chunk)
         hi = split_point(m, parts, chunk + 1)
         if hi > lo:
             packed_gemm_blocked(hi - lo, k, n, a + <Py_ssize_t>lo * lda, lda, packed,
-                                c + <Py_ssize_t>lo * ldc, ldc, accumulate)
+                                c + <Py_ssize_t>lo * ldc, ldc, accumulate, call)
 
 
 cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating* da,
-                         const floating* x, int ldx, floating* dw) noexcept nogil:
+                         const floating* x, int ldx, floating* dw,
+                         clstm_call* call) noexcept nogil:
     """dW (g×n) += daᵀ·X over ``rows`` rows: da (rows×g), X (rows×n, leading dimension
-    ldx). X is packed once and the transposed-A kernel reads da's columns from a small
+    ldx). X is packed and the transposed-A kernel reads da's columns from a small
     stack copy, where BLAS would pack the transposed da in a strided pass of its own.
-    The rows of dW are cut into blocks over the threads. Returns -2 when out of memory."""
-    cdef int chunk, lo, hi, parts
+    The rows of dW are cut into blocks over the threads. The reduction runs over blocks
+    of a few GFLOP of rows (X packed block by block: 4 GFLOP in float32, 2 in float64,
+    well under 100 ms on one AVX2 core), so that a long sequence notices a stop between
+    them; dW passes through the cache once per block, against GFLOPs of arithmetic (all
+    of S1-S5 run in one or two blocks). Returns -2 when out of memory."""
+    cdef int chunk, lo, hi, parts, r0, rb
     cdef floating* packed
     cdef double by_work
+    cdef int block = <int>((4e9 if floating is float else 2e9) / (2.0 * g * n))
+    block = (block // 256 + 1) * 256
     if not _use_packed_gemm:
         parallel_gemm(num_threads, True, False, g, n, rows, <floating>1, da, g, x, ldx,
                       <floating>1, dw, n)
         return 0
-    packed = pack_weights(rows, n, x, ldx, False, num_threads)
-    if packed == NULL:
-        return -2
     parts = num_threads
     by_work = 2.0 * g * n * rows / _min_flops_per_thread if _min_flops_per_thread > 0 else parts
     if parts > by_work:
         parts = <int>by_work
     if parts > g // 16:
         parts = g // 16
-    if parts <= 1:
-        if floating is float:
-            clstm_packed_gemm_at_f32(g, rows, n, da, g, packed, dw, n, 1)
+    r0 = 0
+    while r0 < rows:
+        if clstm_call_stopped(call):
+            return 0
+        rb = block if rows - r0 > block else rows - r0
+        packed = pack_weights(rb, n, x + <Py_ssize_t>r0 * ldx, ldx, False, num_threads)
+        if packed == NULL:
+            return -2
+        if parts <= 1:
+            if floating is float:
+                clstm_packed_gemm_at_f32(g, rb, n, da + <Py_ssize_t>r0 * g, g, packed, dw, n, 1)
+            else:
+                clstm_packed_gemm_at_f64(g, rb, n, da + <Py_ssize_t>r0 * g, g, packed, dw, n, 1)
         else:
-            clstm_packed_gemm_at_f64(g, rows, n, da, g, packed, dw, n, 1)
-    else:
-        for chunk in prange(parts, num_threads=parts, schedule="static"):
-            lo = split_point(g, parts, chunk)
-            hi = split_point(g, parts, chunk + 1)
-            if hi > lo:
-                if floating is float:
-                    clstm_packed_gemm_at_f32(hi - lo, rows, n, da + lo, g, packed,
-                                             dw + <Py_ssize_t>lo * n, n, 1)
-                else:
-                    clstm_packed_gemm_at_f64(hi - lo, rows, n, da + lo, g, packed,
-                                             dw + <Py_ssize_t>lo * n, n, 1)
-    free(packed)
+            for chunk in prange(parts, num_threads=parts, schedule="static"):
+                lo = split_point(g, parts, chunk)
+                hi = split_point(g, parts, chunk + 1)
+                if hi > lo:
+                    if floating is float:
+                        clstm_packed_gemm_at_f32(hi - lo, rb, n, da + <Py_ssize_t>r0 * g + lo,
+                                                 g, packed, dw + <Py_ssize_t>lo * n, n, 1)
+                    else:
+                        clstm_packed_gemm_at_f64(hi - lo, rb, n, da + <Py_ssize_t>r0 * g + lo,
+                                                 g, packed, dw + <Py_ssize_t>lo * n, n, 1)
+        free(packed)
+        r0 += rb
     return 0
 
 
@@ -525,17 +553,21 @@ cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating
 
 cdef void forward_rows(int T, int B, int I, int H, int b0, int b1, const floating* x,
                        const floating* w_ih_packed, const floating* w_hh,
-                       const floating* w_hh_packed, const floating* bias, const floating* peephole, const floating* h0,
-                       const floating* c0, floating* y, floating* gates,
-                       floating* cells) noexcept nogil:
+                       const floating* w_hh_packed, const floating* bias,
+                       const floating* peephole, const floating* h0, const floating* c0,
+                       floating* y, floating* gates, floating* cells,
+                       clstm_call* call) noexcept nogil:
     """Rows b0:b1 of the batch through all T steps. With w_ih_packed, each step first
-    computes its own x_t·W_ihᵀ; without, the gates already hold it."""
+    computes its own x_t·W_ihᵀ; without, the gates already hold it. Leaves early (the
+    call abandoned) when asked to stop."""
     cdef int t, rows = b1 - b0
     cdef int G = 4 * H
     cdef Py_ssize_t row0
     cdef const floating* h_prev
     cdef const floating* c_prev
     for t in range(T):
+        if clstm_call_stopped(call):
+            return
         row0 = <Py_ssize_t>t * B + b0
         if w_ih_packed != NULL:
             weights_gemm(rows, G, I, x + row0 * I, I, w_ih_packed, NULL, True, <floating>0,
@@ -595,11 +627,83 @@ cdef inline int unit_split_threads(int num_threads, int n_chunks, int B, int H,
     return n
 
 
+# A team that meets at a barrier every step runs only as fast as its slowest member. On a
+# machine where another process holds a core, a member is descheduled for a time slice
+# (milliseconds) at most barriers, and the split ran 17-35x slower than one thread (B = 1,
+# T = 10 000-46 000, H = 256-512, 2 threads, a CPU hog on one of 2 cores). So thread 0
+# times every step; once the steps' time beyond twice the fastest step exceeds this share
+# of the time spent, the team leaves the split at the next step and thread 0 finishes the
+# sequence alone. On a quiet machine steps take about the same time and the share stays
+# near 0. Tests set 0 (leave after the first steps) or 2 (never).
+cdef double _max_late_share = 0.25
+cdef int _late_check_after_steps = 16
+cdef int _team_left_last = -1
+
+
+def _set_max_late_share(double share):
+    """Set the share of time lost to late team members from which a per-step split
+    leaves for one thread; returns the previous value."""
+    global _max_late_share
+    old = _max_late_share
+    _max_late_share = share
+    return old
+
+
+def _team_left_at_last_call():
+    """The iteration at which the last split time loop left for one thread, or -1."""
+    return _team_left_last
+
+
+cdef struct team_pace:
+    double last      # when thread 0 last came out of a barrier
+    double best      # the fastest step so far
+    double spent     # all steps' time
+    double late      # the steps' time beyond twice the fastest one
+    int steps
+
+
+cdef inline void pace_start(team_pace* pace) noexcept nogil:
+    pace.last = clstm_monotonic()
+    pace.best = 1e300
+    pace.spent = 0
+    pace.late = 0
+    pace.steps = 0
+
+
+cdef inline bint pace_step_is_late(team_pace* pace) noexcept nogil:
+    """Thread 0, at the top of an iteration: account for the step just finished; True
+    when the team should leave the split."""
+    cdef double now = clstm_monotonic()
+    cdef double dt = now - pace.last
+    pace.last = now
+    pace.steps += 1
+    if dt < pace.best:
+        pace.best = dt
+    pace.spent += dt
+    if dt > 2 * pace.best:
+        pace.late += dt - 2 * pace.best
+    return pace.steps >= _late_check_after_steps and pace.late > _max_late_share * pace.spent
+
+
+cdef inline bint team_leaves(int t, int* leave_step, team_pace* pace,
+                             clstm_call* call) noexcept nogil:
+    """At the top of iteration t of a time loop whose team meets at a barrier every
+    iteration: whether this thread leaves now. Thread 0 decides at iteration t for
+    iteration t + 1 (before the barrier of t, which every thread passes before reading
+    again), so all threads leave at the same iteration (see clstm_call_stop_at)."""
+    if clstm_call_stop_at(call, t) or t >= leave_step[0]:
+        return True
+    if clstm_omp_thread_num() == 0 and t > 0 and leave_step[0] > t + 1:
+        if pace_step_is_late(pace):
+            leave_step[0] = t + 1
+    return False
+
+
 cdef void forward_units(int T, int B, int I, int H, const floating* x,
                         const floating* w_ih, const floating* w_hh, const floating* bias,
                         const floating* peephole, const floating* h0, const floating* c0,
                         floating* y, floating* gates, floating* cells,
-                        int* failed) noexcept nogil:
+                        int* failed, int* leave_step, clstm_call* call) noexcept nogil:
     """One thread's share of a layer's forward when the hidden units, not the rows, are
     split over the team (called inside a parallel region by every thread of it).
 
@@ -611,6 +715,9 @@ cdef void forward_units(int T, int B, int I, int H, const floating* x,
     would stream all of W_hh at every step: at H = 256-1024 float32 most of a step is
     that stream, which two threads read half each, from two L2 caches (measured on
     Zen 4, B = 1, T = 100, 2 threads against 1: 1.3x at H = 128, 1.5x at H = 256).
+
+    The team leaves the time loop together at iteration leave_step[0] when it is late
+    (see team_leaves); the caller runs the remaining steps.
     """
     cdef int tid = clstm_omp_thread_num()
     cdef int n = clstm_omp_num_threads()
@@ -622,6 +729,7 @@ cdef void forward_units(int T, int B, int I, int H, const floating* x,
     cdef Py_ssize_t row0, gate0
     cdef const floating* h_prev
     cdef const floating* c_prev
+    cdef team_pace pace
     for g in range(4):
         packed[g] = NULL
         if u > 0:
@@ -631,11 +739,15 @@ cdef void forward_units(int T, int B, int I, int H, const floating* x,
             if packed_ih == NULL or packed[g] == NULL:
                 failed[0] = 1
             else:
-                packed_gemm_blocked(T * B, I, u, x, I, packed_ih, gates + gate0, G, False)
+                packed_gemm_blocked(T * B, I, u, x, I, packed_ih, gates + gate0, G, False,
+                                    call)
             free(packed_ih)
     clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
     if failed[0] == 0:
         for t in range(T):
+            if team_leaves(t, leave_step, &pace, call):
+                break
             row0 = <Py_ssize_t>t * B
             if t == 0:
                 h_prev = h0
@@ -655,12 +767,54 @@ cdef void forward_units(int T, int B, int I, int H, const floating* x,
         free(packed[g])
 
 
+cdef bint all_finite(Py_ssize_t n, const floating* a) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating acc = 0
+    for i in range(n):
+        acc += a[i] * 0      # 0 for finite values, NaN for inf and NaN
+    return acc == 0
+
+
+cdef void add_zero_state_product(int B, int G, int H, const floating* w_hh,
+                                 floating* gates) noexcept nogil:
+    """gates (B×G) += 0·W_hhᵀ, done as IEEE arithmetic says (NaN where a row of W_hh
+    holds inf or NaN), for a zero state whose product is otherwise skipped. (BLAS may
+    not read W_hh at all when alpha is 0, so it cannot be asked to do this.)"""
+    cdef int g, r, j
+    cdef floating acc
+    for g in range(G):
+        acc = 0
+        for j in range(H):
+            acc += w_hh[<Py_ssize_t>g * H + j] * 0
+        if acc != 0:
+            for r in range(B):
+                gates[<Py_ssize_t>r * G + g] += acc
+
+
+cdef floating* zeros_if_needed(const floating* state, int B, int H, const floating* w_hh,
+                               bint* failed) noexcept nogil:
+    """A zero (B×H) state to run the first step's recurrent product on when no initial
+    state was given but W_hh holds inf or NaN: skipping 0·W_hh would drop them, where
+    IEEE arithmetic (and PyTorch) gives NaN. NULL otherwise: the product is skipped."""
+    cdef void* buf = NULL
+    if state != NULL or all_finite(<Py_ssize_t>4 * H * H, w_hh):
+        return NULL
+    if posix_memalign(&buf, 64, <size_t>B * H * sizeof(floating)) != 0:
+        failed[0] = True
+        return NULL
+    memset(buf, 0, <size_t>B * H * sizeof(floating))
+    return <floating*>buf
+
+
 cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floating* w_ih,
                        const floating* w_hh, const floating* bias, const floating* peephole,
                        const floating* h0, const floating* c0, floating* y,
-                       floating* workspace, int num_threads) noexcept nogil:
-    global _units_split_last
-    cdef int chunk, n_chunks, saved
+                       floating* workspace, int num_threads,
+                       clstm_call* call) noexcept nogil:
+    """Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call was asked to
+    stop (its outputs are then incomplete)."""
+    global _units_split_last, _team_left_last
+    cdef int chunk, n_chunks, t1
     cdef int G = 4 * H
     if not sizes_ok(T, B, I, H):
         return -1
@@ -668,26 +822,55 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     cdef floating* cells = workspace + <Py_ssize_t>T * B * G
     cdef floating* packed = NULL
     cdef floating* packed_ih = NULL
+    cdef bint no_memory = False
+    cdef floating* zero_h0 = zeros_if_needed(h0, B, H, w_hh, &no_memory)
+    if no_memory:
+        return -2
+    if zero_h0 != NULL:
+        h0 = zero_h0
     cdef int failed = 0
+    cdef int leave_step = T
+    num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
                         if _use_packed_gemm and T > 1 else 1)
     _units_split_last = n_units > 1
+    clstm_blas_enter()
     if n_units > 1:
-        saved = _blas_threads_off()
+        _team_left_last = -1
         with parallel(num_threads=n_units):
             forward_units(T, B, I, H, x, w_ih, w_hh, bias, peephole, h0, c0, y, gates,
-                          cells, &failed)
-        _blas_threads_restore(saved)
-        return -2 if failed else 0
+                          cells, &failed, &leave_step, call)
+        t1 = leave_step
+        if not failed and t1 < T and not clstm_call_stopped(call):
+            # The team was late: this thread runs the remaining steps alone, on all
+            # units (the gates already hold their input projection).
+            _team_left_last = t1
+            packed = pack_weights(H, G, w_hh, H, True)
+            failed = packed == NULL
+            if not failed:
+                if t1 > 0:
+                    h0 = y + <Py_ssize_t>(t1 - 1) * B * H
+                    c0 = cells + <Py_ssize_t>(t1 - 1) * B * H
+                forward_rows(T - t1, B, I, H, 0, B, x + <Py_ssize_t>t1 * B * I, NULL, w_hh,
+                             packed, bias, peephole, h0, c0, y + <Py_ssize_t>t1 * B * H,
+                             gates + <Py_ssize_t>t1 * B * G, cells + <Py_ssize_t>t1 * B * H,
+                             call)
+            free(packed)
+        clstm_blas_leave()
+        free(zero_h0)
+        if failed:
+            return -2
+        return -3 if clstm_call_stopped(call) else 0
     if _use_packed_gemm and T > 1:
         packed = pack_weights(H, G, w_hh, H, True, num_threads)     # P = W_hhᵀ
         packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
         if packed == NULL or packed_ih == NULL:
             free(packed)
             free(packed_ih)
+            free(zero_h0)
+            clstm_blas_leave()
             return -2
-    saved = _blas_threads_off() if num_threads > 1 else 0
     # The input projection x·W_ihᵀ: with a few rows per thread, each thread computes it
     # step by step for its own rows, just before the recurrent product that adds to the
     # same gates, which are then still in its cache. Measured at 1 thread on Zen 4
@@ -701,7 +884,8 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
                           and (<double>I + H) * G * sizeof(floating) <= _max_step_weights_bytes)
     if not per_step:
         if packed_ih != NULL:
-            parallel_packed_gemm(num_threads, T * B, I, G, x, I, packed_ih, gates, G, False)
+            parallel_packed_gemm(num_threads, T * B, I, G, x, I, packed_ih, gates, G, False,
+                                 call)
             free(packed_ih)
             packed_ih = NULL
         else:
@@ -711,14 +895,15 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows(T, B, I, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
                          x, packed_ih, w_hh, packed, bias, peephole, h0, c0, y, gates,
-                         cells)
+                         cells, call)
     else:
         forward_rows(T, B, I, H, 0, B, x, packed_ih, w_hh, packed, bias, peephole, h0, c0,
-                     y, gates, cells)
-    _blas_threads_restore(saved)
+                     y, gates, cells, call)
+    clstm_blas_leave()
     free(packed_ih)
     free(packed)
-    return 0
+    free(zero_h0)
+    return -3 if clstm_call_stopped(call) else 0
 
 
 cdef void layer_step(int B, int I, int H, const floating* x, const floating* w_ih,
@@ -732,6 +917,8 @@ cdef void layer_step(int B, int I, int H, const floating* x, const floating* w_i
     # fused loop, so the two biases are never summed into a temporary.
     for r in range(B):
         memcpy(gates + <Py_ssize_t>r * G, b_ih, G * sizeof(floating))
+    if h == NULL and not all_finite(<Py_ssize_t>G * H, w_hh):
+        add_zero_state_product(B, G, H, w_hh, gates)
     if B == 1:
         gemv_rows(G, I, <floating>1, w_ih, I, x, <floating>1, gates)
         if h != NULL:
@@ -747,16 +934,20 @@ cdef void layer_step(int B, int I, int H, const floating* x, const floating* w_i
 # Backward
 
 cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_hh,
-                        const floating* w_hh_packed, const floating* peephole, const floating* c0, floating* gates,
-                        const floating* cells, floating* dy, floating* dh0,
-                        floating* dc) noexcept nogil:
+                        const floating* w_hh_packed, const floating* peephole,
+                        const floating* c0, floating* gates, const floating* cells,
+                        floating* dy, floating* dh0, floating* dc,
+                        clstm_call* call) noexcept nogil:
     """Rows b0:b1 back through all T steps. dy[t] is dL/dh_t, and receives the recurrent
-    gradient of step t+1 before step t reads it; dc runs dL/dc_t backwards."""
+    gradient of step t+1 before step t reads it; dc runs dL/dc_t backwards. Leaves early
+    (the call abandoned) when asked to stop."""
     cdef int t, rows = b1 - b0
     cdef int G = 4 * H
     cdef Py_ssize_t row0
     cdef const floating* c_prev
     for t in range(T - 1, -1, -1):
+        if clstm_call_stopped(call):
+            return
         row0 = <Py_ssize_t>t * B + b0
         if t > 0:
             c_prev = cells + (row0 - B) * H
@@ -775,27 +966,33 @@ cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_h
 cdef void backward_units(int T, int B, int H, const floating* w_hh,
                          const floating* peephole, const floating* c0, floating* gates,
                          const floating* cells, floating* dy, floating* dh0, floating* dc,
-                         int* failed) noexcept nogil:
+                         int* failed, int* leave_step, clstm_call* call) noexcept nogil:
     """One thread's share of the backward time loop split by hidden units, as the forward
     (forward_units): the thread owns units u0:u1, turns their gates into da_t and carries
     their dc, and after a barrier (da_t of all units is needed) computes their part of
     dL/dh_{t-1} = da_t · W_hh[:, u0:u1] into its own columns of dy, which only it reads
-    at the next step."""
+    at the next step. Iteration it runs step T-1-it; the team leaves together at
+    iteration leave_step[0] when it is late, and the caller runs the remaining steps."""
     cdef int tid = clstm_omp_thread_num()
     cdef int n = clstm_omp_num_threads()
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
-    cdef int u = u1 - u0, t
+    cdef int u = u1 - u0, t, it
     cdef int G = 4 * H
     cdef floating* packed = NULL
     cdef Py_ssize_t row0
     cdef const floating* c_prev
+    cdef team_pace pace
     if u > 0:
         packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (4H × u)
         if packed == NULL:
             failed[0] = 1
     clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
     if failed[0] == 0:
-        for t in range(T - 1, -1, -1):
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = T - 1 - it
             row0 = <Py_ssize_t>t * B
             c_prev = cells + (row0 - B) * H if t > 0 else c0
             if u > 0:
@@ -843,8 +1040,12 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
                         const floating* y, floating* workspace, floating* dy,
                         const floating* dh_n, const floating* dc_n, floating* dx,
                         floating* dh0, floating* dc0, floating* dw_ih, floating* dw_hh,
-                        floating* dbias, floating* dpeephole, int num_threads) noexcept nogil:
-    cdef int chunk, n_chunks, saved
+                        floating* dbias, floating* dpeephole, int num_threads,
+                        clstm_call* call) noexcept nogil:
+    """Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call was asked to
+    stop (the gradients are then incomplete: some may have been added to)."""
+    global _team_left_last
+    cdef int chunk, n_chunks, rest
     cdef int G = 4 * H
     cdef Py_ssize_t k, TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
     if not sizes_ok(T, B, I, H):
@@ -862,13 +1063,26 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
 
     cdef floating* packed = NULL
     cdef int failed = 0
+    cdef int leave_step = T
+    num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
                         if _use_packed_gemm and T > 1 else 1)
-    saved = _blas_threads_off() if num_threads > 1 else 0
+    clstm_blas_enter()
     if n_units > 1:
+        _team_left_last = -1
         with parallel(num_threads=n_units):
-            backward_units(T, B, H, w_hh, peephole, c0, gates, cells, dy, dh0, dc0, &failed)
+            backward_units(T, B, H, w_hh, peephole, c0, gates, cells, dy, dh0, dc0,
+                           &failed, &leave_step, call)
+        rest = T - leave_step          # steps T-1-leave_step .. 0 remain
+        if not failed and rest > 0 and not clstm_call_stopped(call):
+            _team_left_last = leave_step
+            packed = pack_weights(G, H, w_hh, H, False)             # P = W_hh
+            failed = packed == NULL
+            if not failed:
+                backward_rows(rest, B, H, 0, B, w_hh, packed, peephole, c0, gates, cells,
+                              dy, dh0, dc0, call)
+            free(packed)
     else:
         if _use_packed_gemm and T > 1:
             packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
@@ -876,14 +1090,14 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         if not failed and n_chunks > 1:
             for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
                 backward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
-                              w_hh, packed, peephole, c0, gates, cells, dy, dh0, dc0)
+                              w_hh, packed, peephole, c0, gates, cells, dy, dh0, dc0, call)
         elif not failed:
             backward_rows(T, B, H, 0, B, w_hh, packed, peephole, c0, gates, cells, dy, dh0,
-                          dc0)
+                          dc0, call)
         free(packed)
-    if failed:
-        _blas_threads_restore(saved)
-        return -2
+    if failed or clstm_call_stopped(call):
+        clstm_blas_leave()
+        return -2 if failed else -3
 
     # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs.
     cdef floating* da = gates
@@ -892,23 +1106,26 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         if _use_packed_gemm:
             packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
         if packed_ih != NULL:
-            parallel_packed_gemm(num_threads, T * B, G, I, da, G, packed_ih, dx, I, False)
+            parallel_packed_gemm(num_threads, T * B, G, I, da, G, packed_ih, dx, I, False,
+                                 call)
             free(packed_ih)
         else:
             parallel_gemm(num_threads, False, False, T * B, I, G, <floating>1, da, G, w_ih,
                           I, <floating>0, dx, I)
     cdef int status = 0
     # dW_ih += daᵀ · X
-    status |= weight_gradient(num_threads, G, T * B, I, da, x, I, dw_ih)
+    status |= weight_gradient(num_threads, G, T * B, I, da, x, I, dw_ih, call)
     # dW_hh += daᵀ · H_prev, where H_prev is y shifted one step (and h0 for t = 0)
     if T > 1:
         status |= weight_gradient(num_threads, G, (T - 1) * B, H, da + <Py_ssize_t>B * G,
-                                  y, H, dw_hh)
+                                  y, H, dw_hh, call)
     if h0 != NULL:
-        status |= weight_gradient(num_threads, G, B, H, da, h0, H, dw_hh)
-    _blas_threads_restore(saved)
+        status |= weight_gradient(num_threads, G, B, H, da, h0, H, dw_hh, call)
+    clstm_blas_leave()
     if status != 0:
         return -2
+    if clstm_call_stopped(call):
+        return -3
     parallel_column_sums(num_threads, TB, G, da, dbias)
     if floating is float:
         if peephole != NULL and dpeephole != NULL:
@@ -923,6 +1140,8 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
 # The public C API (declared in clstm/kernels.pxd)
 
 cdef Py_ssize_t lstm_workspace_size(int T, int B, int H) noexcept nogil:
+    if T <= 0 or B <= 0 or H <= 0 or 5.0 * T * B * H > _max_buffer_elements:
+        return -1
     return <Py_ssize_t>5 * T * B * H
 
 
@@ -931,7 +1150,7 @@ cdef int lstm_forward_f32(int T, int B, int I, int H, const float* x, const floa
                           const float* h0, const float* c0, float* y, float* workspace,
                           int num_threads) noexcept nogil:
     return layer_forward(T, B, I, H, x, w_ih, w_hh, bias, peephole, h0, c0, y, workspace,
-                         num_threads)
+                         num_threads, NULL)
 
 
 cdef int lstm_forward_f64(int T, int B, int I, int H, const double* x, const double* w_ih,
@@ -939,7 +1158,7 @@ cdef int lstm_forward_f64(int T, int B, int I, int H, const double* x, const dou
                           const double* h0, const double* c0, double* y, double* workspace,
                           int num_threads) noexcept nogil:
     return layer_forward(T, B, I, H, x, w_ih, w_hh, bias, peephole, h0, c0, y, workspace,
-                         num_threads)
+                         num_threads, NULL)
 
 
 cdef int lstm_backward_f32(int T, int B, int I, int H, const float* x, const float* w_ih,
@@ -950,7 +1169,7 @@ cdef int lstm_backward_f32(int T, int B, int I, int H, const float* x, const flo
                            float* dpeephole, int num_threads) noexcept nogil:
     return layer_backward(T, B, I, H, x, w_ih, w_hh, peephole, h0, c0, y, workspace, dy,
                           dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dbias, dpeephole,
-                          num_threads)
+                          num_threads, NULL)
 
 
 cdef int lstm_backward_f64(int T, int B, int I, int H, const double* x, const double* w_ih,
@@ -961,7 +1180,7 @@ cdef int lstm_backward_f64(int T, int B, int I, int H, const double* x, const do
                            double* dpeephole, int num_threads) noexcept nogil:
     return layer_backward(T, B, I, H, x, w_ih, w_hh, peephole, h0, c0, y, workspace, dy,
                           dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dbias, dpeephole,
-                          num_threads)
+                          num_threads, NULL)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1005,9 +1224,36 @@ cdef int typenum_of(object x) except -1:
     return typenum
 
 
-cdef check_status(int status, str what):
+import threading as _threading
+cdef unsigned long _main_thread_ident = _threading.main_thread().ident
+
+
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident()
+
+
+cdef inline void start_call(clstm_call* call):
+    """A call checks Python's signal handlers while it runs only in the main thread,
+    the only one where Python runs them."""
+    clstm_call_init(call, PyThread_get_thread_ident() == _main_thread_ident)
+
+
+cdef int raise_pending(clstm_call* call) except -1:
+    """Re-raise the exception a signal handler raised during the call (KeyboardInterrupt
+    for Ctrl-C), if any."""
+    if call.exc_type == NULL:
+        return 0
+    PyErr_Restore(call.exc_type, call.exc_value, call.exc_tb)
+    call.exc_type = call.exc_value = call.exc_tb = NULL
+    return -1
+
+
+cdef check_status(int status, str what, clstm_call* call):
+    raise_pending(call)
     if status == -2:
         raise MemoryError(f"lstm {what}: out of memory for the packed weights")
+    if status == -3:
+        raise KeyboardInterrupt(f"lstm {what}: interrupted")
     if status != 0:
         raise ValueError(f"lstm {what}: invalid sizes")
 
@@ -1034,19 +1280,19 @@ def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y
     cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
     cdef void* py = writable_buffer_of(y, "y", tn, TB * H)
     cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * TB * H)
-    cdef int status, saved
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
     with nogil:
-        saved = _blas_threads_off()
         if tn == cnp.NPY_FLOAT32:
             status = layer_forward(T, B, I, H, <float*>px, <float*>pwi, <float*>pwh,
                                    <float*>pb, <float*>pp, <float*>ph0, <float*>pc0,
-                                   <float*>py, <float*>pw, num_threads)
+                                   <float*>py, <float*>pw, num_threads, &call)
         else:
             status = layer_forward(T, B, I, H, <double*>px, <double*>pwi, <double*>pwh,
                                    <double*>pb, <double*>pp, <double*>ph0, <double*>pc0,
-                                   <double*>py, <double*>pw, num_threads)
-        _blas_threads_restore(saved)
-    check_status(status, "forward")
+                                   <double*>py, <double*>pw, num_threads, &call)
+    check_status(status, "forward", &call)
 
 
 def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, workspace,
@@ -1081,24 +1327,25 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
     cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * H)
     cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
     cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
-    cdef int status, saved
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
     with nogil:
-        saved = _blas_threads_off()
         if tn == cnp.NPY_FLOAT32:
             status = layer_backward(T, B, I, H, <float*>px, <float*>pwi, <float*>pwh,
                                     <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
                                     <float*>pw, <float*>pdy, <float*>pdhn, <float*>pdcn,
                                     <float*>pdx, <float*>pdh0, <float*>pdc0, <float*>pdwi,
-                                    <float*>pdwh, <float*>pdb, <float*>pdp, num_threads)
+                                    <float*>pdwh, <float*>pdb, <float*>pdp, num_threads,
+                                    &call)
         else:
             status = layer_backward(T, B, I, H, <double*>px, <double*>pwi, <double*>pwh,
                                     <double*>pp, <double*>ph0, <double*>pc0, <double*>py,
                                     <double*>pw, <double*>pdy, <double*>pdhn,
                                     <double*>pdcn, <double*>pdx, <double*>pdh0,
                                     <double*>pdc0, <double*>pdwi, <double*>pdwh,
-                                    <double*>pdb, <double*>pdp, num_threads)
-        _blas_threads_restore(saved)
-    check_status(status, "backward")
+                                    <double*>pdb, <double*>pdp, num_threads, &call)
+    check_status(status, "backward", &call)
 
 
 def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, c_out,
@@ -1122,15 +1369,18 @@ def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, 
     cdef void* pho = writable_buffer_of(h_out, "h_out", tn, <Py_ssize_t>B * H)
     cdef void* pco = writable_buffer_of(c_out, "c_out", tn, <Py_ssize_t>B * H)
     cdef void* pg = writable_buffer_of(gates, "gates", tn, B * G)
-    cdef int saved = _blas_threads_off()
-    if tn == cnp.NPY_FLOAT32:
-        layer_step(B, I, H, <float*>px, <float*>pwi, <float*>pwh, <float*>pbi, <float*>pbh,
-                   <float*>pp, <float*>ph, <float*>pc, <float*>pho, <float*>pco, <float*>pg)
-    else:
-        layer_step(B, I, H, <double*>px, <double*>pwi, <double*>pwh, <double*>pbi,
-                   <double*>pbh, <double*>pp, <double*>ph, <double*>pc, <double*>pho,
-                   <double*>pco, <double*>pg)
-    _blas_threads_restore(saved)
+    # Without the GIL: threads serving one model step in parallel.
+    with nogil:
+        clstm_blas_enter()
+        if tn == cnp.NPY_FLOAT32:
+            layer_step(B, I, H, <float*>px, <float*>pwi, <float*>pwh, <float*>pbi,
+                       <float*>pbh, <float*>pp, <float*>ph, <float*>pc, <float*>pho,
+                       <float*>pco, <float*>pg)
+        else:
+            layer_step(B, I, H, <double*>px, <double*>pwi, <double*>pwh, <double*>pbi,
+                       <double*>pbh, <double*>pp, <double*>ph, <double*>pc, <double*>pho,
+                       <double*>pco, <double*>pg)
+        clstm_blas_leave()
 
 
 def matmul(a, b, out, bint trans_a=False, bint trans_b=False, bint accumulate=False,
@@ -1163,9 +1413,9 @@ def matmul(a, b, out, bint trans_a=False, bint trans_b=False, bint accumulate=Fa
         return
     cdef int lda = m if trans_a else k
     cdef int ldb = k if trans_b else n
-    cdef int saved
+    num_threads = clstm_team_threads(num_threads)
     with nogil:
-        saved = _blas_threads_off()
+        clstm_blas_enter()
         if tn == cnp.NPY_FLOAT32:
             parallel_gemm(num_threads, trans_a, trans_b, m, n, k, <float>1, <float*>pa, lda,
                           <float*>pb, ldb, <float>(1 if accumulate else 0), <float*>pc, n)
@@ -1173,7 +1423,7 @@ def matmul(a, b, out, bint trans_a=False, bint trans_b=False, bint accumulate=Fa
             parallel_gemm(num_threads, trans_a, trans_b, m, n, k, <double>1, <double*>pa,
                           lda, <double*>pb, ldb, <double>(1 if accumulate else 0),
                           <double*>pc, n)
-        _blas_threads_restore(saved)
+        clstm_blas_leave()
 
 
 def sigmoid(x, out):

@@ -1,0 +1,111 @@
+"""What lets one model serve many threads: kernel workspaces that no two calls share,
+forward caches kept per thread, and locks that survive a fork.
+
+A layer's kernel workspace is tens of MB at large shapes, and glibc maps a fresh one on
+every allocation (page faults and zeroing: ~10% of a training step at S5 in float64), so
+workspaces are reused. They used to be kept one per layer on the model: two threads
+calling the same model then wrote into the same buffers and read each other's gates
+(silently wrong outputs, NaN weights after a few concurrent training steps). Here a
+call *takes* workspaces from a pool and gives them back when it no longer needs them
+(inference: at its end; training: when backward has consumed them), so calls in flight
+never share one; a call that finds the pool empty allocates.
+
+What a forward leaves for its backward is kept per thread (:class:`PerThread`), so the
+forward and backward of one thread pair up whatever other threads do meanwhile.
+"""
+import os
+import threading
+import weakref
+
+import numpy as np
+
+# Every lock here is replaced in a forked child: a lock held by another thread at the
+# fork would never be released there (that thread does not exist in the child).
+_fork_safe = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for owner in list(_fork_safe):
+        owner._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ForkSafeLock:
+    """A ``threading.Lock`` that a forked child finds released."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        _fork_safe.add(self)
+
+    def _reset_after_fork(self):
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+class WorkspacePool:
+    """Kernel workspaces of one dtype, reused across calls and never shared by two.
+
+    Keeps at most ``limit_bytes`` of idle buffers (larger ones are dropped when given
+    back), so a single long sequence does not pin its memory for the model's lifetime;
+    :meth:`clear` drops them all.
+    """
+
+    def __init__(self, dtype, limit_bytes):
+        self.dtype = np.dtype(dtype)
+        self.limit_bytes = limit_bytes
+        self._idle = []
+        self._lock = ForkSafeLock()
+
+    def take(self, size):
+        """A buffer of ``size`` elements (a view into a possibly larger idle one)."""
+        with self._lock:
+            for i, buffer in enumerate(self._idle):
+                if buffer.size >= size:
+                    del self._idle[i]
+                    return buffer[:size]
+        return np.empty(size, dtype=self.dtype)
+
+    def give(self, buffer):
+        """Return a buffer from :meth:`take`; it may be handed to another call at once."""
+        base = buffer if buffer.base is None else buffer.base
+        with self._lock:
+            idle = sum(b.nbytes for b in self._idle)
+            if idle + base.nbytes <= self.limit_bytes:
+                self._idle.append(base)
+                self._idle.sort(key=lambda b: b.size)   # smallest that fits is taken
+
+    def clear(self):
+        with self._lock:
+            self._idle.clear()
+
+    @property
+    def idle_bytes(self):
+        with self._lock:
+            return sum(b.nbytes for b in self._idle)
+
+
+class PerThread:
+    """One value per thread (what a forward keeps for the backward of the same thread)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self):
+        return getattr(self._local, "value", None)
+
+    def set(self, value):
+        self._local.value = value
+
+    def pop(self):
+        value = self.get()
+        self._local.value = None
+        return value

@@ -1,0 +1,152 @@
+/* Process-wide state of the kernels that is not arithmetic (declared in runtime.h). */
+#include "runtime.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <time.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_NUM() omp_get_thread_num()
+#else
+#define THREAD_NUM() 0
+#endif
+
+/* ---- BLAS thread guard -------------------------------------------------------------- */
+
+typedef void (*set_threads_fn)(int);
+typedef int (*get_threads_fn)(void);
+
+static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
+static set_threads_fn blas_set = NULL;
+static get_threads_fn blas_get = NULL;
+static int guard_users = 0;      /* kernel calls in flight */
+static int guard_saved = 0;      /* BLAS's count before the first of them */
+
+void clstm_blas_register(void *set_threads, void *get_threads)
+{
+    pthread_mutex_lock(&guard_lock);
+    blas_set = (set_threads_fn)set_threads;
+    blas_get = (get_threads_fn)get_threads;
+    pthread_mutex_unlock(&guard_lock);
+}
+
+void clstm_blas_enter(void)
+{
+    pthread_mutex_lock(&guard_lock);
+    if (guard_users++ == 0 && blas_set != NULL && blas_get != NULL) {
+        guard_saved = blas_get();
+        if (guard_saved > 1)
+            blas_set(1);
+    }
+    pthread_mutex_unlock(&guard_lock);
+}
+
+void clstm_blas_leave(void)
+{
+    pthread_mutex_lock(&guard_lock);
+    if (guard_users > 0 && --guard_users == 0) {
+        if (guard_saved > 1 && blas_set != NULL)
+            blas_set(guard_saved);
+        guard_saved = 0;
+    }
+    pthread_mutex_unlock(&guard_lock);
+}
+
+/* ---- fork ----------------------------------------------------------------------------- */
+
+static volatile int team_started = 0;    /* a team of > 1 thread may have run here */
+static volatile int forked_child = 0;    /* forked after that: one thread from now on */
+
+static void after_fork_in_child(void)
+{
+    /* Only the forking thread exists in the child: a guard held by another thread at
+     * the fork would never be released, and its calls are not in flight here. BLAS's
+     * count in the child is whatever the parent had at the fork, so nothing to restore. */
+    pthread_mutex_init(&guard_lock, NULL);
+    guard_users = 0;
+    guard_saved = 0;
+    if (team_started)
+        forked_child = 1;
+}
+
+__attribute__((constructor)) static void runtime_init(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+
+int clstm_team_threads(int requested)
+{
+    if (requested <= 1)
+        return 1;
+    if (forked_child)
+        return 1;
+    team_started = 1;
+    return requested;
+}
+
+int clstm_fork_limited(void) { return forked_child; }
+
+/* ---- per-call control ------------------------------------------------------------------ */
+
+#define SIGNAL_CHECK_INTERVAL_S 0.05
+
+double clstm_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void clstm_call_init(clstm_call *call, int check_signals)
+{
+    call->stop_step = INT_MAX;
+    call->check_signals = check_signals;
+    call->next_check = check_signals ? clstm_monotonic() + SIGNAL_CHECK_INTERVAL_S : 0.0;
+    call->exc_type = call->exc_value = call->exc_tb = NULL;
+}
+
+/* Thread 0 (the Python thread that made the call) runs Python's signal handlers when the
+ * interval has passed; returns 1 when one raised (its exception is kept in the call). */
+static int signal_raised(clstm_call *call)
+{
+    double now;
+    PyGILState_STATE gil;
+    int raised = 0;
+    if (!call->check_signals || call->exc_type != NULL || THREAD_NUM() != 0)
+        return 0;
+    now = clstm_monotonic();
+    if (now < call->next_check)
+        return 0;
+    call->next_check = now + SIGNAL_CHECK_INTERVAL_S;
+    gil = PyGILState_Ensure();
+    if (PyErr_CheckSignals() != 0) {
+        PyErr_Fetch(&call->exc_type, &call->exc_value, &call->exc_tb);
+        raised = 1;
+    }
+    PyGILState_Release(gil);
+    return raised;
+}
+
+int clstm_call_stop_at(clstm_call *call, int t)
+{
+    int stop;
+    if (call == NULL)
+        return 0;
+    stop = t >= call->stop_step;
+    /* Decided at iteration t, acted on at t + 1: a thread still at the top of iteration
+     * t reads either INT_MAX or t + 1 and runs t either way; after the barrier of t,
+     * every thread reads t + 1. */
+    if (!stop && signal_raised(call))
+        call->stop_step = t + 1;
+    return stop;
+}
+
+int clstm_call_stopped(clstm_call *call)
+{
+    if (call == NULL)
+        return 0;
+    if (call->stop_step == INT_MAX && signal_raised(call))
+        call->stop_step = 0;
+    return call->stop_step != INT_MAX;
+}
