@@ -957,7 +957,8 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     of 3.2e31 here, inf in PyTorch, which then multiplies them by 0), and
     gradients holding NaN or inf are left unchanged (PyTorch multiplies them
     by 0 or NaN): the non-finite norm is returned for the caller to act on.
-    A finite gradient is never turned into zero (for ``max_norm > 0``).
+    A finite gradient is not turned into zero for ``max_norm > 0`` (unless
+    ``max_norm / norm`` underflows float64 itself, below 5e-324).
 
     Parameters
     ----------

@@ -115,6 +115,21 @@ def test_finite_loss_with_overflowing_gradients_stops_fit_too():
         assert np.isfinite(model.flat_grads).sum() == 1       # the gradient, left as it is
 
 
+def test_overflowing_gradients_stop_fit_in_a_model_of_mixed_dtypes():
+    # float32 then float64 layers: no flat buffer, so each gradient array is checked
+    first, second = Dense(1, 1, dtype="float32"), Dense(1, 1, dtype="float64")
+    model = Sequential([first, second], loss="mse")
+    assert model.flat_grads is None
+    for layer in (first, second):
+        layer.params["weight"][...] = 0
+        layer.params["bias"][...] = 0
+    second.params["weight"][...] = 1      # dL/dw1 = 2 * (0 - 1) * 1 * 3e38: -inf in float32
+    x, y = np.full((1, 1, 1), 3e38, np.float32), np.ones((1, 1, 1))
+    with pytest.raises(NonFiniteError, match="gradients of norm inf"):
+        model.fit(x, y, verbose=0)
+    assert first.params["weight"][0, 0] == 0 and second.params["weight"][0, 0] == 1
+
+
 def test_skip_leaves_nonfinite_batches_out_and_counts_them_in_the_history(capsys):
     x, y = data()
     x[37, 4, 1] = np.nan
