@@ -10,7 +10,7 @@ uses a BLAS that cannot be steered that way (MKL, BLIS, ...), ``blas_guard`` lim
 through threadpoolctl around each kernel call instead.
 
 ``set_num_threads`` sets the kernels' team size only: it changes nothing else in the
-process (NumPy's own BLAS keeps its settings).
+process (NumPy's own BLAS keeps its settings). It refuses more than ``MAX_THREADS``.
 """
 import contextlib
 import ctypes
@@ -22,7 +22,13 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from . import kernels
 
-_num_threads = max(1, kernels.openmp_max_threads())  # honours OMP_NUM_THREADS
+# The most threads a kernel may use: 4 per logical CPU (os.cpu_count(), the whole
+# machine's, so that set_num_threads(os.cpu_count()) works in any container). Beyond that,
+# threads only wait for cores, and a typo such as 10**5 would start that many OS threads.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+# honours OMP_NUM_THREADS, held to MAX_THREADS (an environment is no place to raise)
+_num_threads = min(max(1, kernels.openmp_max_threads()), MAX_THREADS)
 
 
 def _find_scipy_openblas():
@@ -62,7 +68,16 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int
-        A positive thread count. ``OMP_NUM_THREADS`` sets the default (else all cores).
+        A thread count from 1 to ``clstm._threads.MAX_THREADS``, 4 per logical CPU
+        (``4 * os.cpu_count()``). ``OMP_NUM_THREADS`` sets the default (else all cores),
+        held to the same maximum.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an int.
+    ValueError
+        ``n`` is below 1 or above ``MAX_THREADS``.
     """
     global _num_threads
     if isinstance(n, bool):
@@ -73,6 +88,9 @@ def set_num_threads(n):
         raise TypeError(f"set_num_threads: expected a positive int, got {type(n).__name__}") from None
     if n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"set_num_threads: expected at most {MAX_THREADS} threads (4 per "
+                         f"logical CPU), got {n}")
     _num_threads = n
 
 

@@ -47,3 +47,27 @@ def positive_int(value, name, *, minimum=1):
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+# The kernels and BLAS take every dimension (4 * hidden_size, input_size, a Dense layer's
+# features) as a C int.
+C_INT_MAX = 2**31 - 1
+
+# The most parameters a layer may hold: 2**36 (64 Gi; 256 GiB in float32, plus as much
+# again for the gradients) is past any model this CPU library could train, so a larger
+# count is taken for a mistake in the sizes and refused before allocating (sizes are
+# multiplied as Python ints, which do not overflow as NumPy's int64 did).
+MAX_PARAMETERS = 2**36
+
+
+def at_most(value, limit, name, why):
+    """``value`` unchanged, or ValueError when it exceeds ``limit``."""
+    if value > limit:
+        raise ValueError(f"{name}: expected at most {limit} ({why}), got {value}")
+    return value
+
+
+def parameter_count(count, owner):
+    """``count`` unchanged, or ValueError when it exceeds MAX_PARAMETERS."""
+    return at_most(count, MAX_PARAMETERS, f"{owner}: number of parameters",
+                   "2**36, 256 GiB of float32 weights: larger is taken for a mistake in the sizes")

@@ -19,6 +19,7 @@ update the arrays in place and users may assign new arrays of the same shape.
 import numpy as np
 
 from . import _threads, kernels
+from ._validate import C_INT_MAX, at_most, parameter_count
 
 __all__ = [
     "Layer",
@@ -151,6 +152,7 @@ class Embedding(Layer):
             raise ValueError(
                 "num_embeddings and embedding_dim must be >= 1, got "
                 f"{num_embeddings} and {embedding_dim}")
+        parameter_count(num_embeddings * embedding_dim, "Embedding")
         if padding_idx is not None:
             padding_idx = int(padding_idx)
             if not -num_embeddings <= padding_idx < num_embeddings:
@@ -267,6 +269,9 @@ class Dense(Layer):
             raise ValueError(
                 "in_features and out_features must be >= 1, got "
                 f"{in_features} and {out_features}")
+        for value, name in ((in_features, "in_features"), (out_features, "out_features")):
+            at_most(value, C_INT_MAX, name, "the kernels and BLAS index it with a C int")
+        parameter_count(out_features * (in_features + 1), "Dense")
         self.in_features = in_features
         self.out_features = out_features
         rng = np.random.default_rng(seed)

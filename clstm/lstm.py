@@ -9,6 +9,7 @@ import numpy as np
 from . import _threads, kernels
 from ._concurrency import ForkSafeLock, PerThread, WorkspacePool
 from ._validate import as_float_array, check_shape, float_dtype, positive_int
+from ._validate import C_INT_MAX, at_most, parameter_count
 
 
 class LSTM:
@@ -58,6 +59,14 @@ class LSTM:
         self.input_size = positive_int(input_size, "input_size")
         self.hidden_size = positive_int(hidden_size, "hidden_size")
         self.num_layers = positive_int(num_layers, "num_layers")
+        # Refused before anything is allocated (or a list of num_layers names built).
+        at_most(self.input_size, C_INT_MAX, "input_size", "the kernels index it with a C int")
+        at_most(self.hidden_size, C_INT_MAX // 4, "hidden_size",
+                "4 * hidden_size must fit the C int the kernels and BLAS index with")
+        H, layers = self.hidden_size, self.num_layers
+        per_layer = 8 * H + (3 * H if peephole else 0)  # biases, peepholes
+        parameter_count(4 * H * (self.input_size + H) + 4 * H * 2 * H * (layers - 1)
+                        + per_layer * layers, "LSTM")
         self.dtype = float_dtype(dtype)
         self.peephole = bool(peephole)
         self.batch_first = bool(batch_first)

@@ -32,6 +32,7 @@ vector operations.
 """
 import inspect
 import math
+import numbers
 import sys
 import time
 
@@ -40,13 +41,42 @@ import numpy as np
 from .layers import (Dense, Dropout, Embedding, Layer, last_valid_step_backward,
                      lengths_to_mask)
 from .losses import mse, softmax, softmax_cross_entropy
+from ._validate import positive_int
 from .lstm import LSTM
-from .optim import Adam, clip_grad_norm
+from .optim import Adam, Optimizer, clip_grad_norm
 from .tbptt import batchify, num_chunks
 
-__all__ = ["LastStep", "Sequential", "LanguageModel", "Regressor", "Classifier"]
+__all__ = ["LastStep", "Sequential", "LanguageModel", "Regressor", "Classifier",
+           "NonFiniteError"]
 
 _LOSSES = (None, "mse", "cross_entropy")
+_ON_NONFINITE = ("raise", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """``fit`` met a NaN or infinite loss, or a finite loss with NaN or infinite gradients.
+
+    Raised before that batch's optimiser step, so the parameters are those after the last
+    batch that was finite. ``fit(..., on_nonfinite="skip")`` skips such batches instead.
+
+    Attributes
+    ----------
+    what : {"loss", "gradients"}
+    value : float
+        The loss, or the gradients' norm (NaN or inf).
+    epoch, batch : int
+        Where, counted from 1 as ``fit`` prints them.
+    """
+
+    def __init__(self, what, value, epoch, epochs, batch, batches):
+        self.what, self.value, self.epoch, self.batch = what, value, epoch, batch
+        got = f"a loss of {value}" if what == "loss" else f"gradients of norm {value}"
+        super().__init__(
+            f"fit: expected a finite loss and finite gradients, got {got} at epoch "
+            f"{epoch}/{epochs}, batch {batch}/{batches}; that batch's update was not "
+            "applied (the parameters are those after the batch before). Look for NaN or "
+            "inf in its inputs and targets, or lower the learning rate; "
+            "fit(..., on_nonfinite='skip') skips such batches")
 
 
 # ------------------------------------------------------------------------- adapters
@@ -144,6 +174,9 @@ class Sequential:
         parameters share a dtype.
     optimizer : Optimizer or None
         The optimiser the last ``fit`` used; the next ``fit`` continues with it.
+    history : dict or None
+        The per-epoch logs of the last ``fit``, filled as epochs complete (what ``fit``
+        returns; after a Ctrl-C, the epochs completed before it).
     """
 
     def __init__(self, layers, *, loss=None):
@@ -163,6 +196,7 @@ class Sequential:
             raise ValueError(f"Sequential: expected loss in {_LOSSES}, got {loss!r}")
         self.loss = loss
         self.optimizer = None
+        self.history = None
         self.training = True
         self._input_grad_kw = [_takes_keyword(layer.backward, "input_grad")
                                for layer in self.layers]
@@ -525,24 +559,62 @@ class Sequential:
         return loss
 
     def _train_step(self, step, state, optimizer, clip_norm):
+        """One optimisation step: (loss, count, correct, state, bad).
+
+        ``bad`` is None, or ``(what, value)`` when the loss or the gradients are not
+        finite: then no update is applied, since one NaN in the step would spread to
+        every parameter (and through Adam's moments, to every later step).
+        """
         xt, yt, mask, lb, reset = step
         self.zero_grad()
         out, state = self.forward(xt, None if reset else state, lengths=lb)
         loss, dout, count, correct = self._loss(out, yt, mask)
-        if count:  # a chunk of padding only has nothing to learn from
-            self.backward(dout)
-            if clip_norm is not None:
-                clip_grad_norm(self, clip_norm)
-            optimizer.step()
-        return loss, count, correct, state
+        if not count:  # a chunk of padding only has nothing to learn from
+            return loss, count, correct, state, None
+        if not math.isfinite(loss):
+            return loss, count, correct, state, ("loss", float(loss))
+        self.backward(dout)
+        # clip_grad_norm leaves non-finite gradients as they are and returns their norm
+        norm = (clip_grad_norm(self, clip_norm) if clip_norm is not None
+                else self._nonfinite_grads())
+        if not math.isfinite(norm):
+            return loss, count, correct, state, ("gradients", norm)
+        optimizer.step()  # holds a Ctrl-C back until the update is complete
+        return loss, count, correct, state, None
 
-    def _run_epoch(self, steps, total, optimizer, clip_norm, progress):
+    def _nonfinite_grads(self):
+        """0.0 when every gradient is finite, else NaN (one is NaN) or inf.
+
+        Minimum and maximum: NaN and inf show in them, with no temporary array and no
+        overflow (a sum of squares of large finite gradients can overflow).
+        """
+        arrays = ([self.flat_grads] if self.flat_grads is not None
+                  else list(self.grads.values()))
+        worst = 0.0
+        for a in arrays:
+            if a.size:
+                lo, hi = float(a.min()), float(a.max())
+                if math.isnan(lo) or math.isnan(hi):
+                    return math.nan
+                if math.isinf(lo) or math.isinf(hi):
+                    worst = math.inf
+        return worst
+
+    def _run_epoch(self, steps, total, optimizer, clip_norm, progress, on_nonfinite,
+                   epoch, epochs):
         self.train()
         tally = _Tally()
         state = None
         for i, step in enumerate(steps, 1):
-            loss, count, correct, state = self._train_step(step, state, optimizer, clip_norm)
-            tally.add(loss, count, correct)
+            loss, count, correct, state, bad = self._train_step(step, state, optimizer,
+                                                                clip_norm)
+            if bad is None:
+                tally.add(loss, count, correct)
+            elif on_nonfinite == "skip":
+                tally.skipped += 1
+                state = None  # a state carried on from a NaN step would poison the rest
+            else:
+                raise NonFiniteError(*bad, epoch, epochs, i, total)
             progress.update(i, total, tally)
         return tally
 
@@ -567,19 +639,63 @@ class Sequential:
             self.optimizer = Adam(self, lr=1e-3)
         return self.optimizer
 
-    def _fit_loop(self, make_steps, total, epochs, *, validate, optimizer, clip_norm,
-                  verbose, callbacks, unit):
-        """The epoch loop shared by every kind of data: train, validate, report."""
+    def _check_fit_args(self, epochs, optimizer, clip_norm, verbose, callbacks,
+                        on_nonfinite):
+        """fit's arguments, checked before any training: a wrong one found later costs
+        the forward and backward passes before it (``optimizer="adam"`` used to fail
+        inside the first optimiser step). Returns (epochs, clip_norm, callbacks)."""
         epochs = _positive("epochs", epochs)
-        if clip_norm is not None and not (float(clip_norm) > 0):
-            raise ValueError(f"clip_norm: expected a number > 0 or None, got {clip_norm!r}")
+        if optimizer is not None:
+            if not isinstance(optimizer, Optimizer):
+                raise TypeError("optimizer: expected None or a clstm optimiser built on "
+                                "this model (clstm.Adam(model), clstm.AdamW, clstm.SGD), "
+                                f"got {type(optimizer).__name__} {optimizer!r:.60}")
+            ours = {id(a) for a in self.params.values()}
+            if not all(id(a) in ours for a in optimizer._sources()[0].values()):
+                raise ValueError("optimizer: expected an optimiser over this model's "
+                                 "parameters (clstm.Adam(model)), got one over other arrays")
+        if clip_norm is not None:
+            if isinstance(clip_norm, bool) or not isinstance(clip_norm, numbers.Real):
+                raise TypeError(f"clip_norm: expected a number > 0 or None, got "
+                                f"{type(clip_norm).__name__}")
+            if not 0 < clip_norm < math.inf:
+                raise ValueError(f"clip_norm: expected a finite number > 0 or None, got "
+                                 f"{clip_norm!r}")
+            clip_norm = float(clip_norm)
+        if not isinstance(verbose, (bool, int, np.integer)):
+            raise TypeError(f"verbose: expected 0 or 1, got {type(verbose).__name__}")
+        if verbose < 0:
+            raise ValueError(f"verbose: expected 0 or 1, got {verbose!r}")
+        if callbacks is None:
+            callbacks = []
+        elif callable(callbacks) or not isinstance(callbacks, (list, tuple)):
+            raise TypeError("callbacks: expected a list of callables callback(epoch, logs), "
+                            f"got {type(callbacks).__name__}")
+        for i, cb in enumerate(callbacks):
+            if not callable(cb):
+                raise TypeError(f"callbacks: expected callables callback(epoch, logs), got "
+                                f"{type(cb).__name__} at index {i}")
+        if not isinstance(on_nonfinite, str):
+            raise TypeError(f"on_nonfinite: expected 'raise' or 'skip', got "
+                            f"{type(on_nonfinite).__name__}")
+        if on_nonfinite not in _ON_NONFINITE:
+            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+        return epochs, clip_norm, list(callbacks)
+
+    def _fit_loop(self, make_steps, total, epochs, *, validate, optimizer, clip_norm,
+                  verbose, callbacks, unit, on_nonfinite):
+        """The epoch loop shared by every kind of data: train, validate, report."""
+        epochs, clip_norm, callbacks = self._check_fit_args(
+            epochs, optimizer, clip_norm, verbose, callbacks, on_nonfinite)
         optimizer = self._optimizer(optimizer)
-        callbacks = list(callbacks or [])
-        history = {}
+        history = self.history = {}  # visible to the caller after a Ctrl-C too
         for epoch in range(epochs):
             progress = _Progress(epoch, epochs, unit, verbose)
-            tally = self._run_epoch(make_steps(), total, optimizer, clip_norm, progress)
+            tally = self._run_epoch(make_steps(), total, optimizer, clip_norm, progress,
+                                    on_nonfinite, epoch + 1, epochs)
             logs = tally.logs(self.loss == "cross_entropy")
+            if on_nonfinite == "skip":
+                logs["skipped_batches"] = tally.skipped
             if validate is not None:
                 logs.update({f"val_{k}": v for k, v in validate().items()})
             for key, value in logs.items():
@@ -592,7 +708,7 @@ class Sequential:
 
     def fit(self, x, y, epochs=1, batch_size=32, *, lengths=None, validation_data=None,
             shuffle=True, seed=None, optimizer=None, clip_norm=None, bptt=None, verbose=1,
-            callbacks=None):
+            callbacks=None, on_nonfinite="raise"):
         """Train on batch-first data.
 
         Parameters
@@ -626,14 +742,32 @@ class Sequential:
             1 prints one line per epoch (and a live line on a terminal).
         callbacks : list of callables, optional
             ``callback(epoch, logs)`` after each epoch; a true return stops training.
+        on_nonfinite : {"raise", "skip"}, default "raise"
+            What a batch whose loss or gradients hold NaN or inf does. Either way its
+            update is not applied. "raise" stops with :class:`NonFiniteError` (a
+            ``FloatingPointError``) naming the epoch and batch; "skip" goes on with the
+            next batch (a carried state restarts from zeros) and counts the skipped
+            batches of each epoch in the history's ``skipped_batches``.
 
         Returns
         -------
         dict of str to list of float
             Per-epoch ``loss`` (``accuracy`` for cross-entropy), and ``val_loss`` ...
-            with validation data.
+            with validation data; also kept as ``model.history``.
+
+        Raises
+        ------
+        NonFiniteError
+            A non-finite loss or gradient, with ``on_nonfinite="raise"``.
+        KeyboardInterrupt
+            Ctrl-C stops training as in Keras: KeyboardInterrupt propagates out of
+            ``fit``. An optimiser update under way completes first and none starts
+            after it, so the model is the one after its last complete update and stays
+            usable; ``model.history`` holds the epochs completed.
         """
         batch_size = _positive("batch_size", batch_size)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle: expected True or False, got {type(shuffle).__name__}")
         if bptt is not None:
             bptt = _positive("bptt", bptt)
             if self._seq2one:
@@ -652,7 +786,7 @@ class Sequential:
 
         return self._fit_loop(make_steps, self._num_steps(N, batch_size, T, bptt), epochs,
                               validate=validate, optimizer=optimizer, clip_norm=clip_norm,
-                              verbose=verbose, callbacks=callbacks,
+                              verbose=verbose, callbacks=callbacks, on_nonfinite=on_nonfinite,
                               unit="samples" if self._seq2one else "tokens")
 
     def _validator(self, validation_data, batch_size):
@@ -732,9 +866,7 @@ def _describe_state(state):
 
 
 def _positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-    return int(value)
+    return positive_int(value, name)  # TypeError for a non-int, ValueError below 1
 
 
 # ---------------------------------------------------------------- progress and tallies
@@ -746,6 +878,7 @@ class _Tally:
         self.loss_sum = 0.0
         self.count = 0
         self.correct = 0
+        self.skipped = 0  # batches left out for a non-finite loss or gradient
         self.start = time.perf_counter()
 
     def add(self, loss, count, correct):
@@ -794,7 +927,8 @@ class _Progress:
     def end(self, logs, tally):
         if not self.verbose:
             return
-        parts = [f"{k} {v:.4f}" for k, v in logs.items()]
+        parts = [f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
+                 for k, v in logs.items()]
         seconds = time.perf_counter() - tally.start
         self._draw(" - ".join([self.prefix] + parts +
                               [f"{tally.rate():,.0f} {self.unit}/s", f"{seconds:.1f}s"]),
@@ -978,7 +1112,7 @@ class LanguageModel(_Ready):
 
     def fit(self, x, y=None, epochs=1, batch_size=32, *, bptt=35, lengths=None,
             validation_data=None, shuffle=True, seed=None, optimizer=None, clip_norm=None,
-            verbose=1, callbacks=None):
+            verbose=1, callbacks=None, on_nonfinite="raise"):
         """Train on a 1-D token stream (truncated BPTT) or on (N, T) sequences.
 
         Parameters
@@ -1006,7 +1140,8 @@ class LanguageModel(_Ready):
             return super().fit(x, y, epochs, batch_size, lengths=lengths,
                                validation_data=validation_data, shuffle=shuffle, seed=seed,
                                optimizer=optimizer, clip_norm=clip_norm, bptt=bptt,
-                               verbose=verbose, callbacks=callbacks)
+                               verbose=verbose, callbacks=callbacks,
+                               on_nonfinite=on_nonfinite)
         if y is not None or lengths is not None:
             raise ValueError("y and lengths: expected None for a 1-D token stream (the "
                              "targets are the stream shifted by one)")
@@ -1019,7 +1154,7 @@ class LanguageModel(_Ready):
             validate = lambda: self._evaluate_steps(val())  # noqa: E731
         return self._fit_loop(make_steps, total, epochs, validate=validate,
                               optimizer=optimizer, clip_norm=clip_norm, verbose=verbose,
-                              callbacks=callbacks, unit="tokens")
+                              callbacks=callbacks, unit="tokens", on_nonfinite=on_nonfinite)
 
     def evaluate(self, x, y=None, *, lengths=None, batch_size=32, bptt=35):
         """Mean per-token loss and accuracy of a stream or of sequences (eval mode).

@@ -4,7 +4,9 @@
 ``torch.optim.Adam``, ``torch.optim.AdamW`` and ``torch.optim.SGD`` (their
 single-tensor, ``foreach=False`` implementations): given the same gradients
 they follow the same trajectory up to float rounding.  :func:`clip_grad_norm`
-is ``torch.nn.utils.clip_grad_norm_``.
+is ``torch.nn.utils.clip_grad_norm_``, except where that overflows or turns
+non-finite gradients into zeros.  ``step()`` holds a Ctrl-C back until its
+update is complete.
 
 An optimiser works on two dicts with the same keys, ``params`` and ``grads``
 (name -> ndarray), or on a model object exposing them as ``.params`` and
@@ -21,10 +23,16 @@ same calls run once per array.  Either way the optimiser state (``exp_avg``,
 """
 
 import math
+import threading
 from collections.abc import Mapping
 from types import SimpleNamespace
 
 import numpy as np
+
+try:  # the C functions under the signal module's enum wrappers: ~5 us a step, not ~25
+    import _signal as _sig
+except ImportError:
+    import signal as _sig
 
 __all__ = ["Optimizer", "Adam", "AdamW", "SGD", "clip_grad_norm"]
 
@@ -224,6 +232,47 @@ def _chunks(p, g, st):
 
 
 # --------------------------------------------------------------------------
+# Ctrl-C
+
+class _HoldSigint:
+    """Hold Ctrl-C (SIGINT) back for the duration of a block, then deliver it.
+
+    An update stopped halfway would leave some parameters (or moments) updated and
+    others not, a state no training step produces. Inside the block a SIGINT is only
+    recorded; on exit the previous handler is restored and called, so Python's default
+    raises KeyboardInterrupt right after the block. Signals reach only the main
+    thread, so elsewhere (and under a handler installed outside Python) this does
+    nothing.
+    """
+
+    __slots__ = ("previous", "frames")
+
+    def __enter__(self):
+        self.previous = None
+        self.frames = []
+        if threading.current_thread() is threading.main_thread():
+            previous = _sig.getsignal(_sig.SIGINT)
+            if previous is not None:  # None: set from C, could not be put back
+                _sig.signal(_sig.SIGINT, self._record)
+                self.previous = previous
+        return self
+
+    def _record(self, signum, frame):
+        self.frames.append(frame)
+
+    def __exit__(self, *exc):
+        if self.previous is None:
+            return False
+        _sig.signal(_sig.SIGINT, self.previous)
+        if self.frames:
+            if callable(self.previous):
+                self.previous(_sig.SIGINT, self.frames[0])
+            elif self.previous == _sig.SIG_DFL:
+                _sig.raise_signal(_sig.SIGINT)
+        return False
+
+
+# --------------------------------------------------------------------------
 # optimisers
 
 class Optimizer:
@@ -359,14 +408,20 @@ class Optimizer:
         return self._flat_p is not None
 
     def step(self):
-        """Update every parameter in place from the current gradients."""
-        self._refresh()
-        self._prepare()
-        self._step_count += 1
-        c = self._constants()
-        for p, g, st in self._segments():
-            self._update(p, g, st, self._work(p), c)
-        self._after_step()
+        """Update every parameter in place from the current gradients.
+
+        A Ctrl-C (KeyboardInterrupt) that arrives during the update is held back until
+        the update is complete, then raised: the parameters, the optimiser's state and
+        ``step_count`` are never left half updated.
+        """
+        with _HoldSigint():
+            self._refresh()
+            self._prepare()
+            self._step_count += 1
+            c = self._constants()
+            for p, g, st in self._segments():
+                self._update(p, g, st, self._work(p), c)
+            self._after_step()
 
     def _segments(self):
         """Yield ``(param, grad, {kind: state})`` pieces covering every element.
@@ -843,6 +898,52 @@ def _grad_arrays(grads):
     return [tiled[0]] if tiled is not None else list(d.values())
 
 
+def _array_norm(x, p):
+    """The p-norm of a 1-D float array as a Python float.
+
+    NaN when ``x`` holds a NaN, inf when it holds an inf (and no NaN), else the norm
+    with no overflow or underflow in the intermediate sums: a float32 sum of squares
+    overflows from a norm of about 1.8e19 (entries of 1e30 give inf), so when the fast
+    sum leaves the range where it is exact, the sum is redone in float64 on ``x``
+    divided by its largest magnitude.
+    """
+    if p == 2:
+        with np.errstate(over="ignore", invalid="ignore"):  # handled just below
+            s = float(np.dot(x, x))  # BLAS, in x's dtype: exact inside the bounds below
+        info = np.finfo(x.dtype)
+        # below the lower bound the squares that flushed to zero could matter
+        if x.size * float(info.tiny) / float(info.eps) <= s <= float(info.max):
+            return math.sqrt(s)
+    amax = float(np.maximum(x.max(), -x.min()))  # np.maximum keeps a NaN
+    if p == math.inf or amax == 0.0 or not math.isfinite(amax):
+        return amax
+    total = 0.0
+    step = _CHUNK_BYTES // 8
+    for start in range(0, x.size, step):
+        y = x[start:start + step].astype(np.float64)
+        y /= amax  # every |y| <= 1: no power below can overflow
+        if p == 2:
+            total += float(np.dot(y, y))
+        else:
+            np.abs(y, out=y)
+            if p != 1:
+                np.power(y, p, out=y)
+            total += float(y.sum())
+    return amax * total ** (1.0 / p)  # inf only when the norm itself exceeds float64
+
+
+def _combine_norms(norms, p):
+    """The p-norm of the per-array norms, with the same care as :func:`_array_norm`."""
+    if not norms:
+        return 0.0
+    if any(math.isnan(n) for n in norms):
+        return math.nan
+    top = max(norms)
+    if p == math.inf or top == 0.0 or top == math.inf:
+        return top
+    return top * sum((n / top) ** p for n in norms) ** (1.0 / p)
+
+
 def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale gradients in place so that their total norm is at most ``max_norm``.
 
@@ -850,6 +951,14 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     over all gradients as if concatenated into one vector, and when
     ``max_norm / (total_norm + 1e-6) < 1`` every gradient is multiplied by
     that coefficient.
+
+    Two differences from PyTorch, both where PyTorch loses information: the
+    norm is computed without overflow (float32 gradients of 1e30 have a norm
+    of 3.2e31 here, inf in PyTorch, which then multiplies them by 0), and
+    gradients holding NaN or inf are left unchanged (PyTorch multiplies them
+    by 0 or NaN): the non-finite norm is returned for the caller to act on.
+    A finite gradient is not turned into zero for ``max_norm > 0`` (unless
+    ``max_norm / norm`` underflows float64 itself, below 5e-324).
 
     Parameters
     ----------
@@ -861,12 +970,13 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     norm_type : float, default 2.0
         Order p > 0 of the norm; ``float("inf")`` for the max norm.
     error_if_nonfinite : bool, default False
-        Raise instead of clipping when the total norm is NaN or infinite.
+        Raise instead of returning when the total norm is NaN or infinite.
 
     Returns
     -------
     float
-        Total norm of the gradients before clipping.
+        Total norm of the gradients before clipping: NaN if any gradient is
+        NaN, else inf if any is infinite.
 
     Raises
     ------
@@ -882,28 +992,25 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         raise ValueError(
             f"invalid norm_type: expected a number > 0 or inf, got {norm_type!r}")
     arrays = _grad_arrays(grads)
-    norms = []
-    for a in arrays:
-        if a.size == 0:
-            continue
-        x = a.reshape(-1)  # a view on the fast path; only read
-        if p == math.inf:
-            # max(|x|) without an |x| temporary; np.maximum keeps NaN
-            n = np.maximum(x.max(), -x.min())
-        elif p == 2:
-            n = math.sqrt(float(np.dot(x, x)))
-        elif p == 1:
-            n = np.abs(x).sum()
-        else:
-            n = float((np.abs(x) ** p).sum()) ** (1.0 / p)
-        norms.append(float(n))
-    total = float(np.linalg.norm(np.array(norms), ord=p)) if norms else 0.0
-    if error_if_nonfinite and not math.isfinite(total):
-        raise FloatingPointError(
-            f"the total norm of order {p} of the gradients is {total}, so it "
-            "cannot be clipped; pass error_if_nonfinite=False to scale anyway")
+    total = _combine_norms([_array_norm(a.reshape(-1), p)  # a view; only read
+                            for a in arrays if a.size], p)
+    if not math.isfinite(total):
+        if error_if_nonfinite:
+            raise FloatingPointError(
+                f"the total norm of order {p} of the gradients is {total}, so it "
+                "cannot be clipped; pass error_if_nonfinite=False to leave them "
+                "unchanged and get the norm back")
+        return total
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for a in arrays:
-            np.multiply(a, coef, out=a)
+            # NumPy multiplies in a's dtype, where a coefficient below the smallest
+            # normal number (float32: 1.2e-38) loses its digits or becomes 0 even
+            # when the products are representable: apply it in two halves then.
+            if coef >= float(np.finfo(a.dtype).tiny) or coef == 0.0:
+                np.multiply(a, coef, out=a)
+            else:
+                half = math.sqrt(coef)
+                np.multiply(a, half, out=a)
+                np.multiply(a, half, out=a)
     return total
