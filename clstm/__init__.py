@@ -10,7 +10,8 @@ from .layers import (Dense, Dropout, Embedding, last_valid_step, last_valid_step
                      lengths_to_mask)
 from .losses import log_softmax, mse, softmax, softmax_cross_entropy
 from .lstm import LSTM
-from .models import Classifier, LanguageModel, LastStep, Regressor, Sequential
+from .models import (Classifier, LanguageModel, LastStep, NonFiniteError, Regressor,
+                     Sequential)
 from .optim import SGD, Adam, AdamW, clip_grad_norm
 from .tbptt import batchify, reset_state, tbptt_chunks
 
@@ -21,7 +22,7 @@ __all__ = [
     "Embedding", "Dense", "Dropout", "last_valid_step", "last_valid_step_backward",
     "lengths_to_mask", "softmax", "log_softmax", "softmax_cross_entropy", "mse",
     "Adam", "AdamW", "SGD", "clip_grad_norm",
-    "Sequential", "LastStep", "LanguageModel", "Regressor", "Classifier",
+    "Sequential", "LastStep", "NonFiniteError", "LanguageModel", "Regressor", "Classifier",
     "batchify", "tbptt_chunks", "reset_state",
     "save", "load", "lstm_from_keras", "lstm_to_keras", "to_torch_state_dict",
     "from_torch_state_dict",

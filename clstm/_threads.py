@@ -95,8 +95,9 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads the kernels use."""
-    return _num_threads
+    """The number of threads the kernels use (1 in a process forked after its parent
+    ran a multi-threaded kernel: see ``clstm.kernels.fork_limited``)."""
+    return 1 if kernels.fork_limited() else _num_threads
 
 
 @contextlib.contextmanager

@@ -29,6 +29,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ._concurrency import ForkSafeLock
+
 try:  # the C functions under the signal module's enum wrappers: ~5 us a step, not ~25
     import _signal as _sig
 except ImportError:
@@ -288,6 +290,9 @@ class Optimizer:
     _required_kinds = ()
 
     def __init__(self, params, grads, **hyper):
+        # Two threads stepping one optimiser would interleave their read-modify-writes
+        # of the parameters and moments: one update at a time.
+        self._step_lock = ForkSafeLock()
         if grads is None:
             if isinstance(params, Mapping):
                 raise TypeError(
@@ -414,7 +419,7 @@ class Optimizer:
         the update is complete, then raised: the parameters, the optimiser's state and
         ``step_count`` are never left half updated.
         """
-        with _HoldSigint():
+        with self._step_lock, _HoldSigint():
             self._refresh()
             self._prepare()
             self._step_count += 1

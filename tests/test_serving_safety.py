@@ -144,6 +144,21 @@ def test_backward_in_a_thread_without_its_own_forward_is_refused():
     net.backward(np.ones_like(y))          # the forward's own thread still can
 
 
+def test_optimizer_steps_from_several_threads_apply_one_at_a_time():
+    net = clstm.LSTM(4, 64, 2, seed=14, dtype="float64")
+    net.flat_params[:] = 0.0
+    net.flat_grads[:] = 1.0
+    opt = clstm.SGD(net, lr=0.5)
+
+    def train(i):
+        for _ in range(200):
+            opt.step()
+
+    run_in_threads(4, train)
+    np.testing.assert_array_equal(net.flat_params, -0.5 * 800)
+    assert opt.step_count == 800
+
+
 # --------------------------------------------------------------------------------------
 # workspaces
 
@@ -177,7 +192,7 @@ def test_workspaces_beyond_the_cache_bound_are_not_kept(monkeypatch):
 
 def _forward_in_child(net, x, queue):
     y, _ = net.forward(x)
-    queue.put((y, kernels.fork_limited()))
+    queue.put((y, kernels.fork_limited() and clstm.get_num_threads() == 1))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
