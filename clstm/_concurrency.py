@@ -109,3 +109,40 @@ class PerThread:
         value = self.get()
         self._local.value = None
         return value
+
+
+# -- modes --------------------------------------------------------------------------------
+# predict() and evaluate() used to switch the whole model to eval() and back: with two
+# threads, one thread's restore switched the other's prediction back into training mode
+# (dropout on) halfway. The switch is now per thread.
+
+_mode = threading.local()
+
+
+class inference_mode:
+    """Within the block, every layer reads as in eval mode, for the calling thread only;
+    the models' own ``training`` flags are untouched."""
+
+    def __enter__(self):
+        self._previous = getattr(_mode, "inference", False)
+        _mode.inference = True
+        return self
+
+    def __exit__(self, *exc):
+        _mode.inference = self._previous
+        return False
+
+
+class TrainingFlag:
+    """A model's ``training`` attribute: its own setting, read as False inside
+    :class:`inference_mode` in the reading thread."""
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        if getattr(_mode, "inference", False):
+            return False
+        return obj.__dict__.get("_training", True)
+
+    def __set__(self, obj, value):
+        obj.__dict__["_training"] = bool(value)

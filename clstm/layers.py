@@ -16,9 +16,13 @@ The ``params`` dict is the single source of truth for a layer's weights:
 update the arrays in place and users may assign new arrays of the same shape.
 """
 
+import functools
+import threading
+
 import numpy as np
 
 from . import _threads, kernels
+from ._concurrency import ForkSafeLock, TrainingFlag
 from ._validate import C_INT_MAX, at_most, parameter_count
 
 __all__ = [
@@ -63,8 +67,38 @@ def _as_real_array(x, name, dtype):
     return np.asarray(arr, dtype=dtype)
 
 
+class _PerThreadAttribute:
+    """An attribute with one value per thread (see ``Layer._saved_for_backward``)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        return getattr(obj._thread_state, self.name, None)
+
+    def __set__(self, obj, value):
+        setattr(obj._thread_state, self.name, value)
+
+
+def _one_at_a_time(backward):
+    """A layer's backward that holds the layer's gradient lock: backward calls from
+    several threads add into ``grads`` one after another, never interleaved."""
+    @functools.wraps(backward)
+    def locked(self, *args, **kwargs):
+        with self._grad_lock:
+            return backward(self, *args, **kwargs)
+    return locked
+
+
 class Layer:
     """Common behaviour of the layers: parameter dicts, modes, calling.
+
+    What a forward leaves for its backward (the attributes a subclass names in
+    ``_saved_for_backward``) is kept per thread, so threads sharing one model (a server's
+    request threads) never read each other's, and each thread's backward pairs with its
+    own forward.
 
     Attributes
     ----------
@@ -79,7 +113,19 @@ class Layer:
         Floating type of the parameters and of the outputs.
     """
 
+    _saved_for_backward = ()
+    training = TrainingFlag()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in cls.__dict__.get("_saved_for_backward", ()):
+            setattr(cls, name, _PerThreadAttribute(name))
+        if "backward" in cls.__dict__:
+            cls.backward = _one_at_a_time(cls.__dict__["backward"])
+
     def __init__(self, dtype="float32"):
+        self._thread_state = threading.local()
+        self._grad_lock = ForkSafeLock()
         self.dtype = _resolve_dtype(dtype)
         self.params = {}
         self.grads = {}
@@ -91,8 +137,9 @@ class Layer:
 
     def zero_grad(self):
         """Zero every gradient in place (optimisers hold references)."""
-        for g in self.grads.values():
-            g.fill(0)
+        with self._grad_lock:
+            for g in self.grads.values():
+                g.fill(0)
 
     def train(self, mode=True):
         """Switch to training mode (or to eval mode with ``mode=False``).
@@ -142,6 +189,8 @@ class Embedding(Layer):
     of shape ``idx.shape + (D,)``. ``backward(dy)`` scatter-adds ``dy`` into
     ``grads["weight"]`` and returns None: the input is discrete.
     """
+
+    _saved_for_backward = ("_idx",)
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *,
                  seed=None, dtype="float32"):
@@ -259,6 +308,8 @@ class Dense(Layer):
     ``(T, B, H)`` input is one ``(T*B, H)`` product forward and backward
     rather than one per time step.
     """
+
+    _saved_for_backward = ("_lead", "_x2d")
 
     def __init__(self, in_features, out_features, bias=True, *, seed=None,
                  dtype="float32"):
@@ -378,6 +429,8 @@ class Dropout(Layer):
     dtype : {"float32", "float64"}, optional
         Output dtype. None (the default) keeps the input's floating dtype.
     """
+
+    _saved_for_backward = ("_mask", "_shape")
 
     def __init__(self, p=0.5, *, seed=None, dtype=None):
         # No parameters, so the dtype may legitimately be left open.

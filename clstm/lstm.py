@@ -7,7 +7,7 @@ happens in clstm.kernels. The math is in DEVELOPERS.md.
 import numpy as np
 
 from . import _threads, kernels
-from ._concurrency import ForkSafeLock, PerThread, WorkspacePool
+from ._concurrency import ForkSafeLock, PerThread, TrainingFlag, WorkspacePool
 from ._validate import as_float_array, check_shape, float_dtype, positive_int
 from ._validate import C_INT_MAX, at_most, parameter_count
 
@@ -53,6 +53,7 @@ class LSTM:
     #: Idle kernel workspaces kept for reuse, per model, at most this many bytes (a
     #: larger workspace is freed after its call); see :meth:`release_workspace`.
     workspace_cache_bytes = 512 * 1024 * 1024
+    training = TrainingFlag()
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, dtype="float32",
                  peephole=False, dropout=0.0, seed=None, batch_first=False):

@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 
+from ._concurrency import TrainingFlag, inference_mode
 from .layers import (Dense, Dropout, Embedding, Layer, last_valid_step_backward,
                      lengths_to_mask)
 from .losses import mse, softmax, softmax_cross_entropy
@@ -91,6 +92,7 @@ class LastStep(Layer):
     """
 
     uses_lengths = True
+    _saved_for_backward = ("_cache",)
 
     def __init__(self):
         super().__init__("float64")
@@ -178,6 +180,8 @@ class Sequential:
         The per-epoch logs of the last ``fit``, filled as epochs complete (what ``fit``
         returns; after a Ctrl-C, the epochs completed before it).
     """
+
+    training = TrainingFlag()
 
     def __init__(self, layers, *, loss=None):
         self.layers = list(layers)
@@ -619,9 +623,7 @@ class Sequential:
         return tally
 
     def _evaluate_steps(self, steps):
-        was_training = self.training
-        self.eval()
-        try:
+        with inference_mode():  # this thread only: others may be training
             tally = _Tally()
             state = None
             for xt, yt, mask, lb, reset in steps:
@@ -629,8 +631,6 @@ class Sequential:
                 loss, _, count, correct = self._loss(out, yt, mask)
                 tally.add(loss, count, correct)
             return tally.logs(self.loss == "cross_entropy")
-        finally:
-            self.train(was_training)
 
     def _optimizer(self, optimizer):
         if optimizer is not None:
@@ -831,17 +831,13 @@ class Sequential:
         batch_size = _positive("batch_size", batch_size)
         x = self._check_x(x)
         lengths = self._check_lengths(lengths, x)
-        was_training = self.training
-        self.eval()
-        try:
+        with inference_mode():  # this thread only: others may be training
             outs = []
             for start in range(0, x.shape[0], batch_size):
                 lb = None if lengths is None else lengths[start:start + batch_size]
                 xt = self._time_major(x[start:start + batch_size], lb)
                 out, _ = self.forward(xt, lengths=lb)
                 outs.append(out if self._seq2one else np.swapaxes(out, 0, 1))
-        finally:
-            self.train(was_training)
         out = np.concatenate(outs)
         return softmax(out) if self.loss == "cross_entropy" else out
 
@@ -1202,15 +1198,11 @@ class LanguageModel(_Ready):
             raise ValueError(f"temperature: expected a number >= 0, got {temperature!r}")
         rng = np.random.default_rng(seed)
         out = np.empty(int(length), dtype=np.int64)
-        was_training = self.training
-        self.eval()
-        try:
+        with inference_mode():  # this thread only: others may be training
             logits, state = self.forward(prompt[:, None])
             for i in range(out.size):
                 out[i] = _sample(logits[-1, 0], temperature, rng)
                 logits, state = self.forward(out[i:i + 1, None], state)
-        finally:
-            self.train(was_training)
         return out
 
 

@@ -159,6 +159,50 @@ def test_optimizer_steps_from_several_threads_apply_one_at_a_time():
     assert opt.step_count == 800
 
 
+def small_classifier(seed):
+    return clstm.Classifier(hidden_size=16, num_classes=3, vocab_size=20, embed_dim=8,
+                            dropout=0.5, seed=seed)
+
+
+def test_threads_predicting_with_a_model_in_training_mode_all_get_eval_outputs():
+    rng = np.random.default_rng(15)
+    clf = small_classifier(15)
+    tokens = [rng.integers(0, 20, (16, 12)) for _ in range(4)]
+    clf.eval()
+    want = [clf.predict(t) for t in tokens]
+    clf.train()                          # predict must not switch it for other threads
+    wrong = []
+
+    def serve(i):
+        for _ in range(20):
+            if not np.array_equal(clf.predict(tokens[i]), want[i]):
+                wrong.append(i)
+
+    run_in_threads(4, serve)
+    assert wrong == [] and clf.training
+
+
+def test_threads_training_one_sequential_pair_their_own_forward_and_backward():
+    rng = np.random.default_rng(16)
+    model = clstm.Sequential([clstm.Embedding(20, 8, seed=1),
+                              clstm.LSTM(8, 16, dtype="float32", seed=2),
+                              clstm.LastStep(), clstm.Dense(16, 3, seed=3)])
+    model.eval()                         # no dropout draws: the sum is order-free
+    batches = [rng.integers(0, 20, (12, 5)) for _ in range(4)]
+
+    def train_on(tokens):
+        out, _ = model.forward(tokens)
+        model.backward(np.ones_like(out))
+
+    model.zero_grad()
+    for b in batches:
+        train_on(b)
+    want = model.flat_grads.copy()
+    model.zero_grad()
+    run_in_threads(4, lambda i: [train_on(batches[i]) for _ in range(5)])
+    np.testing.assert_allclose(model.flat_grads, 5 * want, rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------
 # workspaces
 
