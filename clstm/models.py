@@ -31,10 +31,6 @@ through those dicts on every call, so the optimisers update the whole model with
 vector operations.
 """
 import inspect
-import math
-import numbers
-import sys
-import time
 
 import numpy as np
 
@@ -44,40 +40,13 @@ from .layers import (Dense, Dropout, Embedding, Layer, last_valid_step_backward,
 from .losses import mse, softmax, softmax_cross_entropy
 from ._validate import positive_int
 from .lstm import LSTM
-from .optim import Adam, Optimizer, clip_grad_norm
+from .training import NonFiniteError, evaluate_steps, fit_loop  # noqa: F401 (re-exported)
 from .tbptt import batchify, num_chunks
 
 __all__ = ["LastStep", "Sequential", "LanguageModel", "Regressor", "Classifier",
            "NonFiniteError"]
 
 _LOSSES = (None, "mse", "cross_entropy")
-_ON_NONFINITE = ("raise", "skip")
-
-
-class NonFiniteError(FloatingPointError):
-    """``fit`` met a NaN or infinite loss, or a finite loss with NaN or infinite gradients.
-
-    Raised before that batch's optimiser step, so the parameters are those after the last
-    batch that was finite. ``fit(..., on_nonfinite="skip")`` skips such batches instead.
-
-    Attributes
-    ----------
-    what : {"loss", "gradients"}
-    value : float
-        The loss, or the gradients' norm (NaN or inf).
-    epoch, batch : int
-        Where, counted from 1 as ``fit`` prints them.
-    """
-
-    def __init__(self, what, value, epoch, epochs, batch, batches):
-        self.what, self.value, self.epoch, self.batch = what, value, epoch, batch
-        got = f"a loss of {value}" if what == "loss" else f"gradients of norm {value}"
-        super().__init__(
-            f"fit: expected a finite loss and finite gradients, got {got} at epoch "
-            f"{epoch}/{epochs}, batch {batch}/{batches}; that batch's update was not "
-            "applied (the parameters are those after the batch before). Look for NaN or "
-            "inf in its inputs and targets, or lower the learning rate; "
-            "fit(..., on_nonfinite='skip') skips such batches")
 
 
 # ------------------------------------------------------------------------- adapters
@@ -562,150 +531,6 @@ class Sequential:
         self.backward(dout)
         return loss
 
-    def _train_step(self, step, state, optimizer, clip_norm):
-        """One optimisation step: (loss, count, correct, state, bad).
-
-        ``bad`` is None, or ``(what, value)`` when the loss or the gradients are not
-        finite: then no update is applied, since one NaN in the step would spread to
-        every parameter (and through Adam's moments, to every later step).
-        """
-        xt, yt, mask, lb, reset = step
-        self.zero_grad()
-        out, state = self.forward(xt, None if reset else state, lengths=lb)
-        loss, dout, count, correct = self._loss(out, yt, mask)
-        if not count:  # a chunk of padding only has nothing to learn from
-            return loss, count, correct, state, None
-        if not math.isfinite(loss):
-            return loss, count, correct, state, ("loss", float(loss))
-        self.backward(dout)
-        # clip_grad_norm leaves non-finite gradients as they are and returns their norm
-        norm = (clip_grad_norm(self, clip_norm) if clip_norm is not None
-                else self._nonfinite_grads())
-        if not math.isfinite(norm):
-            return loss, count, correct, state, ("gradients", norm)
-        optimizer.step()  # holds a Ctrl-C back until the update is complete
-        return loss, count, correct, state, None
-
-    def _nonfinite_grads(self):
-        """0.0 when every gradient is finite, else NaN (one is NaN) or inf.
-
-        Minimum and maximum: NaN and inf show in them, with no temporary array and no
-        overflow (a sum of squares of large finite gradients can overflow).
-        """
-        arrays = ([self.flat_grads] if self.flat_grads is not None
-                  else list(self.grads.values()))
-        worst = 0.0
-        for a in arrays:
-            if a.size:
-                lo, hi = float(a.min()), float(a.max())
-                if math.isnan(lo) or math.isnan(hi):
-                    return math.nan
-                if math.isinf(lo) or math.isinf(hi):
-                    worst = math.inf
-        return worst
-
-    def _run_epoch(self, steps, total, optimizer, clip_norm, progress, on_nonfinite,
-                   epoch, epochs):
-        self.train()
-        tally = _Tally()
-        state = None
-        for i, step in enumerate(steps, 1):
-            loss, count, correct, state, bad = self._train_step(step, state, optimizer,
-                                                                clip_norm)
-            if bad is None:
-                tally.add(loss, count, correct)
-            elif on_nonfinite == "skip":
-                tally.skipped += 1
-                state = None  # a state carried on from a NaN step would poison the rest
-            else:
-                raise NonFiniteError(*bad, epoch, epochs, i, total)
-            progress.update(i, total, tally)
-        return tally
-
-    def _evaluate_steps(self, steps):
-        with inference_mode():  # this thread only: others may be training
-            tally = _Tally()
-            state = None
-            for xt, yt, mask, lb, reset in steps:
-                out, state = self.forward(xt, None if reset else state, lengths=lb)
-                loss, _, count, correct = self._loss(out, yt, mask)
-                tally.add(loss, count, correct)
-            return tally.logs(self.loss == "cross_entropy")
-
-    def _optimizer(self, optimizer):
-        if optimizer is not None:
-            self.optimizer = optimizer
-        elif self.optimizer is None:
-            self.optimizer = Adam(self, lr=1e-3)
-        return self.optimizer
-
-    def _check_fit_args(self, epochs, optimizer, clip_norm, verbose, callbacks,
-                        on_nonfinite):
-        """fit's arguments, checked before any training: a wrong one found later costs
-        the forward and backward passes before it (``optimizer="adam"`` used to fail
-        inside the first optimiser step). Returns (epochs, clip_norm, callbacks)."""
-        epochs = _positive("epochs", epochs)
-        if optimizer is not None:
-            if not isinstance(optimizer, Optimizer):
-                raise TypeError("optimizer: expected None or a clstm optimiser built on "
-                                "this model (clstm.Adam(model), clstm.AdamW, clstm.SGD), "
-                                f"got {type(optimizer).__name__} {optimizer!r:.60}")
-            ours = {id(a) for a in self.params.values()}
-            if not all(id(a) in ours for a in optimizer._sources()[0].values()):
-                raise ValueError("optimizer: expected an optimiser over this model's "
-                                 "parameters (clstm.Adam(model)), got one over other arrays")
-        if clip_norm is not None:
-            if isinstance(clip_norm, bool) or not isinstance(clip_norm, numbers.Real):
-                raise TypeError(f"clip_norm: expected a number > 0 or None, got "
-                                f"{type(clip_norm).__name__}")
-            if not 0 < clip_norm < math.inf:
-                raise ValueError(f"clip_norm: expected a finite number > 0 or None, got "
-                                 f"{clip_norm!r}")
-            clip_norm = float(clip_norm)
-        if not isinstance(verbose, (bool, int, np.integer)):
-            raise TypeError(f"verbose: expected 0 or 1, got {type(verbose).__name__}")
-        if verbose < 0:
-            raise ValueError(f"verbose: expected 0 or 1, got {verbose!r}")
-        if callbacks is None:
-            callbacks = []
-        elif callable(callbacks) or not isinstance(callbacks, (list, tuple)):
-            raise TypeError("callbacks: expected a list of callables callback(epoch, logs), "
-                            f"got {type(callbacks).__name__}")
-        for i, cb in enumerate(callbacks):
-            if not callable(cb):
-                raise TypeError(f"callbacks: expected callables callback(epoch, logs), got "
-                                f"{type(cb).__name__} at index {i}")
-        if not isinstance(on_nonfinite, str):
-            raise TypeError(f"on_nonfinite: expected 'raise' or 'skip', got "
-                            f"{type(on_nonfinite).__name__}")
-        if on_nonfinite not in _ON_NONFINITE:
-            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
-        return epochs, clip_norm, list(callbacks)
-
-    def _fit_loop(self, make_steps, total, epochs, *, validate, optimizer, clip_norm,
-                  verbose, callbacks, unit, on_nonfinite):
-        """The epoch loop shared by every kind of data: train, validate, report."""
-        epochs, clip_norm, callbacks = self._check_fit_args(
-            epochs, optimizer, clip_norm, verbose, callbacks, on_nonfinite)
-        optimizer = self._optimizer(optimizer)
-        history = self.history = {}  # visible to the caller after a Ctrl-C too
-        for epoch in range(epochs):
-            progress = _Progress(epoch, epochs, unit, verbose)
-            tally = self._run_epoch(make_steps(), total, optimizer, clip_norm, progress,
-                                    on_nonfinite, epoch + 1, epochs)
-            logs = tally.logs(self.loss == "cross_entropy")
-            if on_nonfinite == "skip":
-                logs["skipped_batches"] = tally.skipped
-            if validate is not None:
-                logs.update({f"val_{k}": v for k, v in validate().items()})
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            progress.end(logs, tally)
-            stops = [cb(epoch, logs) for cb in callbacks]  # every callback sees every epoch
-            if any(stops):
-                break
-        return history
-
     def fit(self, x, y, epochs=1, batch_size=32, *, lengths=None, validation_data=None,
             shuffle=True, seed=None, optimizer=None, clip_norm=None, bptt=None, verbose=1,
             callbacks=None, on_nonfinite="raise"):
@@ -784,7 +609,7 @@ class Sequential:
             order = rng.permutation(N) if shuffle else np.arange(N)
             return self._steps(x, y, lengths, order, batch_size, bptt)
 
-        return self._fit_loop(make_steps, self._num_steps(N, batch_size, T, bptt), epochs,
+        return fit_loop(self, make_steps, self._num_steps(N, batch_size, T, bptt), epochs,
                               validate=validate, optimizer=optimizer, clip_norm=clip_norm,
                               verbose=verbose, callbacks=callbacks, on_nonfinite=on_nonfinite,
                               unit="samples" if self._seq2one else "tokens")
@@ -801,7 +626,7 @@ class Sequential:
         yv = self._check_y(yv, xv, "y_val")
         lv = self._check_lengths(lv, xv, "lengths_val")
         order = np.arange(xv.shape[0])
-        return lambda: self._evaluate_steps(
+        return lambda: evaluate_steps(self, 
             self._steps(xv, yv, lv, order, max(batch_size, 256), None))
 
     def evaluate(self, x, y, *, lengths=None, batch_size=256):
@@ -817,7 +642,7 @@ class Sequential:
         y = self._check_y(y, x)
         lengths = self._check_lengths(lengths, x)
         order = np.arange(x.shape[0])
-        return self._evaluate_steps(self._steps(x, y, lengths, order, batch_size, None))
+        return evaluate_steps(self, self._steps(x, y, lengths, order, batch_size, None))
 
     def predict(self, x, *, lengths=None, batch_size=256):
         """Outputs for batch-first input, in eval mode.
@@ -863,72 +688,6 @@ def _describe_state(state):
 
 def _positive(name, value):
     return positive_int(value, name)  # TypeError for a non-int, ValueError below 1
-
-
-# ---------------------------------------------------------------- progress and tallies
-
-class _Tally:
-    """Running, count-weighted means of the loss and the accuracy over an epoch."""
-
-    def __init__(self):
-        self.loss_sum = 0.0
-        self.count = 0
-        self.correct = 0
-        self.skipped = 0  # batches left out for a non-finite loss or gradient
-        self.start = time.perf_counter()
-
-    def add(self, loss, count, correct):
-        if count:
-            self.loss_sum += loss * count
-            self.count += count
-            self.correct += correct or 0
-
-    def logs(self, with_accuracy):
-        logs = {"loss": self.loss_sum / self.count if self.count else math.nan}
-        if with_accuracy:
-            logs["accuracy"] = self.correct / self.count if self.count else math.nan
-        return logs
-
-    def rate(self):
-        return self.count / max(time.perf_counter() - self.start, 1e-9)
-
-
-class _Progress:
-    """One line per epoch; on a terminal, a live line redrawn with a carriage return."""
-
-    def __init__(self, epoch, epochs, unit, verbose, stream=None):
-        self.prefix = f"epoch {epoch + 1}/{epochs}"
-        self.unit = unit
-        self.verbose = verbose
-        self.stream = sys.stdout if stream is None else stream
-        self.live = bool(verbose) and getattr(self.stream, "isatty", lambda: False)()
-        self.last_draw = 0.0
-        self.width = 0
-
-    def _draw(self, text, end=""):
-        pad = " " * max(self.width - len(text), 0)  # wipe a longer previous line
-        self.stream.write(("\r" if self.live else "") + text + pad + end)
-        self.stream.flush()
-        self.width = len(text)
-
-    def update(self, step, total, tally):
-        now = time.perf_counter()
-        if not self.live or (now - self.last_draw < 0.1 and step < total):
-            return
-        self.last_draw = now
-        loss = tally.logs(False)["loss"]
-        self._draw(f"{self.prefix} [{step}/{total}] - loss {loss:.4f} - "
-                   f"{tally.rate():,.0f} {self.unit}/s")
-
-    def end(self, logs, tally):
-        if not self.verbose:
-            return
-        parts = [f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}"
-                 for k, v in logs.items()]
-        seconds = time.perf_counter() - tally.start
-        self._draw(" - ".join([self.prefix] + parts +
-                              [f"{tally.rate():,.0f} {self.unit}/s", f"{seconds:.1f}s"]),
-                   end="\n")
 
 
 # ------------------------------------------------------------------- layer configs
@@ -1147,8 +906,8 @@ class LanguageModel(_Ready):
         if validation_data is not None:
             val = self._stream_steps(self._check_stream(validation_data, "validation_data"),
                                      batch_size, bptt, "validation_data", shrink=True)[0]
-            validate = lambda: self._evaluate_steps(val())  # noqa: E731
-        return self._fit_loop(make_steps, total, epochs, validate=validate,
+            validate = lambda: evaluate_steps(self, val())  # noqa: E731
+        return fit_loop(self, make_steps, total, epochs, validate=validate,
                               optimizer=optimizer, clip_norm=clip_norm, verbose=verbose,
                               callbacks=callbacks, unit="tokens", on_nonfinite=on_nonfinite)
 
@@ -1161,7 +920,7 @@ class LanguageModel(_Ready):
             steps = self._stream_steps(self._check_stream(x, "x"),
                                        _positive("batch_size", batch_size),
                                        _positive("bptt", bptt), "x", shrink=True)[0]
-            return self._evaluate_steps(steps())
+            return evaluate_steps(self, steps())
         x, y, lengths = self._as_sequences(x, y, lengths)
         return super().evaluate(x, y, lengths=lengths, batch_size=batch_size)
 

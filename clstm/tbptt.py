@@ -64,8 +64,8 @@ def batchify(stream, batch_size):
     """
     data = np.asarray(stream)
     if data.ndim < 1:
-        raise ValueError(f"batchify: expected a stream of shape (N,) or (N, F), "
-                         f"got a 0-d array")
+        raise ValueError("batchify: expected a stream of shape (N,) or (N, F), "
+                         "got a 0-d array")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
         raise ValueError(f"batchify: expected batch_size an int >= 1, got {batch_size!r}")
