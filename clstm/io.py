@@ -10,12 +10,18 @@ One ``.npz`` archive (a zip of ``.npy`` arrays, readable by ``numpy.load``) hold
   ``{"format_version": 1, "class": "Regressor", "config": {...constructor arguments...},
   "clstm_version": "..."}``.
 
-:func:`load` reads it with ``allow_pickle=False``, so a file can never run code; builds
-the model from the config; and checks that the weights have exactly the names, shapes and
-dtype of that model before copying them in. Anything else is refused with a
-``ValueError`` saying what was expected and what was found. :func:`save` writes to a
-temporary file in the target's directory, fsyncs it and renames it over the target, so a
-crash or an error leaves either the old file or the new one, never a partial file.
+:func:`load` is safe on files from anywhere. Nothing is unpickled, so a file can never
+run code. Before the model is built (which allocates its parameters), the config is
+checked field by field with strict JSON types and sane ranges, the parameter names,
+shapes and dtypes it implies are computed from it, and the archive's members are matched
+against them through their ``.npy`` headers; each member's data is then read with a bound
+of exactly the bytes its shape implies (a deflated member cannot inflate further, and
+members that would expand to more than 16 times the file are refused as a bomb). So a
+refusal costs about what the file is, never what it claims. Anything else than what
+:func:`save` writes is refused with a ``ValueError`` saying, in a short message, what was
+expected and what was found. :func:`save` writes to a temporary file in the target's
+directory, fsyncs it and renames it over the target, so a crash or an error leaves
+either the old file or the new one, never a partial file.
 
 Optimiser state is not saved (see ``Optimizer.state_dict``).
 """
@@ -23,11 +29,16 @@ import contextlib
 import json
 import os
 import tempfile
-import zipfile
-import zlib
 
 import numpy as np
 
+from ._npz_reader import Refused as _Refused
+from ._npz_reader import check_header as _check_npy
+from ._npz_reader import open_archive as _open_archive
+from ._npz_reader import read_data as _read_data
+from ._npz_reader import read_header as _read_npy_header
+from ._npz_reader import short as _short
+from ._npz_reader import short_text as _short_text
 from .lstm import LSTM
 from .models import Classifier, LanguageModel, Regressor, Sequential, layer_config
 
@@ -145,6 +156,226 @@ def save(model, path):
 
 
 # -------------------------------------------------------------------------- loading
+#
+# load() reads files from anywhere (the module docstring says in which order it checks
+# them); clstm._npz_reader does the bounded reading of the archive itself.
+
+_MAX_SIZE = 2**31 - 1  # every size must fit the C int that BLAS takes
+_MAX_CONFIG_BYTES = 1 << 20  # save writes a few hundred bytes per layer
+# a weight count this close to the config's is reported name by name; beyond it, only
+# the counts are (listing them could take longer than the file is worth)
+_NEAR_MISS = 100
+_DTYPES = ("float32", "float64")
+_LOSSES = (None, "mse", "cross_entropy")
+
+
+class _BadConfig(Exception):
+    """A config field that cannot build the model; load() adds the path and class."""
+
+
+class _Fields:
+    """Reads the fields of one JSON object strictly, naming each one in its errors.
+
+    JSON gives exact types, so a size must be an int (not a bool, a float or a string)
+    and a flag a bool: a file that says ``"batch_first": "false"`` is refused rather
+    than read as true. Every field save writes is required, and no other is allowed.
+    """
+
+    def __init__(self, data, where):
+        if type(data) is not dict:
+            raise _BadConfig(f"{where}: expected a JSON object, got {_what(data)}")
+        self.data, self.where, self.read = data, where, set()
+
+    def value(self, key):
+        if key not in self.data:
+            raise _BadConfig(f"{self.where}.{key}: expected a value, got none (missing)")
+        self.read.add(key)
+        return self.data[key]
+
+    def _refuse(self, key, expected):
+        raise _BadConfig(f"{self.where}.{key}: expected {expected}, got "
+                         f"{_what(self.data[key])}")
+
+    def int(self, key, minimum=1, maximum=_MAX_SIZE, *, optional=False):
+        value = self.value(key)
+        if optional and value is None:
+            return None
+        if type(value) is not int or not minimum <= value <= maximum:
+            self._refuse(key, f"an int in [{minimum}, {maximum}]"
+                         + (" or null" if optional else ""))
+        return value
+
+    def bool(self, key):
+        value = self.value(key)
+        if type(value) is not bool:
+            self._refuse(key, "true or false")
+        return value
+
+    def probability(self, key):
+        value = self.value(key)  # save may write an int 0 for a dropout given as 0
+        if type(value) not in (int, float) or not 0.0 <= value < 1.0:
+            self._refuse(key, "a number in [0, 1)")
+        return value
+
+    def choice(self, key, options):
+        value = self.value(key)
+        if type(value) not in (str, type(None)) or value not in options:
+            self._refuse(key, "one of " + ", ".join(json.dumps(o) for o in options))
+        return value
+
+    def seed(self):
+        value = self.value("seed")
+        if value is not None and (type(value) is not int or value < 0):
+            self._refuse("seed", "an int >= 0 or null")
+        return value
+
+    def done(self):
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            raise _BadConfig(f"{self.where}: expected only the fields "
+                             f"{sorted(self.read)}, got also {_short(unknown)}")
+
+
+def _what(value):
+    """A JSON value for a message: its short repr and, where that is ambiguous, type."""
+    kinds = {bool: "a bool", int: "an int", float: "a float", str: "a string",
+             list: "an array", dict: "an object", type(None): "null"}
+    return f"{_short(value)} ({kinds.get(type(value), type(value).__name__)})"
+
+
+def _lstm_spec(f):
+    """An LSTM's fields as layer_config writes them (the type field excepted)."""
+    return {"type": "LSTM", "input_size": f.int("input_size"),
+            "hidden_size": f.int("hidden_size"), "num_layers": f.int("num_layers"),
+            "dtype": f.choice("dtype", _DTYPES), "peephole": f.bool("peephole"),
+            "dropout": f.probability("dropout"), "batch_first": f.bool("batch_first")}
+
+
+def _layer_spec(config, where):
+    """A checked layer config of a Sequential (layer_config's format)."""
+    f = _Fields(config, where)
+    kind = f.choice("type", ("LSTM", "Embedding", "Dense", "Dropout", "LastStep"))
+    if kind == "LSTM":
+        spec = _lstm_spec(f)
+    elif kind == "Embedding":
+        n = f.int("num_embeddings")
+        spec = {"type": kind, "num_embeddings": n, "embedding_dim": f.int("embedding_dim"),
+                "padding_idx": f.int("padding_idx", -n, n - 1, optional=True),
+                "dtype": f.choice("dtype", _DTYPES)}
+    elif kind == "Dense":
+        spec = {"type": kind, "in_features": f.int("in_features"),
+                "out_features": f.int("out_features"), "bias": f.bool("bias"),
+                "dtype": f.choice("dtype", _DTYPES)}
+    elif kind == "Dropout":
+        spec = {"type": kind, "p": f.probability("p"),
+                "dtype": f.choice("dtype", _DTYPES + (None,))}
+    else:
+        spec = {"type": kind}
+    f.done()
+    return spec
+
+
+def _ready_model_layers(name, config):
+    """The layers a ready model's constructor builds from its config, as specs that
+    hold the fields deciding the parameters' names and shapes.
+
+    Mirrors the constructors in clstm.models; the round-trip tests of every model kind
+    keep the two in step (a drift makes every saved file fail this check).
+    """
+    f = _Fields(config, "config")
+    if name == "LanguageModel":
+        vocab, embed, hidden = f.int("vocab_size"), f.int("embed_dim"), f.int("hidden_size")
+        embedding = {"type": "Embedding", "num_embeddings": vocab, "embedding_dim": embed}
+        outputs, inputs = vocab, embed
+    elif name == "Regressor":
+        inputs, hidden, outputs = f.int("input_size"), f.int("hidden_size"), \
+            f.int("output_size")
+        embedding = None
+    else:  # Classifier
+        inputs, hidden = f.int("input_size", optional=True), f.int("hidden_size")
+        outputs, vocab = f.int("num_classes"), f.int("vocab_size", optional=True)
+        embed = f.int("embed_dim", optional=True)
+        padding = f.int("padding_idx", -_MAX_SIZE, _MAX_SIZE, optional=True)
+        if (inputs is None) == (vocab is None):
+            raise _BadConfig(f"config: expected exactly one of input_size and vocab_size, "
+                             f"got {_short(inputs)} and {_short(vocab)}")
+        embedding = None
+        if vocab is not None:
+            inputs = hidden if embed is None else embed
+            if padding is not None and not -vocab <= padding < vocab:
+                raise _BadConfig(f"config.padding_idx: expected an int in [{-vocab}, "
+                                 f"{vocab - 1}] or null, got {padding}")
+            embedding = {"type": "Embedding", "num_embeddings": vocab,
+                         "embedding_dim": inputs}
+    num_layers, dropout = f.int("num_layers"), f.probability("dropout")
+    dtype = f.choice("dtype", _DTYPES)
+    f.seed()
+    f.done()
+    layers = [dict(embedding, dtype=dtype)] if embedding else []
+    layers.append({"type": "LSTM", "input_size": inputs, "hidden_size": hidden,
+                   "num_layers": num_layers, "dtype": dtype, "peephole": False})
+    if name != "LanguageModel":
+        layers.append({"type": "LastStep"})
+    if dropout:
+        layers.append({"type": "Dropout"})
+    layers.append({"type": "Dense", "in_features": hidden, "out_features": outputs,
+                   "bias": True, "dtype": dtype})
+    return layers
+
+
+def _model_layers(name, config):
+    """[(name prefix, layer spec)]: the parameterised parts of the model a config builds.
+
+    Raises _BadConfig for anything save would not have written.
+    """
+    if name == "LSTM":
+        f = _Fields(config, "config")
+        spec = _lstm_spec(f)
+        f.done()
+        return [("", spec)]
+    if name == "Sequential":
+        f = _Fields(config, "config")
+        layers = f.value("layers")
+        f.choice("loss", _LOSSES)
+        f.done()
+        if type(layers) is not list or not layers:
+            raise _BadConfig(f"config.layers: expected a non-empty array, got "
+                             f"{_what(layers)}")
+        specs = [_layer_spec(c, f"config.layers[{i}]") for i, c in enumerate(layers)]
+    else:
+        specs = _ready_model_layers(name, config)
+    return [(f"{i}.", spec) for i, spec in enumerate(specs)]
+
+
+def _count_params(spec):
+    kind = spec["type"]
+    if kind == "LSTM":
+        return spec["num_layers"] * (5 if spec["peephole"] else 4)
+    if kind == "Dense":
+        return 2 if spec["bias"] else 1
+    return 1 if kind == "Embedding" else 0
+
+
+def _param_shapes(prefix, spec):
+    """(name, shape, dtype) of each parameter the layer has, as its constructor makes."""
+    kind, dtype = spec["type"], spec.get("dtype")
+    if kind == "LSTM":
+        H = spec["hidden_size"]
+        for k in range(spec["num_layers"]):
+            yield f"{prefix}weight_ih_l{k}", (4 * H, spec["input_size"] if k == 0 else H), \
+                dtype
+            yield f"{prefix}weight_hh_l{k}", (4 * H, H), dtype
+            yield f"{prefix}bias_ih_l{k}", (4 * H,), dtype
+            yield f"{prefix}bias_hh_l{k}", (4 * H,), dtype
+            if spec["peephole"]:
+                yield f"{prefix}weight_peephole_l{k}", (3, H), dtype
+    elif kind == "Embedding":
+        yield f"{prefix}weight", (spec["num_embeddings"], spec["embedding_dim"]), dtype
+    elif kind == "Dense":
+        yield f"{prefix}weight", (spec["out_features"], spec["in_features"]), dtype
+        if spec["bias"]:
+            yield f"{prefix}bias", (spec["out_features"],), dtype
+
 
 def _describe_start(head):
     if not head:
@@ -156,84 +387,129 @@ def _describe_start(head):
     return f"a file starting with {head[:8]!r}"
 
 
-def _read_arrays(path):
-    """Every array of the archive, read eagerly (so that truncation shows here)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if not head.startswith(b"PK"):
-        raise ValueError(f"{path}: expected a clstm model file (an .npz zip archive), "
-                         f"got {_describe_start(head)}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except ValueError as e:
-        if "pickle" in str(e) or "Object arrays" in str(e):
-            raise ValueError(f"{path}: expected arrays of numbers, got pickled objects, "
-                             "which are refused: unpickling can run arbitrary code") from None
-        raise ValueError(f"{path}: expected a complete .npz archive, but it cannot be read "
-                         f"(truncated or corrupt?): {e}") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        raise ValueError(f"{path}: expected a complete .npz archive, but it cannot be read "
-                         f"(truncated or corrupt?): {type(e).__name__}: {e}") from None
-    for name, value in arrays.items():
-        if not isinstance(value, np.ndarray):  # NpzFile hands out non-.npy members raw
-            raise ValueError(f"{path}: expected only .npy arrays in the archive, got "
-                             f"a member {name!r} that is not one")
-    return arrays
+def _names(names, limit=5):
+    """A list of names for a message, the first few only."""
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return "[" + ", ".join(_short(n, 40) for n in names[:limit]) + more + "]"
 
 
-def _read_header(arrays, path):
-    raw = arrays.pop(CONFIG_KEY, None)
-    if raw is None:
-        raise ValueError(f"{path}: expected a {CONFIG_KEY!r} entry (the model's config), "
-                         f"got only {sorted(arrays)}: not a file written by clstm.save")
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ValueError(f"{path}: expected {CONFIG_KEY!r} as a 1-D uint8 array, got "
-                         f"dtype {raw.dtype}, shape {raw.shape}")
+def _label(key):
+    return f"{CONFIG_KEY!r}" if key == CONFIG_KEY else f"weight {_short(key)}"
+
+
+def _read_header(archive, members, path):
+    """The checked header of the archive's config member: {"class", "config", ...}."""
+    if CONFIG_KEY not in members:
+        raise _Refused(f"{path}: expected a {CONFIG_KEY!r} entry (the model's config), "
+                       f"got only {_names(sorted(members))}: not a file written by "
+                       "clstm.save")
+    npy = _read_npy_header(archive, members[CONFIG_KEY], path, _label(CONFIG_KEY))
+    if npy.dtype != np.uint8 or len(npy.shape) != 1 or npy.shape[0] > _MAX_CONFIG_BYTES:
+        raise _Refused(f"{path}: expected {CONFIG_KEY!r} as a 1-D uint8 array of at most "
+                       f"{_MAX_CONFIG_BYTES} bytes, got dtype {_short_text(str(npy.dtype))}, "
+                       f"shape {_short(npy.shape)}")
+    raw = _read_data(archive, members[CONFIG_KEY], npy, path, _label(CONFIG_KEY),
+                     np.uint8, npy.shape)
     try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: expected the config as UTF-8 JSON, got undecodable "
-                         f"data ({e})") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: expected the config as a JSON object, got "
-                         f"{type(header).__name__}")
+        header = json.loads(raw.tobytes().decode("utf-8"),
+                            object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except _BadConfig as e:
+        raise _Refused(f"{path}: the config: {e}") from None
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; deep nesting recurses
+    except (ValueError, RecursionError) as e:
+        raise _Refused(f"{path}: expected the config as UTF-8 JSON, got undecodable data: "
+                       f"{type(e).__name__}: {_short_text(str(e))}") from e
+    if type(header) is not dict:
+        raise _Refused(f"{path}: expected the config as a JSON object, got {_what(header)}")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: expected format_version {FORMAT_VERSION}, got "
-                         f"{version!r}" + (" (written by a newer clstm?)"
-                                           if isinstance(version, int) and version > 1
-                                           else ""))
-    if header.get("class") not in _CLASSES:
-        raise ValueError(f"{path}: expected a model class in {sorted(_CLASSES)}, got "
-                         f"{header.get('class')!r}")
-    if not isinstance(header.get("config"), dict):
-        raise ValueError(f"{path}: expected the constructor arguments as a JSON object "
-                         f"under 'config', got {header.get('config')!r}")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise _Refused(f"{path}: expected format_version {FORMAT_VERSION}, got "
+                       f"{_short(version)}" + (" (written by a newer clstm?)"
+                                               if type(version) is int and version > 1
+                                               else ""))
+    name = header.get("class")
+    if type(name) is not str or name not in _CLASSES:
+        raise _Refused(f"{path}: expected a model class in {sorted(_CLASSES)}, got "
+                       f"{_short(name)}")
+    if type(header.get("config")) is not dict:
+        raise _Refused(f"{path}: expected the constructor arguments as a JSON object "
+                       f"under 'config', got {_what(header.get('config'))}")
+    if type(header.get("clstm_version", "")) is not str:
+        raise _Refused(f"{path}: expected clstm_version as a string, got "
+                       f"{_what(header['clstm_version'])}")
+    unknown = sorted(set(header) - {"format_version", "class", "config", "clstm_version"})
+    if unknown:
+        raise _Refused(f"{path}: expected the header fields format_version, class, config "
+                       f"and clstm_version, got also {_short(unknown)}")
     return header
 
 
-def _check_weights(model, arrays, path):
-    """Names, shapes and dtypes of the file against the model its config builds."""
-    params = model.params
-    missing = sorted(set(params) - set(arrays))
-    unexpected = sorted(set(arrays) - set(params))
+def _unique_keys(pairs):
+    """json's object hook: a dict, refusing a key given twice (json keeps the last)."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _BadConfig(f"expected each key once in a JSON object, got "
+                             f"{_short(key)} more than once")
+        result[key] = value
+    return result
+
+
+def _no_constant(name):
+    raise _BadConfig(f"expected finite numbers, got {name}")
+
+
+def _read_weights(archive, members, layers, path):
+    """{name: array} of every parameter, checked against the config's layer specs.
+
+    In this order, each step bounded by the previous one: the number of weights, every
+    member's .npy header (a pickle is named as one wherever it is), the names, every
+    shape and dtype, and only then the data.
+    """
+    names = set(members) - {CONFIG_KEY}
+    # Count first: a config may claim a million layers, and an archive hold thousands
+    # of members, and listing either would cost more than the file is worth. (A near
+    # miss goes on to name the differences.)
+    count = sum(_count_params(spec) for _, spec in layers)
+    if abs(count - len(names)) > _NEAR_MISS:
+        raise _Refused(f"{path}: expected {count} weights for this config, got "
+                       f"{len(names)} in the archive")
+    headers = {name: _read_npy_header(archive, members[name], path, _label(name))
+               for name in sorted(names)}
+    expected = {name: (shape, dtype) for prefix, spec in layers
+                for name, shape, dtype in _param_shapes(prefix, spec)}
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{path}: expected the weights {sorted(params)} for this "
-                         f"{type(model).__name__}; missing {missing}, unexpected "
-                         f"{unexpected}")
-    for name, value in arrays.items():
-        expected = params[name]
-        if value.shape != expected.shape:
-            raise ValueError(f"{path}: weight {name!r}: expected shape {expected.shape} "
-                             f"(from the config), got {value.shape}")
-        if value.dtype != expected.dtype:
-            raise ValueError(f"{path}: weight {name!r}: expected dtype {expected.dtype} "
-                             f"(from the config), got {value.dtype}")
+        raise _Refused(f"{path}: expected the weights that the config describes; missing "
+                       f"{_names(missing)}, unexpected {_names(unexpected)}")
+    for name, (shape, dtype) in expected.items():  # every header before any data
+        _check_npy(headers[name], members[name], path, _label(name), dtype, shape)
+    return {name: _read_data(archive, members[name], headers[name], path, _label(name),
+                             dtype, shape)
+            for name, (shape, dtype) in expected.items()}
+
+
+def _check_weights(model, arrays, path):
+    """The built model's parameters against the arrays read for it.
+
+    A backstop: the arrays were read to the config's shapes already, so this fails only
+    if the models' constructors and _model_layers disagree.
+    """
+    params = model.params
+    if sorted(params) != sorted(arrays) or any(
+            params[n].shape != a.shape or params[n].dtype != a.dtype
+            for n, a in arrays.items()):
+        raise ValueError(f"{path}: the {type(model).__name__} the config builds does not "
+                       "have the parameters clstm.io expects (a clstm bug)")
 
 
 def load(path):
-    """Load a model saved by :func:`save`.
+    """Load a model saved by :func:`save`; safe on files from anywhere.
+
+    Nothing in the file runs as code (no pickle), and a file costs no more to refuse
+    than it holds: the config's sizes are checked against the arrays the archive holds
+    before the model is built, and every read is bounded by what the config implies.
 
     Parameters
     ----------
@@ -247,26 +523,49 @@ def load(path):
     Raises
     ------
     FileNotFoundError
-        No file at ``path``.
+        No file at ``path`` (and the OSError of a file that cannot be opened).
     ValueError
-        Not an npz archive, a truncated or corrupt one, pickled content, a missing or
-        unknown config or format version, or weights whose names, shapes or dtypes differ
-        from those of the model the config describes.
+        Anything but a file :func:`save` could have written, with a short message: not
+        an npz archive, a truncated or corrupt one, pickled content, a missing or
+        unknown config or format version, a config field of the wrong JSON type or out
+        of range, duplicate, missing or unexpected members, or weights whose shapes or
+        dtypes differ from those of the model the config describes.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"clstm.load: expected a model file, got no file at "
                                 f"{path!r}")
-    arrays = _read_arrays(path)
-    header = _read_header(arrays, path)
     try:
-        model = _build(header["class"], header["config"])
+        name, config, arrays = _read_model_file(path)
+    except _Refused as e:
+        # a plain ValueError for the caller; a parser's exception stays its cause
+        raise ValueError(str(e)) from e.__cause__
+    try:
+        model = _build(name, config)
     except (TypeError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: the config cannot build a {header['class']}: "
-                         f"{type(e).__name__}: {e}") from None
+        raise ValueError(f"{path}: the config cannot build a {name}: "
+                         f"{type(e).__name__}: {_short_text(str(e), 200)}") from e
     _check_weights(model, arrays, path)
     model.load_state_dict(arrays)
     return model
+
+
+def _read_model_file(path):
+    """(class name, config, {name: array}) of a model file, everything checked."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if not head.startswith(b"PK"):
+            raise _Refused(f"{path}: expected a clstm model file (an .npz zip archive), "
+                           f"got {_describe_start(head)}")
+        archive, members = _open_archive(f, path)
+        with archive:
+            header = _read_header(archive, members, path)
+            name = header["class"]
+            try:
+                layers = _model_layers(name, header["config"])
+            except _BadConfig as e:
+                raise _Refused(f"{path}: the config cannot build a {name}: {e}") from None
+            return name, header["config"], _read_weights(archive, members, layers, path)
 
 
 # ---------------------------------------------------------------------------- Keras
