@@ -565,8 +565,11 @@ class Sequential:
             state carried between chunks and gradients truncated at their boundaries.
         verbose : {0, 1}, default 1
             1 prints one line per epoch (and a live line on a terminal).
-        callbacks : list of callables, optional
-            ``callback(epoch, logs)`` after each epoch; a true return stops training.
+        callbacks : list, optional
+            :mod:`clstm.callbacks` objects (``EarlyStopping``, ``ModelCheckpoint``,
+            ``CSVLogger``, ``LearningRateScheduler``, a :mod:`clstm.schedules` schedule)
+            or plain functions ``f(epoch, logs)`` called after each epoch; a true
+            return (or ``model.stop_training = True``) stops training.
         on_nonfinite : {"raise", "skip"}, default "raise"
             What a batch whose loss or gradients hold NaN or inf does. Either way its
             update is not applied. "raise" stops with :class:`NonFiniteError` (a
@@ -576,9 +579,11 @@ class Sequential:
 
         Returns
         -------
-        dict of str to list of float
-            Per-epoch ``loss`` (``accuracy`` for cross-entropy), and ``val_loss`` ...
-            with validation data; also kept as ``model.history``.
+        clstm.callbacks.History
+            A dict of per-epoch ``loss`` (``accuracy`` for cross-entropy), and
+            ``val_loss`` ... with validation data; also kept as ``model.history_``. (The
+            ready models, :class:`Classifier` and co., return themselves instead, as
+            scikit-learn's estimators do.)
 
         Raises
         ------
@@ -588,7 +593,7 @@ class Sequential:
             Ctrl-C stops training as in Keras: KeyboardInterrupt propagates out of
             ``fit``. An optimiser update under way completes first and none starts
             after it, so the model is the one after its last complete update and stays
-            usable; ``model.history`` holds the epochs completed.
+            usable; ``model.history_`` holds the epochs completed.
         """
         batch_size = _positive("batch_size", batch_size)
         if not isinstance(shuffle, (bool, np.bool_)):
@@ -769,7 +774,17 @@ def _seeds(seed, n):
 
 
 class _Ready(Sequential):
-    """A Sequential whose layers follow from its constructor arguments."""
+    """A Sequential whose layers follow from its constructor arguments.
+
+    Follows scikit-learn's conventions: ``fit`` returns the model (the per-epoch logs are
+    ``model.history_``), ``get_params``/``set_params`` give and take the constructor's
+    arguments, so ``sklearn.base.clone`` and ``cross_val_score`` work.
+    """
+
+    def fit(self, *args, **kwargs):
+        """As :meth:`Sequential.fit`; returns the model, the history in ``history_``."""
+        super().fit(*args, **kwargs)
+        return self
 
     def get_config(self):
         return dict(self._config)
@@ -907,9 +922,10 @@ class LanguageModel(_Ready):
             val = self._stream_steps(self._check_stream(validation_data, "validation_data"),
                                      batch_size, bptt, "validation_data", shrink=True)[0]
             validate = lambda: evaluate_steps(self, val())  # noqa: E731
-        return fit_loop(self, make_steps, total, epochs, validate=validate,
-                              optimizer=optimizer, clip_norm=clip_norm, verbose=verbose,
-                              callbacks=callbacks, unit="tokens", on_nonfinite=on_nonfinite)
+        fit_loop(self, make_steps, total, epochs, validate=validate, optimizer=optimizer,
+                 clip_norm=clip_norm, verbose=verbose, callbacks=callbacks, unit="tokens",
+                 on_nonfinite=on_nonfinite)
+        return self
 
     def evaluate(self, x, y=None, *, lengths=None, batch_size=32, bptt=35):
         """Mean per-token loss and accuracy of a stream or of sequences (eval mode).

@@ -77,7 +77,7 @@ def main(argv=None):
                         seed=args.seed, optimizer=clstm.Adam(model, lr=args.lr),
                         clip_norm=1.0, validation_data=(x_val, y_val),
                         callbacks=[lambda epoch, logs: logs["val_loss"] < args.stop_at],
-                        verbose=0 if args.quiet else 1)
+                        verbose=0 if args.quiet else 1).history_
     mse = float(model.evaluate(x_test, y_test)["loss"])
     baseline = float(np.mean((y_test - y_train.mean()) ** 2))
     prediction = model.predict(x_test[:3])[:, 0]

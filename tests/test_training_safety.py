@@ -135,14 +135,14 @@ def test_skip_leaves_nonfinite_batches_out_and_counts_them_in_the_history(capsys
     x[37, 4, 1] = np.nan
     model = Regressor(3, 8, seed=0)
     history = model.fit(x, y, epochs=2, batch_size=16, shuffle=False, clip_norm=1.0,
-                        on_nonfinite="skip")
+                        on_nonfinite="skip").history_
     assert history["skipped_batches"] == [1, 1]
     assert "skipped_batches 1" in capsys.readouterr().out
     # exactly the run without batch 3: the same updates, the same losses
     keep = np.r_[0:32, 48:64]
     reference = Regressor(3, 8, seed=0)
     expected = reference.fit(x[keep], y[keep], epochs=2, batch_size=16, shuffle=False,
-                             clip_norm=1.0, verbose=0)
+                             clip_norm=1.0, verbose=0).history_
     np.testing.assert_array_equal(model.flat_params, reference.flat_params)
     np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-12)
 
@@ -252,7 +252,7 @@ def test_ctrl_c_in_a_forward_stops_fit_before_that_batch_and_keeps_the_history(m
     np.testing.assert_array_equal(model.flat_params, reference.flat_params)
     assert model.optimizer.step_count == 5
     assert np.isfinite(model.predict(x[:4])).all()
-    assert len(model.fit(x, y, epochs=2, batch_size=16, verbose=0)["loss"]) == 2
+    assert len(model.fit(x, y, epochs=2, batch_size=16, verbose=0).history_["loss"]) == 2
 
 
 # ------------------------------------------------------------- fit's arguments, up front
