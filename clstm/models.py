@@ -30,6 +30,7 @@ and points each layer's dict entries at views of it; the layers read their param
 through those dicts on every call, so the optimisers update the whole model with a few
 vector operations.
 """
+import functools
 import inspect
 
 import numpy as np
@@ -773,6 +774,21 @@ def _seeds(seed, n):
     return np.random.SeedSequence(seed).spawn(n)
 
 
+def _records_arguments(init):
+    """Wrap a constructor so that the object keeps the arguments it was given, as given
+    (scikit-learn's clone checks that get_params returns the very objects passed)."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        self._arguments = {k: v for k, v in bound.arguments.items() if k != "self"}
+        init(self, *args, **kwargs)
+
+    return recording
+
+
 class _Ready(Sequential):
     """A Sequential whose layers follow from its constructor arguments.
 
@@ -784,6 +800,37 @@ class _Ready(Sequential):
     def fit(self, *args, **kwargs):
         """As :meth:`Sequential.fit`; returns the model, the history in ``history_``."""
         super().fit(*args, **kwargs)
+        return self
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _records_arguments(cls.__dict__["__init__"])
+
+    _estimator_type = None
+
+    def __sklearn_tags__(self):
+        """scikit-learn's (>= 1.6) description of an estimator, for is_classifier, the
+        choice of cross-validation folds and scorers. Imported only when asked."""
+        from sklearn.utils import ClassifierTags, RegressorTags, Tags, TargetTags
+
+        kind = self._estimator_type
+        return Tags(estimator_type=kind, target_tags=TargetTags(required=kind is not None),
+                    classifier_tags=ClassifierTags() if kind == "classifier" else None,
+                    regressor_tags=RegressorTags() if kind == "regressor" else None)
+
+    def get_params(self, deep=True):
+        """The constructor's arguments, as given (scikit-learn's estimator API)."""
+        return dict(self._arguments)
+
+    def set_params(self, **params):
+        """Rebuild the model with some constructor arguments changed (fresh weights, as
+        scikit-learn's ``set_params`` before a ``fit``); returns the model."""
+        unknown = sorted(set(params) - set(self._arguments))
+        if unknown:
+            raise ValueError(f"set_params: expected arguments of {type(self).__name__} "
+                             f"{sorted(self._arguments)}, got {unknown}")
+        self.__init__(**{**self._arguments, **params})
         return self
 
     def get_config(self):
@@ -1022,6 +1069,17 @@ class Regressor(_Ready):
         layers.append(Dense(hidden_size, output_size, seed=s[2], dtype=dtype))
         super().__init__(layers, loss="mse")
 
+    _estimator_type = "regressor"
+
+    def score(self, x, y, *, lengths=None):
+        """The coefficient of determination R² on (x, y), as scikit-learn's regressors
+        score (1 is perfect, 0 is predicting the mean)."""
+        y = np.asarray(y, dtype=np.float64).reshape(len(x), -1)
+        pred = self.predict(x, lengths=lengths).reshape(len(x), -1)
+        residual = ((y - pred) ** 2).sum()
+        total = ((y - y.mean(axis=0)) ** 2).sum()
+        return float(1 - residual / total) if total > 0 else 0.0
+
 
 class Classifier(_Ready):
     """(Embedding) -> LSTM -> last valid step -> (Dropout) -> Dense, cross-entropy.
@@ -1071,3 +1129,19 @@ class Classifier(_Ready):
             layers.append(Dropout(dropout, seed=s[2], dtype=dtype))
         layers.append(Dense(hidden_size, num_classes, seed=s[3], dtype=dtype))
         super().__init__(layers, loss="cross_entropy")
+
+    _estimator_type = "classifier"       # scikit-learn's tag (StratifiedKFold, scorers)
+
+    def predict_proba(self, x, *, lengths=None, batch_size=256):
+        """Class probabilities, (N, num_classes), for batch-first input (eval mode)."""
+        return Sequential.predict(self, x, lengths=lengths, batch_size=batch_size)
+
+    def predict(self, x, *, lengths=None, batch_size=256):
+        """The most probable class of each sequence, (N,) ints (scikit-learn's
+        convention: :meth:`predict_proba` gives the probabilities)."""
+        return self.predict_proba(x, lengths=lengths, batch_size=batch_size).argmax(axis=-1)
+
+    def score(self, x, y, *, lengths=None):
+        """Accuracy on (x, y), as scikit-learn's classifiers score."""
+        y = np.asarray(y)
+        return float(np.mean(self.predict(x, lengths=lengths) == y))

@@ -140,9 +140,9 @@ def main(argv=None):
               verbose=0 if args.quiet else 1)
     result = model.evaluate(ids[test], labels[test], lengths=lengths[test])
     accuracy = float(result["accuracy"])
-    probs = model.predict(ids[test], lengths=lengths[test])
+    predicted = model.predict(ids[test], lengths=lengths[test])
     confusion = np.zeros((len(names), len(names)), dtype=int)
-    np.add.at(confusion, (labels[test], probs.argmax(axis=1)), 1)
+    np.add.at(confusion, (labels[test], predicted), 1)
 
     elapsed = time.perf_counter() - start
     print("held-out confusion (rows: true, columns: predicted):")

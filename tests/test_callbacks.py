@@ -210,3 +210,36 @@ def test_a_schedule_in_fit_binds_to_fits_optimizer_and_steps_each_epoch():
                          lambda e, logs: rates.append(model.optimizer.lr)])
     # the function runs after the schedule stepped at the end of each epoch
     assert rates == pytest.approx([0.08, 0.04, 0.04, 0.02])
+
+
+# --------------------------------------------------------------------------------------
+# scikit-learn's conventions for the ready models
+
+
+def test_ready_models_clone_and_cross_validate_with_scikit_learn():
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.default_rng(20)
+    x = rng.integers(0, 6, (60, 7))
+    y = x[:, -1] % 2
+    clf = clstm.Classifier(hidden_size=12, num_classes=2, vocab_size=6, embed_dim=6, seed=3)
+    twin = clone(clf)
+    assert twin is not clf and twin.get_params() == clf.get_params()
+    np.testing.assert_array_equal(twin.flat_params, clf.flat_params)   # same seed
+    assert clf.fit(x, y, epochs=2, verbose=0) is clf and len(clf.history_["loss"]) == 2
+    assert clf.predict(x).shape == (60,) and clf.predict(x).dtype.kind == "i"
+    np.testing.assert_allclose(clf.predict_proba(x).sum(1), 1, rtol=1e-5)
+    scores = cross_val_score(clone(clf).set_params(dropout=0.1), x, y, cv=3,
+                             params={"epochs": 3, "verbose": 0})
+    assert scores.shape == (3,) and np.all((0 <= scores) & (scores <= 1))
+    assert sklearn.base.is_classifier(clf)
+
+
+def test_set_params_rebuilds_and_refuses_unknown_names():
+    reg = clstm.Regressor(2, 4, seed=1)
+    assert reg.set_params(hidden_size=6) is reg
+    assert reg.params["0.weight_hh_l0"].shape == (24, 6)
+    with pytest.raises(ValueError, match="set_params: expected arguments"):
+        reg.set_params(hidden=3)

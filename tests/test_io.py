@@ -26,7 +26,7 @@ def predictions(model):
         return model.forward(TOKENS.T)[0]
     x = FEATURES if isinstance(model, Regressor) or (
         isinstance(model, Classifier) and model.get_config()["vocab_size"] is None) else TOKENS
-    return model.predict(x)
+    return model.predict_proba(x) if isinstance(model, Classifier) else model.predict(x)
 
 
 MODELS = {

@@ -52,9 +52,9 @@ def test_sequential_parameters_live_in_one_flat_buffer_that_the_layers_read():
     assert Adam(model).is_flat
 
     x = np.array([[1, 2, 3]])
-    before = model.predict(x)
+    before = model.predict_proba(x)
     model.flat_params *= 0.5  # one vector op must reach every layer
-    assert not np.allclose(model.predict(x), before)
+    assert not np.allclose(model.predict_proba(x), before)
 
 
 def test_sequential_names_are_prefixed_by_layer_index_like_torch_sequential():
@@ -207,8 +207,9 @@ def test_evaluate_and_predict_shapes_for_each_model():
     assert Regressor(3, 5, seed=0).predict(x).shape == (10, 1)
 
     clf = Classifier(3, 5, 4, seed=0)
-    p = clf.predict(x)
+    p = clf.predict_proba(x)
     assert p.shape == (10, 4)
+    np.testing.assert_array_equal(clf.predict(x), p.argmax(1))
     np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
     assert set(clf.evaluate(x, np.zeros(10, int))) == {"loss", "accuracy"}
 
@@ -296,14 +297,15 @@ def test_padding_changes_neither_predictions_nor_gradients(garbage):
     rng = np.random.default_rng(6)
     x, y, lengths = padded_problem(rng, garbage)
     model = Classifier(2, 5, 3, num_layers=2, dtype="float64", seed=4)
-    batch_pred = model.predict(x, lengths=lengths)
+    batch_pred = model.predict_proba(x, lengths=lengths)
     model.loss_and_grad(x, y, lengths=lengths)
     batch_grads = grads_copy(model)
 
     mean_grads = {n: 0 for n in batch_grads}
     for b, n in enumerate(lengths):
         alone = x[b:b + 1, :n]
-        np.testing.assert_allclose(batch_pred[b:b + 1], model.predict(alone), rtol=1e-13)
+        np.testing.assert_allclose(batch_pred[b:b + 1], model.predict_proba(alone),
+                                   rtol=1e-13)
         model.loss_and_grad(alone, y[b:b + 1])
         for name, g in model.grads.items():
             mean_grads[name] = mean_grads[name] + g / len(lengths)
@@ -343,8 +345,8 @@ def test_last_step_alone_keeps_finite_padding_out_of_outputs_and_gradients():
 def test_token_padding_may_hold_ids_outside_the_vocabulary():
     model = Classifier(hidden_size=4, num_classes=2, vocab_size=5, seed=0)
     x = np.array([[1, 2, 99, -1], [3, 4, 0, 1]])
-    p = model.predict(x, lengths=np.array([2, 4]))
-    np.testing.assert_allclose(p[0], model.predict(x[:1, :2])[0], rtol=1e-6)
+    p = model.predict_proba(x, lengths=np.array([2, 4]))
+    np.testing.assert_allclose(p[0], model.predict_proba(x[:1, :2])[0], rtol=1e-6)
 
 
 # -------------------------------------------------------------------------- bad input
