@@ -338,6 +338,46 @@ class Sequential:
 
     __call__ = forward
 
+    def step(self, x, state=None):
+        """Advance the model by one time step, for serving (no gradient, no dropout).
+
+        Each recurrent layer takes one kernel step (:meth:`clstm.LSTM.step`) with its
+        carried state; the other layers run on the step's (B, ...) slice, and
+        :class:`LastStep` passes it through (the current step is the last one).
+
+        Parameters
+        ----------
+        x : ndarray
+            One step: (B, F) features or (B,) token ids.
+        state : list, optional
+            One ``(h, c)`` (or None) per recurrent layer, as returned by the last call.
+
+        Returns
+        -------
+        out : ndarray
+            The last layer's output for this step, (B, out).
+        state : list
+            The new ``(h, c)`` of each recurrent layer.
+        """
+        recurrent = [i for i, layer in enumerate(self.layers) if _is_recurrent(layer)]
+        if state is None:
+            state = [None] * len(recurrent)
+        elif not isinstance(state, (list, tuple)) or len(state) != len(recurrent):
+            raise ValueError(f"state: expected a list of {len(recurrent)} (h, c) pairs (one "
+                             f"per recurrent layer), got {_describe_state(state)}")
+        states = iter(state)
+        new_state = []
+        with inference_mode():
+            for layer in self.layers:
+                if _is_recurrent(layer):
+                    x, s = layer.step(x, next(states))
+                    new_state.append(s)
+                elif isinstance(layer, LastStep):
+                    continue
+                else:
+                    x = layer.forward(x)
+        return x, new_state
+
     def backward(self, dout, *, input_grad=False):
         """Back-propagate ``dout`` through the layers of the last ``forward``.
 
@@ -991,7 +1031,7 @@ class LanguageModel(_Ready):
         """Sample ``length`` tokens after a prompt, one step at a time.
 
         The prompt is read in one forward pass; then each sampled token is fed back with
-        the carried state, so each new token costs one step.
+        the carried state through :meth:`Sequential.step`: one kernel step per layer.
 
         Parameters
         ----------
@@ -1022,9 +1062,10 @@ class LanguageModel(_Ready):
         out = np.empty(int(length), dtype=np.int64)
         with inference_mode():  # this thread only: others may be training
             logits, state = self.forward(prompt[:, None])
+            logits = logits[-1]
             for i in range(out.size):
-                out[i] = _sample(logits[-1, 0], temperature, rng)
-                logits, state = self.forward(out[i:i + 1, None], state)
+                out[i] = _sample(logits[0], temperature, rng)
+                logits, state = self.step(out[i:i + 1], state)   # one kernel step a layer
         return out
 
 

@@ -96,6 +96,8 @@ cdef extern from "runtime.h" nogil:
     int clstm_call_stop_at(clstm_call* call, int t)
     int clstm_call_stopped(clstm_call* call)
     double clstm_monotonic()
+    int clstm_all_finite_f32(Py_ssize_t n, const float* a)
+    int clstm_all_finite_f64(Py_ssize_t n, const double* a)
 
 cdef extern from "packed_gemm.h" nogil:
     int CLSTM_PACKED_NR_F32
@@ -767,12 +769,11 @@ cdef void forward_units(int T, int B, int I, int H, const floating* x,
         free(packed[g])
 
 
-cdef bint all_finite(Py_ssize_t n, const floating* a) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating acc = 0
-    for i in range(n):
-        acc += a[i] * 0      # 0 for finite values, NaN for inf and NaN
-    return acc == 0
+cdef inline bint all_finite(Py_ssize_t n, const floating* a) noexcept nogil:
+    if floating is float:
+        return clstm_all_finite_f32(n, a)
+    else:
+        return clstm_all_finite_f64(n, a)
 
 
 cdef void add_zero_state_product(int B, int G, int H, const floating* w_hh,

@@ -2,6 +2,7 @@
 #include "runtime.h"
 
 #include <limits.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -149,4 +150,27 @@ int clstm_call_stopped(clstm_call *call)
     if (call->stop_step == INT_MAX && signal_raised(call))
         call->stop_step = 0;
     return call->stop_step != INT_MAX;
+}
+
+/* ---- finite checks ------------------------------------------------------------------ */
+
+/* Whether no element is inf or NaN: its exponent bits are not all ones. Integer
+ * operations, so that GCC vectorises the loop (a floating-point sum would be one long
+ * dependency chain without -ffast-math). */
+int clstm_all_finite_f32(Py_ssize_t n, const float *a)
+{
+    const uint32_t *bits = (const uint32_t *)a;
+    uint32_t bad = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        bad |= (uint32_t)((bits[i] & 0x7f800000u) == 0x7f800000u);
+    return bad == 0;
+}
+
+int clstm_all_finite_f64(Py_ssize_t n, const double *a)
+{
+    const uint64_t *bits = (const uint64_t *)a;
+    uint64_t bad = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        bad |= (uint64_t)((bits[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull);
+    return bad == 0;
 }

@@ -47,4 +47,7 @@ int clstm_call_stopped(clstm_call *call);
 
 double clstm_monotonic(void);
 
+int clstm_all_finite_f32(Py_ssize_t n, const float *a);
+int clstm_all_finite_f64(Py_ssize_t n, const double *a);
+
 #endif
