@@ -18,7 +18,7 @@ import itertools
 import operator
 import os
 
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from . import kernels
 
@@ -115,9 +115,16 @@ def threads(n):
         set_num_threads(previous)
 
 
+_blas_controller = None
+
+
 def blas_guard():
     """A context that keeps SciPy's BLAS on one thread during a kernel call, for the
-    BLAS libraries the kernels cannot switch themselves (a no-op otherwise)."""
-    if not _kernel_steers_blas:
-        return threadpool_limits(limits=1, user_api="blas")
-    return contextlib.nullcontext()
+    BLAS libraries the kernels cannot switch themselves (a no-op otherwise). The
+    libraries are scanned once (threadpool_limits alone rescans them at every call)."""
+    global _blas_controller
+    if _kernel_steers_blas:
+        return contextlib.nullcontext()
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")

@@ -15,13 +15,9 @@ def float_dtype(dtype):
     return dt
 
 
-def as_float_array(value, dtype, name, *, copy=False):
-    """``value`` as a C-contiguous array of ``dtype``.
-
-    Integers, booleans and floats convert (float64 to float32 rounds, as a float32 model
-    computes in float32 anyway); complex numbers, strings and objects raise TypeError,
-    since no conversion keeps their meaning.
-    """
+def as_real_array(value, name):
+    """``value`` as an array of real numbers (int, bool or float: no conversion, no copy
+    of an array), or TypeError as :func:`as_float_array` gives it."""
     if isinstance(value, np.ndarray):
         arr = value
     else:
@@ -31,6 +27,17 @@ def as_float_array(value, dtype, name, *, copy=False):
             raise TypeError(f"{name}: expected an array of numbers, got {type(value).__name__} ({e})") from None
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name}: expected real numbers (float, int or bool), got dtype {arr.dtype}")
+    return arr
+
+
+def as_float_array(value, dtype, name, *, copy=False):
+    """``value`` as a C-contiguous array of ``dtype``.
+
+    Integers, booleans and floats convert (float64 to float32 rounds, as a float32 model
+    computes in float32 anyway); complex numbers, strings and objects raise TypeError,
+    since no conversion keeps their meaning.
+    """
+    arr = as_real_array(value, name)
     if copy:
         return np.array(arr, dtype=dtype, order="C", copy=True)
     return np.ascontiguousarray(arr, dtype=dtype)

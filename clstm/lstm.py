@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _threads, kernels
 from ._concurrency import ForkSafeLock, PerThread, TrainingFlag, WorkspacePool
-from ._validate import as_float_array, check_shape, float_dtype, positive_int
+from ._validate import as_float_array, as_real_array, check_shape, float_dtype, positive_int
 from ._validate import C_INT_MAX, at_most, parameter_count
 
 
@@ -265,12 +265,15 @@ class LSTM:
             with _threads.blas_guard():
                 for k in range(L):
                     w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
-                    bias = b_ih + b_hh   # the kernel takes the two biases summed
                     h0_k = None if h0 is None else h0[k]
                     c0_k = None if c0 is None else c0[k]
                     y = np.empty((T, B, H), dtype=self.dtype)
-                    workspace = self._workspaces.take(5 * T * B * H)
-                    layers.append((inp, y, workspace, h0_k, c0_k, None))
+                    # The kernel's workspace, and after it room for the summed biases
+                    # (the kernel takes b_ih + b_hh): no allocation per call for either.
+                    buffer = self._workspaces.take(5 * T * B * H + 4 * H)
+                    workspace = buffer[:5 * T * B * H]
+                    bias = np.add(b_ih, b_hh, out=buffer[5 * T * B * H:])
+                    layers.append((inp, y, buffer, h0_k, c0_k, None))
                     kernels.forward(T, B, inp.shape[2], H, inp, w_ih, w_hh, bias,
                                     peephole, h0_k, c0_k, y, workspace, threads)
                     h_n[k] = y[-1]
@@ -279,7 +282,7 @@ class LSTM:
                     if self.training and self.dropout > 0 and k < L - 1:
                         keep = self._rng.random((T, B, H)) >= self.dropout
                         mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
-                        layers[-1] = (inp, y, workspace, h0_k, c0_k, mask)
+                        layers[-1] = (inp, y, buffer, h0_k, c0_k, mask)
                     inp = y if mask is None else y * mask
         except BaseException:
             # Interrupted (Ctrl-C) or failed: the model stays usable, the buffers return.
@@ -376,13 +379,14 @@ class LSTM:
         T, B, unbatched, layers = cache
         H, L = self.hidden_size, self.num_layers
         expected = (T, H) if unbatched else ((B, T, H) if self.batch_first else (T, B, H))
-        dy = as_float_array(dy, self.dtype, "dy")
+        dy = as_real_array(dy, "dy")
         check_shape(dy, expected, "dy")
         if unbatched:
             dy = dy[:, None, :]
         elif self.batch_first:
             dy = dy.transpose(1, 0, 2)
-        dy = np.array(dy, dtype=self.dtype, order="C", copy=True)  # the kernel overwrites it
+        # one copy, time-major, in the model's dtype: the kernel overwrites it
+        dy = np.array(dy, dtype=self.dtype, order="C", copy=True)
         dh_n, dc_n = self._state_pair(dstate, B, unbatched, "dstate")
         self._cache.set(None)  # the workspaces are consumed below
 
@@ -395,7 +399,8 @@ class LSTM:
         # One backward at a time adds into the shared gradients.
         with self._grad_lock, _threads.blas_guard(), _GiveBack(self._workspaces, layers):
             for k in range(L - 1, -1, -1):
-                inp, y, workspace, h0_k, c0_k, mask = layers[k]
+                inp, y, buffer, h0_k, c0_k, mask = layers[k]
+                workspace = buffer[:5 * T * B * H]
                 w_ih, w_hh, _, _, peephole = self._layer_weights(k)
                 I = inp.shape[2]
                 dx = np.empty((T, B, I), dtype=self.dtype) if (k > 0 or input_grad) else None
