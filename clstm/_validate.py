@@ -6,12 +6,14 @@ FLOAT_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)
 
 def float_dtype(dtype):
     """np.float32 or np.float64 from a name, a NumPy dtype or a scalar type."""
+    # A dtype that is not float32 or float64 is a wrong value of this argument:
+    # ValueError, whether NumPy knows the name or not.
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}") from None
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}") from None
     if dt not in FLOAT_DTYPES.values():
-        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dt}")
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dt.name!r}")
     return dt
 
 

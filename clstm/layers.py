@@ -16,14 +16,11 @@ The ``params`` dict is the single source of truth for a layer's weights:
 update the arrays in place and users may assign new arrays of the same shape.
 """
 
-import functools
-import threading
-
 import numpy as np
 
 from . import _threads, kernels
-from ._concurrency import ForkSafeLock, TrainingFlag
-from ._validate import C_INT_MAX, at_most, parameter_count
+from ._validate import C_INT_MAX, at_most, float_dtype, parameter_count, positive_int
+from .module import Module
 
 __all__ = [
     "Layer",
@@ -36,19 +33,6 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _resolve_dtype(dtype):
-    """Return ``dtype`` as a NumPy dtype; only float32 and float64 pass."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError as exc:
-        raise ValueError(
-            f"dtype must be 'float32' or 'float64', got {dtype!r}") from exc
-    if resolved not in _FLOAT_DTYPES:
-        raise ValueError(
-            f"dtype must be 'float32' or 'float64', got {resolved.name!r}")
-    return resolved
 
 
 def _as_real_array(x, name, dtype):
@@ -67,103 +51,17 @@ def _as_real_array(x, name, dtype):
     return np.asarray(arr, dtype=dtype)
 
 
-class _PerThreadAttribute:
-    """An attribute with one value per thread (see ``Layer._saved_for_backward``)."""
+class Layer(Module):
+    """A module with a dtype: the base of every layer (:class:`clstm.LSTM` included).
 
-    def __init__(self, name):
-        self.name = name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self
-        return getattr(obj._thread_state, self.name, None)
-
-    def __set__(self, obj, value):
-        setattr(obj._thread_state, self.name, value)
-
-
-def _one_at_a_time(backward):
-    """A layer's backward that holds the layer's gradient lock: backward calls from
-    several threads add into ``grads`` one after another, never interleaved."""
-    @functools.wraps(backward)
-    def locked(self, *args, **kwargs):
-        with self._grad_lock:
-            return backward(self, *args, **kwargs)
-    return locked
-
-
-class Layer:
-    """Common behaviour of the layers: parameter dicts, modes, calling.
-
-    What a forward leaves for its backward (the attributes a subclass names in
-    ``_saved_for_backward``) is kept per thread, so threads sharing one model (a server's
-    request threads) never read each other's, and each thread's backward pairs with its
-    own forward.
-
-    Attributes
-    ----------
-    params : dict of str to ndarray
-        Trainable parameters, PyTorch names and shapes.
-    grads : dict of str to ndarray
-        Gradients, same keys and shapes as ``params``; ``backward`` adds
-        into them.
-    training : bool
-        True in training mode (the default), False after ``eval()``.
-    dtype : numpy.dtype
-        Floating type of the parameters and of the outputs.
+    See :class:`clstm.module.Module` for what every layer has: ``params``/``grads`` over
+    one flat buffer each, ``train``/``eval``, ``zero_grad``, ``state_dict``,
+    ``get_config``/``from_config``.
     """
 
-    _saved_for_backward = ()
-    training = TrainingFlag()
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        for name in cls.__dict__.get("_saved_for_backward", ()):
-            setattr(cls, name, _PerThreadAttribute(name))
-        if "backward" in cls.__dict__:
-            cls.backward = _one_at_a_time(cls.__dict__["backward"])
-
     def __init__(self, dtype="float32"):
-        self._thread_state = threading.local()
-        self._grad_lock = ForkSafeLock()
-        self.dtype = _resolve_dtype(dtype)
-        self.params = {}
-        self.grads = {}
-        self.training = True
-
-    def _add_param(self, name, value):
-        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
-        self.grads[name] = np.zeros_like(self.params[name])
-
-    def zero_grad(self):
-        """Zero every gradient in place (optimisers hold references)."""
-        with self._grad_lock:
-            for g in self.grads.values():
-                g.fill(0)
-
-    def train(self, mode=True):
-        """Switch to training mode (or to eval mode with ``mode=False``).
-
-        Returns
-        -------
-        Layer
-            ``self``, for chaining.
-        """
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        """Switch to evaluation mode; returns ``self``."""
-        return self.train(False)
-
-    def __call__(self, x):
-        return self.forward(x)
-
-    def _require_cache(self, cache):
-        if cache is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward called before forward")
-        return cache
+        super().__init__()
+        self.dtype = float_dtype(dtype)
 
 
 class Embedding(Layer):
@@ -195,18 +93,14 @@ class Embedding(Layer):
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *,
                  seed=None, dtype="float32"):
         super().__init__(dtype)
-        num_embeddings = int(num_embeddings)
-        embedding_dim = int(embedding_dim)
-        if num_embeddings < 1 or embedding_dim < 1:
-            raise ValueError(
-                "num_embeddings and embedding_dim must be >= 1, got "
-                f"{num_embeddings} and {embedding_dim}")
+        num_embeddings = positive_int(num_embeddings, "num_embeddings")
+        embedding_dim = positive_int(embedding_dim, "embedding_dim")
         parameter_count(num_embeddings * embedding_dim, "Embedding")
         if padding_idx is not None:
-            padding_idx = int(padding_idx)
-            if not -num_embeddings <= padding_idx < num_embeddings:
+            padding_idx = positive_int(padding_idx, "padding_idx", minimum=-num_embeddings)
+            if padding_idx >= num_embeddings:
                 raise ValueError(
-                    f"padding_idx must be in [{-num_embeddings}, "
+                    f"padding_idx: expected an int in [{-num_embeddings}, "
                     f"{num_embeddings}), got {padding_idx}")
             padding_idx %= num_embeddings
         self.num_embeddings = num_embeddings
@@ -218,7 +112,7 @@ class Embedding(Layer):
         weight = rng.standard_normal((num_embeddings, embedding_dim))
         if padding_idx is not None:
             weight[padding_idx] = 0.0
-        self._add_param("weight", weight)
+        self._create_parameters({"weight": weight}, self.dtype)
         self._idx = None
 
     def _check_indices(self, idx):
@@ -314,12 +208,8 @@ class Dense(Layer):
     def __init__(self, in_features, out_features, bias=True, *, seed=None,
                  dtype="float32"):
         super().__init__(dtype)
-        in_features = int(in_features)
-        out_features = int(out_features)
-        if in_features < 1 or out_features < 1:
-            raise ValueError(
-                "in_features and out_features must be >= 1, got "
-                f"{in_features} and {out_features}")
+        in_features = positive_int(in_features, "in_features")
+        out_features = positive_int(out_features, "out_features")
         for value, name in ((in_features, "in_features"), (out_features, "out_features")):
             at_most(value, C_INT_MAX, name, "the kernels and BLAS index it with a C int")
         parameter_count(out_features * (in_features + 1), "Dense")
@@ -327,10 +217,10 @@ class Dense(Layer):
         self.out_features = out_features
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(in_features)
-        self._add_param(
-            "weight", rng.uniform(-bound, bound, (out_features, in_features)))
+        initial = {"weight": rng.uniform(-bound, bound, (out_features, in_features))}
         if bias:
-            self._add_param("bias", rng.uniform(-bound, bound, out_features))
+            initial["bias"] = rng.uniform(-bound, bound, out_features)
+        self._create_parameters(initial, self.dtype)
         self._x2d = None
 
     def forward(self, x):
@@ -437,9 +327,12 @@ class Dropout(Layer):
         super().__init__("float64" if dtype is None else dtype)
         if dtype is None:
             self.dtype = None
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer,
+                                                                  np.floating)):
+            raise TypeError(f"p: expected a probability in [0, 1), got {type(p).__name__}")
         p = float(p)
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout p must be in [0, 1), got {p}")
+            raise ValueError(f"p: expected a probability in [0, 1), got {p}")
         self.p = p
         self._rng = np.random.default_rng(seed)
         self._mask = None

@@ -7,12 +7,13 @@ happens in clstm.kernels. The math is in DEVELOPERS.md.
 import numpy as np
 
 from . import _threads, kernels
-from ._concurrency import ForkSafeLock, PerThread, TrainingFlag, WorkspacePool
-from ._validate import as_float_array, as_real_array, check_shape, float_dtype, positive_int
+from ._concurrency import PerThread, WorkspacePool
+from .layers import Layer
+from ._validate import as_float_array, as_real_array, check_shape, positive_int
 from ._validate import C_INT_MAX, at_most, parameter_count
 
 
-class LSTM:
+class LSTM(Layer):
     """A multi-layer LSTM with explicit forward and backward passes.
 
     Parameters
@@ -53,7 +54,6 @@ class LSTM:
     #: Idle kernel workspaces kept for reuse, per model, at most this many bytes (a
     #: larger workspace is freed after its call); see :meth:`release_workspace`.
     workspace_cache_bytes = 512 * 1024 * 1024
-    training = TrainingFlag()
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, dtype="float32",
                  peephole=False, dropout=0.0, seed=None, batch_first=False):
@@ -68,7 +68,7 @@ class LSTM:
         per_layer = 8 * H + (3 * H if peephole else 0)  # biases, peepholes
         parameter_count(4 * H * (self.input_size + H) + 4 * H * 2 * H * (layers - 1)
                         + per_layer * layers, "LSTM")
-        self.dtype = float_dtype(dtype)
+        super().__init__(dtype)
         self.peephole = bool(peephole)
         self.batch_first = bool(batch_first)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
@@ -76,12 +76,10 @@ class LSTM:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self._rng = np.random.default_rng(seed)
-        self.training = True
         # What each thread's last forward keeps for its backward; the kernels' scratch
         # buffers, reused across calls but never shared by two (clstm/_concurrency.py).
         self._cache = PerThread()
         self._workspaces = WorkspacePool(self.dtype, self.workspace_cache_bytes)
-        self._grad_lock = ForkSafeLock()
 
         # per layer: the names of its weights, looked up at every call (an optimizer or a
         # model may rebind the entries), built once
@@ -90,13 +88,22 @@ class LSTM:
                        for k in range(self.num_layers)]
         shapes = self._parameter_shapes()
         total = sum(int(np.prod(s)) for s in shapes.values())
-        self.flat_params = np.empty(total, dtype=self.dtype)
-        self.flat_grads = np.zeros(total, dtype=self.dtype)
-        self.params = self._views(self.flat_params, shapes)
-        self.grads = self._views(self.flat_grads, shapes)
-        # PyTorch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)).
+        # PyTorch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), drawn
+        # as one vector in the parameters' order.
         bound = 1.0 / np.sqrt(self.hidden_size)
-        self.flat_params[:] = self._rng.uniform(-bound, bound, size=total)
+        drawn = self._rng.uniform(-bound, bound, size=total)
+        initial, offset = {}, 0
+        for name, shape in shapes.items():
+            size = int(np.prod(shape))
+            initial[name] = drawn[offset:offset + size].reshape(shape)
+            offset += size
+        self._create_parameters(initial, self.dtype)
+
+    def get_config(self):
+        return {"input_size": self.input_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "dtype": self.dtype.name,
+                "peephole": self.peephole, "dropout": self.dropout,
+                "batch_first": self.batch_first}
 
     # -- parameters -------------------------------------------------------------------
 
@@ -113,20 +120,6 @@ class LSTM:
                 shapes[f"weight_peephole_l{k}"] = (3, H)
         return shapes
 
-    @staticmethod
-    def _views(flat, shapes):
-        views, offset = {}, 0
-        for name, shape in shapes.items():
-            size = int(np.prod(shape))
-            views[name] = flat[offset:offset + size].reshape(shape)
-            offset += size
-        return views
-
-    def zero_grad(self):
-        """Set every gradient to zero (in place: the views stay valid)."""
-        with self._grad_lock:
-            self.flat_grads.fill(0)
-
     def release_workspace(self):
         """Free the kernel workspaces kept for reuse, and what this thread's last
         forward kept for a backward (which then needs a new forward)."""
@@ -139,31 +132,6 @@ class LSTM:
         if cache is not None:
             for layer in cache[3]:
                 self._workspaces.give(layer[2])
-
-    def train(self, mode=True):
-        """Training mode: dropout between layers is active. Returns self."""
-        self.training = bool(mode)
-        return self
-
-    def eval(self):
-        """Inference mode: no dropout. Returns self."""
-        return self.train(False)
-
-    def state_dict(self):
-        """A copy of the parameters, by PyTorch's names."""
-        return {name: value.copy() for name, value in self.params.items()}
-
-    def load_state_dict(self, state):
-        """Copy parameters in, checking that names and shapes match exactly."""
-        missing = sorted(set(self.params) - set(state))
-        unexpected = sorted(set(state) - set(self.params))
-        if missing or unexpected:
-            raise ValueError(f"load_state_dict: expected the names {sorted(self.params)}; "
-                             f"missing {missing}, unexpected {unexpected}")
-        for name, value in state.items():
-            value = as_float_array(value, self.dtype, name)
-            check_shape(value, self.params[name].shape, name)
-            self.params[name][...] = value
 
     def __repr__(self):
         extras = "".join([
@@ -397,7 +365,8 @@ class LSTM:
         g = self.grads
         dx = None
         # One backward at a time adds into the shared gradients.
-        with self._grad_lock, _threads.blas_guard(), _GiveBack(self._workspaces, layers):
+        # (Layer.backward holds the gradient lock: one backward at a time adds into grads.)
+        with _threads.blas_guard(), _GiveBack(self._workspaces, layers):
             for k in range(L - 1, -1, -1):
                 inp, y, buffer, h0_k, c0_k, mask = layers[k]
                 workspace = buffer[:5 * T * B * H]

@@ -35,12 +35,13 @@ import inspect
 
 import numpy as np
 
-from ._concurrency import TrainingFlag, inference_mode
+from ._concurrency import inference_mode
 from .layers import (Dense, Dropout, Embedding, Layer, last_valid_step_backward,
                      lengths_to_mask)
 from .losses import mse, softmax, softmax_cross_entropy
 from ._validate import positive_int
 from .lstm import LSTM
+from .module import Module
 from .training import NonFiniteError, evaluate_steps, fit_loop  # noqa: F401 (re-exported)
 from .tbptt import batchify, num_chunks
 
@@ -109,6 +110,23 @@ def _describe(arr):
     return text
 
 
+def _adopt(layer, flat_params, flat_grads):
+    """Move a layer's parameters into slices of a container's buffers: a Module adopts
+    them itself; a layer of your own (with plain ``params``/``grads`` dicts) gets its dict
+    entries rebound to the slices, so it must read ``self.params[name]`` at every call."""
+    if isinstance(layer, Module):
+        layer._adopt(flat_params, flat_grads)
+        return
+    offset = 0
+    for name, arr in list(layer.params.items()):
+        p = flat_params[offset:offset + arr.size].reshape(arr.shape)
+        g = flat_grads[offset:offset + arr.size].reshape(arr.shape)
+        p[...] = arr
+        g[...] = layer.grads[name]
+        layer.params[name], layer.grads[name] = p, g
+        offset += arr.size
+
+
 def _is_recurrent(layer):
     return isinstance(layer, LSTM) or getattr(layer, "recurrent", False)
 
@@ -122,7 +140,7 @@ def _takes_keyword(method, name):
 
 # ------------------------------------------------------------------------ Sequential
 
-class Sequential:
+class Sequential(Module):
     """Layers applied one after another, with explicit forward and backward.
 
     Parameters
@@ -151,9 +169,9 @@ class Sequential:
         returns; after a Ctrl-C, the epochs completed before it).
     """
 
-    training = TrainingFlag()
 
     def __init__(self, layers, *, loss=None):
+        super().__init__()
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("Sequential: expected at least one layer, got none")
@@ -171,59 +189,36 @@ class Sequential:
         self.loss = loss
         self.optimizer = None
         self.history = None
-        self.training = True
         self._input_grad_kw = [_takes_keyword(layer.backward, "input_grad")
                                for layer in self.layers]
-        self.flat_params, self.flat_grads = self._flatten()
+        self._adopt_layers()
 
     # -- parameters ---------------------------------------------------------------------
 
-    def _flatten(self):
-        """Move every parameter into one buffer and rebind the layers' dict entries to
-        views of it. Returns (flat_params, flat_grads), or (None, None) when dtypes mix.
-
-        Layers read ``self.params[name]`` at every call (``LSTM``, ``Embedding`` and
-        ``Dense`` do, and custom layers must), so rebinding the dict entries is all it
-        takes. An LSTM's own ``flat_params`` / ``flat_grads`` become the slices covering
-        exactly its parameters, laid out in its own order, so the LSTM used on its own
-        (``zero_grad``, an optimiser) still sees the same memory.
-        """
-        entries = [(layer, name, arr) for layer in self.layers
-                   for name, arr in layer.params.items()]
-        dtypes = {arr.dtype for _, _, arr in entries}
-        if len(dtypes) != 1:
-            return None, None
-        dtype = dtypes.pop()
-        total = sum(arr.size for _, _, arr in entries)
-        flat_p = np.empty(total, dtype=dtype)
-        flat_g = np.empty(total, dtype=dtype)
-        offset = 0
-        for layer in self.layers:
-            start = offset
-            for name, arr in list(layer.params.items()):
-                size = arr.size
-                p = flat_p[offset:offset + size].reshape(arr.shape)
-                g = flat_g[offset:offset + size].reshape(arr.shape)
-                p[...] = arr
-                g[...] = layer.grads[name]
-                layer.params[name], layer.grads[name] = p, g
+    def _adopt_layers(self):
+        """Own every layer's parameters: one buffer for all of them (one for their
+        gradients), each layer's values moved into its slice and its views rebound there
+        (:meth:`Module._adopt`), so the layer used alone sees the same memory. When the
+        layers' dtypes differ, each keeps its own buffers. Then ``params``/``grads`` name
+        them ``"<index>.<name>"``, as ``torch.nn.Sequential`` does."""
+        entries = [(layer, arr) for layer in self.layers for arr in layer.params.values()]
+        dtypes = {arr.dtype for _, arr in entries}
+        if len(dtypes) == 1:
+            dtype = dtypes.pop()
+            total = sum(arr.size for _, arr in entries)
+            self.flat_params = np.empty(total, dtype=dtype)
+            self.flat_grads = np.zeros(total, dtype=dtype)
+            offset = 0
+            for layer in self.layers:
+                size = sum(arr.size for arr in layer.params.values())
+                if size:
+                    _adopt(layer, self.flat_params[offset:offset + size],
+                           self.flat_grads[offset:offset + size])
                 offset += size
-            if isinstance(layer, LSTM):
-                layer.flat_params = flat_p[start:offset]
-                layer.flat_grads = flat_g[start:offset]
-        return flat_p, flat_g
-
-    @property
-    def params(self):
-        """dict: ``"<index>.<name>"`` -> parameter array (the layer's own)."""
-        return {f"{i}.{name}": arr for i, layer in enumerate(self.layers)
-                for name, arr in layer.params.items()}
-
-    @property
-    def grads(self):
-        """dict: ``"<index>.<name>"`` -> gradient array, same keys as ``params``."""
-        return {f"{i}.{name}": arr for i, layer in enumerate(self.layers)
-                for name, arr in layer.grads.items()}
+        self.params = {f"{i}.{name}": arr for i, layer in enumerate(self.layers)
+                       for name, arr in layer.params.items()}
+        self.grads = {f"{i}.{name}": arr for i, layer in enumerate(self.layers)
+                      for name, arr in layer.grads.items()}
 
     @property
     def dtype(self):
@@ -232,14 +227,6 @@ class Sequential:
             for arr in layer.params.values():
                 return arr.dtype
         return np.dtype(np.float64)
-
-    def zero_grad(self):
-        """Zero every gradient in place."""
-        if self.flat_grads is not None:
-            self.flat_grads.fill(0)
-        else:
-            for layer in self.layers:
-                layer.zero_grad()
 
     def train(self, mode=True):
         """Training mode (dropout active) for every layer; returns self."""
@@ -251,35 +238,6 @@ class Sequential:
     def eval(self):
         """Inference mode for every layer; returns self."""
         return self.train(False)
-
-    def state_dict(self):
-        """A copy of the parameters, by their prefixed names."""
-        return {name: arr.copy() for name, arr in self.params.items()}
-
-    def load_state_dict(self, state):
-        """Copy parameters in (in place), checking that names and shapes match exactly.
-
-        Raises
-        ------
-        ValueError
-            Missing or unexpected names, or a shape that differs, saying which.
-        """
-        params = self.params
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise ValueError(f"load_state_dict: expected the names {sorted(params)}; "
-                             f"missing {missing}, unexpected {unexpected}")
-        for name, value in state.items():
-            value = np.asarray(value)
-            if value.dtype.kind not in "fiu":
-                raise ValueError(f"load_state_dict: {name}: expected real numbers, got "
-                                 f"dtype {value.dtype}")
-            if value.shape != params[name].shape:
-                raise ValueError(f"load_state_dict: {name}: expected shape "
-                                 f"{params[name].shape}, got {value.shape}")
-        for name, value in state.items():
-            params[name][...] = value
 
     def get_config(self):
         """The constructor arguments as JSON-able data (see :mod:`clstm.io`)."""
