@@ -111,75 +111,6 @@ def _hyper(name, doc):
     return property(fget, fset, doc=doc)
 
 
-# --------------------------------------------------------------------------
-# memory layout
-
-def _address(a):
-    return a.__array_interface__["data"][0]
-
-
-def _root(a):
-    """The object that owns ``a``'s memory (end of the ``.base`` chain)."""
-    while isinstance(a, np.ndarray) and a.base is not None:
-        a = a.base
-    return a
-
-
-def _tile(arrays, hint=None):
-    """Find one flat 1-D view covering exactly the arrays of a dict.
-
-    Returns ``(flat, offsets)`` when the non-empty arrays share a dtype and a
-    memory owner, are C-contiguous and writeable, and lie back to back with
-    neither gap nor overlap; ``offsets[name]`` is the element offset of each
-    array in ``flat``.  Returns None otherwise.  ``hint`` (a model's
-    ``flat_params``) is used as the view when it covers exactly that region.
-    """
-    dtypes = {a.dtype for a in arrays.values()}
-    if len(dtypes) != 1:
-        return None
-    dtype = dtypes.pop()
-    item = dtype.itemsize
-    spans = []
-    root = None
-    for name, a in arrays.items():
-        if a.size == 0:
-            continue
-        if not (a.flags.c_contiguous and a.flags.writeable):
-            return None
-        # One owner rules out separate allocations that merely happen to be
-        # adjacent: the flat view must never span two allocations.
-        r = _root(a)
-        if root is None:
-            root = r
-        elif r is not root:
-            return None
-        spans.append((_address(a), a.size, name, a))
-    if not spans:
-        return None
-    spans.sort(key=lambda s: s[0])
-    start = end = spans[0][0]
-    offsets = {}
-    for addr, size, name, _ in spans:
-        if addr != end:
-            return None
-        offsets[name] = (addr - start) // item
-        end += size * item
-    total = (end - start) // item
-    for name, a in arrays.items():
-        if a.size == 0:
-            offsets[name] = 0
-    if (isinstance(hint, np.ndarray) and hint.ndim == 1 and hint.dtype == dtype
-            and hint.size == total and hint.flags.c_contiguous
-            and hint.flags.writeable and _address(hint) == start):
-        flat = hint
-    else:
-        # Safe: the region is exactly the union of arrays we keep alive, all
-        # inside one allocation (checked above).
-        flat = np.lib.stride_tricks.as_strided(
-            spans[0][3].reshape(-1), shape=(total,), strides=(item,))
-    return flat, offsets
-
-
 def _check_pair(params, grads):
     """Validate matching params/grads dicts; raise with expected vs got."""
     if not isinstance(params, Mapping) or not isinstance(grads, Mapping):
@@ -322,6 +253,8 @@ class Optimizer:
     # -- binding ------------------------------------------------------------
 
     def _sources(self):
+        """(params, grads, flat_params, flat_grads) as they are now: a model's are read
+        at every step, so a container that adopts the model later is followed."""
         if self._model is None:
             return self._pdict, self._gdict, None, None
         m = self._model
@@ -329,7 +262,11 @@ class Optimizer:
                 getattr(m, "flat_params", None), getattr(m, "flat_grads", None))
 
     def _bind(self, initial):
-        params, grads, hint_p, hint_g = self._sources()
+        """Check the parameters and lay out the state: one flat array per kind, in the
+        order of ``params``, which is the order of a model's flat buffers (a
+        :class:`clstm.module.Module` creates its views in that order), so that the state
+        lines up element by element with ``flat_params``."""
+        params, grads, flat_p, flat_g = self._sources()
         names = _check_pair(params, grads)
         if initial:
             self._names = names
@@ -338,17 +275,11 @@ class Optimizer:
             self._sizes = {n: params[n].size for n in names}
             dtypes = set(self._dtypes.values())
             self._dtype = dtypes.pop() if len(dtypes) == 1 else None
-            tiled = _tile(params, hint_p)
-            if tiled is not None:
-                # state mirrors the params' memory order so that one flat
-                # state array lines up element by element with flat_params
-                self._offsets = tiled[1]
-            else:
-                self._offsets, off = {}, 0
-                for n in names:
-                    self._offsets[n] = off
-                    off += self._sizes[n]
-            self._size = sum(self._sizes.values())
+            self._offsets, off = {}, 0
+            for n in names:
+                self._offsets[n] = off
+                off += self._sizes[n]
+            self._size = off
         else:
             if set(names) != set(self._names):
                 raise ValueError(
@@ -364,24 +295,22 @@ class Optimizer:
         # the exact objects, to notice a model that assigns new arrays
         self._p = {n: params[n] for n in self._names}
         self._g = {n: grads[n] for n in self._names}
-        self._flat_p = self._flat_g = None
-        tp = _tile(params, hint_p)
-        tg = _tile(grads, hint_g)
-        if (tp is not None and tg is not None
-                and tp[1] == self._offsets and tg[1] == self._offsets):
-            if np.may_share_memory(tp[0], tg[0]):
-                raise ValueError("the gradient buffer overlaps the parameter buffer")
-            self._flat_p, self._flat_g = tp[0], tg[0]
+        # The flat path: a model's own buffers, taken as they are (no search for them).
+        self._flat = (flat_p is not None and flat_g is not None
+                      and flat_p.size == self._size and flat_g.size == self._size)
 
     def _refresh(self):
-        """Rebind if the model now holds different arrays (cheap identity check)."""
-        params, grads, _, _ = self._sources()
+        """Rebind if the model now holds different arrays (cheap identity check);
+        returns the flat buffers to update, or (None, None) for the per-array path."""
+        params, grads, flat_p, flat_g = self._sources()
         p, g = self._p, self._g
-        if (isinstance(params, Mapping) and isinstance(grads, Mapping)
+        if not (isinstance(params, Mapping) and isinstance(grads, Mapping)
                 and len(params) == len(p) and len(grads) == len(g)
                 and all(params.get(n) is p[n] and grads.get(n) is g[n] for n in p)):
-            return
-        self._bind(initial=False)
+            self._bind(initial=False)
+            # an array assigned by hand lies outside the model's buffer
+            self._flat = False
+        return (flat_p, flat_g) if self._flat else (None, None)
 
     # -- storage ------------------------------------------------------------
 
@@ -408,9 +337,8 @@ class Optimizer:
 
     @property
     def is_flat(self):
-        """bool: True when updates run over single flat buffers (the fast path)."""
-        self._refresh()
-        return self._flat_p is not None
+        """bool: True when updates run over the model's flat buffers (the fast path)."""
+        return self._refresh()[0] is not None
 
     def step(self):
         """Update every parameter in place from the current gradients.
@@ -420,15 +348,15 @@ class Optimizer:
         ``step_count`` are never left half updated.
         """
         with self._step_lock, _HoldSigint():
-            self._refresh()
+            flat = self._refresh()
             self._prepare()
             self._step_count += 1
             c = self._constants()
-            for p, g, st in self._segments():
+            for p, g, st in self._segments(*flat):
                 self._update(p, g, st, self._work(p), c)
             self._after_step()
 
-    def _segments(self):
+    def _segments(self, flat_p, flat_g):
         """Yield ``(param, grad, {kind: state})`` pieces covering every element.
 
         Contiguous data goes in 1-D chunks of ``_CHUNK_BYTES`` so that the
@@ -438,9 +366,8 @@ class Optimizer:
         buffers stay chunk-sized instead of doubling the memory footprint.
         """
         kinds = list(self._state)
-        if self._flat_p is not None:
-            yield from _chunks(self._flat_p, self._flat_g,
-                               {k: self._state[k][0] for k in kinds})
+        if flat_p is not None:
+            yield from _chunks(flat_p, flat_g, {k: self._state[k][0] for k in kinds})
             return
         for n in self._names:
             p, g = self._p[n], self._g[n]
@@ -462,9 +389,9 @@ class Optimizer:
 
     def zero_grad(self):
         """Set every gradient to zero in place."""
-        self._refresh()
-        if self._flat_g is not None:
-            self._flat_g.fill(0)
+        flat_g = self._refresh()[1]
+        if flat_g is not None:
+            flat_g.fill(0)
         else:
             for g in self._g.values():
                 g.fill(0)
@@ -899,8 +826,10 @@ def _grad_arrays(grads):
                 f"{getattr(a, 'dtype', type(a).__name__)}")
     if not d:
         return []
-    tiled = _tile(d, hint)
-    return [tiled[0]] if tiled is not None else list(d.values())
+    if hint is not None and hint.size == sum(a.size for a in d.values()) \
+            and all(np.may_share_memory(a, hint) for a in d.values()):
+        return [hint]     # the model's own buffer: one pass over it
+    return list(d.values())
 
 
 def _array_norm(x, p):

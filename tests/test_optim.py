@@ -175,15 +175,18 @@ def test_flat_and_dict_paths_agree_exactly(cls, kw, dtype, chunked):
             np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_flat_path_detected_without_model_hint():
+def test_flat_path_is_the_models_own_buffers_and_dicts_run_per_array():
     model = FakeModel()
-    # plain dicts of views into one buffer: detected from the memory layout
+    assert Adam(model).is_flat
+    # plain dicts are updated array by array: the optimiser does not search memory for
+    # a buffer behind them (the model that owns one passes itself)
     opt = Adam(dict(model.params), dict(model.grads))
-    assert opt.is_flat
-    # shuffled dict order does not matter: the layout is found by address
-    keys = list(model.params)[::-1]
-    opt = Adam({k: model.params[k] for k in keys}, {k: model.grads[k] for k in keys})
-    assert opt.is_flat
+    assert not opt.is_flat
+    model.grads["weight_ih_l0"][...] = 1.0
+    before = model.flat_params.copy()
+    opt.step()
+    changed = model.flat_params != before
+    assert changed[:model.params["weight_ih_l0"].size].all()
 
 
 def test_flat_path_declined_when_layouts_differ():
