@@ -65,19 +65,31 @@ def memory_table(results):
 
 
 def streaming_table(results):
+    with_onnx = any("onnxruntime" in s.get("impls", {}) or "onnxruntime" in s.get("skipped", {})
+                    for s in results["streaming"])
     rows = []
     for s in results["streaming"]:
         if "error" in s:
-            rows.append([s["layers"], s["dtype"], s["threads"], s["error"], "", "", "", ""])
+            rows.append([s["layers"], s["dtype"], s["threads"], s["error"]]
+                        + [""] * (6 if with_onnx else 4))
             continue
         imp = s["impls"]
-        rows.append([s["layers"], s["dtype"], s["threads"],
-                     f"{imp['clstm']['median_us']:.1f} ({s['clstm_call']})",
-                     f"{imp['torch']['median_us']:.1f}",
-                     f"{imp['torch-nodnnl']['median_us']:.1f}" if "torch-nodnnl" in imp else "—",
-                     _x(s["ratio_vs_torch"]), _x(s["ratio_vs_best_torch"])])
-    return _table(["layers", "dtype", "thr", "clstm µs/step", "torch µs/step",
-                   "torch-nodnnl µs/step", "torch / clstm", "best torch / clstm"], rows)
+        row = [s["layers"], s["dtype"], s["threads"],
+               f"{imp['clstm']['median_us']:.1f} ({s['clstm_call']})",
+               f"{imp['torch']['median_us']:.1f}",
+               f"{imp['torch-nodnnl']['median_us']:.1f}" if "torch-nodnnl" in imp else "—"]
+        if with_onnx:
+            row.append(f"{imp['onnxruntime']['median_us']:.1f}" if "onnxruntime" in imp
+                       else "skip" if "onnxruntime" in s.get("skipped", {}) else "—")
+        row += [_x(s["ratio_vs_torch"]), _x(s["ratio_vs_best_torch"])]
+        if with_onnx:
+            row.append(_x(s.get("ratio_vs_onnxruntime")))
+        rows.append(row)
+    header = ["layers", "dtype", "thr", "clstm µs/step", "torch µs/step", "torch-nodnnl µs/step"]
+    header += ["onnxruntime µs/step"] if with_onnx else []
+    header += ["torch / clstm", "best torch / clstm"]
+    header += ["onnxruntime / clstm"] if with_onnx else []
+    return _table(header, rows)
 
 
 def markdown(results):

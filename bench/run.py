@@ -1,7 +1,7 @@
 """clstm side by side with its peers: the grid, peak memory, streaming latency.
 
     python -m bench [--quick] [--shapes S1,S3] [--dtypes float32,float64] [--threads 1,2]
-                    [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax]
+                    [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax,onnxruntime]
                     [--stream-threads 1] [--out DIR] [--no-memory] [--no-streaming] [--no-chart]
 
 Writes DIR/results.json, DIR/results.md and (with matplotlib) DIR/chart.png, and prints the
@@ -201,13 +201,24 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
     cells = []
     for mode in args.modes:
         t0 = time.perf_counter()
+        mode_runners = {name: r for name, r in runners.items() if mode in r.modes}
+        mode_skipped = dict(skipped)
+        for name, r in runners.items():
+            if name not in mode_runners:
+                mode_skipped[name] = f"{name}: inference only (no {mode} mode)"
+        # Inference outputs are checked against clstm's before the timing (one call each):
+        # a peer that computes something else is flagged before its times are read.
+        early_checks = {}
+        if mode == "fwd":
+            early_checks = forward_checks(mode_runners)
         # The ceiling on `threads` threads, and on one: n cores can always do what one does.
         ceilings = {n: ceiling.cell(shape, mode, dtype, n, input_grad=False)
                     for n in sorted({threads, 1})}
-        contenders = {name: getattr(r, mode) for name, r in runners.items()}
+        contenders = {name: getattr(r, mode) for name, r in mode_runners.items()}
         timings = interleaved(contenders, args.repeats, args.warmup, args.min_time,
                               settle=args.settle if threads > 1 else 0.0,
-                              pause_after={name: r.pause_after_s for name, r in runners.items()})
+                              pause_after={name: r.pause_after_s
+                                           for name, r in mode_runners.items()})
         # The ceiling is timed after the implementations, not in their rotation: SciPy's
         # OpenBLAS workers spin for ~0.1 s after each multi-threaded GEMM and took a core
         # from whichever implementation ran next (clstm's 2-thread forward measured 2x
@@ -229,19 +240,27 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
                  for name, t in timings.items()}
 
         reference = None
-        try:
-            clstm_runner = runners["clstm"]
-            reference = (clstm_runner.forward_output() if mode == "fwd"
-                         else clstm_runner.train_grads())
-        except Exception as exc:
-            impls["clstm"]["error"] = impls["clstm"]["error"] or f"{type(exc).__name__}: {exc}"
-        for name, runner in runners.items():
-            if name == "clstm" or reference is None or impls[name]["error"]:
-                continue
+        if mode == "fwd":
+            if "clstm" in early_checks:
+                impls["clstm"]["error"] = impls["clstm"]["error"] or early_checks["clstm"]
+        else:
             try:
-                impls[name]["rel_error_vs_clstm"] = cross_check(runner, mode, reference)
+                reference = runners["clstm"].train_grads()
             except Exception as exc:
-                impls[name]["rel_error_vs_clstm"] = f"{type(exc).__name__}: {exc}"
+                impls["clstm"]["error"] = (impls["clstm"]["error"]
+                                           or f"{type(exc).__name__}: {exc}")
+        for name, runner in mode_runners.items():
+            if name == "clstm" or impls[name]["error"]:
+                continue
+            if mode == "fwd":
+                impls[name].update(early_checks.get(name, {}))
+            elif reference is not None:
+                try:
+                    impls[name]["rel_error_vs_clstm"] = cross_check(runner, mode, reference)
+                except Exception as exc:
+                    impls[name]["rel_error_vs_clstm"] = f"{type(exc).__name__}: {exc}"
+            else:
+                continue
             if hasattr(runner, "path"):
                 impls[name]["path"] = runner.path(mode)
             impls[name].update(runner.notes())
@@ -254,7 +273,7 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
         cells.append(dict(
             shape=shape.name, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
             dtype=dtype, threads=threads, mode=mode, flops=flops,
-            impls=impls, skipped=skipped,
+            impls=impls, skipped=mode_skipped,
             clstm_gflops=flops / clstm_s / 1e9,
             best_peer=best, best_peer_s=peer_times.get(best, math.nan),
             ratio_best_peer=peer_times[best] / clstm_s if best else math.nan,
@@ -270,6 +289,31 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
     del runners
     gc.collect()
     return cells
+
+
+def forward_checks(runners):
+    """Each runner's inference output against clstm's, before timing.
+
+    Returns name -> {"rel_error_vs_clstm", "max_abs_diff_vs_clstm"} for the peers, and
+    "clstm" -> an error string when clstm's own forward failed.
+    """
+    try:
+        expected = np.asarray(runners["clstm"].forward_output())
+    except Exception as exc:
+        return {"clstm": f"{type(exc).__name__}: {exc}"}
+    out = {}
+    for name, runner in runners.items():
+        if name == "clstm":
+            continue
+        try:
+            got = np.asarray(runner.forward_output())
+            out[name] = dict(rel_error_vs_clstm=rel_error(got, expected),
+                             max_abs_diff_vs_clstm=float(np.max(np.abs(
+                                 got.astype(np.float64) - expected))) if got.shape ==
+                             expected.shape else math.inf)
+        except Exception as exc:
+            out[name] = dict(rel_error_vs_clstm=f"{type(exc).__name__}: {exc}")
+    return out
 
 
 class _PhaseClock:
@@ -347,6 +391,8 @@ def run_streaming(args):
                 try:
                     row = streaming.run(layers, dtype, threads, steps=args.stream_steps,
                                         with_nodnnl="torch-nodnnl" in args.peers,
+                                        with_onnx="onnxruntime" in args.peers
+                                        and PEERS["onnxruntime"]().available() is None,
                                         settle=args.settle if threads > 1 else 0.0)
                 except Exception as exc:
                     row = dict(layers=layers, dtype=dtype, threads=threads,
