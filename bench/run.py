@@ -625,6 +625,9 @@ def _main(args, out, hog):
     if hog:
         results["busy"]["hog"] = hog.stop()
         h = results["busy"]["hog"]
+        if max(args.threads) < 2:
+            results["notes"].insert(0, "--busy: no n-thread / 1-thread table, --threads has "
+                                    "no count above 1.")
         results["notes"].insert(0, f"--busy: every table ran beside a busy-loop process pinned "
                                 f"to core {h['core']} (it used {h['busy_fraction']} of a core "
                                 f"over {h['wall_s']} s).")
