@@ -10,10 +10,14 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if not (REPO / "bench" / "busy.py").exists():
     pytest.skip("bench/ is not next to the tests", allow_module_level=True)
-if importlib.util.find_spec("bench") is None:
-    sys.path.insert(0, str(REPO))  # bench/__init__.py takes it out again if clstm is unbuilt
+_added = importlib.util.find_spec("bench") is None
+if _added:  # for `bench` only: clstm is imported as the other tests import it
+    sys.path.insert(0, str(REPO))
 
 from bench import busy, isa  # noqa: E402
+
+if _added and str(REPO) in sys.path:
+    sys.path.remove(str(REPO))
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no sched_setaffinity")

@@ -16,12 +16,16 @@ pytest.importorskip("onnxruntime")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if not (REPO / "bench" / "onnx_lstm.py").exists():
     pytest.skip("bench/ is not next to the tests", allow_module_level=True)
-if importlib.util.find_spec("bench") is None:
-    sys.path.insert(0, str(REPO))  # bench/__init__.py takes it out again if clstm is unbuilt
+_added = importlib.util.find_spec("bench") is None
+if _added:  # for `bench` only: clstm is imported as the other tests import it
+    sys.path.insert(0, str(REPO))
 
 from bench import onnx_lstm  # noqa: E402
 from bench.peers import make_input, make_params  # noqa: E402
 from bench.shapes import Shape  # noqa: E402
+
+if _added and str(REPO) in sys.path:
+    sys.path.remove(str(REPO))
 
 import clstm  # noqa: E402
 
