@@ -514,6 +514,14 @@ def grid_notes(cells, args, unavailable):
                  "faster alone, and in multi-threaded cells the 1-thread run too if faster; "
                  "never below the FLOPs at a large square GEMM's rate.  Raw figures in "
                  "results.json.")
+    onnx_diffs = [c["impls"]["onnxruntime"].get("max_abs_diff_vs_clstm") for c in cells
+                  if "onnxruntime" in c["impls"]]
+    onnx_diffs = [d for d in onnx_diffs if isinstance(d, float)]
+    if onnx_diffs:
+        notes.append("onnxruntime: one ONNX LSTM node per layer, intra_op_num_threads = the "
+                     "cell's threads, inter_op 1, sequential execution; its output checked "
+                     "against clstm's before timing in every inference cell (max abs "
+                     f"difference {max(onnx_diffs):.2g}).")
     if "keras" in args.peers and any("keras" in c["impls"] for c in cells):
         notes.append("keras: batch-major input (transposed at setup), forward and gradient "
                      "inside tf.function, no optimizer step.")
