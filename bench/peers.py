@@ -4,6 +4,7 @@
     peer.available()                             # None, or why it cannot run here
     runner = peer.setup(shape, dtype, threads, params, x)
     runner.fwd(); runner.train()                 # one inference call / one training step
+    runner.modes                                 # the modes it runs ("fwd", "train")
     runner.forward_output(); runner.train_grads()  # for the cross-check, outside the timing
 
 Every peer receives the same weights (`make_params`, PyTorch names and layout) and the same
@@ -53,6 +54,8 @@ class Runner:
     # Seconds to wait after each timed sample of this runner before the next one starts:
     # for implementations whose worker threads keep spinning on the cores after a call.
     pause_after_s = 0.0
+    # The modes this runner can time: an inference-only runtime leaves out "train".
+    modes = ("fwd", "train")
 
     def fwd(self):
         raise NotImplementedError
@@ -488,6 +491,49 @@ class _JaxRunner(Runner):
         return {k: np.asarray(v) for k, v in self._step(self.params, self.x).items()}
 
 
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+class OnnxRuntimePeer(Peer):
+    """ONNX Runtime's CPU LSTM, inference only: one `LSTM` node per layer (bench/onnx_lstm.py).
+
+    Session: intra_op_num_threads = the cell's thread count, inter_op 1, sequential
+    execution, default graph optimisations.  float64 is probed once: ONNX Runtime builds
+    the session and then refuses to run it, and the cell says so.
+    """
+
+    name = "onnxruntime"
+
+    def available(self):
+        return _import_error("onnx") or _import_error("onnxruntime")
+
+    def version(self):
+        import onnx
+        import onnxruntime
+        return f"{onnxruntime.__version__} (onnx {onnx.__version__})"
+
+    def setup(self, shape, dtype, threads, params, x):
+        from bench import onnx_lstm
+        why = onnx_lstm.dtype_unsupported(dtype)
+        if why:
+            raise Skip(f"onnxruntime: {why}")
+        model = onnx_lstm.build_model(params, shape.L, shape.H, dtype)
+        return _OnnxRunner(onnx_lstm.make_session(model, threads), x)
+
+
+class _OnnxRunner(Runner):
+    modes = ("fwd",)
+
+    def __init__(self, session, x):
+        self.session, self.feed = session, {"X": x}
+
+    def fwd(self):
+        self.session.run(["Y"], self.feed)
+
+    def forward_output(self):
+        return self.session.run(["Y"], self.feed)[0]
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -497,6 +543,7 @@ PEERS = {
     "numpy": NumpyReferencePeer,
     "keras": KerasPeer,
     "jax": JaxPeer,
+    "onnxruntime": OnnxRuntimePeer,
 }
 
 

@@ -65,28 +65,66 @@ def memory_table(results):
 
 
 def streaming_table(results):
+    with_onnx = any("onnxruntime" in s.get("impls", {}) or "onnxruntime" in s.get("skipped", {})
+                    for s in results["streaming"])
     rows = []
     for s in results["streaming"]:
         if "error" in s:
-            rows.append([s["layers"], s["dtype"], s["threads"], s["error"], "", "", "", ""])
+            rows.append([s["layers"], s["dtype"], s["threads"], s["error"]]
+                        + [""] * (6 if with_onnx else 4))
             continue
         imp = s["impls"]
-        rows.append([s["layers"], s["dtype"], s["threads"],
-                     f"{imp['clstm']['median_us']:.1f} ({s['clstm_call']})",
-                     f"{imp['torch']['median_us']:.1f}",
-                     f"{imp['torch-nodnnl']['median_us']:.1f}" if "torch-nodnnl" in imp else "—",
-                     _x(s["ratio_vs_torch"]), _x(s["ratio_vs_best_torch"])])
-    return _table(["layers", "dtype", "thr", "clstm µs/step", "torch µs/step",
-                   "torch-nodnnl µs/step", "torch / clstm", "best torch / clstm"], rows)
+        row = [s["layers"], s["dtype"], s["threads"],
+               f"{imp['clstm']['median_us']:.1f} ({s['clstm_call']})",
+               f"{imp['torch']['median_us']:.1f}",
+               f"{imp['torch-nodnnl']['median_us']:.1f}" if "torch-nodnnl" in imp else "—"]
+        if with_onnx:
+            row.append(f"{imp['onnxruntime']['median_us']:.1f}" if "onnxruntime" in imp
+                       else "skip" if "onnxruntime" in s.get("skipped", {}) else "—")
+        row += [_x(s["ratio_vs_torch"]), _x(s["ratio_vs_best_torch"])]
+        if with_onnx:
+            row.append(_x(s.get("ratio_vs_onnxruntime")))
+        rows.append(row)
+    header = ["layers", "dtype", "thr", "clstm µs/step", "torch µs/step", "torch-nodnnl µs/step"]
+    header += ["onnxruntime µs/step"] if with_onnx else []
+    header += ["torch / clstm", "best torch / clstm"]
+    header += ["onnxruntime / clstm"] if with_onnx else []
+    return _table(header, rows)
+
+
+def busy_table(results):
+    b = results["busy"]
+    target = b.get("target", 1.1)
+    rows = []
+    for r in b["rows"]:
+        ratio = r.get("ratio")
+        rows.append([r["shape"], r["dtype"], r["mode"], _ms(r["one_thread_s"]),
+                     f"{_ms(r['n_threads_s'])} ({r['threads']} thr)",
+                     "—" if ratio is None else f"{ratio:.2f}"
+                     + ("" if ratio <= target else f" (over {target})")])
+    return _table(["shape", "dtype", "mode", "1 thread ms", "n threads ms",
+                   "n threads / 1 thread"], rows)
+
+
+def serving_table(results):
+    from bench.serving import table
+    return table(results["serving"])
+
+
+def isa_line(results):
+    from bench.isa import headline
+    return headline(results["isa"]) if results.get("isa") else ""
 
 
 def markdown(results):
     m = results["machine"]
+    isa = isa_line(results)
     parts = [
         "# clstm benchmark",
         "",
         f"{m['cpu']}, {m['cores']} cores; Python {m['python']}; " + ", ".join(
             f"{k} {v}" for k, v in m["versions"].items() if v),
+    ] + [
         f"BLAS and OpenMP: {'; '.join(m['blas'])}",
         f"clstm measured: `{m.get('clstm_file', '?')}` ({m.get('clstm_source', '?')})",
         "",
@@ -98,6 +136,8 @@ def markdown(results):
         "",
         "## Whole sequences: inference (fwd) and training step (train)",
         "",
+    ] + ([f"{isa}" + ("; under load (--busy)" if results.get("busy") else ""), ""]
+         if isa else []) + [
         grid_table(results),
     ]
     if results.get("memory"):
@@ -106,6 +146,22 @@ def markdown(results):
     if results.get("streaming"):
         parts += ["", "## Streaming inference: one step per call, B = 1, I = H = 64", "",
                   streaming_table(results)]
+    if results.get("busy"):
+        b = results["busy"]
+        hog = b.get("hog") or {}
+        parts += ["", "## Under load (--busy): clstm's n-thread time / its 1-thread time", "",
+                  f"A busy loop pinned to core {hog.get('core', '?')} ran beside the whole "
+                  "run; for each cell clstm at the run's largest thread count and at 1 thread, "
+                  f"interleaved, medians.  Target: <= {b.get('target', 1.1)} (an extra thread "
+                  "must not cost much when its core is taken).", "", busy_table(results)]
+    if results.get("serving"):
+        sv = results["serving"]
+        parts += ["", "## Serving from Python threads: one shared model", ""]
+        if sv.get("error"):
+            parts += [f"python -m bench.serving failed: {sv['error']}"]
+        else:
+            from bench.serving import describe
+            parts += [describe(sv), "", serving_table(results)]
     if results.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     if results.get("phases"):

@@ -1,11 +1,15 @@
 """clstm side by side with its peers: the grid, peak memory, streaming latency.
 
     python -m bench [--quick] [--shapes S1,S3] [--dtypes float32,float64] [--threads 1,2]
-                    [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax]
+                    [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax,onnxruntime]
                     [--stream-threads 1] [--out DIR] [--no-memory] [--no-streaming] [--no-chart]
+                    [--no-serving] [--isa avx512|avx2|generic] [--busy]
 
 Writes DIR/results.json, DIR/results.md and (with matplotlib) DIR/chart.png, and prints the
-Markdown.  Every implementation runs in this process, interleaved; peak memory is measured
+Markdown.  `--isa LEVEL` re-executes the run with clstm and OpenBLAS forced to that level
+(bench/isa.py); `--busy` runs everything beside a CPU hog and adds the table of clstm's
+n-thread / 1-thread time under that load (bench/busy.py); the serving table (1, 2, 4 Python
+threads sharing one model) comes from `python -m bench.serving`, run in a subprocess.  Every implementation runs in this process, interleaved; peak memory is measured
 in fresh processes (bench/memory.py), which import the same clstm as this process.  Which
 clstm that is (the source tree when built in place, else the installed package): see
 bench/__init__.py; results.json records its path under machine.clstm_file.
@@ -13,6 +17,7 @@ bench/__init__.py; results.json records its path under machine.clstm_file.
 
 import argparse
 import gc
+import importlib
 import json
 import math
 import os
@@ -28,7 +33,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench import CLSTM_PATH_ENV, report, streaming  # noqa: E402
+from bench import CLSTM_PATH_ENV, busy, isa, report, streaming  # noqa: E402
 from bench.ceiling import GemmCeiling, blas_controller  # noqa: E402
 from bench.peers import (PEERS, REPO_ROOT, ClstmPeer, Skip, clstm_location,  # noqa: E402
                          clstm_module, make_input, make_params)
@@ -81,6 +86,16 @@ def parse_args(argv=None):
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-streaming", action="store_true")
     ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument("--no-serving", action="store_true",
+                    help="leave out the serving-from-threads table (python -m bench.serving)")
+    ap.add_argument("--isa", choices=isa.LEVELS,
+                    help="run clstm (CLSTM_ISA) and the BLAS ceiling (OPENBLAS_CORETYPE) at "
+                         "this instruction-set level: the process re-executes itself with "
+                         "both set (default: what the CPU picks)")
+    ap.add_argument("--busy", action="store_true",
+                    help="run beside a busy-loop process pinned to one core, and report "
+                         "clstm's time at the largest thread count / at 1 thread under that "
+                         "load for every shape, dtype and mode (target <= 1.1)")
     args = ap.parse_args(argv)
 
     defaults = QUICK if args.quick else FULL
@@ -144,7 +159,9 @@ def machine_info(clstm_peer, peers):
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = ALL_CORES
-    return dict(cpu=cpu, cores=ALL_CORES, usable_cores=affinity, platform=platform.platform(),
+    flags = {k: v for k, v in isa.cpu_info().items() if k != "model"}
+    return dict(cpu=cpu, cpu_flags=flags, cores=ALL_CORES, usable_cores=affinity,
+                platform=platform.platform(),
                 python=platform.python_version(), python_executable=sys.executable,
                 clstm_file=clstm_file, clstm_source="in-place build of this checkout"
                 if _inside(clstm_file, REPO_ROOT) else "installed package",
@@ -201,13 +218,24 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
     cells = []
     for mode in args.modes:
         t0 = time.perf_counter()
+        mode_runners = {name: r for name, r in runners.items() if mode in r.modes}
+        mode_skipped = dict(skipped)
+        for name, r in runners.items():
+            if name not in mode_runners:
+                mode_skipped[name] = f"{name}: inference only (no {mode} mode)"
+        # Inference outputs are checked against clstm's before the timing (one call each):
+        # a peer that computes something else is flagged before its times are read.
+        early_checks = {}
+        if mode == "fwd":
+            early_checks = forward_checks(mode_runners)
         # The ceiling on `threads` threads, and on one: n cores can always do what one does.
         ceilings = {n: ceiling.cell(shape, mode, dtype, n, input_grad=False)
                     for n in sorted({threads, 1})}
-        contenders = {name: getattr(r, mode) for name, r in runners.items()}
+        contenders = {name: getattr(r, mode) for name, r in mode_runners.items()}
         timings = interleaved(contenders, args.repeats, args.warmup, args.min_time,
                               settle=args.settle if threads > 1 else 0.0,
-                              pause_after={name: r.pause_after_s for name, r in runners.items()})
+                              pause_after={name: r.pause_after_s
+                                           for name, r in mode_runners.items()})
         # The ceiling is timed after the implementations, not in their rotation: SciPy's
         # OpenBLAS workers spin for ~0.1 s after each multi-threaded GEMM and took a core
         # from whichever implementation ran next (clstm's 2-thread forward measured 2x
@@ -229,19 +257,27 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
                  for name, t in timings.items()}
 
         reference = None
-        try:
-            clstm_runner = runners["clstm"]
-            reference = (clstm_runner.forward_output() if mode == "fwd"
-                         else clstm_runner.train_grads())
-        except Exception as exc:
-            impls["clstm"]["error"] = impls["clstm"]["error"] or f"{type(exc).__name__}: {exc}"
-        for name, runner in runners.items():
-            if name == "clstm" or reference is None or impls[name]["error"]:
-                continue
+        if mode == "fwd":
+            if "clstm" in early_checks:
+                impls["clstm"]["error"] = impls["clstm"]["error"] or early_checks["clstm"]
+        else:
             try:
-                impls[name]["rel_error_vs_clstm"] = cross_check(runner, mode, reference)
+                reference = runners["clstm"].train_grads()
             except Exception as exc:
-                impls[name]["rel_error_vs_clstm"] = f"{type(exc).__name__}: {exc}"
+                impls["clstm"]["error"] = (impls["clstm"]["error"]
+                                           or f"{type(exc).__name__}: {exc}")
+        for name, runner in mode_runners.items():
+            if name == "clstm" or impls[name]["error"]:
+                continue
+            if mode == "fwd":
+                impls[name].update(early_checks.get(name, {}))
+            elif reference is not None:
+                try:
+                    impls[name]["rel_error_vs_clstm"] = cross_check(runner, mode, reference)
+                except Exception as exc:
+                    impls[name]["rel_error_vs_clstm"] = f"{type(exc).__name__}: {exc}"
+            else:
+                continue
             if hasattr(runner, "path"):
                 impls[name]["path"] = runner.path(mode)
             impls[name].update(runner.notes())
@@ -254,7 +290,7 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
         cells.append(dict(
             shape=shape.name, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
             dtype=dtype, threads=threads, mode=mode, flops=flops,
-            impls=impls, skipped=skipped,
+            impls=impls, skipped=mode_skipped,
             clstm_gflops=flops / clstm_s / 1e9,
             best_peer=best, best_peer_s=peer_times.get(best, math.nan),
             ratio_best_peer=peer_times[best] / clstm_s if best else math.nan,
@@ -270,6 +306,31 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
     del runners
     gc.collect()
     return cells
+
+
+def forward_checks(runners):
+    """Each runner's inference output against clstm's, before timing.
+
+    Returns name -> {"rel_error_vs_clstm", "max_abs_diff_vs_clstm"} for the peers, and
+    "clstm" -> an error string when clstm's own forward failed.
+    """
+    try:
+        expected = np.asarray(runners["clstm"].forward_output())
+    except Exception as exc:
+        return {"clstm": f"{type(exc).__name__}: {exc}"}
+    out = {}
+    for name, runner in runners.items():
+        if name == "clstm":
+            continue
+        try:
+            got = np.asarray(runner.forward_output())
+            out[name] = dict(rel_error_vs_clstm=rel_error(got, expected),
+                             max_abs_diff_vs_clstm=float(np.max(np.abs(
+                                 got.astype(np.float64) - expected))) if got.shape ==
+                             expected.shape else math.inf)
+        except Exception as exc:
+            out[name] = dict(rel_error_vs_clstm=f"{type(exc).__name__}: {exc}")
+    return out
 
 
 class _PhaseClock:
@@ -296,18 +357,27 @@ class _PhaseClock:
 # --------------------------------------------------------------------------- memory, streaming
 
 
-def run_memory(args):
-    """Peak RSS of one training step, clstm and PyTorch, each in a fresh process."""
-    threads = max(args.threads)
-    # The child must import the clstm this process measured, not whatever `-m` finds first
-    # from cwd: its folder goes first on PYTHONPATH (the repository root after it, for
-    # `bench`), and BENCH_CLSTM_PATH tells the child's bench/__init__.py to keep it first.
-    clstm_mod = clstm_module()
-    where = clstm_location(clstm_mod)
+def child_env():
+    """Environment for a `python -m bench.*` child that must import this process's clstm.
+
+    The child must import the clstm this process measured, not whatever `-m` finds first
+    from cwd: its folder goes first on PYTHONPATH (the repository root after it, for
+    `bench`), and BENCH_CLSTM_PATH tells the child's bench/__init__.py to keep it first.
+    CLSTM_ISA and OPENBLAS_CORETYPE (--isa) pass on with the rest of the environment.
+    """
+    where = clstm_location(clstm_module())
     env = dict(os.environ)
     env[CLSTM_PATH_ENV] = where
     env["PYTHONPATH"] = os.pathsep.join(
         dict.fromkeys(filter(None, [where, str(REPO_ROOT), env.get("PYTHONPATH")])))
+    return env
+
+
+def run_memory(args):
+    """Peak RSS of one training step, clstm and PyTorch, each in a fresh process."""
+    threads = max(args.threads)
+    clstm_mod = clstm_module()
+    env = child_env()
     rows = []
     for shape in args.memory_shapes:
         for dtype in args.dtypes:
@@ -332,6 +402,29 @@ def run_memory(args):
     return rows
 
 
+def run_serving(args):
+    """`python -m bench.serving --json` in a subprocess: Python threads sharing one model
+    may crash the process (the model is not yet made safe for that); the grid survives."""
+    cmd = [sys.executable, "-m", "bench.serving", "--json"] + (["--quick"] if args.quick else [])
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=child_env(), capture_output=True,
+                              text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return dict(error="timed out after 900 s", rows=[])
+    for line in proc.stderr.splitlines():
+        if line.startswith("  serving"):
+            log(line)
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return dict(error=f"exit {proc.returncode}: {tail}", rows=[])
+    child = out.get("config", {}).get("clstm_file")
+    if child and not _same_file(child, clstm_module().__file__):
+        return dict(error=f"child imported another clstm: {child}", rows=[])
+    return out
+
+
 def _same_file(a, b):
     try:
         return os.path.samefile(a, b)
@@ -347,6 +440,8 @@ def run_streaming(args):
                 try:
                     row = streaming.run(layers, dtype, threads, steps=args.stream_steps,
                                         with_nodnnl="torch-nodnnl" in args.peers,
+                                        with_onnx="onnxruntime" in args.peers
+                                        and PEERS["onnxruntime"]().available() is None,
                                         settle=args.settle if threads > 1 else 0.0)
                 except Exception as exc:
                     row = dict(layers=layers, dtype=dtype, threads=threads,
@@ -419,6 +514,14 @@ def grid_notes(cells, args, unavailable):
                  "faster alone, and in multi-threaded cells the 1-thread run too if faster; "
                  "never below the FLOPs at a large square GEMM's rate.  Raw figures in "
                  "results.json.")
+    onnx_diffs = [c["impls"]["onnxruntime"].get("max_abs_diff_vs_clstm") for c in cells
+                  if "onnxruntime" in c["impls"]]
+    onnx_diffs = [d for d in onnx_diffs if isinstance(d, float)]
+    if onnx_diffs:
+        notes.append("onnxruntime: one ONNX LSTM node per layer, intra_op_num_threads = the "
+                     "cell's threads, inter_op 1, sequential execution; its output checked "
+                     "against clstm's before timing in every inference cell (max abs "
+                     f"difference {max(onnx_diffs):.2g}).")
     if "keras" in args.peers and any("keras" in c["impls"] for c in cells):
         notes.append("keras: batch-major input (transposed at setup), forward and gradient "
                      "inside tf.function, no optimizer step.")
@@ -431,15 +534,34 @@ def grid_notes(cells, args, unavailable):
 def main(argv=None):
     warnings.filterwarnings("ignore", message="TF32 acceleration")
     args = parse_args(argv)
+    if args.isa:
+        why = isa.check_level(args.isa)
+        if why:
+            raise SystemExit(why)
+        # returns only once CLSTM_ISA and OPENBLAS_CORETYPE are set in this process
+        isa.reexec_for_isa(args.isa, sys.argv[1:] if argv is None else argv, REPO_ROOT)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    hog = busy.CpuHog() if args.busy else None
+    try:
+        if hog:
+            hog.start()
+            log(f"--busy: CPU hog (pid {hog.proc.pid}) spinning on core {hog.core}")
+        _main(args, out, hog)
+    finally:
+        if hog:
+            hog.stop()
 
+
+def _main(args, out, hog):
     clstm_peer = ClstmPeer()
     why = clstm_peer.available()
     if why:
         raise SystemExit(f"{why}\n(install clstm with `pip install .`, or build it in place "
                          "with `python setup.py build_ext --inplace`; the source tree's "
                          "clstm/ is used only when it holds compiled kernels)")
+    isa_note = isa.apply_clstm_isa(importlib.import_module("clstm.kernels"), args.isa) \
+        if args.isa else None
     peers, unavailable = [], {}
     for name in args.peers:
         peer = PEERS[name]()
@@ -450,6 +572,14 @@ def main(argv=None):
         else:
             peers.append(peer)
 
+    isa_record, isa_notes = isa.summary(args.isa, importlib.import_module("clstm.kernels"),
+                                        blas_controller().info())
+    if isa_note:
+        isa_record["set_isa"] = isa_note
+    log(isa.headline(isa_record))
+    for note in isa_notes:
+        if "MISMATCH" in note:
+            log(f"WARNING: {note}")
     started = time.time()
     phases = {}
     clock = _PhaseClock()
@@ -475,12 +605,18 @@ def main(argv=None):
                     stream_threads=sorted(args.stream_threads), stream_steps=args.stream_steps,
                     memory_shapes=[s.name for s in args.memory_shapes],
                     repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
-                    settle=args.settle,
+                    settle=args.settle, isa=args.isa, busy=args.busy,
                     quick=args.quick, argv=sys.argv[1:]),
+        isa=isa_record,
         gemm_peak_gflops={f"{d} {n}thr": ceiling.peak_gflops(d, n)
                           for d in args.dtypes for n in args.threads},
-        cells=cells, memory=[], streaming=[],
+        cells=cells, memory=[], streaming=[], busy=None, serving=None,
     )
+    if hog:
+        log(f"busy: clstm at {max(args.threads)} thread(s) against 1, under the hog's load")
+        results["busy"] = dict(rows=busy.thread_ratio_table(args, clstm_peer, log),
+                               target=busy.TARGET)
+        phases["busy"] = clock.lap()
     if not args.no_memory:
         log("peak memory (fresh processes)")
         results["memory"] = run_memory(args)
@@ -489,7 +625,20 @@ def main(argv=None):
         log("streaming")
         results["streaming"] = run_streaming(args)
         phases["streaming"] = clock.lap()
-    results["notes"] = grid_notes(cells, args, unavailable)
+    if not args.no_serving:
+        log("serving from Python threads (python -m bench.serving, subprocess)")
+        results["serving"] = run_serving(args)
+        phases["serving"] = clock.lap()
+    results["notes"] = isa_notes + grid_notes(cells, args, unavailable)
+    if hog:
+        results["busy"]["hog"] = hog.stop()
+        h = results["busy"]["hog"]
+        if max(args.threads) < 2:
+            results["notes"].insert(0, "--busy: no n-thread / 1-thread table, --threads has "
+                                    "no count above 1.")
+        results["notes"].insert(0, f"--busy: every table ran beside a busy-loop process pinned "
+                                f"to core {h['core']} (it used {h['busy_fraction']} of a core "
+                                f"over {h['wall_s']} s).")
     if not args.no_chart:
         why = report.chart(results, out / "chart.png")
         if why:

@@ -3,7 +3,9 @@
 clstm calls `net.step(x_t, state)` with x_t of shape (1, I) when the package has it, else
 `net.forward(x_t, state)` with x_t of shape (1, 1, I); PyTorch calls its LSTM module with
 x_t of shape (1, 1, I), the whole measurement inside torch.inference_mode() (a streaming
-loop enters it once, not per step).
+loop enters it once, not per step).  ONNX Runtime (when installed, float32 only: its CPU
+LSTM has no float64) runs a T = 1 graph per step, `session.run` with the previous step's
+h and c of every layer fed back as inputs (bench/onnx_lstm.py).
 Each implementation sees the same sequence of inputs and the same weights; per-step latency
 is timed call by call, blocks of calls alternating between implementations.
 """
@@ -52,6 +54,29 @@ def _torch_stepper(shape, dtype, params, xs):
     return advance
 
 
+def _onnx_stepper(shape, dtype, params, xs, threads):
+    """ONNX Runtime called one step at a time: a T = 1 graph whose final h, c per layer are
+    fed back as the next call's initial state (bench/onnx_lstm.py, with_state=True)."""
+    from bench import onnx_lstm
+    model = onnx_lstm.build_model(params, shape.L, shape.H, dtype, with_state=True)
+    session = onnx_lstm.make_session(model, threads)
+    out_names = ["Y"] + [f"{v}T_l{k}" for k in range(shape.L) for v in "hc"]
+    zeros = np.zeros((1, 1, shape.H), dtype=dtype)
+    feed = {f"{v}0_l{k}": zeros for k in range(shape.L) for v in "hc"}
+    inputs = itertools.cycle(xs)
+    state_names = out_names[1:]
+    feed_names = [f"{v}0_l{k}" for k in range(shape.L) for v in "hc"]
+
+    def advance():
+        feed["X"] = next(inputs)
+        out = session.run(out_names, feed)
+        for name, value in zip(feed_names, out[1:]):
+            feed[name] = value
+        return out[0]
+    assert len(state_names) == len(feed_names)
+    return advance
+
+
 def _agreement(a, b, steps=50):
     """Max |difference| of the outputs of two fresh steppers over `steps` steps."""
     worst = 0.0
@@ -61,8 +86,10 @@ def _agreement(a, b, steps=50):
     return worst
 
 
-def run(layers, dtype, threads, steps=2000, hidden=64, with_nodnnl=True, settle=0.0):
-    """Per-step latency of clstm and PyTorch for one streaming configuration (a dict)."""
+def run(layers, dtype, threads, steps=2000, hidden=64, with_nodnnl=True, settle=0.0,
+        with_onnx=False):
+    """Per-step latency of clstm and PyTorch (and, with `with_onnx`, ONNX Runtime where it
+    runs `dtype`) for one streaming configuration (a dict)."""
     import torch
     shape = Shape(f"stream-L{layers}", B=1, T=1, I=hidden, H=hidden, L=layers)
     params = make_params(shape, dtype)
@@ -79,6 +106,17 @@ def run(layers, dtype, threads, steps=2000, hidden=64, with_nodnnl=True, settle=
         clstm_step, clstm_call = _clstm_stepper(mod, shape, dtype, params, xs)
         steppers = {"clstm": clstm_step, "torch": _torch_stepper(shape, dtype, params, xs)}
         contexts = {}
+        skipped = {}
+        if with_onnx:
+            from bench import onnx_lstm
+            why = onnx_lstm.dtype_unsupported(dtype)
+            if why:
+                skipped["onnxruntime"] = why
+            else:
+                check_o = _onnx_stepper(shape, dtype, params, xs, threads)
+                check_c, _ = _clstm_stepper(mod, shape, dtype, params, xs)
+                max_diff_onnx = _agreement(check_c, check_o)
+                steppers["onnxruntime"] = _onnx_stepper(shape, dtype, params, xs, threads)
         if with_nodnnl:
             steppers["torch-nodnnl"] = _torch_stepper(shape, dtype, params, xs)
             contexts["torch-nodnnl"] = lambda: torch.backends.mkldnn.flags(enabled=False)
@@ -93,12 +131,17 @@ def run(layers, dtype, threads, steps=2000, hidden=64, with_nodnnl=True, settle=
 
     per_impl = {name: summary(lat) for name, lat in latencies.items()}
     clstm_us = per_impl["clstm"]["median_us"]
-    return dict(
+    out = dict(
         layers=layers, dtype=dtype, threads=threads, hidden=hidden, input=hidden, batch=1,
         clstm_call=clstm_call, max_abs_diff_vs_torch=max_diff,
         impls=per_impl,
         ratio_vs_torch=per_impl["torch"]["median_us"] / clstm_us,
-        ratio_vs_best_torch=min(v["median_us"] for k, v in per_impl.items() if k != "clstm")
-        / clstm_us,
+        ratio_vs_best_torch=min(v["median_us"] for k, v in per_impl.items()
+                                if k.startswith("torch")) / clstm_us,
+        skipped=skipped,
     )
+    if "onnxruntime" in per_impl:
+        out["max_abs_diff_vs_onnxruntime"] = max_diff_onnx
+        out["ratio_vs_onnxruntime"] = per_impl["onnxruntime"]["median_us"] / clstm_us
+    return out
 

@@ -1,0 +1,149 @@
+"""`--busy`: the benchmark beside a CPU hog, and what extra threads cost under load.
+
+`CpuHog` starts a separate Python process that spins in a busy loop pinned to one core
+(os.sched_setaffinity), for as long as the benchmark runs.  It is stopped (SIGKILL) by the
+context manager on any way out of the run, Ctrl-C included; atexit and a SIGTERM/SIGHUP
+handler cover the rest, and the hog itself exits within about 0.1 s once its parent is
+gone (it watches os.getppid()), so a SIGKILLed benchmark leaves nothing spinning.
+
+`thread_ratio_table` times clstm at the run's largest thread count n and at 1 thread,
+interleaved, for every shape, dtype and mode, under the same load: a ratio
+time(n threads) / time(1 thread) above 1 means the extra threads cost more than they
+bring when a core is taken (a thread waiting at a barrier for a descheduled peer); the
+target is <= 1.1.
+"""
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from bench.timing import interleaved
+
+TARGET = 1.1
+
+_HOG = """
+import os, sys
+core, parent = int(sys.argv[1]), int(sys.argv[2])
+try:
+    os.sched_setaffinity(0, {core})
+except (AttributeError, OSError):
+    pass
+n = 0
+while True:
+    n += 1
+    if n % 1000000 == 0 and os.getppid() != parent:
+        break
+"""
+
+
+def _cpu_seconds(pid):
+    """utime + stime of a live process, from /proc (None where unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class CpuHog:
+    """A busy-loop process pinned to `core` (default: the last core this process may use)."""
+
+    def __init__(self, core=None):
+        if core is None:
+            try:
+                core = max(os.sched_getaffinity(0))
+            except AttributeError:
+                core = (os.cpu_count() or 1) - 1
+        self.core = core
+        self.proc = None
+        self.started = None
+        self.record = {}
+        self._old_handlers = {}
+
+    def start(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOG, str(self.core),
+                                      str(os.getpid())], stdin=subprocess.DEVNULL)
+        self.started = time.perf_counter()
+        atexit.register(self.stop)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGHUP
+                pass
+        return self
+
+    def _on_signal(self, signum, frame):
+        self.stop()
+        raise SystemExit(128 + signum)
+
+    def stop(self):
+        """Kill the hog (idempotent); records how much CPU it burnt."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return self.record
+        wall = time.perf_counter() - self.started
+        cpu = _cpu_seconds(proc.pid)
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for sig, handler in self._old_handlers.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+        self._old_handlers = {}
+        self.record = dict(core=self.core, pid=proc.pid, wall_s=round(wall, 1),
+                           cpu_s=None if cpu is None else round(cpu, 1),
+                           busy_fraction=None if cpu is None or wall <= 0
+                           else round(cpu / wall, 3))
+        return self.record
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def thread_ratio_table(args, clstm_peer, log):
+    """clstm at max(args.threads) against 1 thread, interleaved, under the running load."""
+    from bench.peers import clstm_module, make_input, make_params
+    n = max(args.threads)
+    if n < 2:
+        return []
+    mod = clstm_module()
+    rows = []
+    for dtype in args.dtypes:
+        for shape in args.shapes:
+            params, x = make_params(shape, dtype), make_input(shape, dtype)
+            runner = clstm_peer.setup(shape, dtype, n, params, x)
+            for mode in args.modes:
+                call = getattr(runner, mode)
+
+                def at(k, call=call):
+                    def run():
+                        mod.set_num_threads(k)
+                        call()
+                    return run
+                t = interleaved({"1": at(1), str(n): at(n)}, args.repeats, args.warmup,
+                                args.min_time)
+                one, many = t["1"], t[str(n)]
+                ratio = many.median / one.median if one.samples and many.samples else None
+                rows.append(dict(shape=shape.name, dtype=dtype, mode=mode, threads=n,
+                                 one_thread_s=one.median, n_threads_s=many.median,
+                                 ratio=ratio, spread_one=one.spread(), spread_n=many.spread(),
+                                 error=one.error or many.error))
+                log(f"  busy {shape.name} {dtype} {mode:5s}: 1thr {one.median * 1e3:.3g} ms, "
+                    f"{n}thr {many.median * 1e3:.3g} ms, ratio "
+                    + (f"{ratio:.2f}" if ratio else "?"))
+            mod.set_num_threads(n)
+            del runner
+    return rows
