@@ -59,7 +59,11 @@ class Fields:
                         + (" or null" if optional else ""))
         return value
 
-    def bool(self, key):
+    def bool(self, key, *, default=None):
+        """A flag; with a default, a field that may be missing (one added to a class's
+        config after files were saved without it)."""
+        if default is not None and key not in self.data:
+            return default
         value = self.value(key)
         if type(value) is not bool:
             self.refuse(key, "true or false")

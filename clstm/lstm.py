@@ -24,6 +24,13 @@ class LSTM(Layer):
         Units per layer (H).
     num_layers : int, default 1
         Stacked layers; layer k > 0 reads the hidden states of layer k-1.
+    bias : bool, default True
+        With False the layers have no bias parameters at all (PyTorch's ``bias=False``).
+    bidirectional : bool, default False
+        Each layer runs a second direction, from each sequence's last valid step down to
+        step 0, with its own weights (``..._reverse``); the outputs of the two directions
+        are concatenated (2 * hidden_size features) and ``h_n``/``c_n`` hold
+        2 * num_layers states, layer by layer, forward direction first (PyTorch's order).
     dtype : {"float32", "float64"}, default "float32"
         Type of the parameters and of all computation.
     peephole : bool, default False
@@ -55,8 +62,9 @@ class LSTM(Layer):
     #: larger workspace is freed after its call); see :meth:`release_workspace`.
     workspace_cache_bytes = 512 * 1024 * 1024
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, dtype="float32",
-                 peephole=False, dropout=0.0, seed=None, batch_first=False):
+    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True,
+                 bidirectional=False, dtype="float32", peephole=False, dropout=0.0,
+                 seed=None, batch_first=False):
         self.input_size = positive_int(input_size, "input_size")
         self.hidden_size = positive_int(hidden_size, "hidden_size")
         self.num_layers = positive_int(num_layers, "num_layers")
@@ -64,10 +72,16 @@ class LSTM(Layer):
         at_most(self.input_size, C_INT_MAX, "input_size", "the kernels index it with a C int")
         at_most(self.hidden_size, C_INT_MAX // 4, "hidden_size",
                 "4 * hidden_size must fit the C int the kernels and BLAS index with")
+        for value, name in ((bias, "bias"), (bidirectional, "bidirectional")):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name}: expected True or False, got {value!r}")
+        self.bias = bool(bias)
+        self.bidirectional = bool(bidirectional)
+        D = self.num_directions = 2 if self.bidirectional else 1
         H, layers = self.hidden_size, self.num_layers
-        per_layer = 8 * H + (3 * H if peephole else 0)  # biases, peepholes
-        parameter_count(4 * H * (self.input_size + H) + 4 * H * 2 * H * (layers - 1)
-                        + per_layer * layers, "LSTM")
+        per_layer = (8 * H if self.bias else 0) + (3 * H if peephole else 0)
+        parameter_count(D * (4 * H * (self.input_size + H) + 4 * H * (D * H + H) * (layers - 1)
+                             + per_layer * layers), "LSTM")
         super().__init__(dtype)
         self.peephole = bool(peephole)
         self.batch_first = bool(batch_first)
@@ -81,11 +95,13 @@ class LSTM(Layer):
         self._cache = PerThread()
         self._workspaces = WorkspacePool(self.dtype, self.workspace_cache_bytes)
 
-        # per layer: the names of its weights, looked up at every call (an optimizer or a
-        # model may rebind the entries), built once
-        self._names = [(f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}", f"bias_hh_l{k}",
-                        f"weight_peephole_l{k}" if self.peephole else None)
-                       for k in range(self.num_layers)]
+        # per layer and direction (index k * D + d): the names of its weights, looked up
+        # at every call (an optimizer or a model may rebind the entries), built once
+        self._names = [(f"weight_ih_l{k}{sfx}", f"weight_hh_l{k}{sfx}",
+                        f"bias_ih_l{k}{sfx}" if self.bias else None,
+                        f"bias_hh_l{k}{sfx}" if self.bias else None,
+                        f"weight_peephole_l{k}{sfx}" if self.peephole else None)
+                       for k in range(self.num_layers) for sfx in ("", "_reverse")[:D]]
         shapes = self._parameter_shapes()
         total = sum(int(np.prod(s)) for s in shapes.values())
         # PyTorch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), drawn
@@ -101,7 +117,8 @@ class LSTM(Layer):
 
     def get_config(self):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size,
-                "num_layers": self.num_layers, "dtype": self.dtype.name,
+                "num_layers": self.num_layers, "bias": self.bias,
+                "bidirectional": self.bidirectional, "dtype": self.dtype.name,
                 "peephole": self.peephole, "dropout": self.dropout,
                 "batch_first": self.batch_first}
 
@@ -109,27 +126,37 @@ class LSTM(Layer):
 
     @classmethod
     def read_config(cls, f):
+        # bias and bidirectional came later: files saved before them have neither.
         return {"input_size": f.int("input_size"), "hidden_size": f.int("hidden_size"),
-                "num_layers": f.int("num_layers"), "dtype": f.dtype(),
+                "num_layers": f.int("num_layers"), "bias": f.bool("bias", default=True),
+                "bidirectional": f.bool("bidirectional", default=False), "dtype": f.dtype(),
                 "peephole": f.bool("peephole"), "dropout": f.probability("dropout"),
                 "batch_first": f.bool("batch_first")}
 
     @classmethod
     def parameter_shapes(cls, config):
+        """PyTorch's order: per layer, per direction, w_ih, w_hh, b_ih, b_hh (then our
+        peepholes)."""
         H, peephole = config["hidden_size"], config.get("peephole", False)
+        bias = config.get("bias", True)
+        D = 2 if config.get("bidirectional", False) else 1
         dtype = config.get("dtype", "float32")
         for k in range(config.get("num_layers", 1)):
-            inputs = config["input_size"] if k == 0 else H
-            yield f"weight_ih_l{k}", (4 * H, inputs), dtype
-            yield f"weight_hh_l{k}", (4 * H, H), dtype
-            yield f"bias_ih_l{k}", (4 * H,), dtype
-            yield f"bias_hh_l{k}", (4 * H,), dtype
-            if peephole:
-                yield f"weight_peephole_l{k}", (3, H), dtype
+            inputs = config["input_size"] if k == 0 else D * H
+            for sfx in ("", "_reverse")[:D]:
+                yield f"weight_ih_l{k}{sfx}", (4 * H, inputs), dtype
+                yield f"weight_hh_l{k}{sfx}", (4 * H, H), dtype
+                if bias:
+                    yield f"bias_ih_l{k}{sfx}", (4 * H,), dtype
+                    yield f"bias_hh_l{k}{sfx}", (4 * H,), dtype
+                if peephole:
+                    yield f"weight_peephole_l{k}{sfx}", (3, H), dtype
 
     @classmethod
     def parameter_count(cls, config):
-        return config.get("num_layers", 1) * (5 if config.get("peephole", False) else 4)
+        per = 2 + (2 if config.get("bias", True) else 0) + (1 if config.get("peephole") else 0)
+        D = 2 if config.get("bidirectional", False) else 1
+        return config.get("num_layers", 1) * D * per
 
     def _parameter_shapes(self):
         return {name: shape for name, shape, _ in self.parameter_shapes(self.get_config())}
@@ -150,6 +177,8 @@ class LSTM(Layer):
     def __repr__(self):
         extras = "".join([
             f", num_layers={self.num_layers}" if self.num_layers != 1 else "",
+            ", bias=False" if not self.bias else "",
+            ", bidirectional=True" if self.bidirectional else "",
             f", dtype='{self.dtype.name}'",
             ", peephole=True" if self.peephole else "",
             f", dropout={self.dropout}" if self.dropout else "",
@@ -159,12 +188,21 @@ class LSTM(Layer):
 
     # -- forward ----------------------------------------------------------------------
 
-    def _layer_weights(self, k):
-        """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole or None), read from ``params`` now:
-        an optimizer or a model may have rebound the entries."""
+    def _layer_weights(self, k, d=0):
+        """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole) in direction d, read from
+        ``params`` now: an optimizer or a model may have rebound the entries. The biases
+        are None without bias, the peephole without peepholes."""
         p = self.params
-        w_ih, w_hh, b_ih, b_hh, peephole = self._names[k]
-        return p[w_ih], p[w_hh], p[b_ih], p[b_hh], (p[peephole] if peephole else None)
+        w_ih, w_hh, b_ih, b_hh, peephole = self._names[k * self.num_directions + d]
+        return (p[w_ih], p[w_hh], p[b_ih] if b_ih else None, p[b_hh] if b_hh else None,
+                p[peephole] if peephole else None)
+
+    def _summed_bias(self, b_ih, b_hh, out):
+        """b_ih + b_hh into ``out`` (zeros without bias): the kernels take the sum."""
+        if b_ih is None:
+            out.fill(0)
+            return out
+        return np.add(b_ih, b_hh, out=out)
 
     def _time_major_input(self, x):
         x = as_float_array(x, self.dtype, "x") if not (
@@ -196,7 +234,7 @@ class LSTM(Layer):
             raise TypeError(f"{name}: expected a pair (h, c) of arrays, got "
                             f"{type(state).__name__}"
                             f"{' of length %d' % len(state) if isinstance(state, (tuple, list)) else ''}")
-        L, H = self.num_layers, self.hidden_size
+        L, H = self.num_layers * self.num_directions, self.hidden_size
         expected = (L, H) if unbatched else (L, B, H)
         dt = self.dtype
         if not unbatched and all(type(a) is np.ndarray and a.dtype == dt and a.shape == expected
@@ -212,7 +250,26 @@ class LSTM(Layer):
             pair.append(np.ascontiguousarray(arr.reshape(L, B, H)))
         return tuple(pair)
 
-    def forward(self, x, state=None):
+    def _lengths(self, lengths, T, B):
+        """Checked lengths as an int64 array, or None when there are none or every
+        sequence runs all T steps (then the padded kernels run)."""
+        if lengths is None:
+            return None
+        arr = np.asarray(lengths) if not isinstance(lengths, np.ndarray) else lengths
+        if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+            raise TypeError(f"lengths: expected integers, got {_what(lengths, arr)}")
+        if arr.shape != (B,):
+            raise ValueError(f"lengths: expected shape ({B},) (one per sequence), got "
+                             f"shape {arr.shape}")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 1 or hi > T:
+            raise ValueError(f"lengths: expected integers in [1, {T}], got min {lo}, "
+                             f"max {hi}")
+        if lo == T:
+            return None
+        return arr.astype(np.int64, copy=False)
+
+    def forward(self, x, state=None, *, lengths=None):
         """Run the stack over a whole sequence.
 
         Parameters
@@ -221,22 +278,32 @@ class LSTM(Layer):
             (T, B, input_size), or (B, T, input_size) with ``batch_first``, or an
             unbatched (T, input_size).
         state : pair of array_like, optional
-            Initial (h_0, c_0), each (num_layers, B, hidden_size), or (num_layers,
-            hidden_size) for unbatched input. Zeros when omitted.
+            Initial (h_0, c_0), each (D * num_layers, B, hidden_size), or (D *
+            num_layers, hidden_size) for unbatched input (D = 2 if bidirectional else
+            1). Zeros when omitted.
+        lengths : array_like of int, optional
+            (B,) valid steps per sequence, in [1, T], sequences padded at the end. Each
+            sequence then runs only its own steps, as if alone (PyTorch's packed
+            sequences): outputs past its length are zero, the final state is its state
+            at its last step, the reverse direction starts there, and backward sends
+            nothing back from padded positions. Padded steps are not computed.
 
         Returns
         -------
         y : ndarray
-            The last layer's hidden states, (T, B, hidden_size) (or as the input was
-            laid out). Read-only: backward needs it unchanged.
+            The last layer's hidden states, (T, B, D * hidden_size) (or as the input
+            was laid out). Read-only: backward needs it unchanged.
         (h_n, c_n) : pair of ndarray
-            The final state, (num_layers, B, hidden_size); pass it as ``state`` to
+            The final state, (D * num_layers, B, hidden_size); pass it as ``state`` to
             continue the sequence.
         """
         x, unbatched = self._time_major_input(x)
         T, B, _ = x.shape
         h0, c0 = self._state_pair(state, B, unbatched, "state")
+        lengths = self._lengths(lengths, T, B)
         self._drop_cache()  # a thread's new forward replaces its last one
+        if lengths is not None or self.num_directions > 1:
+            return self._forward_packed(x, h0, c0, lengths, unbatched)
         H, L = self.hidden_size, self.num_layers
         threads = _threads.get_num_threads()
         h_n = np.empty((L, B, H), dtype=self.dtype)
@@ -254,7 +321,7 @@ class LSTM(Layer):
                     # (the kernel takes b_ih + b_hh): no allocation per call for either.
                     buffer = self._workspaces.take(5 * T * B * H + 4 * H)
                     workspace = buffer[:5 * T * B * H]
-                    bias = np.add(b_ih, b_hh, out=buffer[5 * T * B * H:])
+                    bias = self._summed_bias(b_ih, b_hh, buffer[5 * T * B * H:])
                     layers.append((inp, y, buffer, h0_k, c0_k, None))
                     kernels.forward(T, B, inp.shape[2], H, inp, w_ih, w_hh, bias,
                                     peephole, h0_k, c0_k, y, workspace, threads)
@@ -271,7 +338,7 @@ class LSTM(Layer):
             for layer in layers:
                 self._workspaces.give(layer[2])
             raise
-        self._cache.set((T, B, unbatched, layers))
+        self._cache.set((T, B, unbatched, layers, None))
 
         out = y.view()
         out.flags.writeable = False
@@ -282,6 +349,60 @@ class LSTM(Layer):
         return out, (h_n, c_n)
 
     __call__ = forward
+
+    def _forward_packed(self, x, h0, c0, lengths, unbatched):
+        """The stack over a packed batch (clstm.kernels' packed layout): sequences of
+        their own lengths and/or both directions. The batch is packed once on the way in
+        and unpacked once on the way out; every layer runs packed."""
+        T, B, _ = x.shape
+        H, L, D = self.hidden_size, self.num_layers, self.num_directions
+        pk = _Packing(lengths, T, B)
+        N = pk.N
+        threads = _threads.get_num_threads()
+        h0, c0 = pk.sort_state(h0), pk.sort_state(c0)
+        h_n = np.empty((L * D, B, H), dtype=self.dtype)
+        c_n = np.empty((L * D, B, H), dtype=self.dtype)
+        units, masks = [], []
+        inp = pk.pack(x)
+        try:
+            with _threads.blas_guard():
+                for k in range(L):
+                    ys = []
+                    for d in range(D):
+                        w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k, d)
+                        j = k * D + d
+                        h0_j = None if h0 is None else h0[j]
+                        c0_j = None if c0 is None else c0[j]
+                        y = np.empty((N, H), dtype=self.dtype)
+                        buffer = self._workspaces.take(5 * N * H + 4 * H)
+                        bias = self._summed_bias(b_ih, b_hh, buffer[5 * N * H:])
+                        units.append((inp, y, buffer, h0_j, c0_j))
+                        kernels.forward_packed(pk.steps, B, inp.shape[1], H, pk.batch_sizes,
+                                               d == 1, inp, w_ih, w_hh, bias, peephole, h0_j,
+                                               c0_j, y, h_n[j], c_n[j], buffer[:5 * N * H],
+                                               threads)
+                        ys.append(y)
+                    y = ys[0] if D == 1 else np.concatenate(ys, axis=1)
+                    mask = None
+                    if self.training and self.dropout > 0 and k < L - 1:
+                        keep = self._rng.random(y.shape) >= self.dropout
+                        mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                    masks.append(mask)
+                    inp = y if mask is None else y * mask
+        except BaseException:
+            for unit in units:
+                self._workspaces.give(unit[2])
+            raise
+        self._cache.set((T, B, unbatched, units, (pk, masks)))
+
+        out = pk.unpack(y)
+        out.flags.writeable = False
+        h_n, c_n = pk.unsort_state(h_n), pk.unsort_state(c_n)
+        if unbatched:
+            out, h_n, c_n = out[:, 0], h_n[:, 0], c_n[:, 0]
+        elif self.batch_first:
+            out = out.transpose(1, 0, 2)
+        return out, (h_n, c_n)
 
     def step(self, x, state=None):
         """Advance every layer by one time step, for serving (no gradient, no dropout).
@@ -304,6 +425,9 @@ class LSTM(Layer):
         (h, c) : pair of ndarray
             The new state, to pass to the next call.
         """
+        if self.bidirectional:
+            raise ValueError("step: expected a unidirectional LSTM (a bidirectional one "
+                             "needs the whole sequence), got bidirectional=True")
         if not (type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous):
             x = as_float_array(x, self.dtype, "x")
         unbatched = x.ndim == 1
@@ -320,9 +444,13 @@ class LSTM(Layer):
         c_n = np.empty((L, B, H), dtype=self.dtype)
         gates = np.empty((B, 4 * H), dtype=self.dtype)
         inp = x
+        zeros = None if self.bias else np.zeros(4 * H, dtype=self.dtype)
         for k in range(L):
             h_k = h_n[k]
-            kernels.step(B, inp.shape[1], H, inp, *self._layer_weights(k),
+            w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
+            if zeros is not None:
+                b_ih = b_hh = zeros
+            kernels.step(B, inp.shape[1], H, inp, w_ih, w_hh, b_ih, b_hh, peephole,
                          None if h0 is None else h0[k], None if c0 is None else c0[k],
                          h_k, c_n[k], gates)
             inp = h_k
@@ -358,15 +486,18 @@ class LSTM(Layer):
             raise ValueError("backward: expected a forward pass to differentiate, got none "
                              "(call forward() first, in the same thread; each forward "
                              "supports one backward)")
-        T, B, unbatched, layers = cache
+        T, B, unbatched, layers, packed = cache
         H, L = self.hidden_size, self.num_layers
-        expected = (T, H) if unbatched else ((B, T, H) if self.batch_first else (T, B, H))
+        F = H * self.num_directions
+        expected = (T, F) if unbatched else ((B, T, F) if self.batch_first else (T, B, F))
         dy = as_real_array(dy, "dy")
         check_shape(dy, expected, "dy")
         if unbatched:
             dy = dy[:, None, :]
         elif self.batch_first:
             dy = dy.transpose(1, 0, 2)
+        if packed is not None:
+            return self._backward_packed(dy, dstate, input_grad, cache)
         # one copy, time-major, in the model's dtype: the kernel overwrites it
         dy = np.array(dy, dtype=self.dtype, order="C", copy=True)
         dh_n, dc_n = self._state_pair(dstate, B, unbatched, "dstate")
@@ -393,8 +524,9 @@ class LSTM(Layer):
                     None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
                     dx, dh0[k], dc0[k], g[f"weight_ih_l{k}"], g[f"weight_hh_l{k}"], dbias,
                     g[f"weight_peephole_l{k}"] if self.peephole else None, threads)
-                g[f"bias_ih_l{k}"] += dbias
-                g[f"bias_hh_l{k}"] += dbias
+                if self.bias:
+                    g[f"bias_ih_l{k}"] += dbias
+                    g[f"bias_hh_l{k}"] += dbias
                 if k > 0:
                     dy = dx
                     below_mask = layers[k - 1][5]
@@ -410,6 +542,65 @@ class LSTM(Layer):
             dh0, dc0 = dh0[:, 0], dc0[:, 0]
         return dx, (dh0, dc0)
 
+    def _backward_packed(self, dy, dstate, input_grad, cache):
+        T, B, unbatched, units, (pk, masks) = cache
+        H, L, D = self.hidden_size, self.num_layers, self.num_directions
+        N = pk.N
+        # packed (and so copied) in the model's dtype: padded positions are left out
+        dyp = pk.pack(dy, self.dtype, copy=True)
+        dh_n, dc_n = self._state_pair(dstate, B, unbatched, "dstate")
+        dh_n, dc_n = pk.sort_state(dh_n), pk.sort_state(dc_n)
+        self._cache.set(None)  # the workspaces are consumed below
+
+        threads = _threads.get_num_threads()
+        dh0 = np.empty((L * D, B, H), dtype=self.dtype)
+        dc0 = np.empty((L * D, B, H), dtype=self.dtype)
+        dbias = np.empty(4 * H, dtype=self.dtype)
+        g = self.grads
+        dx = None
+        with _threads.blas_guard(), _GiveBack(self._workspaces, units):
+            for k in range(L - 1, -1, -1):
+                dx = None
+                for d in range(D):
+                    j = k * D + d
+                    inp, y, buffer, h0_j, c0_j = units[j]
+                    names = self._names[j]
+                    w_ih, w_hh, _, _, peephole = self._layer_weights(k, d)
+                    I = inp.shape[1]
+                    dy_d = dyp if D == 1 else np.ascontiguousarray(dyp[:, d * H:(d + 1) * H])
+                    dx_d = (np.empty((N, I), dtype=self.dtype)
+                            if (k > 0 or input_grad) else None)
+                    dbias.fill(0)
+                    kernels.backward_packed(
+                        pk.steps, B, I, H, pk.batch_sizes, d == 1, inp, w_ih, w_hh, peephole,
+                        h0_j, c0_j, y, buffer[:5 * N * H], dy_d,
+                        None if dh_n is None else dh_n[j], None if dc_n is None else dc_n[j],
+                        dx_d, dh0[j], dc0[j], g[names[0]], g[names[1]], dbias,
+                        g[names[4]] if self.peephole else None, threads)
+                    if self.bias:
+                        g[names[2]] += dbias
+                        g[names[3]] += dbias
+                    if dx_d is not None:
+                        if dx is None:
+                            dx = dx_d
+                        else:
+                            dx += dx_d
+                if k > 0:
+                    dyp = dx
+                    if masks[k - 1] is not None:
+                        dyp *= masks[k - 1]
+
+        if dx is not None:
+            dx = pk.unpack(dx)
+            if unbatched:
+                dx = dx[:, 0]
+            elif self.batch_first:
+                dx = dx.transpose(1, 0, 2)
+        dh0, dc0 = pk.unsort_state(dh0), pk.unsort_state(dc0)
+        if unbatched:
+            dh0, dc0 = dh0[:, 0], dc0[:, 0]
+        return dx, (dh0, dc0)
+
     # -- PyTorch interoperability -------------------------------------------------------
 
     @classmethod
@@ -419,21 +610,16 @@ class LSTM(Layer):
 
         if not isinstance(module, torch.nn.LSTM):
             raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}")
-        if module.bidirectional:
-            raise ValueError("from_torch: expected a unidirectional LSTM, got bidirectional=True")
         if getattr(module, "proj_size", 0):
             raise ValueError(f"from_torch: expected proj_size=0, got {module.proj_size}")
         dtype = module.weight_ih_l0.dtype
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"from_torch: expected float32 or float64 weights, got {dtype}")
         net = cls(module.input_size, module.hidden_size, module.num_layers,
+                  bias=bool(module.bias), bidirectional=bool(module.bidirectional),
                   dtype="float32" if dtype == torch.float32 else "float64",
                   dropout=float(module.dropout), seed=seed, batch_first=module.batch_first)
         state = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
-        if not module.bias:  # a bias-free LSTM is ours with zero biases
-            for k in range(module.num_layers):
-                state[f"bias_ih_l{k}"] = np.zeros(4 * module.hidden_size)
-                state[f"bias_hh_l{k}"] = np.zeros(4 * module.hidden_size)
         net.load_state_dict(state)
         net.train(module.training)
         return net
@@ -446,11 +632,73 @@ class LSTM(Layer):
             raise ValueError("to_torch: expected an LSTM without peepholes (torch.nn.LSTM "
                              "has none), got peephole=True")
         module = torch.nn.LSTM(self.input_size, self.hidden_size, self.num_layers,
+                               bias=self.bias, bidirectional=self.bidirectional,
                                dropout=self.dropout, batch_first=self.batch_first,
                                dtype=torch.float32 if self.dtype == np.float32 else torch.float64)
         module.load_state_dict({n: torch.from_numpy(v.copy()) for n, v in self.params.items()})
         module.train(self.training)
         return module
+
+
+def _what(value, arr):
+    if isinstance(value, np.ndarray):
+        return f"dtype {value.dtype}"
+    return f"{type(value).__name__} of dtype {arr.dtype}" if arr.ndim else repr(value)
+
+
+class _Packing:
+    """A batch in the kernels' packed layout (PyTorch's PackedSequence): sequences
+    ordered by non-increasing length (stably), step t holding the batch_sizes[t] still
+    running, one step after another. Packing and unpacking are one gather and one
+    scatter over the valid positions; without lengths the padded batch already is the
+    packed one (reshaped, not copied)."""
+
+    def __init__(self, lengths, T, B):
+        self.T, self.B = T, B
+        if lengths is None:
+            self.order = None
+            self.steps, self.N = T, T * B
+            self.batch_sizes = np.full(T, B, dtype=np.int32)
+            return
+        order = np.argsort(-lengths, kind="stable")
+        self.order = None if np.array_equal(order, np.arange(B)) else order
+        ordered = lengths[order]
+        self.steps = int(ordered[0])
+        valid = np.arange(self.steps)[:, None] < ordered[None, :]        # (steps, B)
+        self.batch_sizes = valid.sum(axis=1).astype(np.int32)
+        t, b = np.nonzero(valid)          # time-major: the packed order
+        self.index = (t, order[b])
+        self.N = t.size
+
+    def pack(self, a, dtype=None, copy=False):
+        """(T, B, F) -> (N, F), C-contiguous."""
+        if self.order is None and not hasattr(self, "index"):
+            flat = a.reshape(self.N, a.shape[2])
+            return (np.array(flat, dtype=dtype, order="C") if copy
+                    else np.ascontiguousarray(flat, dtype=dtype))
+        out = a[self.index]
+        return out if dtype is None or out.dtype == dtype else out.astype(dtype)
+
+    def unpack(self, p):
+        """(N, F) -> (T, B, F), zeros at the padded positions."""
+        if self.order is None and not hasattr(self, "index"):
+            return p.reshape(self.T, self.B, p.shape[1])
+        out = np.zeros((self.T, self.B, p.shape[1]), dtype=p.dtype)
+        out[self.index] = p
+        return out
+
+    def sort_state(self, s):
+        """(L, B, H) in the caller's order -> the packed order (or None)."""
+        if s is None or self.order is None:
+            return s
+        return np.ascontiguousarray(s[:, self.order])
+
+    def unsort_state(self, s):
+        if self.order is None:
+            return s
+        out = np.empty_like(s)
+        out[:, self.order] = s
+        return out
 
 
 class _GiveBack:

@@ -258,7 +258,9 @@ class Sequential(Module):
             One initial ``(h, c)`` (or None, meaning zeros) per recurrent layer, in
             order; e.g. the state a previous call returned, to continue a sequence.
         lengths : array_like of int, shape (B,), optional
-            Valid steps per sequence, for lengths-aware layers (:class:`LastStep`).
+            Valid steps per sequence, for lengths-aware layers (:class:`LastStep`, and
+            recurrent layers whose ``forward`` takes ``lengths``, as :class:`clstm.LSTM`:
+            they run each sequence over its own steps only).
 
         Returns
         -------
@@ -277,7 +279,11 @@ class Sequential(Module):
         new_state = []
         for layer in self.layers:
             if _is_recurrent(layer):
-                x, s = layer.forward(x, next(states))
+                if lengths is not None and _takes_keyword(layer.forward, "lengths"):
+                    # each sequence runs its own steps only (clstm.LSTM's lengths)
+                    x, s = layer.forward(x, next(states), lengths=lengths)
+                else:
+                    x, s = layer.forward(x, next(states))
                 new_state.append(s)
             elif getattr(layer, "uses_lengths", False):
                 x = layer.forward(x, lengths)

@@ -24,7 +24,7 @@ row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.string cimport memcpy, memset
-from libc.stdlib cimport free
+from libc.stdlib cimport free, malloc
 from libc.stdint cimport uintptr_t
 from libc.limits cimport INT_MAX
 from cpython.ref cimport PyObject
@@ -1138,6 +1138,438 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
 
 
 # ---------------------------------------------------------------------------------------
+# Variable lengths and directions: the packed layout
+#
+# A batch of sequences of different lengths runs in PyTorch's packed layout (what
+# pack_padded_sequence gives): rows ordered by non-increasing length, step t holding the
+# batch_sizes[t] rows still running, the steps one after another, so step t occupies
+# rows off[t] .. off[t] + batch_sizes[t] of every (N, ·) buffer (N = Σ batch_sizes). A
+# step's GEMMs and gate loop then run over its active rows only, and the input
+# projection, dX and the weight gradients are single GEMMs over the N valid rows: padded
+# positions are never computed. The state of row b at step t-1 is at off[t-1] + b (the
+# active rows of a step are a prefix of those of the step before), so each step reads
+# its previous state as one contiguous block. With all batch sizes equal to B it is the
+# padded layout of forward/backward.
+#
+# reverse: the direction that runs from each row's own last step down to step 0. At step
+# t, rows 0 .. batch_sizes[t+1] continue from step t+1, and rows batch_sizes[t+1] ..
+# batch_sizes[t] (those whose last step is t) start there from h0/c0.
+
+cdef inline bint batch_sizes_ok(int T, int B, const int* batch_sizes) noexcept nogil:
+    """batch_sizes[0] == B, non-increasing, at least 1."""
+    cdef int t
+    if batch_sizes == NULL or T <= 0 or B <= 0 or batch_sizes[0] != B:
+        return False
+    for t in range(1, T):
+        if batch_sizes[t] < 1 or batch_sizes[t] > batch_sizes[t - 1]:
+            return False
+    return True
+
+
+cdef Py_ssize_t packed_rows(int T, const int* batch_sizes) noexcept nogil:
+    cdef Py_ssize_t n = 0
+    cdef int t
+    for t in range(T):
+        n += batch_sizes[t]
+    return n
+
+
+cdef struct packed_plan:
+    Py_ssize_t* off      # (T + 1) first row of each step; off[T] = N
+    int* lengths         # (B) each row's number of steps
+    int* bounds          # (threads + 1) the rows of each thread
+    int chunks
+
+
+cdef void plan_free(packed_plan* plan) noexcept nogil:
+    free(plan.off)
+    free(plan.lengths)
+    free(plan.bounds)
+
+
+cdef int plan_make(packed_plan* plan, int T, int B, const int* batch_sizes,
+                   int n_chunks) noexcept nogil:
+    """Step offsets, row lengths and a split of the rows into n_chunks contiguous slices
+    of about equal work (valid steps, not rows: the first rows are the longest).
+    Returns -2 when out of memory."""
+    cdef int t, b, c
+    cdef Py_ssize_t total, acc, target
+    plan.off = <Py_ssize_t*>malloc((T + 1) * sizeof(Py_ssize_t))
+    plan.lengths = <int*>malloc(B * sizeof(int))
+    plan.bounds = <int*>malloc((n_chunks + 1) * sizeof(int))
+    plan.chunks = n_chunks
+    if plan.off == NULL or plan.lengths == NULL or plan.bounds == NULL:
+        plan_free(plan)
+        plan.off = NULL
+        plan.lengths = NULL
+        plan.bounds = NULL
+        return -2
+    plan.off[0] = 0
+    for t in range(T):
+        plan.off[t + 1] = plan.off[t] + batch_sizes[t]
+    t = T
+    for b in range(B):
+        while t > 0 and batch_sizes[t - 1] <= b:
+            t -= 1
+        plan.lengths[b] = t
+    total = plan.off[T]
+    plan.bounds[0] = 0
+    b = 0
+    acc = 0
+    for c in range(1, n_chunks):
+        target = total * c // n_chunks
+        while b < B and acc < target:
+            acc += plan.lengths[b]
+            b += 1
+        plan.bounds[c] = b
+    plan.bounds[n_chunks] = B
+    return 0
+
+
+cdef void forward_rows_packed(int T, int B, int I, int H, const int* bs,
+                              const Py_ssize_t* off, bint reverse, int b0, int b1,
+                              const floating* x, const floating* w_ih_packed,
+                              const floating* w_hh, const floating* w_hh_packed,
+                              const floating* bias, const floating* peephole,
+                              const floating* h0, const floating* c0, floating* y,
+                              floating* gates, floating* cells, floating* h_n, floating* c_n,
+                              clstm_call* call) noexcept nogil:
+    """Rows b0:b1 through their valid steps, in the packed layout (see above); h_n, c_n
+    (B×H, may be NULL) receive each row's state after its last step."""
+    cdef int it, t, r1, m, nxt, b
+    cdef int G = 4 * H
+    cdef Py_ssize_t row0, prev0
+    if b1 <= b0:
+        return
+    for it in range(T):
+        if clstm_call_stopped(call):
+            return
+        t = T - 1 - it if reverse else it
+        if bs[t] <= b0:
+            if reverse:
+                continue
+            return                       # forward: no row of this slice runs any more
+        r1 = b1 if b1 < bs[t] else bs[t]
+        row0 = off[t] + b0
+        if w_ih_packed != NULL:
+            weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
+                         <floating>0, gates + row0 * G, G)
+        if not reverse:
+            if t > 0:
+                prev0 = off[t - 1] + b0
+                weights_gemm(r1 - b0, G, H, y + prev0 * H, H, w_hh_packed, w_hh, True,
+                             <floating>1, gates + row0 * G, G)
+                gates_forward(r1 - b0, H, gates + row0 * G, bias, peephole,
+                              cells + prev0 * H, cells + row0 * H, y + row0 * H)
+            else:
+                if h0 != NULL:
+                    weights_gemm(r1 - b0, G, H, h0 + <Py_ssize_t>b0 * H, H, w_hh_packed,
+                                 w_hh, True, <floating>1, gates + row0 * G, G)
+                gates_forward(r1 - b0, H, gates + row0 * G, bias, peephole,
+                              c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
+                              cells + row0 * H, y + row0 * H)
+            if h_n != NULL:              # rows whose last step this is
+                nxt = bs[t + 1] if t + 1 < T else 0
+                for b in range(nxt if nxt > b0 else b0, r1):
+                    memcpy(h_n + <Py_ssize_t>b * H, y + (off[t] + b) * H, H * sizeof(floating))
+                    memcpy(c_n + <Py_ssize_t>b * H, cells + (off[t] + b) * H,
+                           H * sizeof(floating))
+        else:
+            nxt = bs[t + 1] if t + 1 < T else 0
+            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            if m > b0:                   # rows b0:m continue from step t+1
+                prev0 = off[t + 1] + b0
+                weights_gemm(m - b0, G, H, y + prev0 * H, H, w_hh_packed, w_hh, True,
+                             <floating>1, gates + row0 * G, G)
+                gates_forward(m - b0, H, gates + row0 * G, bias, peephole,
+                              cells + prev0 * H, cells + row0 * H, y + row0 * H)
+            if r1 > m:                   # rows m:r1 start here, from h0/c0
+                if h0 != NULL:
+                    weights_gemm(r1 - m, G, H, h0 + <Py_ssize_t>m * H, H, w_hh_packed,
+                                 w_hh, True, <floating>1, gates + (off[t] + m) * G, G)
+                gates_forward(r1 - m, H, gates + (off[t] + m) * G, bias, peephole,
+                              c0 + <Py_ssize_t>m * H if c0 != NULL else NULL,
+                              cells + (off[t] + m) * H, y + (off[t] + m) * H)
+            if t == 0 and h_n != NULL:   # every row ends at step 0
+                memcpy(h_n + <Py_ssize_t>b0 * H, y + row0 * H,
+                       <size_t>(b1 - b0) * H * sizeof(floating))
+                memcpy(c_n + <Py_ssize_t>b0 * H, cells + row0 * H,
+                       <size_t>(b1 - b0) * H * sizeof(floating))
+
+
+cdef int layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
+                              bint reverse, const floating* x, const floating* w_ih,
+                              const floating* w_hh, const floating* bias,
+                              const floating* peephole, const floating* h0,
+                              const floating* c0, floating* y, floating* h_n,
+                              floating* c_n, floating* workspace, int num_threads,
+                              clstm_call* call) noexcept nogil:
+    """The forward of one direction of a layer over a packed batch. Returns 0, -1 for bad
+    sizes, -2 when out of memory, -3 when the call was asked to stop."""
+    global _units_split_last
+    cdef int chunk, n_chunks
+    cdef int G = 4 * H
+    if not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    cdef floating* gates = workspace
+    cdef floating* cells = workspace + N * G
+    cdef floating* packed = NULL
+    cdef floating* packed_ih = NULL
+    cdef packed_plan plan
+    cdef bint no_memory = False
+    cdef floating* zero_h0 = zeros_if_needed(h0, B, H, w_hh, &no_memory)
+    if no_memory:
+        return -2
+    if zero_h0 != NULL:
+        h0 = zero_h0
+    num_threads = clstm_team_threads(num_threads)
+    # The recurrent work of N rows, as thread_count counts it for T·B.
+    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
+    _units_split_last = False
+    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+        free(zero_h0)
+        return -2
+    clstm_blas_enter()
+    if _use_packed_gemm and N > B:
+        packed = pack_weights(H, G, w_hh, H, True, num_threads)     # P = W_hhᵀ
+        packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
+        if packed == NULL or packed_ih == NULL:
+            free(packed)
+            free(packed_ih)
+            free(zero_h0)
+            plan_free(&plan)
+            clstm_blas_leave()
+            return -2
+    # The input projection as in layer_forward: step by step inside each thread's loop
+    # with a few rows per thread and small weights, else one GEMM over the N valid rows.
+    cdef bint per_step = (packed_ih != NULL
+                          and B // n_chunks >= _min_rows_per_step_projection
+                          and (<double>I + H) * G * sizeof(floating) <= _max_step_weights_bytes)
+    if not per_step:
+        if packed_ih != NULL:
+            parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih, gates, G, False,
+                                 call)
+            free(packed_ih)
+            packed_ih = NULL
+        else:
+            parallel_gemm(num_threads, False, True, <int>N, G, I, <floating>1, x, I, w_ih,
+                          I, <floating>0, gates, G)
+    if n_chunks > 1:
+        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+            forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse,
+                                plan.bounds[chunk], plan.bounds[chunk + 1], x, packed_ih,
+                                w_hh, packed, bias, peephole, h0, c0, y, gates, cells, h_n,
+                                c_n, call)
+    else:
+        forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse, 0, B, x, packed_ih,
+                            w_hh, packed, bias, peephole, h0, c0, y, gates, cells, h_n,
+                            c_n, call)
+    clstm_blas_leave()
+    free(packed_ih)
+    free(packed)
+    free(zero_h0)
+    plan_free(&plan)
+    return -3 if clstm_call_stopped(call) else 0
+
+
+cdef void backward_rows_packed(int T, int B, int H, const int* bs, const Py_ssize_t* off,
+                               bint reverse, int b0, int b1, const floating* w_hh,
+                               const floating* w_hh_packed, const floating* peephole,
+                               const floating* c0, floating* gates, const floating* cells,
+                               floating* dy, floating* dh0, floating* dc,
+                               clstm_call* call) noexcept nogil:
+    """Rows b0:b1 back through their valid steps (the forward's order reversed). dy
+    (packed) receives each step's recurrent gradient before the step it belongs to reads
+    it; dc (B×H) carries dL/dc of each row; dh0 receives dL/dh0 of each row at the step
+    that read h0."""
+    cdef int it, t, r1, m, nxt
+    cdef int G = 4 * H
+    cdef Py_ssize_t row0, prev0
+    if b1 <= b0:
+        return
+    for it in range(T):
+        if clstm_call_stopped(call):
+            return
+        t = it if reverse else T - 1 - it
+        if bs[t] <= b0:
+            if reverse:
+                return                   # reverse, backward: no row runs any more
+            continue
+        r1 = b1 if b1 < bs[t] else bs[t]
+        row0 = off[t] + b0
+        if not reverse:
+            if t > 0:
+                prev0 = off[t - 1] + b0
+                gates_backward(r1 - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
+                               cells + row0 * H, dy + row0 * H, dc + <Py_ssize_t>b0 * H)
+                weights_gemm(r1 - b0, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                             <floating>1, dy + prev0 * H, H)
+            else:
+                gates_backward(r1 - b0, H, gates + row0 * G, peephole,
+                               c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
+                               cells + row0 * H, dy + row0 * H, dc + <Py_ssize_t>b0 * H)
+                weights_gemm(r1 - b0, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                             <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
+        else:
+            nxt = bs[t + 1] if t + 1 < T else 0
+            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            if m > b0:
+                prev0 = off[t + 1] + b0
+                gates_backward(m - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
+                               cells + row0 * H, dy + row0 * H, dc + <Py_ssize_t>b0 * H)
+                weights_gemm(m - b0, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                             <floating>1, dy + prev0 * H, H)
+            if r1 > m:
+                gates_backward(r1 - m, H, gates + (off[t] + m) * G, peephole,
+                               c0 + <Py_ssize_t>m * H if c0 != NULL else NULL,
+                               cells + (off[t] + m) * H, dy + (off[t] + m) * H,
+                               dc + <Py_ssize_t>m * H)
+                weights_gemm(r1 - m, H, G, gates + (off[t] + m) * G, G, w_hh_packed, w_hh,
+                             False, <floating>0, dh0 + <Py_ssize_t>m * H, H)
+
+
+cdef inline void peephole_grads(int T, int B, int H, const floating* da,
+                                const floating* cells, const floating* c0,
+                                floating* dpeep) noexcept nogil:
+    if floating is float:
+        clstm_peephole_grads_f32(T, B, H, da, cells, c0, dpeep)
+    else:
+        clstm_peephole_grads_f64(T, B, H, da, cells, c0, dpeep)
+
+
+cdef int layer_backward_packed(int T, int B, int I, int H, const int* batch_sizes,
+                               bint reverse, const floating* x, const floating* w_ih,
+                               const floating* w_hh, const floating* peephole,
+                               const floating* h0, const floating* c0, const floating* y,
+                               floating* workspace, floating* dy, const floating* dh_n,
+                               const floating* dc_n, floating* dx, floating* dh0,
+                               floating* dc0, floating* dw_ih, floating* dw_hh,
+                               floating* dbias, floating* dpeephole, int num_threads,
+                               clstm_call* call) noexcept nogil:
+    """The backward of one direction of a layer over a packed batch, after
+    layer_forward_packed with the same arguments. Returns as layer_backward."""
+    cdef int chunk, n_chunks, t, b, nxt
+    cdef int G = 4 * H
+    cdef Py_ssize_t k, row, BH = <Py_ssize_t>B * H
+    if not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    cdef floating* gates = workspace
+    cdef floating* cells = workspace + N * G
+    cdef packed_plan plan
+    num_threads = clstm_team_threads(num_threads)
+    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
+    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+        return -2
+    if dh_n != NULL:                     # into dL/dh at each row's final step
+        for b in range(B):
+            row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
+            for k in range(H):
+                dy[row * H + k] += dh_n[<Py_ssize_t>b * H + k]
+    if dc_n != NULL:
+        memcpy(dc0, dc_n, BH * sizeof(floating))
+    else:
+        memset(dc0, 0, BH * sizeof(floating))
+
+    cdef floating* packed = NULL
+    cdef int failed = 0
+    clstm_blas_enter()
+    if _use_packed_gemm and N > B:
+        packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
+        failed = packed == NULL
+    if not failed and n_chunks > 1:
+        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+            backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, plan.bounds[chunk],
+                                 plan.bounds[chunk + 1], w_hh, packed, peephole, c0, gates,
+                                 cells, dy, dh0, dc0, call)
+    elif not failed:
+        backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, 0, B, w_hh, packed,
+                             peephole, c0, gates, cells, dy, dh0, dc0, call)
+    free(packed)
+    if failed or clstm_call_stopped(call):
+        clstm_blas_leave()
+        plan_free(&plan)
+        return -2 if failed else -3
+
+    # The gates buffer now holds da for the N valid rows: the rest is a few large GEMMs.
+    cdef floating* da = gates
+    cdef floating* packed_ih = NULL
+    cdef floating* h_prev = NULL
+    cdef void* buf = NULL
+    cdef int status = 0
+    if dx != NULL:      # dX = da · W_ih
+        if _use_packed_gemm:
+            packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
+        if packed_ih != NULL:
+            parallel_packed_gemm(num_threads, <int>N, G, I, da, G, packed_ih, dx, I, False,
+                                 call)
+            free(packed_ih)
+        else:
+            parallel_gemm(num_threads, False, False, <int>N, I, G, <floating>1, da, G, w_ih,
+                          I, <floating>0, dx, I)
+    # dW_ih += daᵀ · X
+    status |= weight_gradient(num_threads, G, <int>N, I, da, x, I, dw_ih, call)
+    # dW_hh += daᵀ · H_prev: the state each row read at each step, gathered into the
+    # packed layout (step t's rows read a prefix of another step's rows, or h0).
+    if not reverse and h0 != NULL:
+        status |= weight_gradient(num_threads, G, B, H, da, h0, H, dw_hh, call)
+    if N > B or reverse:
+        if posix_memalign(&buf, 64, <size_t>N * H * sizeof(floating)) != 0:
+            status = -2
+        else:
+            h_prev = <floating*>buf
+            for t in range(T):
+                row = plan.off[t] * H
+                if not reverse:
+                    if t > 0:
+                        memcpy(h_prev + row, y + plan.off[t - 1] * H,
+                               <size_t>batch_sizes[t] * H * sizeof(floating))
+                else:
+                    nxt = batch_sizes[t + 1] if t + 1 < T else 0
+                    if nxt > 0:
+                        memcpy(h_prev + row, y + plan.off[t + 1] * H,
+                               <size_t>nxt * H * sizeof(floating))
+                    if h0 != NULL:
+                        memcpy(h_prev + row + <Py_ssize_t>nxt * H, h0 + <Py_ssize_t>nxt * H,
+                               <size_t>(batch_sizes[t] - nxt) * H * sizeof(floating))
+                    else:
+                        memset(h_prev + row + <Py_ssize_t>nxt * H, 0,
+                               <size_t>(batch_sizes[t] - nxt) * H * sizeof(floating))
+            if reverse:
+                status |= weight_gradient(num_threads, G, <int>N, H, da, h_prev, H, dw_hh,
+                                          call)
+            else:
+                status |= weight_gradient(num_threads, G, <int>(N - B), H,
+                                          da + <Py_ssize_t>B * G, h_prev + BH, H, dw_hh, call)
+            free(h_prev)
+    clstm_blas_leave()
+    if status != 0:
+        plan_free(&plan)
+        return -2
+    if clstm_call_stopped(call):
+        plan_free(&plan)
+        return -3
+    parallel_column_sums(num_threads, N, G, da, dbias)
+    if peephole != NULL and dpeephole != NULL:
+        for t in range(T):
+            row = plan.off[t]
+            if not reverse:
+                peephole_grads(1, batch_sizes[t], H, da + row * G, cells + row * H,
+                               (cells + plan.off[t - 1] * H) if t > 0 else c0, dpeephole)
+            else:
+                nxt = batch_sizes[t + 1] if t + 1 < T else 0
+                if nxt > 0:
+                    peephole_grads(1, nxt, H, da + row * G, cells + row * H,
+                                   cells + plan.off[t + 1] * H, dpeephole)
+                peephole_grads(1, batch_sizes[t] - nxt, H, da + (row + nxt) * G,
+                               cells + (row + nxt) * H,
+                               c0 + <Py_ssize_t>nxt * H if c0 != NULL else NULL, dpeephole)
+    plan_free(&plan)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
 # The public C API (declared in clstm/kernels.pxd)
 
 cdef Py_ssize_t lstm_workspace_size(int T, int B, int H) noexcept nogil:
@@ -1182,6 +1614,60 @@ cdef int lstm_backward_f64(int T, int B, int I, int H, const double* x, const do
     return layer_backward(T, B, I, H, x, w_ih, w_hh, peephole, h0, c0, y, workspace, dy,
                           dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dbias, dpeephole,
                           num_threads, NULL)
+
+
+cdef Py_ssize_t lstm_packed_workspace_size(int T, int B, int H,
+                                           const int* batch_sizes) noexcept nogil:
+    if H <= 0 or not batch_sizes_ok(T, B, batch_sizes):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    if 5.0 * N * H > _max_buffer_elements:
+        return -1
+    return 5 * N * H
+
+
+cdef int lstm_forward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+                                 int reverse, const float* x, const float* w_ih,
+                                 const float* w_hh, const float* bias, const float* peephole,
+                                 const float* h0, const float* c0, float* y, float* h_n,
+                                 float* c_n, float* workspace, int num_threads) noexcept nogil:
+    return layer_forward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh, bias,
+                                peephole, h0, c0, y, h_n, c_n, workspace, num_threads, NULL)
+
+
+cdef int lstm_forward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                 int reverse, const double* x, const double* w_ih,
+                                 const double* w_hh, const double* bias,
+                                 const double* peephole, const double* h0, const double* c0,
+                                 double* y, double* h_n, double* c_n, double* workspace,
+                                 int num_threads) noexcept nogil:
+    return layer_forward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh, bias,
+                                peephole, h0, c0, y, h_n, c_n, workspace, num_threads, NULL)
+
+
+cdef int lstm_backward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+                                  int reverse, const float* x, const float* w_ih,
+                                  const float* w_hh, const float* peephole, const float* h0,
+                                  const float* c0, const float* y, float* workspace,
+                                  float* dy, const float* dh_n, const float* dc_n, float* dx,
+                                  float* dh0, float* dc0, float* dw_ih, float* dw_hh,
+                                  float* dbias, float* dpeephole, int num_threads) noexcept nogil:
+    return layer_backward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                 peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
+                                 dc0, dw_ih, dw_hh, dbias, dpeephole, num_threads, NULL)
+
+
+cdef int lstm_backward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                  int reverse, const double* x, const double* w_ih,
+                                  const double* w_hh, const double* peephole,
+                                  const double* h0, const double* c0, const double* y,
+                                  double* workspace, double* dy, const double* dh_n,
+                                  const double* dc_n, double* dx, double* dh0, double* dc0,
+                                  double* dw_ih, double* dw_hh, double* dbias,
+                                  double* dpeephole, int num_threads) noexcept nogil:
+    return layer_backward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                 peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
+                                 dc0, dw_ih, dw_hh, dbias, dpeephole, num_threads, NULL)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1346,6 +1832,110 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
                                     <double*>pdcn, <double*>pdx, <double*>pdh0,
                                     <double*>pdc0, <double*>pdwi, <double*>pdwh,
                                     <double*>pdb, <double*>pdp, num_threads, &call)
+    check_status(status, "backward", &call)
+
+
+cdef const int* batch_sizes_of(object batch_sizes, int T, int B) except NULL:
+    """The data pointer of ``batch_sizes`` (T int32, B first, non-increasing, >= 1)."""
+    cdef const int* p = <const int*>buffer_of(batch_sizes, "batch_sizes", cnp.NPY_INT32, T)
+    if not batch_sizes_ok(T, B, p):
+        raise ValueError(f"batch_sizes: expected {T} non-increasing counts from {B} down "
+                         f"to at least 1, got {list(batch_sizes)}")
+    return p
+
+
+def forward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_ih, w_hh,
+                   bias, peephole, h0, c0, y, h_n, c_n, workspace, int num_threads=1):
+    """Forward of one direction of a layer over a packed batch (see "the packed layout"
+    above): x (N, I), y (N, H), workspace 5·N·H with N = sum(batch_sizes); h_n, c_n (B, H)
+    receive each row's final state (either may be None). ``peephole``, ``h0``, ``c0``
+    may be None."""
+    if not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, N * I)
+    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
+    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * H)
+    cdef void* pb = buffer_of(bias, "bias", tn, G)
+    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
+    cdef void* ph0 = buffer_of(h0, "h0", tn, B * H, True)
+    cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
+    cdef void* py = writable_buffer_of(y, "y", tn, N * H)
+    cdef void* phn = writable_buffer_of(h_n, "h_n", tn, B * H, True)
+    cdef void* pcn = writable_buffer_of(c_n, "c_n", tn, B * H, phn == NULL)
+    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * N * H)
+    if phn == NULL:
+        pcn = NULL
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = layer_forward_packed(T, B, I, H, pbs, reverse, <float*>px, <float*>pwi,
+                                          <float*>pwh, <float*>pb, <float*>pp, <float*>ph0,
+                                          <float*>pc0, <float*>py, <float*>phn, <float*>pcn,
+                                          <float*>pw, num_threads, &call)
+        else:
+            status = layer_forward_packed(T, B, I, H, pbs, reverse, <double*>px,
+                                          <double*>pwi, <double*>pwh, <double*>pb,
+                                          <double*>pp, <double*>ph0, <double*>pc0,
+                                          <double*>py, <double*>phn, <double*>pcn,
+                                          <double*>pw, num_threads, &call)
+    check_status(status, "forward", &call)
+
+
+def backward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_ih, w_hh,
+                    peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih,
+                    dw_hh, dbias, dpeephole, int num_threads=1):
+    """Backward of one direction of a layer after :func:`forward_packed` with the same
+    arrays; as :func:`backward`, with dy (N, H) and dx (N, I) packed."""
+    if not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, N * I)
+    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
+    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * H)
+    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
+    cdef void* ph0 = buffer_of(h0, "h0", tn, B * H, True)
+    cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
+    cdef void* py = buffer_of(y, "y", tn, N * H)
+    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * N * H)
+    cdef void* pdy = writable_buffer_of(dy, "dy", tn, N * H)
+    cdef void* pdhn = buffer_of(dh_n, "dh_n", tn, B * H, True)
+    cdef void* pdcn = buffer_of(dc_n, "dc_n", tn, B * H, True)
+    cdef void* pdx = writable_buffer_of(dx, "dx", tn, N * I, True)
+    cdef void* pdh0 = writable_buffer_of(dh0, "dh0", tn, B * H)
+    cdef void* pdc0 = writable_buffer_of(dc0, "dc0", tn, B * H)
+    cdef void* pdwi = writable_buffer_of(dw_ih, "dw_ih", tn, G * I)
+    cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * H)
+    cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
+    cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = layer_backward_packed(T, B, I, H, pbs, reverse, <float*>px, <float*>pwi,
+                                           <float*>pwh, <float*>pp, <float*>ph0,
+                                           <float*>pc0, <float*>py, <float*>pw, <float*>pdy,
+                                           <float*>pdhn, <float*>pdcn, <float*>pdx,
+                                           <float*>pdh0, <float*>pdc0, <float*>pdwi,
+                                           <float*>pdwh, <float*>pdb, <float*>pdp,
+                                           num_threads, &call)
+        else:
+            status = layer_backward_packed(T, B, I, H, pbs, reverse, <double*>px,
+                                           <double*>pwi, <double*>pwh, <double*>pp,
+                                           <double*>ph0, <double*>pc0, <double*>py,
+                                           <double*>pw, <double*>pdy, <double*>pdhn,
+                                           <double*>pdcn, <double*>pdx, <double*>pdh0,
+                                           <double*>pdc0, <double*>pdwi, <double*>pdwh,
+                                           <double*>pdb, <double*>pdp, num_threads, &call)
     check_status(status, "backward", &call)
 
 

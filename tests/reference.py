@@ -215,3 +215,94 @@ def numerical_gradient(f, array, eps=1e-6, indices=None):
         flat[j] = old
         out[n] = (f_plus - f_minus) / (2 * eps)
     return out.reshape(array.shape) if all_entries else out
+
+
+# --------------------------------------------------------------------------
+# bidirectional stacks and sequences of their own lengths, one sequence at a time
+
+
+def _direction_params(params, k, suffix, peephole, H, dtype):
+    p = {key: params[f"{key}_l{k}{suffix}"] for key in ("weight_ih", "weight_hh")}
+    for key in ("bias_ih", "bias_hh"):       # bias=False: zeros that are not parameters
+        p[key] = params.get(f"{key}_l{k}{suffix}", np.zeros(4 * H, dtype=dtype))
+    if peephole:
+        p[PEEPHOLE_KEY] = params[f"{PEEPHOLE_KEY}_l{k}{suffix}"]
+    return p
+
+
+def reference_lstm_forward(x, params, num_layers, *, bidirectional=False, peephole=False,
+                           lengths=None, h0=None, c0=None):
+    """torch.nn.LSTM's semantics with packed sequences, written the plainest way: each
+    sequence b runs alone over its first lengths[b] steps; the reverse direction runs
+    the flipped sequence; outputs past a sequence's length are zero.
+
+    params: PyTorch's names (``weight_ih_l0_reverse`` ...; no bias entries for a
+    bias-free LSTM). h0, c0: (D·L, B, H) or None. Returns ``y (T, B, D·H),
+    (h_n, c_n) each (D·L, B, H), cache``.
+    """
+    x = np.asarray(x)
+    T, B, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = params["weight_hh_l0"].shape[1]
+    dtype = np.result_type(x, *params.values())
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    h0 = np.zeros((D * num_layers, B, H), dtype) if h0 is None else np.asarray(h0, dtype)
+    c0 = np.zeros((D * num_layers, B, H), dtype) if c0 is None else np.asarray(c0, dtype)
+    y = np.zeros((T, B, D * H), dtype)
+    h_n = np.empty((D * num_layers, B, H), dtype)
+    c_n = np.empty((D * num_layers, B, H), dtype)
+    caches = []
+    for b in range(B):
+        n = int(lengths[b])
+        inp = x[:n, b:b + 1].astype(dtype)
+        seq = []
+        for k in range(num_layers):
+            outs = []
+            for d in range(D):
+                j = k * D + d
+                p = _direction_params(params, k, ("", "_reverse")[d], peephole, H, dtype)
+                xin = inp[::-1] if d else inp
+                yd, h_n[j, b], c_n[j, b], steps = _layer_forward(xin, p, h0[j, b:b + 1],
+                                                                 c0[j, b:b + 1])
+                seq.append(dict(p=p, input_shape=xin.shape, steps=steps))
+                outs.append(yd[::-1] if d else yd)
+            inp = np.concatenate(outs, axis=2)
+        y[:n, b] = inp[:, 0]
+        caches.append(seq)
+    cache = dict(caches=caches, lengths=lengths, D=D, L=num_layers, H=H, dtype=dtype,
+                 shape=x.shape)
+    return y, (h_n, c_n), cache
+
+
+def reference_lstm_backward(dy, cache, dh_n=None, dc_n=None):
+    """Gradients of sum(y*dy) + sum(h_n*dh_n) + sum(c_n*dc_n) after
+    :func:`reference_lstm_forward`; dy at padded positions is ignored. Returns
+    ``dx, (dh0, dc0), grads`` with grads keyed by PyTorch's names (biases included even
+    for a bias-free LSTM: the caller ignores them)."""
+    D, L, H, dtype = cache["D"], cache["L"], cache["H"], cache["dtype"]
+    T, B, I = cache["shape"]
+    dy = np.asarray(dy, dtype)
+    dh_n = np.zeros((D * L, B, H), dtype) if dh_n is None else np.asarray(dh_n, dtype)
+    dc_n = np.zeros((D * L, B, H), dtype) if dc_n is None else np.asarray(dc_n, dtype)
+    dx = np.zeros((T, B, I), dtype)
+    dh0 = np.empty((D * L, B, H), dtype)
+    dc0 = np.empty((D * L, B, H), dtype)
+    grads = {}
+    for b, seq in enumerate(cache["caches"]):
+        n = int(cache["lengths"][b])
+        d_out = dy[:n, b:b + 1]
+        for k in reversed(range(L)):
+            d_in = 0
+            for d in range(D):
+                j = k * D + d
+                c = seq[j]
+                part = d_out[:, :, d * H:(d + 1) * H]
+                g_dx, dh0[j, b], dc0[j, b], g = _layer_backward(
+                    part[::-1] if d else part, c["p"], c, dh_n[j, b:b + 1], dc_n[j, b:b + 1])
+                d_in = d_in + (g_dx[::-1] if d else g_dx)
+                for key, value in g.items():
+                    name = f"{key}_l{k}{('', '_reverse')[d]}"
+                    grads[name] = grads.get(name, 0) + value
+            d_out = d_in
+        dx[:n, b] = d_out[:, 0]
+    return dx, (dh0, dc0), grads

@@ -1,0 +1,347 @@
+"""Sequences of their own lengths, bidirectional layers and bias-free layers: torch.nn.LSTM
+on packed sequences, the NumPy reference (each sequence alone), finite differences, bad
+input, save/load and the models' pass-through of lengths."""
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import clstm
+from clstm import kernels
+from reference import numerical_gradient, reference_lstm_backward, reference_lstm_forward
+
+TOL = {"float32": dict(rtol=3e-4, atol=3e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
+
+
+def random_lengths(rng, T, B, kind):
+    if kind == "full":
+        return np.full(B, T)
+    if kind == "ones":
+        return np.ones(B, dtype=int)
+    lengths = rng.integers(1, T + 1, size=B)
+    lengths[rng.integers(B)] = T          # the longest is not always first
+    if B > 2:
+        lengths[rng.integers(B)] = 1
+    return lengths
+
+
+def configurations(n, seed):
+    """n random configurations: sizes, layers 1-3, directions, bias, peepholes, lengths."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield dict(T=int(rng.integers(1, 8)), B=int(rng.integers(1, 7)),
+                   I=int(rng.integers(1, 6)), H=int(rng.integers(1, 7)),
+                   L=int(rng.integers(1, 4)), bidirectional=bool(rng.integers(2)),
+                   bias=bool(rng.integers(2)), peephole=bool(rng.integers(2)),
+                   lengths=str(rng.choice(["random", "random", "full", "ones", "none"])),
+                   state=bool(rng.integers(2)), seed=int(rng.integers(1 << 30)))
+
+
+def run(net, x, state, lengths, dy, dstate):
+    net.zero_grad()
+    y, (h_n, c_n) = net.forward(x, state, lengths=lengths)
+    dx, (dh0, dc0) = net.backward(dy, dstate)
+    return (np.array(y), np.array(h_n), np.array(c_n), dx, dh0, dc0,
+            {k: g.copy() for k, g in net.grads.items()})
+
+
+def data(cfg, dtype):
+    rng = np.random.default_rng(cfg["seed"])
+    T, B, I, H, L = cfg["T"], cfg["B"], cfg["I"], cfg["H"], cfg["L"]
+    D = 2 if cfg["bidirectional"] else 1
+    lengths = None if cfg["lengths"] == "none" else random_lengths(rng, T, B, cfg["lengths"])
+    x = rng.normal(size=(T, B, I)).astype(dtype)
+    state = (rng.normal(size=(D * L, B, H)).astype(dtype),
+             rng.normal(size=(D * L, B, H)).astype(dtype)) if cfg["state"] else None
+    dy = rng.normal(size=(T, B, D * H)).astype(dtype)
+    dstate = (rng.normal(size=(D * L, B, H)).astype(dtype),
+              rng.normal(size=(D * L, B, H)).astype(dtype))
+    return x, state, lengths, dy, dstate
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cfg", list(configurations(24, 1)), ids=str)
+def test_matches_reference_each_sequence_alone(cfg, threads):
+    """Every output and gradient equals the NumPy LSTM that runs each sequence alone;
+    dy at padded positions (random here) sends nothing back."""
+    x, state, lengths, dy, dstate = data(cfg, "float64")
+    net = clstm.LSTM(cfg["I"], cfg["H"], cfg["L"], bidirectional=cfg["bidirectional"],
+                     bias=cfg["bias"], peephole=cfg["peephole"], dtype="float64",
+                     seed=cfg["seed"])
+    old = kernels._set_min_flops_per_thread(0)
+    try:
+        with clstm.threads(threads):
+            y, h_n, c_n, dx, dh0, dc0, grads = run(net, x, state, lengths, dy, dstate)
+    finally:
+        kernels._set_min_flops_per_thread(old)
+    yr, (hr, cr), cache = reference_lstm_forward(
+        x, net.params, cfg["L"], bidirectional=cfg["bidirectional"],
+        peephole=cfg["peephole"], lengths=lengths,
+        h0=None if state is None else state[0], c0=None if state is None else state[1])
+    dxr, (dh0r, dc0r), gr = reference_lstm_backward(dy, cache, *dstate)
+    tol = TOL["float64"]
+    for a, b in ((y, yr), (h_n, hr), (c_n, cr), (dx, dxr), (dh0, dh0r), (dc0, dc0r)):
+        np.testing.assert_allclose(a, b, **tol)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, gr[name], **tol, err_msg=name)
+
+
+def test_padded_outputs_are_zero_and_state_at_own_last_step():
+    rng = np.random.default_rng(3)
+    T, B, I, H = 6, 4, 3, 5
+    net = clstm.LSTM(I, H, bidirectional=True, dtype="float64", seed=0)
+    x = rng.normal(size=(T, B, I))
+    lengths = np.array([2, 6, 1, 4])
+    y, (h_n, c_n) = net.forward(x, lengths=lengths)
+    for b, n in enumerate(lengths):
+        assert not y[n:, b].any()
+        yb, (hb, cb) = net.forward(x[:n, b])          # the sequence alone, unbatched
+        np.testing.assert_allclose(y[:n, b], yb, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(h_n[:, b], hb, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(c_n[:, b], cb, rtol=1e-12, atol=1e-14)
+        # h_n: forward direction at the last valid step, reverse direction at step 0
+        np.testing.assert_array_equal(h_n[0, b], y[n - 1, b, :H])
+        np.testing.assert_array_equal(h_n[1, b], y[0, b, H:])
+
+
+def test_padded_steps_change_nothing():
+    """Whatever the input holds past a sequence's length, nothing changes."""
+    rng = np.random.default_rng(4)
+    net = clstm.LSTM(3, 4, 2, bidirectional=True, dtype="float64", seed=0)
+    x = rng.normal(size=(5, 3, 3))
+    lengths = [3, 5, 1]
+    y1, s1 = net.forward(x, lengths=lengths)
+    x2 = x.copy()
+    for b, n in enumerate(lengths):
+        x2[n:, b] = 1e3 * rng.normal(size=x2[n:, b].shape)
+    y2, s2 = net.forward(x2, lengths=lengths)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(s1[0], s2[0])
+
+
+def test_finite_differences_float64():
+    """The analytic gradient of a bidirectional, peephole, 2-layer LSTM with lengths
+    equals central differences, for every parameter tensor, x, h0 and c0."""
+    rng = np.random.default_rng(5)
+    T, B, I, H, L = 4, 3, 2, 3, 2
+    net = clstm.LSTM(I, H, L, bidirectional=True, peephole=True, dtype="float64", seed=2)
+    x = rng.normal(size=(T, B, I))
+    h0, c0 = rng.normal(size=(2 * L, B, H)), rng.normal(size=(2 * L, B, H))
+    lengths = np.array([2, 4, 1])
+    R = rng.normal(size=(T, B, 2 * H))
+    Rh, Rc = rng.normal(size=(2 * L, B, H)), rng.normal(size=(2 * L, B, H))
+
+    def loss():
+        y, (h_n, c_n) = net.forward(x, (h0, c0), lengths=lengths)
+        return (y * R).sum() + (h_n * Rh).sum() + (c_n * Rc).sum()
+
+    loss()
+    net.zero_grad()
+    dx, (dh0, dc0) = net.backward(R, (Rh, Rc))
+    grads = {k: g.copy() for k, g in net.grads.items()}
+    for name, p in net.params.items():
+        idx = rng.choice(p.size, size=min(6, p.size), replace=False)
+        num = numerical_gradient(loss, p, indices=idx)
+        np.testing.assert_allclose(grads[name].reshape(-1)[idx], num, rtol=1e-6,
+                                   atol=1e-8, err_msg=name)
+    for arr, grad in ((x, dx), (h0, dh0), (c0, dc0)):
+        num = numerical_gradient(loss, arr)
+        np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8)
+
+
+# -- torch.nn.LSTM on packed sequences -------------------------------------------------
+
+torch = None
+
+
+def _torch():
+    global torch
+    torch = pytest.importorskip("torch")
+    return torch
+
+
+def torch_packed_run(module, x, state, lengths, dy, dstate, batch_first):
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    xt = torch.tensor(x, requires_grad=True)
+    T = x.shape[1] if batch_first else x.shape[0]
+    args = ()
+    if state is not None:
+        h0t = torch.tensor(state[0], requires_grad=True)
+        c0t = torch.tensor(state[1], requires_grad=True)
+        args = ((h0t, c0t),)
+    if lengths is None:
+        y, (h_n, c_n) = module(xt, *args)
+    else:
+        packed = pack_padded_sequence(xt, torch.tensor(lengths), batch_first=batch_first,
+                                      enforce_sorted=False)
+        yp, (h_n, c_n) = module(packed, *args)
+        y, _ = pad_packed_sequence(yp, batch_first=batch_first, total_length=T)
+    loss = ((y * torch.tensor(dy)).sum() + (h_n * torch.tensor(dstate[0])).sum()
+            + (c_n * torch.tensor(dstate[1])).sum())
+    module.zero_grad()
+    loss.backward()
+    out = [y, h_n, c_n, xt.grad]
+    out += [h0t.grad, c0t.grad] if state is not None else [None, None]
+    out = [None if v is None else v.detach().numpy().copy() for v in out]
+    out.append({n: p.grad.detach().numpy().copy() for n, p in module.named_parameters()})
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("cfg", list(configurations(10, 2)), ids=str)
+def test_matches_torch_packed(cfg, batch_first, dtype):
+    """from_torch of a random torch.nn.LSTM (directions, bias, layers), then outputs,
+    final state and every gradient against PyTorch on pack_padded_sequence(...,
+    enforce_sorted=False) / pad_packed_sequence."""
+    _torch()
+    T, B, I, H, L = cfg["T"], cfg["B"], cfg["I"], cfg["H"], cfg["L"]
+    torch.manual_seed(cfg["seed"] % 1000)
+    module = torch.nn.LSTM(I, H, L, bias=cfg["bias"], bidirectional=cfg["bidirectional"],
+                           batch_first=batch_first,
+                           dtype=torch.float32 if dtype == "float32" else torch.float64)
+    net = clstm.LSTM.from_torch(module)
+    assert net.bidirectional == cfg["bidirectional"] and net.bias == cfg["bias"]
+    assert list(net.params) == [n for n, _ in module.named_parameters()]
+    x, state, lengths, dy, dstate = data(cfg, dtype)
+    if batch_first:
+        x, dy = x.transpose(1, 0, 2).copy(), dy.transpose(1, 0, 2).copy()
+    if lengths is not None:                 # PyTorch's padded output is zero there
+        mask = np.arange(T)[:, None] < lengths[None, :]
+        dy_masked = dy * (mask.T[:, :, None] if batch_first else mask[:, :, None])
+    else:
+        dy_masked = dy
+    theirs = torch_packed_run(module, x, state, lengths, dy_masked, dstate, batch_first)
+    ours = run(net, x, state, lengths, dy, dstate)   # random dy at padded positions
+    tol = TOL[dtype]
+    for name, a, b in zip(["y", "h_n", "c_n", "dx", "dh0", "dc0"], ours[:6], theirs[:6]):
+        if b is not None:
+            np.testing.assert_allclose(a, b, **tol, err_msg=name)
+    for name, g in theirs[6].items():
+        np.testing.assert_allclose(ours[6][name], g, **tol, err_msg=name)
+    back = net.to_torch()
+    assert back.bidirectional == module.bidirectional and back.bias == module.bias
+    for name, p in module.named_parameters():
+        np.testing.assert_array_equal(getattr(back, name).detach().numpy(),
+                                      p.detach().numpy())
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lengths, exc, message", [
+    ([3, 2], ValueError, r"lengths: expected shape \(3,\) \(one per sequence\), got shape \(2,\)"),
+    ([[3, 2, 1]], ValueError, r"lengths: expected shape \(3,\)"),
+    ([3, 0, 1], ValueError, r"lengths: expected integers in \[1, 4\], got min 0, max 3"),
+    ([3, 5, 1], ValueError, r"lengths: expected integers in \[1, 4\], got min 1, max 5"),
+    ([-1, 2, 1], ValueError, r"lengths: expected integers in \[1, 4\], got min -1"),
+    ([3.0, 2.0, 1.0], TypeError, r"lengths: expected integers, got list of dtype float64"),
+    (np.array([3.0, 2, 1]), TypeError, r"lengths: expected integers, got dtype float64"),
+    (np.array([True, True, True]), TypeError, r"lengths: expected integers, got dtype bool"),
+    (["3", "2", "1"], TypeError, r"lengths: expected integers"),
+])
+def test_bad_lengths(lengths, exc, message):
+    net = clstm.LSTM(2, 3, bidirectional=True)
+    with pytest.raises(exc, match=message):
+        net.forward(np.zeros((4, 3, 2), np.float32), lengths=lengths)
+
+
+def test_bad_state_for_directions_and_layers():
+    net = clstm.LSTM(2, 3, 2, bidirectional=True)
+    h = np.zeros((2, 5, 3), np.float32)                  # needs 2 * 2 = 4
+    with pytest.raises(ValueError, match=r"state h: expected shape \(4, 5, 3\)"):
+        net.forward(np.zeros((4, 5, 2), np.float32), (h, h))
+
+
+def test_bad_constructor_flags():
+    with pytest.raises(TypeError, match=r"bidirectional: expected True or False, got 'yes'"):
+        clstm.LSTM(2, 3, bidirectional="yes")
+    with pytest.raises(TypeError, match=r"bias: expected True or False, got 1"):
+        clstm.LSTM(2, 3, bias=1)
+
+
+def test_bidirectional_cannot_step():
+    net = clstm.LSTM(2, 3, bidirectional=True)
+    with pytest.raises(ValueError, match="step: expected a unidirectional LSTM"):
+        net.step(np.zeros((1, 2), np.float32))
+
+
+def test_bias_free_has_no_bias_parameters_and_steps():
+    net = clstm.LSTM(2, 3, 2, bias=False, dtype="float64", seed=0)
+    assert not any(name.startswith("bias") for name in net.params)
+    assert net.flat_params.size == 4 * 3 * 2 + 4 * 3 * 3 + 4 * 3 * 3 + 4 * 3 * 3
+    x = np.random.default_rng(0).normal(size=(3, 2, 2))
+    y, state = net.forward(x)
+    s = None
+    for t in range(3):
+        yt, s = net.step(x[t], s)
+    np.testing.assert_allclose(yt, y[-1], rtol=1e-12)
+
+
+# -- save / load, models ----------------------------------------------------------------
+
+def test_save_load_bidirectional_bias_free(tmp_path):
+    net = clstm.LSTM(3, 4, 2, bidirectional=True, bias=False, peephole=True, seed=1)
+    path = os.path.join(tmp_path, "net.npz")
+    clstm.save(net, path)
+    back = clstm.load(path)
+    assert back.bidirectional and not back.bias and back.peephole
+    x = np.random.default_rng(0).normal(size=(5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(back.forward(x, lengths=[2, 5])[0],
+                                  net.forward(x, lengths=[2, 5])[0])
+
+
+def test_old_file_without_the_new_fields_loads(tmp_path):
+    """A file saved before bias/bidirectional existed (its config has neither)."""
+    net = clstm.LSTM(3, 4, seed=1)
+    path = os.path.join(tmp_path, "net.npz")
+    clstm.save(net, path)
+    old = os.path.join(tmp_path, "old.npz")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith(".json"):
+                config = json.loads(data)
+                text = json.dumps(config)
+                assert '"bidirectional"' in text
+                _drop_keys(config, ("bias", "bidirectional"))
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    back = clstm.load(old)
+    assert back.bias and not back.bidirectional
+    for name, p in net.params.items():
+        np.testing.assert_array_equal(back.params[name], p)
+
+
+def _drop_keys(obj, keys):
+    if isinstance(obj, dict):
+        if "hidden_size" in obj:
+            for k in keys:
+                obj.pop(k, None)
+        for v in obj.values():
+            _drop_keys(v, keys)
+    elif isinstance(obj, list):
+        for v in obj:
+            _drop_keys(v, keys)
+
+
+def test_sequential_passes_lengths_to_the_lstm():
+    """Sequential(LSTM, LastStep) with lengths runs the LSTM on each sequence's own
+    steps: the result equals each sequence alone, and padding changes nothing."""
+    rng = np.random.default_rng(7)
+    lstm = clstm.LSTM(3, 4, dtype="float64", seed=0)
+    model = clstm.Sequential([lstm, clstm.LastStep()])
+    x = rng.normal(size=(6, 3, 3))
+    lengths = np.array([6, 2, 4])
+    out, _ = model.forward(x, lengths=lengths)
+    model.backward(np.ones_like(out))
+    dw = lstm.grads["weight_ih_l0"].copy()
+    lstm.zero_grad()
+    for b, n in enumerate(lengths):
+        alone, _ = lstm.forward(x[:n, b:b + 1])
+        np.testing.assert_allclose(out[b], alone[-1, 0], rtol=1e-12)
+        dy = np.zeros_like(alone)
+        dy[-1] = 1
+        lstm.backward(dy)
+    np.testing.assert_allclose(lstm.grads["weight_ih_l0"], dw, rtol=1e-10)
