@@ -50,7 +50,11 @@ class Fields:
         raise BadConfig(f"{self.where}.{key}: expected {expected}, got "
                         f"{what(self.data[key])}")
 
-    def int(self, key, minimum=1, maximum=MAX_SIZE, *, optional=False):
+    def int(self, key, minimum=1, maximum=MAX_SIZE, *, optional=False, default=None):
+        """An int in [minimum, maximum] (or null when optional); with a default, a field
+        that may be missing."""
+        if default is not None and key not in self.data:
+            return default
         value = self.value(key)
         if optional and value is None:
             return None

@@ -59,48 +59,57 @@ cdef int lstm_backward_f64(int T, int B, int I, int H, const double* x, const do
                            double* dc0, double* dw_ih, double* dw_hh, double* dbias,
                            double* dpeephole, int num_threads) noexcept nogil
 
-# Variable lengths and directions: one direction of a layer over a batch in PyTorch's
-# packed layout (torch.nn.utils.rnn.pack_padded_sequence). The B rows are ordered by
-# non-increasing length; batch_sizes (T ints, batch_sizes[0] == B, non-increasing, >= 1,
-# T the longest length) says how many rows run at step t, and step t occupies rows
-# off[t] .. off[t] + batch_sizes[t] of x (N, I), y (N, H), dy, dx, with
+# Variable lengths, directions and projections: one direction of a layer over a batch in
+# PyTorch's packed layout (torch.nn.utils.rnn.pack_padded_sequence). The B rows are
+# ordered by non-increasing length; batch_sizes (T ints, batch_sizes[0] == B,
+# non-increasing, >= 1, T the longest length) says how many rows run at step t, and step
+# t occupies rows off[t] .. off[t] + batch_sizes[t] of x (N, I), y (N, P'), dy, dx, with
 # N = sum(batch_sizes) and off[t] the sum of the earlier batch sizes. Padded positions
 # are neither stored nor computed. reverse != 0 runs each row from its own last step
-# down to step 0 (the reverse direction of a bidirectional layer). h0, c0 (B, H) are the
-# rows' initial states (or NULL); h_n, c_n (B, H) receive each row's state after its last
-# step (forward) or after step 0 (reverse), or NULL to skip. bias is required (zeros for
-# a bias-free layer). The workspace holds lstm_packed_workspace_size(...) elements
-# (5·N·H). Return values and num_threads as above; -1 also for invalid batch_sizes.
-cdef Py_ssize_t lstm_packed_workspace_size(int T, int B, int H,
+# down to step 0 (the reverse direction of a bidirectional layer).
+#     P          0: no projection, the state is H wide (P' = H), w_hr NULL;
+#                1 <= P < H: LSTMP, y_t = (o ⊙ tanh(c_t))·W_hrᵀ, the state P' = P wide
+#     w_hh       (4H, P'); w_hr (P, H) weight_hr_l{k}, or NULL
+#     h0, c0     (B, P') and (B, H): the rows' initial states (or NULL for zeros)
+#     h_n, c_n   (B, P') and (B, H) out: each row's state after its last step (forward)
+#                or after step 0 (reverse); NULL to skip
+#     bias       required (zeros for a bias-free layer)
+#     workspace  lstm_packed_workspace_size(...) elements: 5·N·H, 6·N·H with P > 0
+# Return values and num_threads as above; -1 also for invalid batch_sizes or P.
+cdef Py_ssize_t lstm_packed_workspace_size(int T, int B, int H, int P,
                                            const int* batch_sizes) noexcept nogil
 
-cdef int lstm_forward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+cdef int lstm_forward_packed_f32(int T, int B, int I, int H, int P, const int* batch_sizes,
                                  int reverse, const float* x, const float* w_ih,
-                                 const float* w_hh, const float* bias, const float* peephole,
-                                 const float* h0, const float* c0, float* y, float* h_n,
-                                 float* c_n, float* workspace, int num_threads) noexcept nogil
-cdef int lstm_forward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                 const float* w_hh, const float* w_hr, const float* bias,
+                                 const float* peephole, const float* h0, const float* c0,
+                                 float* y, float* h_n, float* c_n, float* workspace,
+                                 int num_threads) noexcept nogil
+cdef int lstm_forward_packed_f64(int T, int B, int I, int H, int P, const int* batch_sizes,
                                  int reverse, const double* x, const double* w_ih,
-                                 const double* w_hh, const double* bias,
+                                 const double* w_hh, const double* w_hr, const double* bias,
                                  const double* peephole, const double* h0, const double* c0,
                                  double* y, double* h_n, double* c_n, double* workspace,
                                  int num_threads) noexcept nogil
 
 # Backward after lstm_forward_packed with the same arguments; as lstm_backward, with dy
-# (N, H) and dx (N, I) packed. dh_n, dc_n join each row at its final step (as h_n, c_n
-# were taken); dL/dh0, dL/dc0 are where each row read h0, c0.
-cdef int lstm_backward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+# (N, P') and dx (N, I) packed, dh0 (B, P'). dh_n, dc_n join each row at its final step
+# (as h_n, c_n were taken); dL/dh0, dL/dc0 are where each row read h0, c0. dw_hr (P, H)
+# is added into with a projection (NULL without).
+cdef int lstm_backward_packed_f32(int T, int B, int I, int H, int P, const int* batch_sizes,
                                   int reverse, const float* x, const float* w_ih,
-                                  const float* w_hh, const float* peephole, const float* h0,
-                                  const float* c0, const float* y, float* workspace,
-                                  float* dy, const float* dh_n, const float* dc_n, float* dx,
-                                  float* dh0, float* dc0, float* dw_ih, float* dw_hh,
-                                  float* dbias, float* dpeephole, int num_threads) noexcept nogil
-cdef int lstm_backward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                  const float* w_hh, const float* w_hr, const float* peephole,
+                                  const float* h0, const float* c0, const float* y,
+                                  float* workspace, float* dy, const float* dh_n,
+                                  const float* dc_n, float* dx, float* dh0, float* dc0,
+                                  float* dw_ih, float* dw_hh, float* dw_hr, float* dbias,
+                                  float* dpeephole, int num_threads) noexcept nogil
+cdef int lstm_backward_packed_f64(int T, int B, int I, int H, int P, const int* batch_sizes,
                                   int reverse, const double* x, const double* w_ih,
-                                  const double* w_hh, const double* peephole,
-                                  const double* h0, const double* c0, const double* y,
-                                  double* workspace, double* dy, const double* dh_n,
-                                  const double* dc_n, double* dx, double* dh0, double* dc0,
-                                  double* dw_ih, double* dw_hh, double* dbias,
-                                  double* dpeephole, int num_threads) noexcept nogil
+                                  const double* w_hh, const double* w_hr,
+                                  const double* peephole, const double* h0, const double* c0,
+                                  const double* y, double* workspace, double* dy,
+                                  const double* dh_n, const double* dc_n, double* dx,
+                                  double* dh0, double* dc0, double* dw_ih, double* dw_hh,
+                                  double* dw_hr, double* dbias, double* dpeephole,
+                                  int num_threads) noexcept nogil

@@ -31,6 +31,11 @@ class LSTM(Layer):
         step 0, with its own weights (``..._reverse``); the outputs of the two directions
         are concatenated (2 * hidden_size features) and ``h_n``/``c_n`` hold
         2 * num_layers states, layer by layer, forward direction first (PyTorch's order).
+    proj_size : int, default 0
+        With 0 < proj_size < hidden_size, an LSTM with projections (LSTMP, PyTorch's
+        ``proj_size``): h_t = W_hr (o_t ⊙ tanh(c_t)) with ``weight_hr_l{k}`` (proj_size,
+        hidden_size); outputs, ``h_n`` and the recurrent input are proj_size wide, ``c_n``
+        stays hidden_size wide.
     dtype : {"float32", "float64"}, default "float32"
         Type of the parameters and of all computation.
     peephole : bool, default False
@@ -63,8 +68,8 @@ class LSTM(Layer):
     workspace_cache_bytes = 512 * 1024 * 1024
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True,
-                 bidirectional=False, dtype="float32", peephole=False, dropout=0.0,
-                 seed=None, batch_first=False):
+                 bidirectional=False, proj_size=0, dtype="float32", peephole=False,
+                 dropout=0.0, seed=None, batch_first=False):
         self.input_size = positive_int(input_size, "input_size")
         self.hidden_size = positive_int(hidden_size, "hidden_size")
         self.num_layers = positive_int(num_layers, "num_layers")
@@ -78,9 +83,18 @@ class LSTM(Layer):
         self.bias = bool(bias)
         self.bidirectional = bool(bidirectional)
         D = self.num_directions = 2 if self.bidirectional else 1
+        if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size,
+                                                                      (int, np.integer)):
+            raise TypeError(f"proj_size: expected an int, got {proj_size!r}")
+        if not 0 <= proj_size < self.hidden_size:
+            raise ValueError(f"proj_size: expected an int in [0, hidden_size = "
+                             f"{self.hidden_size}), got {proj_size}")
+        self.proj_size = int(proj_size)
         H, layers = self.hidden_size, self.num_layers
-        per_layer = (8 * H if self.bias else 0) + (3 * H if peephole else 0)
-        parameter_count(D * (4 * H * (self.input_size + H) + 4 * H * (D * H + H) * (layers - 1)
+        P = self.proj_size or H           # the width of the state, outputs and h_n
+        per_layer = ((8 * H if self.bias else 0) + (3 * H if peephole else 0)
+                     + (P * H if self.proj_size else 0))
+        parameter_count(D * (4 * H * (self.input_size + P) + 4 * H * (D * P + P) * (layers - 1)
                              + per_layer * layers), "LSTM")
         super().__init__(dtype)
         self.peephole = bool(peephole)
@@ -100,7 +114,8 @@ class LSTM(Layer):
         self._names = [(f"weight_ih_l{k}{sfx}", f"weight_hh_l{k}{sfx}",
                         f"bias_ih_l{k}{sfx}" if self.bias else None,
                         f"bias_hh_l{k}{sfx}" if self.bias else None,
-                        f"weight_peephole_l{k}{sfx}" if self.peephole else None)
+                        f"weight_peephole_l{k}{sfx}" if self.peephole else None,
+                        f"weight_hr_l{k}{sfx}" if self.proj_size else None)
                        for k in range(self.num_layers) for sfx in ("", "_reverse")[:D]]
         shapes = self._parameter_shapes()
         total = sum(int(np.prod(s)) for s in shapes.values())
@@ -118,7 +133,8 @@ class LSTM(Layer):
     def get_config(self):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size,
                 "num_layers": self.num_layers, "bias": self.bias,
-                "bidirectional": self.bidirectional, "dtype": self.dtype.name,
+                "bidirectional": self.bidirectional, "proj_size": self.proj_size,
+                "dtype": self.dtype.name,
                 "peephole": self.peephole, "dropout": self.dropout,
                 "batch_first": self.batch_first}
 
@@ -126,35 +142,40 @@ class LSTM(Layer):
 
     @classmethod
     def read_config(cls, f):
-        # bias and bidirectional came later: files saved before them have neither.
+        # bias, bidirectional, proj_size came later: files saved before have none of them.
         return {"input_size": f.int("input_size"), "hidden_size": f.int("hidden_size"),
                 "num_layers": f.int("num_layers"), "bias": f.bool("bias", default=True),
-                "bidirectional": f.bool("bidirectional", default=False), "dtype": f.dtype(),
+                "bidirectional": f.bool("bidirectional", default=False),
+                "proj_size": f.int("proj_size", minimum=0, default=0), "dtype": f.dtype(),
                 "peephole": f.bool("peephole"), "dropout": f.probability("dropout"),
                 "batch_first": f.bool("batch_first")}
 
     @classmethod
     def parameter_shapes(cls, config):
-        """PyTorch's order: per layer, per direction, w_ih, w_hh, b_ih, b_hh (then our
-        peepholes)."""
+        """PyTorch's order: per layer, per direction, w_ih, w_hh, b_ih, b_hh, w_hr (then
+        our peepholes)."""
         H, peephole = config["hidden_size"], config.get("peephole", False)
-        bias = config.get("bias", True)
+        bias, proj = config.get("bias", True), config.get("proj_size", 0)
+        P = proj or H
         D = 2 if config.get("bidirectional", False) else 1
         dtype = config.get("dtype", "float32")
         for k in range(config.get("num_layers", 1)):
-            inputs = config["input_size"] if k == 0 else D * H
+            inputs = config["input_size"] if k == 0 else D * P
             for sfx in ("", "_reverse")[:D]:
                 yield f"weight_ih_l{k}{sfx}", (4 * H, inputs), dtype
-                yield f"weight_hh_l{k}{sfx}", (4 * H, H), dtype
+                yield f"weight_hh_l{k}{sfx}", (4 * H, P), dtype
                 if bias:
                     yield f"bias_ih_l{k}{sfx}", (4 * H,), dtype
                     yield f"bias_hh_l{k}{sfx}", (4 * H,), dtype
+                if proj:
+                    yield f"weight_hr_l{k}{sfx}", (proj, H), dtype
                 if peephole:
                     yield f"weight_peephole_l{k}{sfx}", (3, H), dtype
 
     @classmethod
     def parameter_count(cls, config):
-        per = 2 + (2 if config.get("bias", True) else 0) + (1 if config.get("peephole") else 0)
+        per = (2 + (2 if config.get("bias", True) else 0) + (1 if config.get("peephole") else 0)
+               + (1 if config.get("proj_size", 0) else 0))
         D = 2 if config.get("bidirectional", False) else 1
         return config.get("num_layers", 1) * D * per
 
@@ -179,6 +200,7 @@ class LSTM(Layer):
             f", num_layers={self.num_layers}" if self.num_layers != 1 else "",
             ", bias=False" if not self.bias else "",
             ", bidirectional=True" if self.bidirectional else "",
+            f", proj_size={self.proj_size}" if self.proj_size else "",
             f", dtype='{self.dtype.name}'",
             ", peephole=True" if self.peephole else "",
             f", dropout={self.dropout}" if self.dropout else "",
@@ -189,13 +211,13 @@ class LSTM(Layer):
     # -- forward ----------------------------------------------------------------------
 
     def _layer_weights(self, k, d=0):
-        """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole) in direction d, read from
+        """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole, w_hr) in direction d, read from
         ``params`` now: an optimizer or a model may have rebound the entries. The biases
-        are None without bias, the peephole without peepholes."""
+        are None without bias, the peephole without peepholes, w_hr without projection."""
         p = self.params
-        w_ih, w_hh, b_ih, b_hh, peephole = self._names[k * self.num_directions + d]
+        w_ih, w_hh, b_ih, b_hh, peephole, w_hr = self._names[k * self.num_directions + d]
         return (p[w_ih], p[w_hh], p[b_ih] if b_ih else None, p[b_hh] if b_hh else None,
-                p[peephole] if peephole else None)
+                p[peephole] if peephole else None, p[w_hr] if w_hr else None)
 
     def _summed_bias(self, b_ih, b_hh, out):
         """b_ih + b_hh into ``out`` (zeros without bias): the kernels take the sum."""
@@ -235,19 +257,20 @@ class LSTM(Layer):
                             f"{type(state).__name__}"
                             f"{' of length %d' % len(state) if isinstance(state, (tuple, list)) else ''}")
         L, H = self.num_layers * self.num_directions, self.hidden_size
-        expected = (L, H) if unbatched else (L, B, H)
+        widths = (self.proj_size or H, H)            # h is proj_size wide with projections
+        shapes = [(L, w) if unbatched else (L, B, w) for w in widths]
         dt = self.dtype
-        if not unbatched and all(type(a) is np.ndarray and a.dtype == dt and a.shape == expected
-                                 and a.flags.c_contiguous for a in state):
+        if not unbatched and all(type(a) is np.ndarray and a.dtype == dt and a.shape == e
+                                 and a.flags.c_contiguous for a, e in zip(state, shapes)):
             return tuple(state)          # already what the kernels take: no copies, no checks
         pair = []
-        for part, label in zip(state, ("h", "c")):
+        for part, label, expected, w in zip(state, ("h", "c"), shapes, widths):
             if part is None:
                 pair.append(None)
                 continue
             arr = as_float_array(part, self.dtype, f"{name} {label}")
             check_shape(arr, expected, f"{name} {label}")
-            pair.append(np.ascontiguousarray(arr.reshape(L, B, H)))
+            pair.append(np.ascontiguousarray(arr.reshape(L, B, w)))
         return tuple(pair)
 
     def _lengths(self, lengths, T, B):
@@ -302,7 +325,7 @@ class LSTM(Layer):
         h0, c0 = self._state_pair(state, B, unbatched, "state")
         lengths = self._lengths(lengths, T, B)
         self._drop_cache()  # a thread's new forward replaces its last one
-        if lengths is not None or self.num_directions > 1:
+        if lengths is not None or self.num_directions > 1 or self.proj_size:
             return self._forward_packed(x, h0, c0, lengths, unbatched)
         H, L = self.hidden_size, self.num_layers
         threads = _threads.get_num_threads()
@@ -313,7 +336,7 @@ class LSTM(Layer):
         try:
             with _threads.blas_guard():
                 for k in range(L):
-                    w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
+                    w_ih, w_hh, b_ih, b_hh, peephole, _ = self._layer_weights(k)
                     h0_k = None if h0 is None else h0[k]
                     c0_k = None if c0 is None else c0[k]
                     y = np.empty((T, B, H), dtype=self.dtype)
@@ -356,11 +379,13 @@ class LSTM(Layer):
         and unpacked once on the way out; every layer runs packed."""
         T, B, _ = x.shape
         H, L, D = self.hidden_size, self.num_layers, self.num_directions
+        P = self.proj_size or H
+        W = (6 if self.proj_size else 5) * H      # workspace per packed row
         pk = _Packing(lengths, T, B)
         N = pk.N
         threads = _threads.get_num_threads()
         h0, c0 = pk.sort_state(h0), pk.sort_state(c0)
-        h_n = np.empty((L * D, B, H), dtype=self.dtype)
+        h_n = np.empty((L * D, B, P), dtype=self.dtype)
         c_n = np.empty((L * D, B, H), dtype=self.dtype)
         units, masks = [], []
         inp = pk.pack(x)
@@ -369,18 +394,18 @@ class LSTM(Layer):
                 for k in range(L):
                     ys = []
                     for d in range(D):
-                        w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k, d)
+                        w_ih, w_hh, b_ih, b_hh, peephole, w_hr = self._layer_weights(k, d)
                         j = k * D + d
                         h0_j = None if h0 is None else h0[j]
                         c0_j = None if c0 is None else c0[j]
-                        y = np.empty((N, H), dtype=self.dtype)
-                        buffer = self._workspaces.take(5 * N * H + 4 * H)
-                        bias = self._summed_bias(b_ih, b_hh, buffer[5 * N * H:])
+                        y = np.empty((N, P), dtype=self.dtype)
+                        buffer = self._workspaces.take(W * N + 4 * H)
+                        bias = self._summed_bias(b_ih, b_hh, buffer[W * N:])
                         units.append((inp, y, buffer, h0_j, c0_j))
-                        kernels.forward_packed(pk.steps, B, inp.shape[1], H, pk.batch_sizes,
-                                               d == 1, inp, w_ih, w_hh, bias, peephole, h0_j,
-                                               c0_j, y, h_n[j], c_n[j], buffer[:5 * N * H],
-                                               threads)
+                        kernels.forward_packed(pk.steps, B, inp.shape[1], H, self.proj_size,
+                                               pk.batch_sizes, d == 1, inp, w_ih, w_hh, w_hr,
+                                               bias, peephole, h0_j, c0_j, y, h_n[j], c_n[j],
+                                               buffer[:W * N], threads)
                         ys.append(y)
                     y = ys[0] if D == 1 else np.concatenate(ys, axis=1)
                     mask = None
@@ -440,6 +465,8 @@ class LSTM(Layer):
         h0, c0 = self._state_pair(state, B, unbatched, "state") if state is not None \
             else (None, None)
         H, L = self.hidden_size, self.num_layers
+        if self.proj_size:
+            return self._step_projected(x, h0, c0, unbatched)
         h_n = np.empty((L, B, H), dtype=self.dtype)
         c_n = np.empty((L, B, H), dtype=self.dtype)
         gates = np.empty((B, 4 * H), dtype=self.dtype)
@@ -447,13 +474,37 @@ class LSTM(Layer):
         zeros = None if self.bias else np.zeros(4 * H, dtype=self.dtype)
         for k in range(L):
             h_k = h_n[k]
-            w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
+            w_ih, w_hh, b_ih, b_hh, peephole, _ = self._layer_weights(k)
             if zeros is not None:
                 b_ih = b_hh = zeros
             kernels.step(B, inp.shape[1], H, inp, w_ih, w_hh, b_ih, b_hh, peephole,
                          None if h0 is None else h0[k], None if c0 is None else c0[k],
                          h_k, c_n[k], gates)
             inp = h_k
+        if unbatched:
+            return h_n[-1, 0], (h_n[:, 0], c_n[:, 0])
+        return h_n[-1], (h_n, c_n)
+
+    def _step_projected(self, x, h0, c0, unbatched):
+        """step() of an LSTM with projections: one packed step per layer (T = 1), with
+        its own scratch, nothing saved."""
+        B = x.shape[0]
+        H, L, P = self.hidden_size, self.num_layers, self.proj_size
+        h_n = np.empty((L, B, P), dtype=self.dtype)
+        c_n = np.empty((L, B, H), dtype=self.dtype)
+        batch_sizes = np.full(1, B, dtype=np.int32)
+        buffer = np.empty(6 * B * H + 4 * H, dtype=self.dtype)
+        y = np.empty((B, P), dtype=self.dtype)
+        inp = np.ascontiguousarray(x)
+        for k in range(L):
+            w_ih, w_hh, b_ih, b_hh, peephole, w_hr = self._layer_weights(k)
+            bias = self._summed_bias(b_ih, b_hh, buffer[6 * B * H:])
+            kernels.forward_packed(1, B, inp.shape[1], H, P, batch_sizes, False, inp, w_ih,
+                                   w_hh, w_hr, bias, peephole,
+                                   None if h0 is None else h0[k],
+                                   None if c0 is None else c0[k], y, h_n[k], c_n[k],
+                                   buffer[:6 * B * H], 1)
+            inp = h_n[k]
         if unbatched:
             return h_n[-1, 0], (h_n[:, 0], c_n[:, 0])
         return h_n[-1], (h_n, c_n)
@@ -488,7 +539,7 @@ class LSTM(Layer):
                              "supports one backward)")
         T, B, unbatched, layers, packed = cache
         H, L = self.hidden_size, self.num_layers
-        F = H * self.num_directions
+        F = (self.proj_size or H) * self.num_directions
         expected = (T, F) if unbatched else ((B, T, F) if self.batch_first else (T, B, F))
         dy = as_real_array(dy, "dy")
         check_shape(dy, expected, "dy")
@@ -515,7 +566,7 @@ class LSTM(Layer):
             for k in range(L - 1, -1, -1):
                 inp, y, buffer, h0_k, c0_k, mask = layers[k]
                 workspace = buffer[:5 * T * B * H]
-                w_ih, w_hh, _, _, peephole = self._layer_weights(k)
+                w_ih, w_hh, _, _, peephole, _ = self._layer_weights(k)
                 I = inp.shape[2]
                 dx = np.empty((T, B, I), dtype=self.dtype) if (k > 0 or input_grad) else None
                 dbias.fill(0)
@@ -545,6 +596,8 @@ class LSTM(Layer):
     def _backward_packed(self, dy, dstate, input_grad, cache):
         T, B, unbatched, units, (pk, masks) = cache
         H, L, D = self.hidden_size, self.num_layers, self.num_directions
+        P = self.proj_size or H
+        W = (6 if self.proj_size else 5) * H
         N = pk.N
         # packed (and so copied) in the model's dtype: padded positions are left out
         dyp = pk.pack(dy, self.dtype, copy=True)
@@ -553,7 +606,7 @@ class LSTM(Layer):
         self._cache.set(None)  # the workspaces are consumed below
 
         threads = _threads.get_num_threads()
-        dh0 = np.empty((L * D, B, H), dtype=self.dtype)
+        dh0 = np.empty((L * D, B, P), dtype=self.dtype)
         dc0 = np.empty((L * D, B, H), dtype=self.dtype)
         dbias = np.empty(4 * H, dtype=self.dtype)
         g = self.grads
@@ -565,17 +618,18 @@ class LSTM(Layer):
                     j = k * D + d
                     inp, y, buffer, h0_j, c0_j = units[j]
                     names = self._names[j]
-                    w_ih, w_hh, _, _, peephole = self._layer_weights(k, d)
+                    w_ih, w_hh, _, _, peephole, w_hr = self._layer_weights(k, d)
                     I = inp.shape[1]
-                    dy_d = dyp if D == 1 else np.ascontiguousarray(dyp[:, d * H:(d + 1) * H])
+                    dy_d = dyp if D == 1 else np.ascontiguousarray(dyp[:, d * P:(d + 1) * P])
                     dx_d = (np.empty((N, I), dtype=self.dtype)
                             if (k > 0 or input_grad) else None)
                     dbias.fill(0)
                     kernels.backward_packed(
-                        pk.steps, B, I, H, pk.batch_sizes, d == 1, inp, w_ih, w_hh, peephole,
-                        h0_j, c0_j, y, buffer[:5 * N * H], dy_d,
+                        pk.steps, B, I, H, self.proj_size, pk.batch_sizes, d == 1, inp, w_ih,
+                        w_hh, w_hr, peephole, h0_j, c0_j, y, buffer[:W * N], dy_d,
                         None if dh_n is None else dh_n[j], None if dc_n is None else dc_n[j],
-                        dx_d, dh0[j], dc0[j], g[names[0]], g[names[1]], dbias,
+                        dx_d, dh0[j], dc0[j], g[names[0]], g[names[1]],
+                        g[names[5]] if self.proj_size else None, dbias,
                         g[names[4]] if self.peephole else None, threads)
                     if self.bias:
                         g[names[2]] += dbias
@@ -610,13 +664,12 @@ class LSTM(Layer):
 
         if not isinstance(module, torch.nn.LSTM):
             raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}")
-        if getattr(module, "proj_size", 0):
-            raise ValueError(f"from_torch: expected proj_size=0, got {module.proj_size}")
         dtype = module.weight_ih_l0.dtype
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"from_torch: expected float32 or float64 weights, got {dtype}")
         net = cls(module.input_size, module.hidden_size, module.num_layers,
                   bias=bool(module.bias), bidirectional=bool(module.bidirectional),
+                  proj_size=int(getattr(module, "proj_size", 0)),
                   dtype="float32" if dtype == torch.float32 else "float64",
                   dropout=float(module.dropout), seed=seed, batch_first=module.batch_first)
         state = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
@@ -633,6 +686,7 @@ class LSTM(Layer):
                              "has none), got peephole=True")
         module = torch.nn.LSTM(self.input_size, self.hidden_size, self.num_layers,
                                bias=self.bias, bidirectional=self.bidirectional,
+                               proj_size=self.proj_size,
                                dropout=self.dropout, batch_first=self.batch_first,
                                dtype=torch.float32 if self.dtype == np.float32 else torch.float64)
         module.load_state_dict({n: torch.from_numpy(v.copy()) for n, v in self.params.items()})

@@ -1226,16 +1226,19 @@ cdef int plan_make(packed_plan* plan, int T, int B, const int* batch_sizes,
     return 0
 
 
-cdef void forward_rows_packed(int T, int B, int I, int H, const int* bs,
+cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               const Py_ssize_t* off, bint reverse, int b0, int b1,
                               const floating* x, const floating* w_ih_packed,
                               const floating* w_hh, const floating* w_hh_packed,
+                              const floating* w_hr, const floating* w_hr_packed,
                               const floating* bias, const floating* peephole,
                               const floating* h0, const floating* c0, floating* y,
-                              floating* gates, floating* cells, floating* h_n, floating* c_n,
-                              clstm_call* call) noexcept nogil:
+                              floating* gates, floating* cells, floating* hidden,
+                              floating* h_n, floating* c_n, clstm_call* call) noexcept nogil:
     """Rows b0:b1 through their valid steps, in the packed layout (see above); h_n, c_n
-    (B×H, may be NULL) receive each row's state after its last step."""
+    (may be NULL) receive each row's state after its last step. The recurrent state is
+    P wide: h = o ⊙ tanh(c) itself (P = H, w_hr NULL, ``hidden`` is y), or its
+    projection y = h·W_hrᵀ (LSTMP: h goes to ``hidden``, N×H)."""
     cdef int it, t, r1, m, nxt, b
     cdef int G = 4 * H
     cdef Py_ssize_t row0, prev0
@@ -1257,68 +1260,96 @@ cdef void forward_rows_packed(int T, int B, int I, int H, const int* bs,
         if not reverse:
             if t > 0:
                 prev0 = off[t - 1] + b0
-                weights_gemm(r1 - b0, G, H, y + prev0 * H, H, w_hh_packed, w_hh, True,
+                weights_gemm(r1 - b0, G, P, y + prev0 * P, P, w_hh_packed, w_hh, True,
                              <floating>1, gates + row0 * G, G)
                 gates_forward(r1 - b0, H, gates + row0 * G, bias, peephole,
-                              cells + prev0 * H, cells + row0 * H, y + row0 * H)
+                              cells + prev0 * H, cells + row0 * H, hidden + row0 * H)
             else:
                 if h0 != NULL:
-                    weights_gemm(r1 - b0, G, H, h0 + <Py_ssize_t>b0 * H, H, w_hh_packed,
+                    weights_gemm(r1 - b0, G, P, h0 + <Py_ssize_t>b0 * P, P, w_hh_packed,
                                  w_hh, True, <floating>1, gates + row0 * G, G)
                 gates_forward(r1 - b0, H, gates + row0 * G, bias, peephole,
                               c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
-                              cells + row0 * H, y + row0 * H)
-            if h_n != NULL:              # rows whose last step this is
-                nxt = bs[t + 1] if t + 1 < T else 0
-                for b in range(nxt if nxt > b0 else b0, r1):
-                    memcpy(h_n + <Py_ssize_t>b * H, y + (off[t] + b) * H, H * sizeof(floating))
-                    memcpy(c_n + <Py_ssize_t>b * H, cells + (off[t] + b) * H,
-                           H * sizeof(floating))
+                              cells + row0 * H, hidden + row0 * H)
         else:
             nxt = bs[t + 1] if t + 1 < T else 0
             m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
             if m > b0:                   # rows b0:m continue from step t+1
                 prev0 = off[t + 1] + b0
-                weights_gemm(m - b0, G, H, y + prev0 * H, H, w_hh_packed, w_hh, True,
+                weights_gemm(m - b0, G, P, y + prev0 * P, P, w_hh_packed, w_hh, True,
                              <floating>1, gates + row0 * G, G)
                 gates_forward(m - b0, H, gates + row0 * G, bias, peephole,
-                              cells + prev0 * H, cells + row0 * H, y + row0 * H)
+                              cells + prev0 * H, cells + row0 * H, hidden + row0 * H)
             if r1 > m:                   # rows m:r1 start here, from h0/c0
                 if h0 != NULL:
-                    weights_gemm(r1 - m, G, H, h0 + <Py_ssize_t>m * H, H, w_hh_packed,
+                    weights_gemm(r1 - m, G, P, h0 + <Py_ssize_t>m * P, P, w_hh_packed,
                                  w_hh, True, <floating>1, gates + (off[t] + m) * G, G)
                 gates_forward(r1 - m, H, gates + (off[t] + m) * G, bias, peephole,
                               c0 + <Py_ssize_t>m * H if c0 != NULL else NULL,
-                              cells + (off[t] + m) * H, y + (off[t] + m) * H)
-            if t == 0 and h_n != NULL:   # every row ends at step 0
-                memcpy(h_n + <Py_ssize_t>b0 * H, y + row0 * H,
-                       <size_t>(b1 - b0) * H * sizeof(floating))
+                              cells + (off[t] + m) * H, hidden + (off[t] + m) * H)
+        if w_hr != NULL:                 # LSTMP: y_t = h_t · W_hrᵀ
+            weights_gemm(r1 - b0, P, H, hidden + row0 * H, H, w_hr_packed, w_hr, True,
+                         <floating>0, y + row0 * P, P)
+        if h_n != NULL:
+            if not reverse:              # rows whose last step this is
+                nxt = bs[t + 1] if t + 1 < T else 0
+                for b in range(nxt if nxt > b0 else b0, r1):
+                    memcpy(h_n + <Py_ssize_t>b * P, y + (off[t] + b) * P, P * sizeof(floating))
+                    memcpy(c_n + <Py_ssize_t>b * H, cells + (off[t] + b) * H,
+                           H * sizeof(floating))
+            elif t == 0:                 # every row ends at step 0
+                memcpy(h_n + <Py_ssize_t>b0 * P, y + row0 * P,
+                       <size_t>(b1 - b0) * P * sizeof(floating))
                 memcpy(c_n + <Py_ssize_t>b0 * H, cells + row0 * H,
                        <size_t>(b1 - b0) * H * sizeof(floating))
 
 
-cdef int layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
+cdef floating* zero_state_if_needed(const floating* state, int B, int P, int G,
+                                    const floating* w_hh, bint* failed) noexcept nogil:
+    """zeros_if_needed for a state P wide (W_hh G×P)."""
+    cdef void* buf = NULL
+    if state != NULL or all_finite(<Py_ssize_t>G * P, w_hh):
+        return NULL
+    if posix_memalign(&buf, 64, <size_t>B * P * sizeof(floating)) != 0:
+        failed[0] = True
+        return NULL
+    memset(buf, 0, <size_t>B * P * sizeof(floating))
+    return <floating*>buf
+
+
+cdef inline bint proj_ok(int H, int P) noexcept nogil:
+    """P = 0 (no projection) or 1 <= P < H."""
+    return P == 0 or 0 < P < H
+
+
+cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batch_sizes,
                               bint reverse, const floating* x, const floating* w_ih,
-                              const floating* w_hh, const floating* bias,
-                              const floating* peephole, const floating* h0,
-                              const floating* c0, floating* y, floating* h_n,
-                              floating* c_n, floating* workspace, int num_threads,
-                              clstm_call* call) noexcept nogil:
-    """The forward of one direction of a layer over a packed batch. Returns 0, -1 for bad
-    sizes, -2 when out of memory, -3 when the call was asked to stop."""
+                              const floating* w_hh, const floating* w_hr,
+                              const floating* bias, const floating* peephole,
+                              const floating* h0, const floating* c0, floating* y,
+                              floating* h_n, floating* c_n, floating* workspace,
+                              int num_threads, clstm_call* call) noexcept nogil:
+    """The forward of one direction of a layer over a packed batch, projected to P
+    (P = 0: none). Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call
+    was asked to stop."""
     global _units_split_last
     cdef int chunk, n_chunks
     cdef int G = 4 * H
-    if not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes):
+    if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
+            or not proj_ok(H, P) or (P > 0) != (w_hr != NULL)):
         return -1
+    if P == 0:
+        P = H
     cdef Py_ssize_t N = packed_rows(T, batch_sizes)
     cdef floating* gates = workspace
     cdef floating* cells = workspace + N * G
+    cdef floating* hidden = cells + N * H if w_hr != NULL else y
     cdef floating* packed = NULL
     cdef floating* packed_ih = NULL
+    cdef floating* packed_hr = NULL
     cdef packed_plan plan
     cdef bint no_memory = False
-    cdef floating* zero_h0 = zeros_if_needed(h0, B, H, w_hh, &no_memory)
+    cdef floating* zero_h0 = zero_state_if_needed(h0, B, P, G, w_hh, &no_memory)
     if no_memory:
         return -2
     if zero_h0 != NULL:
@@ -1332,11 +1363,14 @@ cdef int layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes
         return -2
     clstm_blas_enter()
     if _use_packed_gemm and N > B:
-        packed = pack_weights(H, G, w_hh, H, True, num_threads)     # P = W_hhᵀ
+        packed = pack_weights(P, G, w_hh, P, True, num_threads)     # P = W_hhᵀ
         packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
-        if packed == NULL or packed_ih == NULL:
+        if w_hr != NULL:
+            packed_hr = pack_weights(H, P, w_hr, H, True, num_threads)  # W_hrᵀ
+        if packed == NULL or packed_ih == NULL or (w_hr != NULL and packed_hr == NULL):
             free(packed)
             free(packed_ih)
+            free(packed_hr)
             free(zero_h0)
             plan_free(&plan)
             clstm_blas_leave()
@@ -1345,7 +1379,7 @@ cdef int layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes
     # with a few rows per thread and small weights, else one GEMM over the N valid rows.
     cdef bint per_step = (packed_ih != NULL
                           and B // n_chunks >= _min_rows_per_step_projection
-                          and (<double>I + H) * G * sizeof(floating) <= _max_step_weights_bytes)
+                          and (<double>I + P) * G * sizeof(floating) <= _max_step_weights_bytes)
     if not per_step:
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih, gates, G, False,
@@ -1357,35 +1391,40 @@ cdef int layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes
                           I, <floating>0, gates, G)
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
-            forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse,
+            forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse,
                                 plan.bounds[chunk], plan.bounds[chunk + 1], x, packed_ih,
-                                w_hh, packed, bias, peephole, h0, c0, y, gates, cells, h_n,
-                                c_n, call)
+                                w_hh, packed, w_hr, packed_hr, bias, peephole, h0, c0, y,
+                                gates, cells, hidden, h_n, c_n, call)
     else:
-        forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse, 0, B, x, packed_ih,
-                            w_hh, packed, bias, peephole, h0, c0, y, gates, cells, h_n,
-                            c_n, call)
+        forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse, 0, B, x,
+                            packed_ih, w_hh, packed, w_hr, packed_hr, bias, peephole, h0,
+                            c0, y, gates, cells, hidden, h_n, c_n, call)
     clstm_blas_leave()
     free(packed_ih)
     free(packed)
+    free(packed_hr)
     free(zero_h0)
     plan_free(&plan)
     return -3 if clstm_call_stopped(call) else 0
 
 
-cdef void backward_rows_packed(int T, int B, int H, const int* bs, const Py_ssize_t* off,
-                               bint reverse, int b0, int b1, const floating* w_hh,
-                               const floating* w_hh_packed, const floating* peephole,
-                               const floating* c0, floating* gates, const floating* cells,
-                               floating* dy, floating* dh0, floating* dc,
+cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
+                               const Py_ssize_t* off, bint reverse, int b0, int b1,
+                               const floating* w_hh, const floating* w_hh_packed,
+                               const floating* w_hr, const floating* w_hr_packed,
+                               const floating* peephole, const floating* c0,
+                               floating* gates, const floating* cells, floating* dy,
+                               floating* dhidden, floating* dh0, floating* dc,
                                clstm_call* call) noexcept nogil:
     """Rows b0:b1 back through their valid steps (the forward's order reversed). dy
-    (packed) receives each step's recurrent gradient before the step it belongs to reads
-    it; dc (B×H) carries dL/dc of each row; dh0 receives dL/dh0 of each row at the step
-    that read h0."""
+    (packed, P wide) receives each step's recurrent gradient before the step it belongs
+    to reads it; dc (B×H) carries dL/dc of each row; dh0 receives dL/dh0 of each row at
+    the step that read h0. With a projection, dL/dh = dy·W_hr goes through ``dhidden``
+    (B×H scratch, rows b0:b1 this thread's)."""
     cdef int it, t, r1, m, nxt
     cdef int G = 4 * H
     cdef Py_ssize_t row0, prev0
+    cdef floating* dh
     if b1 <= b0:
         return
     for it in range(T):
@@ -1398,35 +1437,41 @@ cdef void backward_rows_packed(int T, int B, int H, const int* bs, const Py_ssiz
             continue
         r1 = b1 if b1 < bs[t] else bs[t]
         row0 = off[t] + b0
+        if w_hr != NULL:                 # dL/dh_t = dL/dy_t · W_hr
+            dh = dhidden + <Py_ssize_t>b0 * H
+            weights_gemm(r1 - b0, H, P, dy + row0 * P, P, w_hr_packed, w_hr, False,
+                         <floating>0, dh, H)
+        else:
+            dh = dy + row0 * H
         if not reverse:
             if t > 0:
                 prev0 = off[t - 1] + b0
                 gates_backward(r1 - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
-                               cells + row0 * H, dy + row0 * H, dc + <Py_ssize_t>b0 * H)
-                weights_gemm(r1 - b0, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
-                             <floating>1, dy + prev0 * H, H)
+                               cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
+                weights_gemm(r1 - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                             <floating>1, dy + prev0 * P, P)
             else:
                 gates_backward(r1 - b0, H, gates + row0 * G, peephole,
                                c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
-                               cells + row0 * H, dy + row0 * H, dc + <Py_ssize_t>b0 * H)
-                weights_gemm(r1 - b0, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
-                             <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
+                               cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
+                weights_gemm(r1 - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                             <floating>0, dh0 + <Py_ssize_t>b0 * P, P)
         else:
             nxt = bs[t + 1] if t + 1 < T else 0
             m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
             if m > b0:
                 prev0 = off[t + 1] + b0
                 gates_backward(m - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
-                               cells + row0 * H, dy + row0 * H, dc + <Py_ssize_t>b0 * H)
-                weights_gemm(m - b0, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
-                             <floating>1, dy + prev0 * H, H)
+                               cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
+                weights_gemm(m - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                             <floating>1, dy + prev0 * P, P)
             if r1 > m:
                 gates_backward(r1 - m, H, gates + (off[t] + m) * G, peephole,
                                c0 + <Py_ssize_t>m * H if c0 != NULL else NULL,
-                               cells + (off[t] + m) * H, dy + (off[t] + m) * H,
+                               cells + (off[t] + m) * H, dh + <Py_ssize_t>(m - b0) * H,
                                dc + <Py_ssize_t>m * H)
-                weights_gemm(r1 - m, H, G, gates + (off[t] + m) * G, G, w_hh_packed, w_hh,
-                             False, <floating>0, dh0 + <Py_ssize_t>m * H, H)
+                weights_gemm(r1 - m, P, G, gates + (off[t] + m) * G, G, w_hh_packed, w_hh,
+                             False, <floating>0, dh0 + <Py_ssize_t>m * P, P)
 
 
 cdef inline void peephole_grads(int T, int B, int H, const floating* da,
@@ -1438,25 +1483,31 @@ cdef inline void peephole_grads(int T, int B, int H, const floating* da,
         clstm_peephole_grads_f64(T, B, H, da, cells, c0, dpeep)
 
 
-cdef int layer_backward_packed(int T, int B, int I, int H, const int* batch_sizes,
+cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* batch_sizes,
                                bint reverse, const floating* x, const floating* w_ih,
-                               const floating* w_hh, const floating* peephole,
-                               const floating* h0, const floating* c0, const floating* y,
-                               floating* workspace, floating* dy, const floating* dh_n,
-                               const floating* dc_n, floating* dx, floating* dh0,
-                               floating* dc0, floating* dw_ih, floating* dw_hh,
-                               floating* dbias, floating* dpeephole, int num_threads,
+                               const floating* w_hh, const floating* w_hr,
+                               const floating* peephole, const floating* h0,
+                               const floating* c0, const floating* y, floating* workspace,
+                               floating* dy, const floating* dh_n, const floating* dc_n,
+                               floating* dx, floating* dh0, floating* dc0, floating* dw_ih,
+                               floating* dw_hh, floating* dw_hr, floating* dbias,
+                               floating* dpeephole, int num_threads,
                                clstm_call* call) noexcept nogil:
     """The backward of one direction of a layer over a packed batch, after
     layer_forward_packed with the same arguments. Returns as layer_backward."""
     cdef int chunk, n_chunks, t, b, nxt
     cdef int G = 4 * H
-    cdef Py_ssize_t k, row, BH = <Py_ssize_t>B * H
-    if not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes):
+    cdef Py_ssize_t k, row
+    if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
+            or not proj_ok(H, P) or (P > 0) != (w_hr != NULL)
+            or (w_hr != NULL and dw_hr == NULL)):
         return -1
+    if P == 0:
+        P = H
     cdef Py_ssize_t N = packed_rows(T, batch_sizes)
     cdef floating* gates = workspace
     cdef floating* cells = workspace + N * G
+    cdef floating* hidden = cells + N * H if w_hr != NULL else NULL
     cdef packed_plan plan
     num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
@@ -1465,38 +1516,51 @@ cdef int layer_backward_packed(int T, int B, int I, int H, const int* batch_size
     if dh_n != NULL:                     # into dL/dh at each row's final step
         for b in range(B):
             row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
-            for k in range(H):
-                dy[row * H + k] += dh_n[<Py_ssize_t>b * H + k]
+            for k in range(P):
+                dy[row * P + k] += dh_n[<Py_ssize_t>b * P + k]
     if dc_n != NULL:
-        memcpy(dc0, dc_n, BH * sizeof(floating))
+        memcpy(dc0, dc_n, <size_t>B * H * sizeof(floating))
     else:
-        memset(dc0, 0, BH * sizeof(floating))
+        memset(dc0, 0, <size_t>B * H * sizeof(floating))
 
     cdef floating* packed = NULL
+    cdef floating* packed_hr = NULL
+    cdef floating* dhidden = NULL
+    cdef void* buf = NULL
     cdef int failed = 0
     clstm_blas_enter()
-    if _use_packed_gemm and N > B:
-        packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
+    if w_hr != NULL:
+        failed = posix_memalign(&buf, 64, <size_t>B * H * sizeof(floating)) != 0
+        dhidden = <floating*>buf
+    if not failed and _use_packed_gemm and N > B:
+        packed = pack_weights(G, P, w_hh, P, False, num_threads)   # P = W_hh
         failed = packed == NULL
+        if w_hr != NULL and not failed:
+            packed_hr = pack_weights(P, H, w_hr, H, False, num_threads)   # W_hr
+            failed = packed_hr == NULL
     if not failed and n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
-            backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, plan.bounds[chunk],
-                                 plan.bounds[chunk + 1], w_hh, packed, peephole, c0, gates,
-                                 cells, dy, dh0, dc0, call)
+            backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse,
+                                 plan.bounds[chunk], plan.bounds[chunk + 1], w_hh, packed,
+                                 w_hr, packed_hr, peephole, c0, gates, cells, dy, dhidden,
+                                 dh0, dc0, call)
     elif not failed:
-        backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, 0, B, w_hh, packed,
-                             peephole, c0, gates, cells, dy, dh0, dc0, call)
+        backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse, 0, B, w_hh, packed,
+                             w_hr, packed_hr, peephole, c0, gates, cells, dy, dhidden, dh0,
+                             dc0, call)
     free(packed)
+    free(packed_hr)
+    free(dhidden)
     if failed or clstm_call_stopped(call):
         clstm_blas_leave()
         plan_free(&plan)
         return -2 if failed else -3
 
-    # The gates buffer now holds da for the N valid rows: the rest is a few large GEMMs.
+    # The gates buffer now holds da for the N valid rows, dy the whole dL/dy: the rest
+    # is a few large GEMMs.
     cdef floating* da = gates
     cdef floating* packed_ih = NULL
     cdef floating* h_prev = NULL
-    cdef void* buf = NULL
     cdef int status = 0
     if dx != NULL:      # dX = da · W_ih
         if _use_packed_gemm:
@@ -1510,38 +1574,43 @@ cdef int layer_backward_packed(int T, int B, int I, int H, const int* batch_size
                           I, <floating>0, dx, I)
     # dW_ih += daᵀ · X
     status |= weight_gradient(num_threads, G, <int>N, I, da, x, I, dw_ih, call)
+    # dW_hr += dYᵀ · Hidden (LSTMP)
+    if w_hr != NULL:
+        status |= weight_gradient(num_threads, P, <int>N, H, dy, hidden, H, dw_hr, call)
     # dW_hh += daᵀ · H_prev: the state each row read at each step, gathered into the
     # packed layout (step t's rows read a prefix of another step's rows, or h0).
     if not reverse and h0 != NULL:
-        status |= weight_gradient(num_threads, G, B, H, da, h0, H, dw_hh, call)
+        status |= weight_gradient(num_threads, G, B, P, da, h0, P, dw_hh, call)
     if N > B or reverse:
-        if posix_memalign(&buf, 64, <size_t>N * H * sizeof(floating)) != 0:
+        buf = NULL
+        if posix_memalign(&buf, 64, <size_t>N * P * sizeof(floating)) != 0:
             status = -2
         else:
             h_prev = <floating*>buf
             for t in range(T):
-                row = plan.off[t] * H
+                row = plan.off[t] * P
                 if not reverse:
                     if t > 0:
-                        memcpy(h_prev + row, y + plan.off[t - 1] * H,
-                               <size_t>batch_sizes[t] * H * sizeof(floating))
+                        memcpy(h_prev + row, y + plan.off[t - 1] * P,
+                               <size_t>batch_sizes[t] * P * sizeof(floating))
                 else:
                     nxt = batch_sizes[t + 1] if t + 1 < T else 0
                     if nxt > 0:
-                        memcpy(h_prev + row, y + plan.off[t + 1] * H,
-                               <size_t>nxt * H * sizeof(floating))
+                        memcpy(h_prev + row, y + plan.off[t + 1] * P,
+                               <size_t>nxt * P * sizeof(floating))
                     if h0 != NULL:
-                        memcpy(h_prev + row + <Py_ssize_t>nxt * H, h0 + <Py_ssize_t>nxt * H,
-                               <size_t>(batch_sizes[t] - nxt) * H * sizeof(floating))
+                        memcpy(h_prev + row + <Py_ssize_t>nxt * P, h0 + <Py_ssize_t>nxt * P,
+                               <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
                     else:
-                        memset(h_prev + row + <Py_ssize_t>nxt * H, 0,
-                               <size_t>(batch_sizes[t] - nxt) * H * sizeof(floating))
+                        memset(h_prev + row + <Py_ssize_t>nxt * P, 0,
+                               <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
             if reverse:
-                status |= weight_gradient(num_threads, G, <int>N, H, da, h_prev, H, dw_hh,
+                status |= weight_gradient(num_threads, G, <int>N, P, da, h_prev, P, dw_hh,
                                           call)
             else:
-                status |= weight_gradient(num_threads, G, <int>(N - B), H,
-                                          da + <Py_ssize_t>B * G, h_prev + BH, H, dw_hh, call)
+                status |= weight_gradient(num_threads, G, <int>(N - B), P,
+                                          da + <Py_ssize_t>B * G, h_prev + <Py_ssize_t>B * P,
+                                          P, dw_hh, call)
             free(h_prev)
     clstm_blas_leave()
     if status != 0:
@@ -1616,58 +1685,66 @@ cdef int lstm_backward_f64(int T, int B, int I, int H, const double* x, const do
                           num_threads, NULL)
 
 
-cdef Py_ssize_t lstm_packed_workspace_size(int T, int B, int H,
+cdef Py_ssize_t lstm_packed_workspace_size(int T, int B, int H, int P,
                                            const int* batch_sizes) noexcept nogil:
-    if H <= 0 or not batch_sizes_ok(T, B, batch_sizes):
+    if H <= 0 or not proj_ok(H, P) or not batch_sizes_ok(T, B, batch_sizes):
         return -1
     cdef Py_ssize_t N = packed_rows(T, batch_sizes)
-    if 5.0 * N * H > _max_buffer_elements:
+    cdef int per_row = 6 if P > 0 else 5
+    if <double>per_row * N * H > _max_buffer_elements:
         return -1
-    return 5 * N * H
+    return per_row * N * H
 
 
-cdef int lstm_forward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+cdef int lstm_forward_packed_f32(int T, int B, int I, int H, int P, const int* batch_sizes,
                                  int reverse, const float* x, const float* w_ih,
-                                 const float* w_hh, const float* bias, const float* peephole,
-                                 const float* h0, const float* c0, float* y, float* h_n,
-                                 float* c_n, float* workspace, int num_threads) noexcept nogil:
-    return layer_forward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh, bias,
-                                peephole, h0, c0, y, h_n, c_n, workspace, num_threads, NULL)
+                                 const float* w_hh, const float* w_hr, const float* bias,
+                                 const float* peephole, const float* h0, const float* c0,
+                                 float* y, float* h_n, float* c_n, float* workspace,
+                                 int num_threads) noexcept nogil:
+    return layer_forward_packed(T, B, I, H, P, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                                num_threads, NULL)
 
 
-cdef int lstm_forward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+cdef int lstm_forward_packed_f64(int T, int B, int I, int H, int P, const int* batch_sizes,
                                  int reverse, const double* x, const double* w_ih,
-                                 const double* w_hh, const double* bias,
+                                 const double* w_hh, const double* w_hr, const double* bias,
                                  const double* peephole, const double* h0, const double* c0,
                                  double* y, double* h_n, double* c_n, double* workspace,
                                  int num_threads) noexcept nogil:
-    return layer_forward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh, bias,
-                                peephole, h0, c0, y, h_n, c_n, workspace, num_threads, NULL)
+    return layer_forward_packed(T, B, I, H, P, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                                num_threads, NULL)
 
 
-cdef int lstm_backward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+cdef int lstm_backward_packed_f32(int T, int B, int I, int H, int P, const int* batch_sizes,
                                   int reverse, const float* x, const float* w_ih,
-                                  const float* w_hh, const float* peephole, const float* h0,
-                                  const float* c0, const float* y, float* workspace,
-                                  float* dy, const float* dh_n, const float* dc_n, float* dx,
-                                  float* dh0, float* dc0, float* dw_ih, float* dw_hh,
-                                  float* dbias, float* dpeephole, int num_threads) noexcept nogil:
-    return layer_backward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
-                                 peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
-                                 dc0, dw_ih, dw_hh, dbias, dpeephole, num_threads, NULL)
+                                  const float* w_hh, const float* w_hr, const float* peephole,
+                                  const float* h0, const float* c0, const float* y,
+                                  float* workspace, float* dy, const float* dh_n,
+                                  const float* dc_n, float* dx, float* dh0, float* dc0,
+                                  float* dw_ih, float* dw_hh, float* dw_hr, float* dbias,
+                                  float* dpeephole, int num_threads) noexcept nogil:
+    return layer_backward_packed(T, B, I, H, P, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                 w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx,
+                                 dh0, dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole,
+                                 num_threads, NULL)
 
 
-cdef int lstm_backward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+cdef int lstm_backward_packed_f64(int T, int B, int I, int H, int P, const int* batch_sizes,
                                   int reverse, const double* x, const double* w_ih,
-                                  const double* w_hh, const double* peephole,
-                                  const double* h0, const double* c0, const double* y,
-                                  double* workspace, double* dy, const double* dh_n,
-                                  const double* dc_n, double* dx, double* dh0, double* dc0,
-                                  double* dw_ih, double* dw_hh, double* dbias,
-                                  double* dpeephole, int num_threads) noexcept nogil:
-    return layer_backward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
-                                 peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
-                                 dc0, dw_ih, dw_hh, dbias, dpeephole, num_threads, NULL)
+                                  const double* w_hh, const double* w_hr,
+                                  const double* peephole, const double* h0, const double* c0,
+                                  const double* y, double* workspace, double* dy,
+                                  const double* dh_n, const double* dc_n, double* dx,
+                                  double* dh0, double* dc0, double* dw_ih, double* dw_hh,
+                                  double* dw_hr, double* dbias, double* dpeephole,
+                                  int num_threads) noexcept nogil:
+    return layer_backward_packed(T, B, I, H, P, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                 w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx,
+                                 dh0, dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole,
+                                 num_threads, NULL)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1844,29 +1921,36 @@ cdef const int* batch_sizes_of(object batch_sizes, int T, int B) except NULL:
     return p
 
 
-def forward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_ih, w_hh,
-                   bias, peephole, h0, c0, y, h_n, c_n, workspace, int num_threads=1):
+def forward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
+                   w_hh, w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                   int num_threads=1):
     """Forward of one direction of a layer over a packed batch (see "the packed layout"
-    above): x (N, I), y (N, H), workspace 5·N·H with N = sum(batch_sizes); h_n, c_n (B, H)
-    receive each row's final state (either may be None). ``peephole``, ``h0``, ``c0``
-    may be None."""
-    if not sizes_ok(T, B, I, H):
-        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
-                         f"T={T}, B={B}, I={I}, H={H}")
+    above), projected to P features (P = 0 and w_hr None: no projection; the state is
+    then H wide, P' = H). x (N, I), y (N, P'), h0 (B, P'), c0 (B, H), workspace
+    (5 or 6)·N·H with N = sum(batch_sizes); h_n (B, P'), c_n (B, H) receive each row's
+    final state (both None to skip). ``peephole``, ``h0``, ``c0`` may be None."""
+    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
+        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
+                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
     cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
+    cdef Py_ssize_t Pw = P if P > 0 else H
+    cdef Py_ssize_t W = (6 if P > 0 else 5) * N * H
     cdef void* px = buffer_of(x, "x", tn, N * I)
     cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
-    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * H)
+    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * Pw)
+    cdef void* pwr = buffer_of(w_hr, "w_hr", tn, Pw * H, P == 0)
     cdef void* pb = buffer_of(bias, "bias", tn, G)
     cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
-    cdef void* ph0 = buffer_of(h0, "h0", tn, B * H, True)
+    cdef void* ph0 = buffer_of(h0, "h0", tn, B * Pw, True)
     cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
-    cdef void* py = writable_buffer_of(y, "y", tn, N * H)
-    cdef void* phn = writable_buffer_of(h_n, "h_n", tn, B * H, True)
+    cdef void* py = writable_buffer_of(y, "y", tn, N * Pw)
+    cdef void* phn = writable_buffer_of(h_n, "h_n", tn, B * Pw, True)
     cdef void* pcn = writable_buffer_of(c_n, "c_n", tn, B * H, phn == NULL)
-    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * N * H)
+    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, W)
+    if P == 0 and pwr != NULL:
+        raise ValueError("w_hr: expected None without a projection (P = 0)")
     if phn == NULL:
         pcn = NULL
     cdef int status
@@ -1874,68 +1958,78 @@ def forward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_i
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
-            status = layer_forward_packed(T, B, I, H, pbs, reverse, <float*>px, <float*>pwi,
-                                          <float*>pwh, <float*>pb, <float*>pp, <float*>ph0,
-                                          <float*>pc0, <float*>py, <float*>phn, <float*>pcn,
-                                          <float*>pw, num_threads, &call)
+            status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
+                                          <float*>pwi, <float*>pwh, <float*>pwr, <float*>pb,
+                                          <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
+                                          <float*>phn, <float*>pcn, <float*>pw, num_threads,
+                                          &call)
         else:
-            status = layer_forward_packed(T, B, I, H, pbs, reverse, <double*>px,
-                                          <double*>pwi, <double*>pwh, <double*>pb,
-                                          <double*>pp, <double*>ph0, <double*>pc0,
-                                          <double*>py, <double*>phn, <double*>pcn,
-                                          <double*>pw, num_threads, &call)
+            status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
+                                          <double*>pwi, <double*>pwh, <double*>pwr,
+                                          <double*>pb, <double*>pp, <double*>ph0,
+                                          <double*>pc0, <double*>py, <double*>phn,
+                                          <double*>pcn, <double*>pw, num_threads, &call)
     check_status(status, "forward", &call)
 
 
-def backward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_ih, w_hh,
-                    peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih,
-                    dw_hh, dbias, dpeephole, int num_threads=1):
+def backward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
+                    w_hh, w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
+                    dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
     """Backward of one direction of a layer after :func:`forward_packed` with the same
-    arrays; as :func:`backward`, with dy (N, H) and dx (N, I) packed."""
-    if not sizes_ok(T, B, I, H):
-        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
-                         f"T={T}, B={B}, I={I}, H={H}")
+    arrays; as :func:`backward`, with dy (N, P') and dx (N, I) packed, dh0 (B, P'), and
+    dw_hr (added into) with a projection."""
+    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
+        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
+                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
     cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
+    cdef Py_ssize_t Pw = P if P > 0 else H
+    cdef Py_ssize_t W = (6 if P > 0 else 5) * N * H
     cdef void* px = buffer_of(x, "x", tn, N * I)
     cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
-    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * H)
+    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * Pw)
+    cdef void* pwr = buffer_of(w_hr, "w_hr", tn, Pw * H, P == 0)
     cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
-    cdef void* ph0 = buffer_of(h0, "h0", tn, B * H, True)
+    cdef void* ph0 = buffer_of(h0, "h0", tn, B * Pw, True)
     cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
-    cdef void* py = buffer_of(y, "y", tn, N * H)
-    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * N * H)
-    cdef void* pdy = writable_buffer_of(dy, "dy", tn, N * H)
-    cdef void* pdhn = buffer_of(dh_n, "dh_n", tn, B * H, True)
+    cdef void* py = buffer_of(y, "y", tn, N * Pw)
+    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, W)
+    cdef void* pdy = writable_buffer_of(dy, "dy", tn, N * Pw)
+    cdef void* pdhn = buffer_of(dh_n, "dh_n", tn, B * Pw, True)
     cdef void* pdcn = buffer_of(dc_n, "dc_n", tn, B * H, True)
     cdef void* pdx = writable_buffer_of(dx, "dx", tn, N * I, True)
-    cdef void* pdh0 = writable_buffer_of(dh0, "dh0", tn, B * H)
+    cdef void* pdh0 = writable_buffer_of(dh0, "dh0", tn, B * Pw)
     cdef void* pdc0 = writable_buffer_of(dc0, "dc0", tn, B * H)
     cdef void* pdwi = writable_buffer_of(dw_ih, "dw_ih", tn, G * I)
-    cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * H)
+    cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * Pw)
+    cdef void* pdwr = writable_buffer_of(dw_hr, "dw_hr", tn, Pw * H, P == 0)
     cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
     cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
+    if P == 0 and (pwr != NULL or pdwr != NULL):
+        raise ValueError("w_hr, dw_hr: expected None without a projection (P = 0)")
     cdef int status
     cdef clstm_call call
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
-            status = layer_backward_packed(T, B, I, H, pbs, reverse, <float*>px, <float*>pwi,
-                                           <float*>pwh, <float*>pp, <float*>ph0,
-                                           <float*>pc0, <float*>py, <float*>pw, <float*>pdy,
-                                           <float*>pdhn, <float*>pdcn, <float*>pdx,
-                                           <float*>pdh0, <float*>pdc0, <float*>pdwi,
-                                           <float*>pdwh, <float*>pdb, <float*>pdp,
+            status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
+                                           <float*>pwi, <float*>pwh, <float*>pwr,
+                                           <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
+                                           <float*>pw, <float*>pdy, <float*>pdhn,
+                                           <float*>pdcn, <float*>pdx, <float*>pdh0,
+                                           <float*>pdc0, <float*>pdwi, <float*>pdwh,
+                                           <float*>pdwr, <float*>pdb, <float*>pdp,
                                            num_threads, &call)
         else:
-            status = layer_backward_packed(T, B, I, H, pbs, reverse, <double*>px,
-                                           <double*>pwi, <double*>pwh, <double*>pp,
-                                           <double*>ph0, <double*>pc0, <double*>py,
-                                           <double*>pw, <double*>pdy, <double*>pdhn,
-                                           <double*>pdcn, <double*>pdx, <double*>pdh0,
-                                           <double*>pdc0, <double*>pdwi, <double*>pdwh,
-                                           <double*>pdb, <double*>pdp, num_threads, &call)
+            status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
+                                           <double*>pwi, <double*>pwh, <double*>pwr,
+                                           <double*>pp, <double*>ph0, <double*>pc0,
+                                           <double*>py, <double*>pw, <double*>pdy,
+                                           <double*>pdhn, <double*>pdcn, <double*>pdx,
+                                           <double*>pdh0, <double*>pdc0, <double*>pdwi,
+                                           <double*>pdwh, <double*>pdwr, <double*>pdb,
+                                           <double*>pdp, num_threads, &call)
     check_status(status, "backward", &call)
 
 

@@ -51,14 +51,16 @@ def _layer_forward(x, p, h, c):
     W_ih, W_hh = p["weight_ih"], p["weight_hh"]
     b = p["bias_ih"] + p["bias_hh"]
     peep = p.get(PEEPHOLE_KEY)
+    W_hr = p.get("weight_hr")                        # LSTMP: h = W_hr (o * tanh(c))
     T, B, _ = x.shape
-    H = W_hh.shape[1]
+    H = W_hh.shape[1]                                # the state's width (proj_size)
 
     y = np.empty((T, B, H), dtype=np.result_type(x, h, W_ih))
     steps = []
     for t in range(T):
         a = x[t] @ W_ih.T + h @ W_hh.T + b          # (B, 4H)
-        a_i, a_f, a_g, a_o = (a[:, k * H:(k + 1) * H] for k in range(4))
+        n = a.shape[1] // 4                          # the cell's width
+        a_i, a_f, a_g, a_o = (a[:, k * n:(k + 1) * n] for k in range(4))
         if peep is not None:
             a_i = a_i + peep[0] * c
             a_f = a_f + peep[1] * c
@@ -70,10 +72,11 @@ def _layer_forward(x, p, h, c):
             a_o = a_o + peep[2] * c_new                 # the NEW cell state
         o = sigmoid(a_o)
         tanh_c = np.tanh(c_new)
-        h_new = o * tanh_c
+        m = o * tanh_c
+        h_new = m if W_hr is None else m @ W_hr.T
 
         steps.append(dict(x=x[t], h_prev=h, c_prev=c, i=i, f=f, g=g, o=o,
-                          c_new=c_new, tanh_c=tanh_c))
+                          c_new=c_new, tanh_c=tanh_c, m=m))
         y[t] = h_new
         h, c = h_new, c_new
     return y, h, c, steps
@@ -125,6 +128,7 @@ def _layer_backward(dy, p, layer_cache, dh, dc):
     """
     W_ih, W_hh = p["weight_ih"], p["weight_hh"]
     peep = p.get(PEEPHOLE_KEY)
+    W_hr = p.get("weight_hr")
     steps = layer_cache["steps"]
     T = len(steps)
 
@@ -136,6 +140,9 @@ def _layer_backward(dy, p, layer_cache, dh, dc):
         c_prev, c_new, tanh_c = s["c_prev"], s["c_new"], s["tanh_c"]
 
         dh_new = dy[t] + dh                           # from the output and from t+1
+        if W_hr is not None:                          # through h = W_hr m
+            grads["weight_hr"] += dh_new.T @ s["m"]
+            dh_new = dh_new @ W_hr
         do = dh_new * tanh_c
         da_o = do * o * (1 - o)
         dc_new = dc + dh_new * o * (1 - tanh_c ** 2)
@@ -227,6 +234,8 @@ def _direction_params(params, k, suffix, peephole, H, dtype):
         p[key] = params.get(f"{key}_l{k}{suffix}", np.zeros(4 * H, dtype=dtype))
     if peephole:
         p[PEEPHOLE_KEY] = params[f"{PEEPHOLE_KEY}_l{k}{suffix}"]
+    if f"weight_hr_l{k}{suffix}" in params:
+        p["weight_hr"] = params[f"weight_hr_l{k}{suffix}"]
     return p
 
 
@@ -243,14 +252,15 @@ def reference_lstm_forward(x, params, num_layers, *, bidirectional=False, peepho
     x = np.asarray(x)
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
-    H = params["weight_hh_l0"].shape[1]
+    H = params["weight_hh_l0"].shape[1]              # the state's width (proj_size)
+    Hc = params["weight_hh_l0"].shape[0] // 4        # the cell's
     dtype = np.result_type(x, *params.values())
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
     h0 = np.zeros((D * num_layers, B, H), dtype) if h0 is None else np.asarray(h0, dtype)
-    c0 = np.zeros((D * num_layers, B, H), dtype) if c0 is None else np.asarray(c0, dtype)
+    c0 = np.zeros((D * num_layers, B, Hc), dtype) if c0 is None else np.asarray(c0, dtype)
     y = np.zeros((T, B, D * H), dtype)
     h_n = np.empty((D * num_layers, B, H), dtype)
-    c_n = np.empty((D * num_layers, B, H), dtype)
+    c_n = np.empty((D * num_layers, B, Hc), dtype)
     caches = []
     for b in range(B):
         n = int(lengths[b])
@@ -260,7 +270,7 @@ def reference_lstm_forward(x, params, num_layers, *, bidirectional=False, peepho
             outs = []
             for d in range(D):
                 j = k * D + d
-                p = _direction_params(params, k, ("", "_reverse")[d], peephole, H, dtype)
+                p = _direction_params(params, k, ("", "_reverse")[d], peephole, Hc, dtype)
                 xin = inp[::-1] if d else inp
                 yd, h_n[j, b], c_n[j, b], steps = _layer_forward(xin, p, h0[j, b:b + 1],
                                                                  c0[j, b:b + 1])
@@ -269,7 +279,7 @@ def reference_lstm_forward(x, params, num_layers, *, bidirectional=False, peepho
             inp = np.concatenate(outs, axis=2)
         y[:n, b] = inp[:, 0]
         caches.append(seq)
-    cache = dict(caches=caches, lengths=lengths, D=D, L=num_layers, H=H, dtype=dtype,
+    cache = dict(caches=caches, lengths=lengths, D=D, L=num_layers, H=H, Hc=Hc, dtype=dtype,
                  shape=x.shape)
     return y, (h_n, c_n), cache
 
@@ -279,14 +289,14 @@ def reference_lstm_backward(dy, cache, dh_n=None, dc_n=None):
     :func:`reference_lstm_forward`; dy at padded positions is ignored. Returns
     ``dx, (dh0, dc0), grads`` with grads keyed by PyTorch's names (biases included even
     for a bias-free LSTM: the caller ignores them)."""
-    D, L, H, dtype = cache["D"], cache["L"], cache["H"], cache["dtype"]
+    D, L, H, Hc, dtype = cache["D"], cache["L"], cache["H"], cache["Hc"], cache["dtype"]
     T, B, I = cache["shape"]
     dy = np.asarray(dy, dtype)
     dh_n = np.zeros((D * L, B, H), dtype) if dh_n is None else np.asarray(dh_n, dtype)
-    dc_n = np.zeros((D * L, B, H), dtype) if dc_n is None else np.asarray(dc_n, dtype)
+    dc_n = np.zeros((D * L, B, Hc), dtype) if dc_n is None else np.asarray(dc_n, dtype)
     dx = np.zeros((T, B, I), dtype)
     dh0 = np.empty((D * L, B, H), dtype)
-    dc0 = np.empty((D * L, B, H), dtype)
+    dc0 = np.empty((D * L, B, Hc), dtype)
     grads = {}
     for b, seq in enumerate(cache["caches"]):
         n = int(cache["lengths"][b])

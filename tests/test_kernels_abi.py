@@ -18,15 +18,16 @@ _B = "int, int, int, int, {t} const *, {t} const *, {t} const *, {t} const *, " 
      "{t} *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, int"
 
 # The packed (variable-length, either direction) layer, added after the first five.
-_FP = "int, int, int, int, int const *, int, {t} const *, {t} const *, {t} const *, " \
-      "{t} const *, {t} const *, {t} const *, {t} const *, {t} *, {t} *, {t} *, {t} *, int"
-_BP = "int, int, int, int, int const *, int, {t} const *, {t} const *, {t} const *, " \
-      "{t} const *, {t} const *, {t} const *, {t} const *, {t} *, {t} *, {t} const *, " \
-      "{t} const *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, int"
+_FP = "int, int, int, int, int, int const *, int, {t} const *, {t} const *, {t} const *, " \
+      "{t} const *, {t} const *, {t} const *, {t} const *, {t} const *, {t} *, {t} *, " \
+      "{t} *, {t} *, int"
+_BP = "int, int, int, int, int, int const *, int, {t} const *, {t} const *, {t} const *, " \
+      "{t} const *, {t} const *, {t} const *, {t} const *, {t} const *, {t} *, {t} *, " \
+      "{t} const *, {t} const *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, int"
 
 EXPECTED = {
     "lstm_workspace_size": "Py_ssize_t (int, int, int)",
-    "lstm_packed_workspace_size": "Py_ssize_t (int, int, int, int const *)",
+    "lstm_packed_workspace_size": "Py_ssize_t (int, int, int, int, int const *)",
     "lstm_forward_packed_f32": f"int ({_FP.format(t='float')})",
     "lstm_forward_packed_f64": f"int ({_FP.format(t='double')})",
     "lstm_backward_packed_f32": f"int ({_BP.format(t='float')})",
@@ -67,6 +68,6 @@ def test_signature_arity():
     arity = {name: sig.count(",") + 1 for name, sig in EXPECTED.items()}
     assert arity == {"lstm_workspace_size": 3, "lstm_forward_f32": 14,
                      "lstm_forward_f64": 14, "lstm_backward_f32": 23,
-                     "lstm_backward_f64": 23, "lstm_packed_workspace_size": 4,
-                     "lstm_forward_packed_f32": 18, "lstm_forward_packed_f64": 18,
-                     "lstm_backward_packed_f32": 25, "lstm_backward_packed_f64": 25}
+                     "lstm_backward_f64": 23, "lstm_packed_workspace_size": 5,
+                     "lstm_forward_packed_f32": 20, "lstm_forward_packed_f64": 20,
+                     "lstm_backward_packed_f32": 28, "lstm_backward_packed_f64": 28}

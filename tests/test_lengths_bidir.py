@@ -10,6 +10,7 @@ import pytest
 
 import clstm
 from clstm import kernels
+from knobs import kernel_knob
 from reference import numerical_gradient, reference_lstm_backward, reference_lstm_forward
 
 TOL = {"float32": dict(rtol=3e-4, atol=3e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
@@ -36,7 +37,13 @@ def configurations(n, seed):
                    L=int(rng.integers(1, 4)), bidirectional=bool(rng.integers(2)),
                    bias=bool(rng.integers(2)), peephole=bool(rng.integers(2)),
                    lengths=str(rng.choice(["random", "random", "full", "ones", "none"])),
-                   state=bool(rng.integers(2)), seed=int(rng.integers(1 << 30)))
+                   state=bool(rng.integers(2)), seed=int(rng.integers(1 << 30)),
+                   proj=int(rng.integers(0, 3)))
+
+
+def proj_size(cfg):
+    """0 (none) or a projection below hidden_size, from the configuration's draw."""
+    return 0 if cfg["H"] < 2 else min(cfg["proj"], cfg["H"] - 1)
 
 
 def run(net, x, state, lengths, dy, dstate):
@@ -51,31 +58,37 @@ def data(cfg, dtype):
     rng = np.random.default_rng(cfg["seed"])
     T, B, I, H, L = cfg["T"], cfg["B"], cfg["I"], cfg["H"], cfg["L"]
     D = 2 if cfg["bidirectional"] else 1
+    P = proj_size(cfg) or H
     lengths = None if cfg["lengths"] == "none" else random_lengths(rng, T, B, cfg["lengths"])
     x = rng.normal(size=(T, B, I)).astype(dtype)
-    state = (rng.normal(size=(D * L, B, H)).astype(dtype),
+    state = (rng.normal(size=(D * L, B, P)).astype(dtype),
              rng.normal(size=(D * L, B, H)).astype(dtype)) if cfg["state"] else None
-    dy = rng.normal(size=(T, B, D * H)).astype(dtype)
-    dstate = (rng.normal(size=(D * L, B, H)).astype(dtype),
+    dy = rng.normal(size=(T, B, D * P)).astype(dtype)
+    dstate = (rng.normal(size=(D * L, B, P)).astype(dtype),
               rng.normal(size=(D * L, B, H)).astype(dtype))
     return x, state, lengths, dy, dstate
 
 
+# (packed recurrent GEMM, rows per thread from which the input projection runs per step)
+KNOBS = [(True, 4), (True, 0), (True, 1 << 30), (False, 4)]
+
+
+@pytest.mark.parametrize("knobs", KNOBS, ids=str)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cfg", list(configurations(24, 1)), ids=str)
-def test_matches_reference_each_sequence_alone(cfg, threads):
+def test_matches_reference_each_sequence_alone(cfg, threads, knobs):
     """Every output and gradient equals the NumPy LSTM that runs each sequence alone;
-    dy at padded positions (random here) sends nothing back."""
+    dy at padded positions (random here) sends nothing back. Two threads split the rows
+    (each thread's rows weighed by their lengths); every path of the driver."""
     x, state, lengths, dy, dstate = data(cfg, "float64")
     net = clstm.LSTM(cfg["I"], cfg["H"], cfg["L"], bidirectional=cfg["bidirectional"],
-                     bias=cfg["bias"], peephole=cfg["peephole"], dtype="float64",
-                     seed=cfg["seed"])
-    old = kernels._set_min_flops_per_thread(0)
-    try:
-        with clstm.threads(threads):
-            y, h_n, c_n, dx, dh0, dc0, grads = run(net, x, state, lengths, dy, dstate)
-    finally:
-        kernels._set_min_flops_per_thread(old)
+                     bias=cfg["bias"], peephole=cfg["peephole"], proj_size=proj_size(cfg),
+                     dtype="float64", seed=cfg["seed"])
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+            kernel_knob(kernels._set_packed_gemm, knobs[0]), \
+            kernel_knob(kernels._set_min_rows_per_step_projection, knobs[1]), \
+            clstm.threads(threads):
+        y, h_n, c_n, dx, dh0, dc0, grads = run(net, x, state, lengths, dy, dstate)
     yr, (hr, cr), cache = reference_lstm_forward(
         x, net.params, cfg["L"], bidirectional=cfg["bidirectional"],
         peephole=cfg["peephole"], lengths=lengths,
@@ -121,17 +134,22 @@ def test_padded_steps_change_nothing():
     np.testing.assert_array_equal(s1[0], s2[0])
 
 
-def test_finite_differences_float64():
-    """The analytic gradient of a bidirectional, peephole, 2-layer LSTM with lengths
-    equals central differences, for every parameter tensor, x, h0 and c0."""
+@pytest.mark.parametrize("bidirectional, proj, bias", [
+    (True, 0, True), (False, 2, True), (True, 2, False), (False, 0, False)])
+def test_finite_differences_float64(bidirectional, proj, bias):
+    """The analytic gradient of a 2-layer peephole LSTM with lengths (bidirectional,
+    projected, bias-free) equals central differences, for every parameter tensor, x, h0
+    and c0."""
     rng = np.random.default_rng(5)
     T, B, I, H, L = 4, 3, 2, 3, 2
-    net = clstm.LSTM(I, H, L, bidirectional=True, peephole=True, dtype="float64", seed=2)
+    D, P = (2 if bidirectional else 1), proj or H
+    net = clstm.LSTM(I, H, L, bidirectional=bidirectional, proj_size=proj, bias=bias,
+                     peephole=True, dtype="float64", seed=2)
     x = rng.normal(size=(T, B, I))
-    h0, c0 = rng.normal(size=(2 * L, B, H)), rng.normal(size=(2 * L, B, H))
+    h0, c0 = rng.normal(size=(D * L, B, P)), rng.normal(size=(D * L, B, H))
     lengths = np.array([2, 4, 1])
-    R = rng.normal(size=(T, B, 2 * H))
-    Rh, Rc = rng.normal(size=(2 * L, B, H)), rng.normal(size=(2 * L, B, H))
+    R = rng.normal(size=(T, B, D * P))
+    Rh, Rc = rng.normal(size=(D * L, B, P)), rng.normal(size=(D * L, B, H))
 
     def loss():
         y, (h_n, c_n) = net.forward(x, (h0, c0), lengths=lengths)
@@ -200,10 +218,11 @@ def test_matches_torch_packed(cfg, batch_first, dtype):
     T, B, I, H, L = cfg["T"], cfg["B"], cfg["I"], cfg["H"], cfg["L"]
     torch.manual_seed(cfg["seed"] % 1000)
     module = torch.nn.LSTM(I, H, L, bias=cfg["bias"], bidirectional=cfg["bidirectional"],
-                           batch_first=batch_first,
+                           proj_size=proj_size(cfg), batch_first=batch_first,
                            dtype=torch.float32 if dtype == "float32" else torch.float64)
     net = clstm.LSTM.from_torch(module)
     assert net.bidirectional == cfg["bidirectional"] and net.bias == cfg["bias"]
+    assert net.proj_size == module.proj_size
     assert list(net.params) == [n for n, _ in module.named_parameters()]
     x, state, lengths, dy, dstate = data(cfg, dtype)
     if batch_first:
@@ -223,6 +242,7 @@ def test_matches_torch_packed(cfg, batch_first, dtype):
         np.testing.assert_allclose(ours[6][name], g, **tol, err_msg=name)
     back = net.to_torch()
     assert back.bidirectional == module.bidirectional and back.bias == module.bias
+    assert back.proj_size == module.proj_size
     for name, p in module.named_parameters():
         np.testing.assert_array_equal(getattr(back, name).detach().numpy(),
                                       p.detach().numpy())
@@ -261,6 +281,35 @@ def test_bad_constructor_flags():
         clstm.LSTM(2, 3, bias=1)
 
 
+@pytest.mark.parametrize("proj, exc, message", [
+    (4, ValueError, r"proj_size: expected an int in \[0, hidden_size = 4\), got 4"),
+    (-1, ValueError, r"proj_size: expected an int in \[0, hidden_size = 4\), got -1"),
+    (1.5, TypeError, r"proj_size: expected an int, got 1.5"),
+    (True, TypeError, r"proj_size: expected an int, got True"),
+])
+def test_bad_proj_size(proj, exc, message):
+    with pytest.raises(exc, match=message):
+        clstm.LSTM(2, 4, proj_size=proj)
+
+
+def test_projected_state_shapes_and_step():
+    """h is proj_size wide, c hidden_size wide; step() of a projected stack equals its
+    forward, step by step."""
+    rng = np.random.default_rng(8)
+    net = clstm.LSTM(3, 5, 2, proj_size=2, peephole=True, dtype="float64", seed=0)
+    x = rng.normal(size=(4, 2, 3))
+    state = (rng.normal(size=(2, 2, 2)), rng.normal(size=(2, 2, 5)))
+    y, (h_n, c_n) = net.forward(x, state)
+    assert y.shape == (4, 2, 2) and h_n.shape == (2, 2, 2) and c_n.shape == (2, 2, 5)
+    s = state
+    for t in range(4):
+        yt, s = net.step(x[t], s)
+        np.testing.assert_allclose(yt, y[t], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(s[1], c_n, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"state h: expected shape \(2, 2, 2\)"):
+        net.forward(x, (state[1], state[1]))
+
+
 def test_bidirectional_cannot_step():
     net = clstm.LSTM(2, 3, bidirectional=True)
     with pytest.raises(ValueError, match="step: expected a unidirectional LSTM"):
@@ -282,11 +331,12 @@ def test_bias_free_has_no_bias_parameters_and_steps():
 # -- save / load, models ----------------------------------------------------------------
 
 def test_save_load_bidirectional_bias_free(tmp_path):
-    net = clstm.LSTM(3, 4, 2, bidirectional=True, bias=False, peephole=True, seed=1)
+    net = clstm.LSTM(3, 4, 2, bidirectional=True, bias=False, peephole=True, proj_size=3,
+                     seed=1)
     path = os.path.join(tmp_path, "net.npz")
     clstm.save(net, path)
     back = clstm.load(path)
-    assert back.bidirectional and not back.bias and back.peephole
+    assert back.bidirectional and not back.bias and back.peephole and back.proj_size == 3
     x = np.random.default_rng(0).normal(size=(5, 2, 3)).astype(np.float32)
     np.testing.assert_array_equal(back.forward(x, lengths=[2, 5])[0],
                                   net.forward(x, lengths=[2, 5])[0])
@@ -305,11 +355,11 @@ def test_old_file_without_the_new_fields_loads(tmp_path):
                 config = json.loads(data)
                 text = json.dumps(config)
                 assert '"bidirectional"' in text
-                _drop_keys(config, ("bias", "bidirectional"))
+                _drop_keys(config, ("bias", "bidirectional", "proj_size"))
                 data = json.dumps(config).encode()
             dst.writestr(item, data)
     back = clstm.load(old)
-    assert back.bias and not back.bidirectional
+    assert back.bias and not back.bidirectional and back.proj_size == 0
     for name, p in net.params.items():
         np.testing.assert_array_equal(back.params[name], p)
 
