@@ -392,7 +392,7 @@ class LSTM(Layer):
         try:
             with _threads.blas_guard():
                 for k in range(L):
-                    ys = []
+                    args = []           # per direction, the kernel's arguments from w_ih on
                     for d in range(D):
                         w_ih, w_hh, b_ih, b_hh, peephole, w_hr = self._layer_weights(k, d)
                         j = k * D + d
@@ -402,12 +402,14 @@ class LSTM(Layer):
                         buffer = self._workspaces.take(W * N + 4 * H)
                         bias = self._summed_bias(b_ih, b_hh, buffer[W * N:])
                         units.append((inp, y, buffer, h0_j, c0_j))
-                        kernels.forward_packed(pk.steps, B, inp.shape[1], H, self.proj_size,
-                                               pk.batch_sizes, d == 1, inp, w_ih, w_hh, w_hr,
-                                               bias, peephole, h0_j, c0_j, y, h_n[j], c_n[j],
-                                               buffer[:W * N], threads)
-                        ys.append(y)
-                    y = ys[0] if D == 1 else np.concatenate(ys, axis=1)
+                        args.append((w_ih, w_hh, w_hr, bias, peephole, h0_j, c0_j, y, h_n[j],
+                                     c_n[j], buffer[:W * N]))
+                    sizes = (pk.steps, B, inp.shape[1], H, self.proj_size, pk.batch_sizes)
+                    if D == 1:
+                        kernels.forward_packed(*sizes, False, inp, *args[0], threads)
+                    else:           # both directions in one call: at once with 2 threads
+                        kernels.forward_packed_bidir(*sizes, inp, *zip(*args), threads)
+                    y = args[0][7] if D == 1 else np.concatenate([a[7] for a in args], axis=1)
                     mask = None
                     if self.training and self.dropout > 0 and k < L - 1:
                         keep = self._rng.random(y.shape) >= self.dropout
@@ -608,12 +610,11 @@ class LSTM(Layer):
         threads = _threads.get_num_threads()
         dh0 = np.empty((L * D, B, P), dtype=self.dtype)
         dc0 = np.empty((L * D, B, H), dtype=self.dtype)
-        dbias = np.empty(4 * H, dtype=self.dtype)
         g = self.grads
         dx = None
         with _threads.blas_guard(), _GiveBack(self._workspaces, units):
             for k in range(L - 1, -1, -1):
-                dx = None
+                args, dbiases, dxs = [], [], []
                 for d in range(D):
                     j = k * D + d
                     inp, y, buffer, h0_j, c0_j = units[j]
@@ -623,22 +624,28 @@ class LSTM(Layer):
                     dy_d = dyp if D == 1 else np.ascontiguousarray(dyp[:, d * P:(d + 1) * P])
                     dx_d = (np.empty((N, I), dtype=self.dtype)
                             if (k > 0 or input_grad) else None)
-                    dbias.fill(0)
-                    kernels.backward_packed(
-                        pk.steps, B, I, H, self.proj_size, pk.batch_sizes, d == 1, inp, w_ih,
-                        w_hh, w_hr, peephole, h0_j, c0_j, y, buffer[:W * N], dy_d,
-                        None if dh_n is None else dh_n[j], None if dc_n is None else dc_n[j],
-                        dx_d, dh0[j], dc0[j], g[names[0]], g[names[1]],
-                        g[names[5]] if self.proj_size else None, dbias,
-                        g[names[4]] if self.peephole else None, threads)
-                    if self.bias:
-                        g[names[2]] += dbias
-                        g[names[3]] += dbias
-                    if dx_d is not None:
-                        if dx is None:
-                            dx = dx_d
-                        else:
-                            dx += dx_d
+                    dbias = np.zeros(4 * H, dtype=self.dtype)
+                    dbiases.append(dbias)
+                    dxs.append(dx_d)
+                    args.append((w_ih, w_hh, w_hr, peephole, h0_j, c0_j, y, buffer[:W * N],
+                                 dy_d, None if dh_n is None else dh_n[j],
+                                 None if dc_n is None else dc_n[j], dx_d, dh0[j], dc0[j],
+                                 g[names[0]], g[names[1]],
+                                 g[names[5]] if self.proj_size else None, dbias,
+                                 g[names[4]] if self.peephole else None))
+                sizes = (pk.steps, B, I, H, self.proj_size, pk.batch_sizes)
+                if D == 1:
+                    kernels.backward_packed(*sizes, False, inp, *args[0], threads)
+                else:               # both directions in one call: at once with 2 threads
+                    kernels.backward_packed_bidir(*sizes, inp, *zip(*args), threads)
+                if self.bias:
+                    for d in range(D):
+                        names = self._names[k * D + d]
+                        g[names[2]] += dbiases[d]
+                        g[names[3]] += dbiases[d]
+                dx = dxs[0]
+                if dx is not None and D == 2:
+                    dx += dxs[1]
                 if k > 0:
                     dyp = dx
                     if masks[k - 1] is not None:

@@ -1638,6 +1638,95 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     return 0
 
 
+# The two directions of a bidirectional layer are independent: with 2 threads (or more
+# threads than the rows can use) each runs on a thread of its own, its whole batch on one
+# thread, instead of one after the other with the rows split; no barrier between them.
+# Switchable for A/B measurements and tests (False: one after the other).
+cdef bint _parallel_directions = True
+
+
+def _set_parallel_directions(bint enabled):
+    """Run the two directions of a bidirectional layer at once, one per thread (True),
+    or one after the other (False); returns the previous setting."""
+    global _parallel_directions
+    old = _parallel_directions
+    _parallel_directions = enabled
+    return old
+
+
+cdef inline bint directions_in_parallel(int num_threads, int B, int H, int P,
+                                        Py_ssize_t N) noexcept nogil:
+    """Whether the two directions run at once, a thread each: with 2 threads, or with
+    fewer than 2 rows per thread, and when one direction's recurrent work is worth a
+    thread (as thread_count's rule)."""
+    if not _parallel_directions or num_threads < 2:
+        return False
+    if _min_flops_per_thread > 0 and 8.0 * N * H * P < _min_flops_per_thread:
+        return False
+    return num_threads == 2 or B < 2 * num_threads
+
+
+cdef int bidir_forward(int T, int B, int I, int H, int P, const int* bs, const floating* x,
+                       const floating** w_ih, const floating** w_hh,
+                       const floating** w_hr, const floating** bias,
+                       const floating** peephole, const floating** h0,
+                       const floating** c0, floating** y, floating** h_n,
+                       floating** c_n, floating** workspace, int num_threads,
+                       clstm_call* call) noexcept nogil:
+    """Both directions of a layer over a packed batch (see layer_forward_packed)."""
+    global _threads_used_last
+    cdef int st[2]
+    cdef int d
+    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
+    num_threads = clstm_team_threads(num_threads)
+    if directions_in_parallel(num_threads, B, H, P if P > 0 else H, N):
+        for d in prange(2, num_threads=2, schedule="static"):
+            st[d] = layer_forward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
+                                         w_hr[d], bias[d], peephole[d], h0[d], c0[d], y[d],
+                                         h_n[d], c_n[d], workspace[d], 1, call)
+        _threads_used_last = 2
+    else:
+        for d in range(2):
+            st[d] = layer_forward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
+                                         w_hr[d], bias[d], peephole[d], h0[d], c0[d], y[d],
+                                         h_n[d], c_n[d], workspace[d], num_threads, call)
+    return st[0] if st[0] != 0 else st[1]
+
+
+cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const floating* x,
+                        const floating** w_ih, const floating** w_hh,
+                        const floating** w_hr, const floating** peephole,
+                        const floating** h0, const floating** c0, const floating** y,
+                        floating** workspace, floating** dy, const floating** dh_n,
+                        const floating** dc_n, floating** dx, floating** dh0,
+                        floating** dc0, floating** dw_ih, floating** dw_hh,
+                        floating** dw_hr, floating** dbias, floating** dpeephole,
+                        int num_threads, clstm_call* call) noexcept nogil:
+    """Both directions' backward (see layer_backward_packed); dx[d] is each direction's
+    own share of dL/dx."""
+    global _threads_used_last
+    cdef int st[2]
+    cdef int d
+    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
+    num_threads = clstm_team_threads(num_threads)
+    if directions_in_parallel(num_threads, B, H, P if P > 0 else H, N):
+        for d in prange(2, num_threads=2, schedule="static"):
+            st[d] = layer_backward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
+                                          w_hr[d], peephole[d], h0[d], c0[d], y[d],
+                                          workspace[d], dy[d], dh_n[d], dc_n[d], dx[d],
+                                          dh0[d], dc0[d], dw_ih[d], dw_hh[d], dw_hr[d],
+                                          dbias[d], dpeephole[d], 1, call)
+        _threads_used_last = 2
+    else:
+        for d in range(2):
+            st[d] = layer_backward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
+                                          w_hr[d], peephole[d], h0[d], c0[d], y[d],
+                                          workspace[d], dy[d], dh_n[d], dc_n[d], dx[d],
+                                          dh0[d], dc0[d], dw_ih[d], dw_hh[d], dw_hr[d],
+                                          dbias[d], dpeephole[d], num_threads, call)
+    return st[0] if st[0] != 0 else st[1]
+
+
 # ---------------------------------------------------------------------------------------
 # The public C API (declared in clstm/kernels.pxd)
 
@@ -2030,6 +2119,171 @@ def backward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse
                                            <double*>pdh0, <double*>pdc0, <double*>pdwi,
                                            <double*>pdwh, <double*>pdwr, <double*>pdb,
                                            <double*>pdp, num_threads, &call)
+    check_status(status, "backward", &call)
+
+
+cdef pair_of(object arrays, str name):
+    if not isinstance(arrays, (tuple, list)) or len(arrays) != 2:
+        raise TypeError(f"{name}: expected a pair (forward, reverse), got "
+                        f"{type(arrays).__name__}")
+    return arrays
+
+
+def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
+                         w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                         int num_threads=1):
+    """Both directions of a bidirectional layer, as :func:`forward_packed` with
+    ``reverse`` False then True; every argument but the sizes, ``batch_sizes`` and ``x``
+    is a pair (forward, reverse). With 2 threads the directions run at once, one per
+    thread (see _set_parallel_directions)."""
+    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
+        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
+                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
+    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
+    cdef Py_ssize_t Pw = P if P > 0 else H
+    cdef Py_ssize_t W = (6 if P > 0 else 5) * N * H
+    cdef void* px = buffer_of(x, "x", tn, N * I)
+    cdef void* pwi[2]
+    cdef void* pwh[2]
+    cdef void* pwr[2]
+    cdef void* pb[2]
+    cdef void* pp[2]
+    cdef void* ph0[2]
+    cdef void* pc0[2]
+    cdef void* py[2]
+    cdef void* phn[2]
+    cdef void* pcn[2]
+    cdef void* pw[2]
+    cdef int d
+    for arrays, name in ((w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"), (bias, "bias"),
+                         (peephole, "peephole"), (h0, "h0"), (c0, "c0"), (y, "y"),
+                         (h_n, "h_n"), (c_n, "c_n"), (workspace, "workspace")):
+        pair_of(arrays, name)
+    for d in range(2):
+        pwi[d] = buffer_of(w_ih[d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(w_hh[d], "w_hh", tn, G * Pw)
+        pwr[d] = buffer_of(w_hr[d], "w_hr", tn, Pw * H, P == 0)
+        pb[d] = buffer_of(bias[d], "bias", tn, G)
+        pp[d] = buffer_of(peephole[d], "peephole", tn, 3 * H, True)
+        ph0[d] = buffer_of(h0[d], "h0", tn, B * Pw, True)
+        pc0[d] = buffer_of(c0[d], "c0", tn, B * H, True)
+        py[d] = writable_buffer_of(y[d], "y", tn, N * Pw)
+        phn[d] = writable_buffer_of(h_n[d], "h_n", tn, B * Pw, True)
+        pcn[d] = writable_buffer_of(c_n[d], "c_n", tn, B * H, phn[d] == NULL)
+        pw[d] = writable_buffer_of(workspace[d], "workspace", tn, W)
+        if P == 0 and pwr[d] != NULL:
+            raise ValueError("w_hr: expected None without a projection (P = 0)")
+        if phn[d] == NULL:
+            pcn[d] = NULL
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = bidir_forward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
+                                   <const float**>pwh, <const float**>pwr, <const float**>pb,
+                                   <const float**>pp, <const float**>ph0, <const float**>pc0,
+                                   <float**>py, <float**>phn, <float**>pcn, <float**>pw,
+                                   num_threads, &call)
+        else:
+            status = bidir_forward(T, B, I, H, P, pbs, <double*>px, <const double**>pwi,
+                                   <const double**>pwh, <const double**>pwr,
+                                   <const double**>pb, <const double**>pp,
+                                   <const double**>ph0, <const double**>pc0, <double**>py,
+                                   <double**>phn, <double**>pcn, <double**>pw, num_threads,
+                                   &call)
+    check_status(status, "forward", &call)
+
+
+def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
+                          w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
+                          dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
+    """Both directions' backward after :func:`forward_packed_bidir`, as
+    :func:`backward_packed`; every argument but the sizes, ``batch_sizes`` and ``x`` is a
+    pair (forward, reverse), and dx[d] receives direction d's share of dL/dx."""
+    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
+        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
+                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
+    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
+    cdef Py_ssize_t Pw = P if P > 0 else H
+    cdef Py_ssize_t W = (6 if P > 0 else 5) * N * H
+    cdef void* px = buffer_of(x, "x", tn, N * I)
+    cdef void* pwi[2]
+    cdef void* pwh[2]
+    cdef void* pwr[2]
+    cdef void* pp[2]
+    cdef void* ph0[2]
+    cdef void* pc0[2]
+    cdef void* py[2]
+    cdef void* pw[2]
+    cdef void* pdy[2]
+    cdef void* pdhn[2]
+    cdef void* pdcn[2]
+    cdef void* pdx[2]
+    cdef void* pdh0[2]
+    cdef void* pdc0[2]
+    cdef void* pdwi[2]
+    cdef void* pdwh[2]
+    cdef void* pdwr[2]
+    cdef void* pdb[2]
+    cdef void* pdp[2]
+    cdef int d
+    for arrays, name in ((w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"),
+                         (peephole, "peephole"), (h0, "h0"), (c0, "c0"), (y, "y"),
+                         (workspace, "workspace"), (dy, "dy"), (dh_n, "dh_n"),
+                         (dc_n, "dc_n"), (dx, "dx"), (dh0, "dh0"), (dc0, "dc0"),
+                         (dw_ih, "dw_ih"), (dw_hh, "dw_hh"), (dw_hr, "dw_hr"),
+                         (dbias, "dbias"), (dpeephole, "dpeephole")):
+        pair_of(arrays, name)
+    for d in range(2):
+        pwi[d] = buffer_of(w_ih[d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(w_hh[d], "w_hh", tn, G * Pw)
+        pwr[d] = buffer_of(w_hr[d], "w_hr", tn, Pw * H, P == 0)
+        pp[d] = buffer_of(peephole[d], "peephole", tn, 3 * H, True)
+        ph0[d] = buffer_of(h0[d], "h0", tn, B * Pw, True)
+        pc0[d] = buffer_of(c0[d], "c0", tn, B * H, True)
+        py[d] = buffer_of(y[d], "y", tn, N * Pw)
+        pw[d] = writable_buffer_of(workspace[d], "workspace", tn, W)
+        pdy[d] = writable_buffer_of(dy[d], "dy", tn, N * Pw)
+        pdhn[d] = buffer_of(dh_n[d], "dh_n", tn, B * Pw, True)
+        pdcn[d] = buffer_of(dc_n[d], "dc_n", tn, B * H, True)
+        pdx[d] = writable_buffer_of(dx[d], "dx", tn, N * I, True)
+        pdh0[d] = writable_buffer_of(dh0[d], "dh0", tn, B * Pw)
+        pdc0[d] = writable_buffer_of(dc0[d], "dc0", tn, B * H)
+        pdwi[d] = writable_buffer_of(dw_ih[d], "dw_ih", tn, G * I)
+        pdwh[d] = writable_buffer_of(dw_hh[d], "dw_hh", tn, G * Pw)
+        pdwr[d] = writable_buffer_of(dw_hr[d], "dw_hr", tn, Pw * H, P == 0)
+        pdb[d] = writable_buffer_of(dbias[d], "dbias", tn, G)
+        pdp[d] = writable_buffer_of(dpeephole[d], "dpeephole", tn, 3 * H, pp[d] == NULL)
+        if P == 0 and (pwr[d] != NULL or pdwr[d] != NULL):
+            raise ValueError("w_hr, dw_hr: expected None without a projection (P = 0)")
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            status = bidir_backward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
+                                    <const float**>pwh, <const float**>pwr,
+                                    <const float**>pp, <const float**>ph0,
+                                    <const float**>pc0, <const float**>py, <float**>pw,
+                                    <float**>pdy, <const float**>pdhn, <const float**>pdcn,
+                                    <float**>pdx, <float**>pdh0, <float**>pdc0,
+                                    <float**>pdwi, <float**>pdwh, <float**>pdwr,
+                                    <float**>pdb, <float**>pdp, num_threads, &call)
+        else:
+            status = bidir_backward(T, B, I, H, P, pbs, <double*>px, <const double**>pwi,
+                                    <const double**>pwh, <const double**>pwr,
+                                    <const double**>pp, <const double**>ph0,
+                                    <const double**>pc0, <const double**>py, <double**>pw,
+                                    <double**>pdy, <const double**>pdhn,
+                                    <const double**>pdcn, <double**>pdx, <double**>pdh0,
+                                    <double**>pdc0, <double**>pdwi, <double**>pdwh,
+                                    <double**>pdwr, <double**>pdb, <double**>pdp,
+                                    num_threads, &call)
     check_status(status, "backward", &call)
 
 

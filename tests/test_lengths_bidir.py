@@ -69,8 +69,10 @@ def data(cfg, dtype):
     return x, state, lengths, dy, dstate
 
 
-# (packed recurrent GEMM, rows per thread from which the input projection runs per step)
-KNOBS = [(True, 4), (True, 0), (True, 1 << 30), (False, 4)]
+# (packed recurrent GEMM, rows per thread from which the input projection runs per step,
+# the two directions at once on a thread each)
+KNOBS = [(True, 4, True), (True, 0, True), (True, 1 << 30, False), (False, 4, True),
+         (True, 4, False)]
 
 
 @pytest.mark.parametrize("knobs", KNOBS, ids=str)
@@ -87,6 +89,7 @@ def test_matches_reference_each_sequence_alone(cfg, threads, knobs):
     with kernel_knob(kernels._set_min_flops_per_thread, 0), \
             kernel_knob(kernels._set_packed_gemm, knobs[0]), \
             kernel_knob(kernels._set_min_rows_per_step_projection, knobs[1]), \
+            kernel_knob(kernels._set_parallel_directions, knobs[2]), \
             clstm.threads(threads):
         y, h_n, c_n, dx, dh0, dc0, grads = run(net, x, state, lengths, dy, dstate)
     yr, (hr, cr), cache = reference_lstm_forward(
@@ -99,6 +102,30 @@ def test_matches_reference_each_sequence_alone(cfg, threads, knobs):
         np.testing.assert_allclose(a, b, **tol)
     for name, g in grads.items():
         np.testing.assert_allclose(g, gr[name], **tol, err_msg=name)
+
+
+@pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
+def test_directions_run_one_per_thread():
+    """With 2 threads a bidirectional layer's directions run at once, even for a batch of
+    one (which no row split can share), forward and backward; the result is the
+    one-after-the-other one, bit for bit."""
+    rng = np.random.default_rng(9)
+    net = clstm.LSTM(8, 64, bidirectional=True, dtype="float64", seed=0)
+    x = rng.normal(size=(30, 1, 8))
+    dy = rng.normal(size=(30, 1, 128))
+    results = []
+    for parallel in (True, False):
+        with kernel_knob(kernels._set_parallel_directions, parallel), clstm.threads(2), \
+                kernel_knob(kernels._set_min_flops_per_thread, 0):
+            net.zero_grad()
+            y, _ = net.forward(x)
+            used = kernels._threads_used_by_last_call()
+            dx, _ = net.backward(dy)
+            results.append((y.copy(), dx, net.flat_grads.copy()))
+        if parallel:
+            assert used == 2
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_padded_outputs_are_zero_and_state_at_own_last_step():
