@@ -532,14 +532,22 @@ class LastStep(Layer):
     last step, ``y[-1]``, without ``lengths``). Sequences must be padded at the end, so
     that the selected step has seen only real input. ``backward`` puts the gradient back
     at the selected steps and zero everywhere else, so padded steps get no gradient.
+
+    With ``bidirectional=True`` (after a bidirectional LSTM, whose H = 2·hidden features
+    are the forward direction then the reverse one) the result is the forward half at the
+    last valid step and the reverse half at step 0, where the reverse direction has seen
+    the whole sequence: the two halves of the layer's ``h_n``.
     """
 
     uses_lengths = True
     _saved_for_backward = ("_cache",)
 
-    def __init__(self):
+    def __init__(self, bidirectional=False):
         super().__init__("float64")
         self.dtype = None  # no parameters: the output keeps the input's dtype
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
+        self.bidirectional = bool(bidirectional)
         self._cache = None
 
     def forward(self, y, lengths=None):
@@ -565,20 +573,36 @@ class LastStep(Layer):
                 or (B and (lengths.min() < 1 or lengths.max() > T)):
             raise ValueError(f"LastStep: expected lengths, integers in [1, {T}] of shape "
                              f"({B},), got {_describe(lengths)}")
+        if self.bidirectional and y.shape[2] % 2:
+            raise ValueError(f"LastStep: expected an even number of features (two "
+                             f"directions), got shape {y.shape}")
         self._cache = (T, lengths)
-        return y[lengths - 1, np.arange(B)]
+        last = y[lengths - 1, np.arange(B)]
+        if self.bidirectional:
+            half = y.shape[2] // 2
+            last[:, half:] = y[0, :, half:]
+        return last
 
     def get_config(self):
-        return {}
+        return {"bidirectional": self.bidirectional} if self.bidirectional else {}
 
     @classmethod
     def read_config(cls, f):
-        return {}
+        bidirectional = f.bool("bidirectional", default=False)
+        return {"bidirectional": True} if bidirectional else {}
 
     def backward(self, dlast):
         """Scatter ``dlast`` (B, H) back to a (T, B, H) gradient, zero off the selection."""
         T, lengths = self._require_cache(self._cache)
-        return last_valid_step_backward(dlast, lengths, T)
+        if not self.bidirectional:
+            return last_valid_step_backward(dlast, lengths, T)
+        dlast = np.asarray(dlast)
+        half = dlast.shape[1] // 2
+        forward = np.zeros_like(dlast)
+        forward[:, :half] = dlast[:, :half]
+        dy = last_valid_step_backward(forward, lengths, T)
+        dy[0, :, half:] += dlast[:, half:]
+        return dy
 
 
 def _describe(arr):

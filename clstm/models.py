@@ -493,6 +493,9 @@ class Sequential(Module):
             yt = np.ascontiguousarray(np.swapaxes(y[idx], 0, 1))
             mask = None if lb is None else lengths_to_mask(lb, xt.shape[0])
             k = bptt or xt.shape[0]
+            if k >= xt.shape[0]:        # one chunk: the LSTM runs each sequence's steps only
+                yield xt, yt, mask, lb, True
+                continue
             for t in range(0, xt.shape[0], k):
                 m = None if mask is None else mask[t:t + k]
                 yield xt[t:t + k], yt[t:t + k], m, None, t == 0
@@ -809,17 +812,23 @@ class _Ready(Sequential):
 
 def _head(c, inputs, outputs, *, last_step, dropout_slot, dense_slot):
     """The plan's LSTM -> (LastStep) -> (Dropout) -> Dense part, from the arguments c."""
-    plan = [(None, {"type": "LastStep"})] if last_step else []
+    bidirectional = c.get("bidirectional", False)
+    plan = ([(None, {"type": "LastStep", "bidirectional": True} if bidirectional
+              else {"type": "LastStep"})] if last_step else [])
     if c["dropout"]:
         plan.append((dropout_slot, {"type": "Dropout", "p": c["dropout"], "dtype": c["dtype"]}))
-    plan.append((dense_slot, {"type": "Dense", "in_features": c["hidden_size"],
+    plan.append((dense_slot, {"type": "Dense",
+                              "in_features": c["hidden_size"] * (2 if bidirectional else 1),
                               "out_features": outputs, "dtype": c["dtype"]}))
     return plan
 
 
 def _lstm(c, inputs):
-    return {"type": "LSTM", "input_size": inputs, "hidden_size": c["hidden_size"],
+    lstm = {"type": "LSTM", "input_size": inputs, "hidden_size": c["hidden_size"],
             "num_layers": c["num_layers"], "dropout": c["dropout"], "dtype": c["dtype"]}
+    if c.get("bidirectional", False):
+        lstm["bidirectional"] = True
+    return lstm
 
 
 class LanguageModel(_Ready):
@@ -1097,6 +1106,10 @@ class Classifier(_Ready):
         Token input through an Embedding of ``embed_dim`` (default ``hidden_size``).
     embed_dim : int, optional
     num_layers : int, default 1
+    bidirectional : bool, default False
+        A bidirectional LSTM, read at each sequence's last valid step (forward direction)
+        and at step 0 (reverse direction); with ``lengths`` both directions run each
+        sequence over its own steps only.
     dropout : float, default 0.0
     padding_idx : int, optional
         Embedding row kept at zero.
@@ -1105,15 +1118,16 @@ class Classifier(_Ready):
     """
 
     def __init__(self, input_size=None, hidden_size=64, num_classes=2, *, vocab_size=None,
-                 embed_dim=None, num_layers=1, dropout=0.0, padding_idx=None,
-                 dtype="float32", seed=None):
+                 embed_dim=None, num_layers=1, bidirectional=False, dropout=0.0,
+                 padding_idx=None, dtype="float32", seed=None):
         if (input_size is None) == (vocab_size is None):
             raise ValueError(f"Classifier: expected exactly one of input_size (features) "
                              f"and vocab_size (tokens), got input_size={input_size!r}, "
                              f"vocab_size={vocab_size!r}")
         self._config = {"input_size": input_size, "hidden_size": hidden_size,
                         "num_classes": num_classes, "vocab_size": vocab_size,
-                        "embed_dim": embed_dim, "num_layers": num_layers, "dropout": dropout,
+                        "embed_dim": embed_dim, "num_layers": num_layers,
+                        "bidirectional": bidirectional, "dropout": dropout,
                         "padding_idx": padding_idx, "dtype": np.dtype(dtype).name,
                         "seed": _config_seed(seed)}
         layers = self._build_layers(dict(self._config, dtype=dtype), seed)
@@ -1137,7 +1151,9 @@ class Classifier(_Ready):
                   "hidden_size": f.int("hidden_size"), "num_classes": f.int("num_classes"),
                   "vocab_size": f.int("vocab_size", optional=True),
                   "embed_dim": f.int("embed_dim", optional=True),
-                  "num_layers": f.int("num_layers"), "dropout": f.probability("dropout"),
+                  "num_layers": f.int("num_layers"),
+                  "bidirectional": f.bool("bidirectional", default=False),
+                  "dropout": f.probability("dropout"),
                   "padding_idx": f.int("padding_idx", -_MAX_SIZE, _MAX_SIZE, optional=True),
                   "dtype": f.dtype(), "seed": f.seed()}
         inputs, vocab, padding = config["input_size"], config["vocab_size"], \

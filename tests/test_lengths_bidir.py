@@ -422,3 +422,69 @@ def test_sequential_passes_lengths_to_the_lstm():
         dy[-1] = 1
         lstm.backward(dy)
     np.testing.assert_allclose(lstm.grads["weight_ih_l0"], dw, rtol=1e-10)
+
+
+def test_last_step_bidirectional_is_h_n():
+    """LastStep(bidirectional=True) after a bidirectional LSTM with lengths is the two
+    halves of the top layer's h_n (forward at the last valid step, reverse at step 0);
+    its backward puts the gradient at exactly those positions."""
+    rng = np.random.default_rng(10)
+    lstm = clstm.LSTM(3, 4, 2, bidirectional=True, dtype="float64", seed=0)
+    model = clstm.Sequential([lstm, clstm.LastStep(bidirectional=True)])
+    x = rng.normal(size=(5, 3, 3))
+    lengths = np.array([5, 2, 3])
+    out, state = model.forward(x, lengths=lengths)
+    h_n = state[0][0]
+    np.testing.assert_array_equal(out, np.concatenate([h_n[-2], h_n[-1]], axis=1))
+    step = clstm.LastStep(bidirectional=True)
+    y = rng.normal(size=(5, 3, 8))
+    step.forward(y, lengths)
+    d = rng.normal(size=(3, 8))
+    dy = step.backward(d)
+    expected = np.zeros_like(y)
+    for b, n in enumerate(lengths):
+        expected[n - 1, b, :4] = d[b, :4]
+        expected[0, b, 4:] += d[b, 4:]
+    np.testing.assert_array_equal(dy, expected)
+
+
+def test_bidirectional_classifier_save_load_and_old_config(tmp_path):
+    rng = np.random.default_rng(11)
+    clf = clstm.Classifier(vocab_size=12, hidden_size=6, num_classes=3, bidirectional=True,
+                           seed=0)
+    assert clf.get_params()["bidirectional"] is True
+    x = rng.integers(1, 12, size=(8, 7))
+    lengths = rng.integers(1, 8, size=8)
+    y = rng.integers(0, 3, size=8)
+    clf.fit(x, y, epochs=1, batch_size=4, lengths=lengths, verbose=0)
+    path = os.path.join(tmp_path, "clf.npz")
+    clstm.save(clf, path)
+    back = clstm.load(path)
+    np.testing.assert_array_equal(back.predict_proba(x, lengths=lengths),
+                                  clf.predict_proba(x, lengths=lengths))
+    # a Classifier saved before the argument existed loads as unidirectional
+    uni = clstm.Classifier(vocab_size=12, hidden_size=6, num_classes=3, seed=0)
+    clstm.save(uni, path)
+    old = os.path.join(tmp_path, "old.npz")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith(".json"):
+                config = json.loads(data)
+                _drop_all(config, ("bidirectional", "bias", "proj_size"))
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    back = clstm.load(old)
+    np.testing.assert_array_equal(back.predict_proba(x, lengths=lengths),
+                                  uni.predict_proba(x, lengths=lengths))
+
+
+def _drop_all(obj, keys):
+    if isinstance(obj, dict):
+        for k in keys:
+            obj.pop(k, None)
+        for v in obj.values():
+            _drop_all(v, keys)
+    elif isinstance(obj, list):
+        for v in obj:
+            _drop_all(v, keys)
