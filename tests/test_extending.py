@@ -186,3 +186,20 @@ def test_example_rejects_bad_shapes(lstm_embed):
         lstm_embed.run_many([np.zeros((2, 3))], w_ih, w_hh[:, :3], bias)
     with pytest.raises(ValueError, match="target"):
         lstm_embed.loss_and_grad(np.zeros((2, 1, 3)), w_ih, w_hh, bias, np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_encode_bidirectional_matches_lstm_with_lengths(lstm_embed, num_threads):
+    """The packed-layout C API, both directions, against clstm.LSTM(bidirectional=True)
+    with lengths."""
+    I, H = 3, 5
+    net = clstm.LSTM(I, H, bidirectional=True, dtype="float64", seed=3)
+    p = net.params
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(6, 4, I))
+    lengths = np.array([2, 6, 1, 4])
+    _, (h_ref, _) = net.forward(x, lengths=lengths)
+    weights = [(p[f"weight_ih_l0{s}"], p[f"weight_hh_l0{s}"],
+                p[f"bias_ih_l0{s}"] + p[f"bias_hh_l0{s}"]) for s in ("", "_reverse")]
+    h_n = lstm_embed.encode_bidirectional(x, lengths, *weights, num_threads=num_threads)
+    assert_allclose(h_n, h_ref, rtol=1e-13, atol=1e-14)

@@ -1,13 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """lstm_embed: a downstream extension that calls clstm's C API from Cython.
 
-Two functions, one for each direction of the API:
+Three functions:
 
 * :func:`run_many` runs one LSTM layer over many independent sequences of different
   lengths, in parallel *across sequences* in this module's own ``prange``; clstm's
   forward kernel runs inside it with ``num_threads=1``.
 * :func:`loss_and_grad` runs forward and backward over one batch (float64), for the loss
   ``0.5·‖h_n − target‖²`` on the final hidden state.
+* :func:`encode_bidirectional` encodes a padded batch of sequences of different lengths
+  with a bidirectional layer (float64), through the packed-layout API: each sequence
+  runs its own steps only, both directions.
 
 Weights are in PyTorch's layout, as in ``clstm.LSTM.params``: ``w_ih`` is
 ``weight_ih_l0`` (4H, I), ``w_hh`` is ``weight_hh_l0`` (4H, H), and ``bias`` is
@@ -26,6 +29,7 @@ from threadpoolctl import threadpool_limits
 # takes the function pointers from its __pyx_capi__, checking each C signature, so a
 # clstm built with a different signature fails loudly at import instead of crashing.
 from clstm.kernels cimport (lstm_backward_f64, lstm_forward_f32, lstm_forward_f64,
+                            lstm_forward_packed_f64, lstm_packed_workspace_size,
                             lstm_workspace_size)
 
 ctypedef fused real:
@@ -233,6 +237,86 @@ def loss_and_grad(x, w_ih, w_hh, bias, target, int num_threads=1):
     if status != 0:
         raise ValueError("lstm backward: sizes too large for BLAS's int")
     return loss, grads
+
+
+# ---------------------------------------------------------------------------------------
+# A bidirectional encoder over sequences of different lengths (the packed layout)
+
+
+def encode_bidirectional(x, lengths, forward_weights, reverse_weights, int num_threads=1):
+    """The final states of a bidirectional layer over a padded batch, in float64.
+
+    Parameters
+    ----------
+    x : array_like
+        (T, B, I) time-major input, sequence b padded after its ``lengths[b]`` steps.
+    lengths : array_like of int
+        (B,) valid steps per sequence, in [1, T].
+    forward_weights, reverse_weights : tuple
+        ``(w_ih, w_hh, bias)`` of each direction, as in :func:`run_many`
+        (``weight_ih_l0`` / ``weight_ih_l0_reverse`` ...).
+    num_threads : int, default 1
+        Threads for clstm's kernels.
+
+    Returns
+    -------
+    h_n : ndarray
+        (2, B, H): the forward direction's state at each sequence's last valid step and
+        the reverse direction's at step 0, as ``h_n`` of a bidirectional
+        ``clstm.LSTM`` (or of ``torch.nn.LSTM`` on packed sequences).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    lengths = np.asarray(lengths)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected shape (T, B, I), got {x.shape}")
+    T, B, I = x.shape
+    _check_shape(lengths, (B,), "lengths")
+    if lengths.min() < 1 or lengths.max() > T:
+        raise ValueError(f"lengths: expected integers in [1, {T}]")
+    # The packed layout: rows by non-increasing length, step t holding the batch_sizes[t]
+    # rows still running, the steps one after another (PyTorch's PackedSequence).
+    order = np.argsort(-lengths, kind="stable")
+    steps = int(lengths[order[0]])
+    valid = np.arange(steps)[:, None] < lengths[order][None, :]
+    batch_sizes_arr = np.ascontiguousarray(valid.sum(axis=1), dtype=np.intc)
+    t_idx, b_idx = np.nonzero(valid)
+    cdef const double[:, ::1] xp = np.ascontiguousarray(x[t_idx, order[b_idx]])
+    cdef const int[::1] batch_sizes = batch_sizes_arr
+    cdef int N = <int>xp.shape[0], H = 0, d, status = 0
+    cdef int Ti = steps, Bi = B, Ii = I
+    h_sorted = None
+    cdef const double[:, ::1] wi
+    cdef const double[:, ::1] wh
+    cdef const double[::1] b
+    cdef double[:, ::1] y
+    cdef double[:, ::1] h_n
+    cdef double[:, ::1] c_n
+    cdef double[::1] ws
+    for d, (w_ih, w_hh, bias) in enumerate((forward_weights, reverse_weights)):
+        wi = np.ascontiguousarray(w_ih, dtype=np.float64)
+        wh = np.ascontiguousarray(w_hh, dtype=np.float64)
+        b = np.ascontiguousarray(bias, dtype=np.float64)
+        H = <int>(wi.shape[0] // 4)
+        _check_shape(wi, (4 * H, I), "w_ih")
+        _check_shape(wh, (4 * H, H), "w_hh")
+        _check_shape(b, (4 * H,), "bias")
+        if h_sorted is None:
+            h_sorted = np.empty((2, B, H))
+        y = np.empty((N, H))
+        h_n = h_sorted[d]
+        c_n = np.empty((B, H))
+        ws = np.empty(lstm_packed_workspace_size(Ti, Bi, H, 0, &batch_sizes[0]))
+        with nogil:
+            # P = 0 and w_hr NULL: no projection; NULL peephole, h0, c0.
+            status = lstm_forward_packed_f64(Ti, Bi, Ii, H, 0, &batch_sizes[0], d,
+                                             &xp[0, 0], &wi[0, 0], &wh[0, 0], NULL, &b[0],
+                                             NULL, NULL, NULL, &y[0, 0], &h_n[0, 0],
+                                             &c_n[0, 0], &ws[0], num_threads)
+        if status != 0:
+            raise ValueError("lstm forward: invalid sizes")
+    out = np.empty_like(h_sorted)
+    out[:, order] = h_sorted             # back to the caller's order of sequences
+    return out
 
 
 def _check_shape(a, shape, name):
