@@ -1050,16 +1050,19 @@ class Regressor(_Ready):
     num_layers : int, default 1
     dropout : float, default 0.0
         Between stacked LSTM layers and before the output layer (training only).
+    bidirectional : bool, default False
+        A bidirectional LSTM, read at each sequence's last valid step (forward direction)
+        and at step 0 (reverse direction).
     dtype : {"float32", "float64"}
     seed : int, optional
     """
 
     def __init__(self, input_size, hidden_size, output_size=1, num_layers=1, dropout=0.0,
-                 *, dtype="float32", seed=None):
+                 *, bidirectional=False, dtype="float32", seed=None):
         self._config = {"input_size": input_size, "hidden_size": hidden_size,
                         "output_size": output_size, "num_layers": num_layers,
-                        "dropout": dropout, "dtype": np.dtype(dtype).name,
-                        "seed": _config_seed(seed)}
+                        "dropout": dropout, "bidirectional": bidirectional,
+                        "dtype": np.dtype(dtype).name, "seed": _config_seed(seed)}
         layers = self._build_layers(dict(self._config, dtype=dtype), seed)
         super().__init__(layers, loss="mse")
 
@@ -1075,7 +1078,9 @@ class Regressor(_Ready):
     def read_config(cls, f):
         return {"input_size": f.int("input_size"), "hidden_size": f.int("hidden_size"),
                 "output_size": f.int("output_size"), "num_layers": f.int("num_layers"),
-                "dropout": f.probability("dropout"), "dtype": f.dtype(), "seed": f.seed()}
+                "dropout": f.probability("dropout"),
+                "bidirectional": f.bool("bidirectional", default=False), "dtype": f.dtype(),
+                "seed": f.seed()}
 
     _estimator_type = "regressor"
 
