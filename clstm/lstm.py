@@ -210,7 +210,13 @@ class LSTM(Layer):
 
     # -- forward ----------------------------------------------------------------------
 
-    def _layer_weights(self, k, d=0):
+    def _layer_weights(self, k):
+        """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole or None) in the forward direction,
+        read from ``params`` now (an optimizer or a model may have rebound the entries);
+        the biases are None without bias. See _direction_weights for the rest."""
+        return self._direction_weights(k)[:5]
+
+    def _direction_weights(self, k, d=0):
         """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole, w_hr) in direction d, read from
         ``params`` now: an optimizer or a model may have rebound the entries. The biases
         are None without bias, the peephole without peepholes, w_hr without projection."""
@@ -336,7 +342,7 @@ class LSTM(Layer):
         try:
             with _threads.blas_guard():
                 for k in range(L):
-                    w_ih, w_hh, b_ih, b_hh, peephole, _ = self._layer_weights(k)
+                    w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
                     h0_k = None if h0 is None else h0[k]
                     c0_k = None if c0 is None else c0[k]
                     y = np.empty((T, B, H), dtype=self.dtype)
@@ -394,7 +400,7 @@ class LSTM(Layer):
                 for k in range(L):
                     args = []           # per direction, the kernel's arguments from w_ih on
                     for d in range(D):
-                        w_ih, w_hh, b_ih, b_hh, peephole, w_hr = self._layer_weights(k, d)
+                        w_ih, w_hh, b_ih, b_hh, peephole, w_hr = self._direction_weights(k, d)
                         j = k * D + d
                         h0_j = None if h0 is None else h0[j]
                         c0_j = None if c0 is None else c0[j]
@@ -476,7 +482,7 @@ class LSTM(Layer):
         zeros = None if self.bias else np.zeros(4 * H, dtype=self.dtype)
         for k in range(L):
             h_k = h_n[k]
-            w_ih, w_hh, b_ih, b_hh, peephole, _ = self._layer_weights(k)
+            w_ih, w_hh, b_ih, b_hh, peephole = self._layer_weights(k)
             if zeros is not None:
                 b_ih = b_hh = zeros
             kernels.step(B, inp.shape[1], H, inp, w_ih, w_hh, b_ih, b_hh, peephole,
@@ -499,7 +505,7 @@ class LSTM(Layer):
         y = np.empty((B, P), dtype=self.dtype)
         inp = np.ascontiguousarray(x)
         for k in range(L):
-            w_ih, w_hh, b_ih, b_hh, peephole, w_hr = self._layer_weights(k)
+            w_ih, w_hh, b_ih, b_hh, peephole, w_hr = self._direction_weights(k)
             bias = self._summed_bias(b_ih, b_hh, buffer[6 * B * H:])
             kernels.forward_packed(1, B, inp.shape[1], H, P, batch_sizes, False, inp, w_ih,
                                    w_hh, w_hr, bias, peephole,
@@ -568,7 +574,7 @@ class LSTM(Layer):
             for k in range(L - 1, -1, -1):
                 inp, y, buffer, h0_k, c0_k, mask = layers[k]
                 workspace = buffer[:5 * T * B * H]
-                w_ih, w_hh, _, _, peephole, _ = self._layer_weights(k)
+                w_ih, w_hh, _, _, peephole = self._layer_weights(k)
                 I = inp.shape[2]
                 dx = np.empty((T, B, I), dtype=self.dtype) if (k > 0 or input_grad) else None
                 dbias.fill(0)
@@ -619,7 +625,7 @@ class LSTM(Layer):
                     j = k * D + d
                     inp, y, buffer, h0_j, c0_j = units[j]
                     names = self._names[j]
-                    w_ih, w_hh, _, _, peephole, w_hr = self._layer_weights(k, d)
+                    w_ih, w_hh, _, _, peephole, w_hr = self._direction_weights(k, d)
                     I = inp.shape[1]
                     dy_d = dyp if D == 1 else np.ascontiguousarray(dyp[:, d * P:(d + 1) * P])
                     dx_d = (np.empty((N, I), dtype=self.dtype)
