@@ -48,7 +48,8 @@ _ONNX_TO_CLSTM_PEEPHOLES = (0, 2, 1)
 def _require_onnx():
     try:
         import onnx
-        from onnx import helper, numpy_helper  # noqa: F401
+        import onnx.helper  # noqa: F401 (the submodules used here, imported explicitly)
+        import onnx.numpy_helper  # noqa: F401
     except ImportError as e:
         raise ImportError("clstm.onnx needs the onnx package: pip install clstm-cpu[onnx] "
                           f"(or pip install onnx onnxruntime); the import failed: {e}") from None
@@ -481,8 +482,8 @@ class _Reader:
             return _import_lstm(self, node, ins)
         importer = _IMPORTERS.get(node.op_type)
         if importer is None:
-            self.refuse(node, "not supported by clstm.onnx.load (it reads LSTM nodes with "
-                              f"{', '.join(sorted(set(_IMPORTERS) | {'LSTM'}))} around them)")
+            self.refuse(node, "not supported by clstm.onnx.load (it reads LSTM nodes and, "
+                              f"around them, {', '.join(sorted(_IMPORTERS))})")
         return importer(self, node, ins)
 
 
@@ -1136,7 +1137,10 @@ def _read_model(onnx, model):
     if not any(s["kind"] == "LSTM" for s in reader.stages):
         raise _Refused("no LSTM node reads the input: clstm.onnx.load reads recurrent models")
     name, out = _main_output(reader, graph)
-    layers = _build_layers(reader)
+    try:
+        layers = _build_layers(reader)
+    except (TypeError, ValueError) as e:    # sizes or values the layers refuse
+        raise _Refused(f"the layers cannot be built: {e}") from None
     batch_first = reader.input_layout == "batch_first"
     if out is not None and "T" in out.axes:
         out_first = out.axes.index("B") < out.axes.index("T")

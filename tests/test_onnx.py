@@ -263,6 +263,37 @@ def test_torch_exported_lstm_loads_and_equals_pytorch(tmp_path, batch_first):
 
 
 @needs_torch
+def test_torch_exported_lstm_with_initial_state_inputs_loads(tmp_path):
+    class WithState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 4, num_layers=2)
+
+        def forward(self, x, h0, c0):
+            return self.lstm(x, (h0, c0))
+
+    torch.manual_seed(3)
+    module = WithState().eval()
+    x, h0, c0 = torch.randn(5, 2, 3), torch.randn(2, 2, 4), torch.randn(2, 2, 4)
+    _torch_export(module, (x, h0, c0), tmp_path / "s.onnx", ["x", "h0", "c0"],
+                  {"x": {0: "time", 1: "batch"}, "h0": {1: "batch"}, "c0": {1: "batch"}})
+    net = clstm_onnx.load(tmp_path / "s.onnx")
+    with torch.no_grad():
+        y, (h, c) = module(x, h0, c0)
+    got_y, (got_h, got_c) = net.forward(x.numpy(), (h0.numpy(), c0.numpy()))
+    for a, b in ((got_y, y), (got_h, h), (got_c, c)):
+        np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=ATOL32)
+
+
+@needs_torch
+def test_torch_gru_is_refused_naming_the_node(tmp_path):
+    _torch_export(torch.nn.GRU(3, 4).eval(), (torch.randn(2, 1, 3),), tmp_path / "g.onnx",
+                  ["x"], None)
+    with pytest.raises(ValueError, match=r"\(op GRU\): not supported by clstm.onnx.load"):
+        clstm_onnx.load(tmp_path / "g.onnx")
+
+
+@needs_torch
 def test_torch_exported_embedding_lstm_linear_loads_and_equals_pytorch(tmp_path):
     class Tagger(torch.nn.Module):
         def __init__(self):
