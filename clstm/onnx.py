@@ -241,9 +241,13 @@ def export(model, path, *, opset=DEFAULT_OPSET, batch_first=None, probabilities=
         For a model with a ``LastStep``: take an int64 input ``lengths`` (batch,) of
         valid steps per sequence (padded at the end); ``False`` reads the last step.
 
-    The graph's main input is ``x`` (float, or int64 token ids for a model that starts
-    with an Embedding) and its main output ``y``; batch and time axes are dynamic. The
-    file passes ``onnx.checker.check_model(..., full_check=True)``.
+    Returns
+    -------
+    onnx.ModelProto
+        The graph written. Its main input is ``x`` (float, or int64 token ids for a
+        model that starts with an Embedding; ``lengths`` in [1, time]) and its main
+        output ``y``; batch and time axes are dynamic. It passes
+        ``onnx.checker.check_model(..., full_check=True)``.
     """
     onnx = _require_onnx()
     from onnx import TensorProto, helper
@@ -470,8 +474,9 @@ class _Reader:
         kinds = {type(v) for v in ins if v is not None}
         if kinds <= {_Const}:
             if node.op_type in _FOLD:
-                return [_Const(_FOLD[node.op_type](self, node, [None if v is None else
-                                                                v.array for v in ins]))]
+                arrays = [None if v is None else v.array for v in ins]
+                _check_fold_size(self, node, arrays)
+                return [_Const(_FOLD[node.op_type](self, node, arrays))]
             if node.op_type in ("ConstantOfShape", "Expand"):
                 return [_Shapes(zeros=_fills_zeros(self, node, ins))]
         if kinds <= {_Const, _Shapes} and node.op_type in _SHAPE_OPS:
@@ -617,6 +622,23 @@ def _fold_squeeze(reader, node, arrays):
     x = arrays[0]
     return np.squeeze(x) if axes is None else np.squeeze(
         x, tuple(reader.axis(a, x.ndim, node, reader) for a in axes))
+
+
+def _check_fold_size(reader, node, arrays):
+    """A folded constant is never much larger than the constants it is made of: a
+    broadcast or a gather of a few small arrays must not allocate gigabytes."""
+    present = [a for a in arrays if a is not None]
+    limit = sum(a.size for a in present) + (1 << 16)
+    if node.op_type in ("Add", "Sub", "Mul") and len(present) == 2:
+        size = int(np.prod(np.broadcast_shapes(present[0].shape, present[1].shape),
+                           dtype=np.float64))
+    elif node.op_type == "Gather" and len(present) == 2 and present[0].ndim:
+        axis = reader.axis(reader.attrs(node).get("axis", 0), present[0].ndim, node, reader)
+        size = present[1].size * (present[0].size // max(present[0].shape[axis], 1))
+    else:
+        return
+    if size > limit:
+        reader.refuse(node, f"folding it would make {size} values out of {limit - (1 << 16)}")
 
 
 _FOLD = {
@@ -1081,7 +1103,8 @@ def load(path):
     clstm.LSTM or clstm.Sequential
         In eval mode. An LSTM alone comes back as ``clstm.LSTM`` (``batch_first`` as the
         graph's input); anything else as a ``Sequential`` whose ``forward`` computes a
-        time-major graph and ``predict`` a batch-first one. A graph ending in Softmax
+        time-major graph and ``predict`` a batch-first one (axes of size one that the
+        graph's output keeps, an LSTM node's num_directions, are dropped). A graph ending in Softmax
         gives a Sequential with ``loss="cross_entropy"``: ``predict`` returns the
         probabilities, ``forward`` the logits. Initial states that the graph takes as
         inputs are ``forward``'s ``state``; a graph input read as ``lengths`` is

@@ -429,3 +429,20 @@ def test_load_refuses_external_data(tmp_path):
     onnx.save(proto, str(tmp_path / "ext.onnx"))
     with pytest.raises(ValueError, match="external data"):
         clstm_onnx.load(tmp_path / "ext.onnx")
+
+
+def test_load_refuses_constants_that_would_fold_into_gigabytes(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = 20_000                    # two 160 kB constants whose product is 3.2 GB
+    inits = [numpy_helper.from_array(np.ones((n, 1), np.int64), "a"),
+             numpy_helper.from_array(np.ones((1, n), np.int64), "b")]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["a", "b"], ["ab"], name="bomb"),
+         helper.make_node("Add", ["x", "x"], ["y"], name="use")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "B", 2])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]),
+              str(tmp_path / "bomb.onnx"))
+    with pytest.raises(ValueError, match=r"'bomb' \(op Mul\): folding it would make"):
+        clstm_onnx.load(tmp_path / "bomb.onnx")
