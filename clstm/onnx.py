@@ -26,9 +26,9 @@ import os
 
 import numpy as np
 
-from .layers import Dense, Dropout, Embedding
+from .layers import Dense, Dropout, Embedding, LastStep
 from .lstm import LSTM
-from .models import LastStep, Sequential
+from .models import Sequential
 
 __all__ = ["export", "load", "DEFAULT_OPSET"]
 
