@@ -1096,7 +1096,11 @@ def load(path):
     Parameters
     ----------
     path : str or os.PathLike
-        An ``.onnx`` file (its weights inside it: external data is not read).
+        An ``.onnx`` file (its weights inside it: external data is not read). The
+        graph's first input (not an initializer) is the data: float features, or
+        integer token ids read by a Gather; other inputs may be initial states (layer k
+        of an (L, batch, H) input, as PyTorch and :func:`export` write them) or the
+        ``lengths`` of a last valid step.
 
     Returns
     -------
