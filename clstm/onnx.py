@@ -735,7 +735,8 @@ def _import_lstm(reader, node, ins):
              "init": init, "name": node.name}
     prev = reader.stages[-1] if reader.stages else None
     stacked = prev is not None and prev["kind"] == "LSTM" and prev["open"] \
-        and prev["layers"][-1]["hidden"] == I == H and prev["dtype"] == W.dtype
+        and prev["layers"][-1]["hidden"] == I == H and prev["dtype"] == W.dtype \
+        and _continues_states(prev["layers"], init)
     if stacked:                       # one more layer of the same clstm.LSTM
         prev["layers"].append(layer)
         reader.version += 1
@@ -749,6 +750,19 @@ def _import_lstm(reader, node, ins):
     version = -1 if layout else reader.version
     state = (lambda which: _State(which, [(stage, k)], version))
     return [_Data(y_axes, reader.version), state("h"), state("c")]
+
+
+def _continues_states(layers, init):
+    """Whether a layer with initial states ``init`` stacks on ``layers`` as one clstm.LSTM:
+    all zeros, or the next layer (axis 0) of the same graph inputs."""
+    for which in (0, 1):
+        before = [layer["init"][which] for layer in layers]
+        if init[which] is None and all(b is None for b in before):
+            continue
+        if init[which] is None or any(b is None for b in before) or \
+                init[which] != (before[0][0], len(before)):
+            return False
+    return True
 
 
 def _axes_text(axes):

@@ -166,6 +166,29 @@ def test_sequential_exports_forward_time_major_with_logits(tmp_path):
                                rtol=0, atol=ATOL32)
 
 
+def test_sequential_of_two_lstms_exports_and_loads_with_their_states(tmp_path):
+    model = clstm.Sequential([clstm.LSTM(3, 4, seed=0), clstm.LSTM(4, 4, seed=1),
+                              clstm.Dense(4, 5, seed=2), clstm.LSTM(5, 6, 2, seed=3)]).eval()
+    clstm_onnx.export(model, tmp_path / "s.onnx", batch_first=False, initial_state=True,
+                      final_state=True)
+    inputs, outputs = _names(tmp_path / "s.onnx")
+    assert inputs == ["x", "0.h0", "0.c0", "1.h0", "1.c0", "3.h0", "3.c0"]
+    assert outputs == ["y", "0.h_n", "0.c_n", "1.h_n", "1.c_n", "3.h_n", "3.c_n"]
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    state = [tuple(rng.standard_normal((2, L, 2, H)).astype(np.float32))
+             for L, H in ((1, 4), (1, 4), (2, 6))]
+    y, final = model.forward(x, state)
+    feed = {"x": x, **{f"{i}.{v}0": s[j] for i, s in zip((0, 1, 3), state)
+                       for j, v in enumerate("hc")}}
+    got = _run(tmp_path / "s.onnx", feed)
+    want = [y] + [a for pair in final for a in pair]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL32)
+    back = clstm_onnx.load(tmp_path / "s.onnx")        # each LSTM keeps its own state
+    assert [type(l).__name__ for l in back.layers] == ["LSTM", "LSTM", "Dense", "LSTM"]
+    np.testing.assert_array_equal(back.forward(x, state)[0], y)
+
+
 def test_export_refuses_what_it_cannot_write(tmp_path):
     class Custom(clstm.Dense):
         pass
