@@ -20,7 +20,7 @@ Both directions are driven by tables: ``_EXPORTERS`` maps a clstm layer class to
 function that emits its nodes, ``_IMPORTERS`` maps an ONNX op type to the function that
 reads it into clstm layers. A new layer (a GRU, a bidirectional LSTM) adds one entry to
 each; the refusals of what clstm cannot run yet (``direction`` other than forward,
-``sequence_lens``) are in ``_import_lstm``.
+``sequence_lens`` other than the time length) are in ``_import_lstm``.
 """
 import os
 
@@ -348,8 +348,10 @@ class _Shapes:
     state): unknown at load time, but the same whatever the input's numbers.
     ``zeros`` when it is all zeros (ConstantOfShape of 0, and slices of that)."""
 
-    def __init__(self, zeros=False):
+    def __init__(self, zeros=False, dims=None, fill=None):
         self.zeros = zeros
+        self.dims = dims    # a Shape of the data path: the axis label of each entry
+        self.fill = fill    # every entry is the size of the axis with this label
 
 
 class _Data:
@@ -425,6 +427,13 @@ class _Reader:
             self.refuse(node, "expected Softmax to be the last op of the data path")
         return value
 
+    def label(self, axis_label):
+        """'T' or 'B' for an axis of the main input once an LSTM told which is time."""
+        if axis_label in ("?0", "?1") and self.input_layout is not None:
+            first = "T" if self.input_layout == "time_major" else "B"
+            return first if axis_label == "?0" else {"T": "B", "B": "T"}[first]
+        return axis_label
+
     def append(self, node, stage):
         if self.stages and self.stages[-1]["kind"] == "LSTM":
             self.stages[-1]["open"] = False      # a later LSTM node starts a new stage
@@ -480,9 +489,13 @@ class _Reader:
             if node.op_type in ("ConstantOfShape", "Expand"):
                 return [_Shapes(zeros=_fills_zeros(self, node, ins))]
         if kinds <= {_Const, _Shapes} and node.op_type in _SHAPE_OPS:
-            return [_Shapes(zeros=_fills_zeros(self, node, ins))]
+            return [_Shapes(zeros=_fills_zeros(self, node, ins), **_sizes(self, node, ins))]
         if node.op_type == "Shape" and ins and isinstance(ins[0], (_Data, _Aux, _State)):
-            return [_Shapes()]
+            dims = None
+            if isinstance(ins[0], _Data):
+                a = self.attrs(node)
+                dims = ins[0].axes[a.get("start", 0):a.get("end", len(ins[0].axes))]
+            return [_Shapes(dims=dims)]
         if node.op_type == "LSTM":
             return _import_lstm(self, node, ins)
         importer = _IMPORTERS.get(node.op_type)
@@ -550,6 +563,31 @@ def _fills_zeros(reader, node, ins):
         return all((isinstance(v, _Shapes) and v.zeros) or
                    (isinstance(v, _Const) and not np.any(v.array)) for v in ins)
     return False
+
+
+def _sizes(reader, node, ins):
+    """Which axis sizes a shape computation holds: ``dims`` for (a gather of) a Shape of
+    the data path, ``fill`` when every entry is the size of one axis (the time length
+    expanded over the batch: a sequence_lens that changes nothing)."""
+    op, src = node.op_type, ins[0] if ins else None
+    if not isinstance(src, _Shapes):
+        return {}
+    if op == "Gather" and src.dims is not None and isinstance(ins[1], _Const) \
+            and reader.attrs(node).get("axis", 0) == 0:
+        index = np.asarray(ins[1].array)
+        if index.dtype.kind in "iu" and index.size and \
+                np.all((-len(src.dims) <= index) & (index < len(src.dims))):
+            labels = {src.dims[int(i)] for i in index.reshape(-1)}
+            dims = tuple(src.dims[int(i)] for i in index.reshape(-1))
+            return {"dims": dims if index.ndim else None,
+                    "fill": labels.pop() if len(labels) == 1 else None}
+        return {}
+    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Expand"):
+        return {"fill": src.fill}
+    if op == "Concat" and all(isinstance(v, _Shapes) for v in ins):
+        fills = {v.fill for v in ins}
+        return {"fill": fills.pop() if len(fills) == 1 else None}
+    return {}
 
 
 # ops on shapes (the zero initial state torch.onnx.export builds from Shape(x))
@@ -663,8 +701,9 @@ _FOLD = {
 
 def _import_lstm(reader, node, ins):
     """An ONNX LSTM node: a layer of clstm.LSTM (stacked on the last one when it reads
-    that one's output). Refused: direction other than forward, sequence_lens, other
-    activations, clip, input_forget, a non-zero constant initial state."""
+    that one's output). Refused: direction other than forward, sequence_lens other than
+    the time length of every row (which changes nothing), other activations, clip,
+    input_forget, a non-zero constant initial state."""
     a = reader.attrs(node)
     direction = a.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
@@ -683,10 +722,7 @@ def _import_lstm(reader, node, ins):
         reader.refuse(node, "input_forget=1 (coupled input and forget gates) is not "
                             "supported")
     layout = a.get("layout", 0)
-    if len(ins) > 4 and ins[4] is not None:
-        reader.refuse(node, "a sequence_lens input is not supported (clstm's LSTM runs every "
-                            "step of every row; pad at the end and read the last valid "
-                            "step with LastStep instead)")
+    seq_lens = ins[4] if len(ins) > 4 else None
     if "hidden_size" not in a:
         reader.refuse(node, "expected the hidden_size attribute")
     H = int(a["hidden_size"])
@@ -704,6 +740,14 @@ def _import_lstm(reader, node, ins):
     if axes[time_axis].startswith("?"):
         # The main input's first two axes meet an LSTM: the time axis is known now.
         reader.input_layout = "time_major" if axes[time_axis] == "?0" else "batch_first"
+    if seq_lens is not None and not (
+            isinstance(seq_lens, _Shapes) and seq_lens.fill is not None
+            and reader.label(seq_lens.fill) == reader.label(axes[time_axis])):
+        # Lengths that are the time length for every row change nothing; others would.
+        reader.refuse(node, "a sequence_lens input other than the time length of every "
+                            "row is not supported (clstm's LSTM runs every step of every "
+                            "row; pad at the end and read the last valid step with "
+                            "LastStep instead)")
     W = reader.const(node, ins[1], "W")
     R = reader.const(node, ins[2], "R")
     B = reader.const(node, ins[3] if len(ins) > 3 else None, "B", optional=True)
@@ -1099,8 +1143,8 @@ def load(path):
     """A clstm model computing what an ONNX graph of LSTM nodes computes.
 
     Reads graphs whose recurrent nodes are ONNX ``LSTM`` nodes (forward direction,
-    default activations, no ``sequence_lens``; stacked nodes become one ``clstm.LSTM``)
-    with the glue exporters put around them: ``Gather`` of a constant table (an
+    default activations, ``sequence_lens`` absent or the time length of every row; stacked
+    nodes become one ``clstm.LSTM``) with the glue exporters put around them: ``Gather`` of a constant table (an
     Embedding), ``MatMul``/``Gemm`` with ``Add`` (a Dense), ``Squeeze``, ``Unsqueeze``,
     ``Transpose``, ``Concat``, ``Slice``, ``Gather`` of the last step, ``Shape`` and the
     ops that build a zero initial state from it, ``Identity``/``Dropout``/``Cast``, a
@@ -1133,7 +1177,7 @@ def load(path):
     ValueError
         A file that is not a valid ONNX model, or a node clstm cannot run, naming the
         node, its op and what is not supported (``direction="bidirectional"``,
-        ``sequence_lens``, an unknown op, ...).
+        ``sequence_lens`` that may differ from the time length, an unknown op, ...).
     """
     onnx = _require_onnx()
     if not isinstance(path, (str, os.PathLike)):

@@ -381,19 +381,29 @@ def _lstm_graph(tmp_path, *, direction="forward", seq_lens=False, after=None):
     from onnx import TensorProto, helper, numpy_helper
 
     H, I = 2, 3
-    inits = [numpy_helper.from_array(np.zeros((1, 4 * H, I), np.float32), "W"),
-             numpy_helper.from_array(np.zeros((1, 4 * H, H), np.float32), "R")]
+    dirs = 2 if direction == "bidirectional" else 1
+    weights = np.random.default_rng(5).standard_normal((dirs, 4 * H, I + H)) / 2
+    inits = [numpy_helper.from_array(weights[..., :I].astype(np.float32), "W"),
+             numpy_helper.from_array(weights[..., I:].astype(np.float32), "R")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])]
     lstm_in = ["x", "W", "R"]
-    if seq_lens:
+    nodes = []
+    if seq_lens == "input":
         inputs.append(helper.make_tensor_value_info("len", TensorProto.INT32, ["B"]))
         lstm_in += ["", "len"]
-    dirs = 2 if direction == "bidirectional" else 1
-    if dirs == 2:
-        inits = [numpy_helper.from_array(np.zeros((2,) + tuple(t.dims[1:]), np.float32),
-                                         t.name) for t in inits]
-    nodes = [helper.make_node("LSTM", lstm_in, ["y4"], name="my_lstm", hidden_size=H,
-                              direction=direction)]
+    elif seq_lens:           # the size of axis 0 (time) or 1 (batch), for every row
+        axis = {"time": 0, "batch": 1}[seq_lens]
+        inits += [numpy_helper.from_array(np.array(axis, np.int64), "which"),
+                  numpy_helper.from_array(np.array([1], np.int64), "batch_axis")]
+        nodes += [helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+                  helper.make_node("Gather", ["shape", "which"], ["n"], name="n"),
+                  helper.make_node("Gather", ["shape", "batch_axis"], ["b"], name="b"),
+                  helper.make_node("Expand", ["n", "b"], ["lens64"], name="expand"),
+                  helper.make_node("Cast", ["lens64"], ["lens"], name="cast",
+                                   to=TensorProto.INT32)]
+        lstm_in += ["", "lens"]
+    nodes.append(helper.make_node("LSTM", lstm_in, ["y4"], name="my_lstm", hidden_size=H,
+                                  direction=direction))
     out = "y4"
     if after:
         nodes.append(helper.make_node(after, ["y4"], ["z"], name="my_" + after.lower()))
@@ -409,7 +419,8 @@ def _lstm_graph(tmp_path, *, direction="forward", seq_lens=False, after=None):
 @pytest.mark.parametrize("kwargs,message", [
     ({"direction": "bidirectional"}, r"'my_lstm' \(op LSTM\): direction='bidirectional'"),
     ({"direction": "reverse"}, r"'my_lstm' \(op LSTM\): direction='reverse'"),
-    ({"seq_lens": True}, r"'my_lstm' \(op LSTM\): a sequence_lens input"),
+    ({"seq_lens": "input"}, r"'my_lstm' \(op LSTM\): a sequence_lens input other than"),
+    ({"seq_lens": "batch"}, r"'my_lstm' \(op LSTM\): a sequence_lens input other than"),
     ({"after": "Relu"}, r"'my_relu' \(op Relu\): not supported"),
 ])
 def test_load_refuses_what_clstm_cannot_run(tmp_path, kwargs, message):
@@ -417,9 +428,15 @@ def test_load_refuses_what_clstm_cannot_run(tmp_path, kwargs, message):
         clstm_onnx.load(_lstm_graph(tmp_path, **kwargs))
 
 
-def test_hand_built_graph_loads(tmp_path):
-    net = clstm_onnx.load(_lstm_graph(tmp_path))
+@pytest.mark.parametrize("seq_lens", [None, "time"])
+def test_hand_built_graph_loads(tmp_path, seq_lens):
+    """Also with sequence_lens = the time length for every row: it changes nothing."""
+    path = _lstm_graph(tmp_path, seq_lens=seq_lens)
+    net = clstm_onnx.load(path)
     assert isinstance(net, clstm.LSTM) and (net.input_size, net.hidden_size) == (3, 2)
+    x = rng.standard_normal((4, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(net.forward(x)[0], _run(path, {"x": x})[0][:, 0], rtol=0,
+                               atol=ATOL32)
 
 
 def test_load_refuses_damaged_and_hostile_files(tmp_path):
