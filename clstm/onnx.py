@@ -582,6 +582,8 @@ def _sizes(reader, node, ins):
             return {"dims": dims if index.ndim else None,
                     "fill": labels.pop() if len(labels) == 1 else None}
         return {}
+    if op == "Cast" and reader.attrs(node).get("to") not in (6, 7):   # INT32, INT64
+        return {}                                       # a narrower type may wrap
     if op in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Expand"):
         return {"fill": src.fill}
     if op == "Concat" and all(isinstance(v, _Shapes) for v in ins):
