@@ -106,13 +106,20 @@ def test_float64_graph_computes_clstm_in_the_onnx_reference_runtime(tmp_path):
                                atol=1e-12)
 
 
-def test_onnx_runtime_lstm_has_no_float64_kernel(tmp_path):
-    """Why float64 is checked with the reference evaluator: if this starts passing, ORT
-    gained the kernel and the float64 cases can run there too."""
-    net = clstm.LSTM(2, 3, dtype="float64", seed=0)
+def test_float64_graph_in_onnx_runtime_where_it_has_the_kernel(tmp_path):
+    """ONNX Runtime 1.x refuses to run a float64 LSTM ("LSTM operator does not support
+    double yet"): skipped then, checked as float32 is once a release runs it."""
+    net = clstm.LSTM(2, 3, dtype="float64", seed=0).eval()
     clstm_onnx.export(net, tmp_path / "d.onnx")
-    with pytest.raises(Exception, match="double"):
-        _run(tmp_path / "d.onnx", {"x": np.zeros((2, 1, 2))})
+    x = rng.standard_normal((4, 2, 2))
+    try:
+        got = _run(tmp_path / "d.onnx", {"x": x})[0]
+    except Exception as e:
+        if "double" not in str(e):
+            raise
+        pytest.skip("ONNX Runtime's CPU LSTM has no float64 kernel (onnx.reference checks "
+                    "the float64 graphs instead)")
+    np.testing.assert_allclose(got, net.forward(x)[0], rtol=0, atol=1e-12)
 
 
 def test_exported_classifier_gives_predict_proba_with_lengths(tmp_path):
