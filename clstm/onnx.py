@@ -1049,7 +1049,7 @@ _IMPORTERS = {
 
 # -- from the stages to a clstm model -------------------------------------------------------
 
-def _build_lstm(stage, dtype, index):
+def _build_lstm(stage, dtype):
     layers = stage["layers"]
     H, I, L = layers[0]["hidden"], layers[0]["input"], len(layers)
     peephole = any(layer["P"] is not None for layer in layers)
@@ -1093,7 +1093,7 @@ def _build_layers(reader):
     for i, stage in enumerate(reader.stages):
         kind = stage["kind"]
         if kind == "LSTM":
-            layers.append(_build_lstm(stage, dtype, i))
+            layers.append(_build_lstm(stage, dtype))
         elif kind == "Embedding":
             w = stage["weight"]
             layer = Embedding(w.shape[0], w.shape[1], dtype=dtype)
