@@ -65,7 +65,8 @@ def compile_and_link(compiler, source, compile_flags, link_flags):
             with open(log, "w") as out:
                 os.dup2(out.fileno(), 1)
                 os.dup2(out.fileno(), 2)
-                objects = compiler.compile([path], output_dir=tmp, extra_postargs=compile_flags)
+                objects = compiler.compile([path], output_dir=tmp,
+                                           extra_postargs=compile_flags)
                 compiler.link_shared_object(objects, os.path.join(tmp, "probe.so"),
                                             extra_postargs=link_flags)
         except Exception as exc:  # CompileError, LinkError, a missing executable
@@ -87,12 +88,12 @@ class BuildExt(build_ext):
     def build_extensions(self):
         flags, reason = openmp_flags(self.compiler)
         if flags is None:
+            cc = getattr(self.compiler, "compiler_so", ["?"])[0]
             warnings.warn(
-                f"clstm: the C compiler ({getattr(self.compiler, 'compiler_so', ['?'])[0]}) does not "
-                f"build OpenMP code ({reason}); building the kernels WITHOUT OpenMP, so they "
-                "run on one thread (BLAS calls still use their own threads). Install an "
-                "OpenMP runtime (libgomp for GCC, libomp for clang) to get the threaded "
-                "kernels.",
+                f"clstm: the C compiler ({cc}) does not build OpenMP code ({reason}); "
+                "building the kernels WITHOUT OpenMP, so they run on one thread (BLAS "
+                "calls still use their own threads). Install an OpenMP runtime (libgomp "
+                "for GCC, libomp for clang) to get the threaded kernels.",
                 stacklevel=1,
             )
         for ext in self.extensions:
@@ -113,7 +114,7 @@ class BuildExt(build_ext):
 
         def compile_parallel(sources, *args, **kwargs):
             with ThreadPoolExecutor(min(jobs, len(sources))) as pool:
-                parts = pool.map(lambda source: compile_all([source], *args, **kwargs), sources)
+                parts = pool.map(lambda src: compile_all([src], *args, **kwargs), sources)
                 return [obj for part in parts for obj in part]
 
         self.compiler.compile = compile_parallel
