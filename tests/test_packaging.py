@@ -168,11 +168,10 @@ def sdist(tmp_path_factory):
     (tree / "tests" / "__pycache__").mkdir(exist_ok=True)
     (tree / "tests" / "__pycache__" / "reference.cpython-311.pyc").write_bytes(b"")
     out = tmp / "dist"
-    try:
-        import build  # noqa: F401 (only whether it is there)
+    if importlib.util.find_spec("build") is not None:
         cmd = [sys.executable, "-m", "build", "--sdist", "--no-isolation",
                "--outdir", str(out), str(tree)]
-    except ImportError:  # `build` is in the test extra; setuptools alone still does it
+    else:  # `build` is in the test extra; setuptools alone still does it
         cmd = [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(out)]
     run(cmd, cwd=tree, env=child_env())
     archives = list(out.glob("*.tar.gz"))
