@@ -11,7 +11,6 @@ the sources are not next to the tests (tests run from an installed copy) or what
 needs is missing, with the reason.
 """
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -74,6 +73,17 @@ def source_files():
             return sorted(f for f in files if (ROOT / f).is_file())
     files = (p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*") if p.is_file())
     return sorted(f for f in files if not matches(f, BUILD_PRODUCTS))
+
+
+def installed(name):
+    """Whether the distribution ``name`` is installed. (Not importlib.util.find_spec: that
+    takes a build/ directory in the working directory for the `build` package, and for
+    pip setuptools' distutils hack unloads distutils from this process.)"""
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def missing_for_build():
@@ -168,7 +178,7 @@ def sdist(tmp_path_factory):
     (tree / "tests" / "__pycache__").mkdir(exist_ok=True)
     (tree / "tests" / "__pycache__" / "reference.cpython-311.pyc").write_bytes(b"")
     out = tmp / "dist"
-    if importlib.util.find_spec("build") is not None:
+    if installed("build"):
         cmd = [sys.executable, "-m", "build", "--sdist", "--no-isolation",
                "--outdir", str(out), str(tree)]
     else:  # `build` is in the test extra; setuptools alone still does it
@@ -240,7 +250,7 @@ def test_sdist_installs_and_runs_in_a_fresh_environment(sdist, tmp_path):
     SciPy and build tools installed here: no network); the installed clstm runs from
     outside any source tree, and the sdist's own example tests pass with the data it
     carries."""
-    if importlib.util.find_spec("pip") is None:
+    if not installed("pip"):
         pytest.skip("installing the sdist needs pip")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
