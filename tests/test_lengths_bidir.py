@@ -503,3 +503,23 @@ def test_bidirectional_regressor_learns_from_both_ends():
             optimizer=clstm.Adam(reg, lr=0.02))
     assert reg.evaluate(x, y, lengths=lengths)["loss"] < 0.01 * before
     assert reg.get_params()["bidirectional"] is True
+
+
+def test_onnx_export_bias_free_and_refusals(tmp_path):
+    """clstm.onnx exports a bias-free LSTM (zeros for ONNX's B) and refuses what its
+    exporter does not write: bidirectional and projected LSTMs."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import clstm.onnx
+    net = clstm.Sequential([clstm.LSTM(3, 4, bias=False, seed=0), clstm.LastStep(),
+                            clstm.Dense(4, 2, seed=1)])
+    path = os.path.join(tmp_path, "net.onnx")
+    clstm.onnx.export(net, path)
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    lengths = np.array([5, 3], np.int64)
+    out = ort.InferenceSession(path).run(None, {"x": x, "lengths": lengths})[0]
+    ref, _ = net.forward(np.ascontiguousarray(x.transpose(1, 0, 2)), lengths=lengths)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    for lstm in (clstm.LSTM(3, 4, bidirectional=True), clstm.LSTM(3, 4, proj_size=2)):
+        with pytest.raises(ValueError, match="export: expected a unidirectional LSTM"):
+            clstm.onnx.export(clstm.Sequential([lstm]), path)
