@@ -103,3 +103,21 @@ def test_adding_data():
     assert np.all(x[:, :, 1].sum(axis=1) == 2)
     assert np.all(x[:, :5, 1].sum(axis=1) == 1)      # one marker in each half
     assert np.allclose((x[:, :, 0] * x[:, :, 1]).sum(axis=1), y)
+
+
+def test_sentiment_runs(capsys):
+    sentiment = load_example("sentiment")
+    result = sentiment.main(["--limit", "600", "--epochs", "2", "--hidden", "16",
+                             "--embed", "16", "--quiet"])
+    summary_line(capsys.readouterr().out, "sentiment")
+    for key in ("accuracy", "loss", "majority", "bow_lr"):
+        assert math.isfinite(result[key]), key
+
+
+def test_sentiment_data():
+    sentiment = load_example("sentiment")
+    sentences, labels = sentiment.load_sentences()
+    assert len(sentences) == 3000 and labels.mean() == 0.5
+    assert sentiment.tokenize("Not good, at ALL!") == ["not", "good", ",", "at", "all", "!"]
+    ids, lengths = sentiment.encode([["a", "b"], ["c"]], {"a": 2, "b": 3})
+    assert ids.tolist() == [[2, 3], [1, 0]] and lengths.tolist() == [2, 1]
