@@ -301,9 +301,10 @@ class Distributed:
     comm : mpi4py communicator, optional
         ``MPI.COMM_WORLD`` by default.
     threads : int, optional
-        Kernel threads per rank. Default: the node's cores over the ranks on the node
-        (found with an MPI shared-memory split), or the CPUs the launcher bound the rank
-        to; ``OMP_NUM_THREADS`` in the environment wins over the default.
+        Kernel threads per rank, set when training starts. Default: the node's cores
+        over the ranks on the node (found with an MPI shared-memory split), or the CPUs
+        the launcher bound the rank to; unless ``OMP_NUM_THREADS`` is set or the program
+        chose a count with ``clstm.set_num_threads``, which are kept.
     overlap : bool, default True
         Overlap each layer's gradient sum with the backward of the layers below.
     abort_on_error : bool, default True
@@ -358,16 +359,20 @@ class Distributed:
         visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         return threads_per_rank(os.cpu_count() or 1, local_ranks, visible)
 
-    def start(self, model, total, verbose):
+    def start(self, model, total, verbose, optimizer=None):
         """Before the first step: agree on the model and the steps per epoch, copy rank
-        0's parameters everywhere, set this rank's threads, give each rank its own
-        dropout masks. Returns the verbosity for this rank (0 off rank 0)."""
-        from ._threads import set_num_threads
+        0's parameters (and a resumed optimiser's state) everywhere, set this rank's
+        threads, give each rank its own dropout masks. Returns the verbosity for this
+        rank (0 off rank 0)."""
+        from . import _threads
 
         self.check_same("number of steps per epoch", total)
         broadcast_parameters(model, 0, self.comm)
-        if self.threads is not None or "OMP_NUM_THREADS" not in os.environ:
-            set_num_threads(self.local_threads())
+        if optimizer is not None and self.any(optimizer.step_count):
+            state = self.comm.bcast(optimizer.state_dict() if self.is_root else None, root=0)
+            optimizer.load_state_dict(state)
+        if self.threads is not None or not _threads_chosen(_threads):
+            _threads.set_num_threads(self.local_threads())
         if self.size > 1:
             for layer in getattr(model, "layers", [model]):
                 rng = getattr(layer, "_rng", None)
@@ -444,6 +449,14 @@ class Distributed:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
             sys.stderr.flush()
             self.comm.Abort(1)
+
+
+def _threads_chosen(threads_module):
+    """True when OMP_NUM_THREADS is set or the program changed clstm's thread count."""
+    from . import kernels
+
+    default = min(max(1, kernels.openmp_max_threads()), threads_module.MAX_THREADS)
+    return "OMP_NUM_THREADS" in os.environ or threads_module._num_threads != default
 
 
 def context(distributed):

@@ -288,7 +288,7 @@ def fit_loop(model, make_steps, total, epochs, *, validate, optimizer, clip_norm
         model.optimizer = Adam(model, lr=1e-3)
     optimizer = model.optimizer
     if dist is not None:
-        verbose = dist.start(model, total, verbose)
+        verbose = dist.start(model, total, verbose, optimizer)
         callbacks = dist.callbacks(callbacks)
     history = History()
     model.history_ = model.history = history

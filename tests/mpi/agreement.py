@@ -56,4 +56,13 @@ else:
 comm.Barrier()
 with open(os.path.join(out_dir, "log.csv")) as f:
     assert len(f.read().splitlines()) == 3        # one header, two epochs: one writer
-print(f"rank {rank}: OK")
+
+# threads: by default each rank takes its share of the node's cores
+d = clstm.distributed.Distributed()
+share = clstm.distributed.threads_per_rank(os.cpu_count(), comm.Get_size(),
+                                           len(os.sched_getaffinity(0)))
+assert d.local_threads() == share, (d.local_threads(), share)
+clstm.set_num_threads(1)                          # chosen by the program: kept
+model.fit(x, y, epochs=1, verbose=0, distributed=clstm.distributed.Distributed(threads=1))
+assert clstm.get_num_threads() == 1
+print(f"rank {rank}: OK ({share} threads per rank)")
