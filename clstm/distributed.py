@@ -25,6 +25,8 @@ says what to install (``pip install clstm-cpu[mpi]``, or ``pip install mpi4py mp
 import math
 import os
 import sys
+import threading
+import time
 import traceback
 
 import numpy as np
@@ -137,16 +139,75 @@ def _summary(description):
     return f"{kind} of {size} {'/'.join(dtypes) or 'no'} parameters ({shapes}{more})"
 
 
+class _Progress:
+    """A helper thread that tests the pending requests every ``interval`` seconds.
+
+    MPICH moves a non-blocking collective on only inside MPI calls; while the kernels
+    compute the layers below (the GIL released), nothing would call MPI and the sum
+    would wait for the final ``Waitall``. The thread calls ``Testall`` for it, under a
+    lock that every other use of the requests also takes (MPI forbids two threads
+    completing one request), and sleeps while nothing is pending.
+    """
+
+    def __init__(self, MPI, interval):
+        self.MPI = MPI
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.pending = []
+        self.thread = threading.Thread(target=self._run, name="clstm-mpi-progress",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            with self.lock:
+                while not self.pending:
+                    self.wake.wait()
+                self.MPI.Request.Testall(self.pending)
+            time.sleep(self.interval)
+
+    def add(self, start):
+        """Start a request (``start()``) and poll it from now on."""
+        with self.lock:
+            request = start()
+            self.pending.append(request)
+            self.wake.notify()
+            return request
+
+    def take(self):
+        """Stop polling; the pending requests, for the caller to wait on."""
+        with self.lock:
+            pending, self.pending = self.pending, []
+            return pending
+
+
+_progress = {}
+
+
+def _shared_progress(MPI, interval):
+    """One progress thread per process (a new one in a forked child)."""
+    pid = os.getpid()
+    if pid not in _progress:
+        _progress.clear()
+        _progress[pid] = _Progress(MPI, interval)
+    return _progress[pid]
+
+
 class _GradientReducer:
     """Sums the gradients over the ranks, each rank's share weighted by ``weight``.
 
     With ``overlap``, :meth:`layer_done` starts a non-blocking ``Iallreduce`` of one
     layer's slice of the flat gradient buffer as soon as that layer's backward is done
-    (the slices are disjoint: the layers below never write it); :meth:`finish` starts
-    the layers that did not report (every rank starts them in the same order: reversed
-    layer order) and waits for all. Without overlap, :meth:`finish` runs one blocking
-    ``Allreduce`` over the whole buffer.
+    (the slices are disjoint: the layers below never write it), and a helper thread
+    (:class:`_Progress`) keeps it moving while the layers below compute; :meth:`finish`
+    starts the layers that did not report (every rank starts them in the same order:
+    reversed layer order) and waits for all. Without overlap, :meth:`finish` runs one
+    blocking ``Allreduce`` over the whole buffer.
     """
+
+    #: seconds between two tests of the pending sums by the progress thread
+    progress_interval = 5e-4
 
     def __init__(self, model, comm, overlap=True):
         self.MPI = _mpi()
@@ -155,22 +216,31 @@ class _GradientReducer:
         self.overlap = bool(overlap) and model.flat_grads is not None
         self.slices = _layer_slices(model) if model.flat_grads is not None else None
         self.weight = 1.0 / self.comm.Get_size()
-        self.requests = {}
+        self.started = set()
+        self._progress = None
+        if self.overlap and self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE:
+            self._progress = _shared_progress(self.MPI, self.progress_interval)
+        self._requests = []       # without the progress thread
 
     def layer_done(self, i):
         if not self.overlap or self.slices[i] is None:
             return
-        if i in self.requests:
+        if i in self.started:
             raise RuntimeError(
                 "DistributedOptimizer: a second backward before the optimiser step; with "
                 "overlap=True each step takes one backward (its gradients are already on "
                 "their way to the other ranks). Use overlap=False to accumulate gradients")
+        self.started.add(i)
         buf = self.model.flat_grads[self.slices[i]]
         if self.weight != 1.0:
             buf *= self.weight
-        self.requests[i] = self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
-        # MPICH progresses a request only inside MPI calls: a test moves the earlier ones on
-        self.MPI.Request.Testall(list(self.requests.values()))
+        start = lambda: self.comm.Iallreduce(self.MPI.IN_PLACE, buf,  # noqa: E731
+                                             op=self.MPI.SUM)
+        if self._progress is not None:
+            self._progress.add(start)
+        else:
+            self._requests.append(start())
+            self.MPI.Request.Testall(self._requests)   # moves the earlier ones on
 
     def finish(self):
         MPI = self.MPI
@@ -187,17 +257,12 @@ class _GradientReducer:
             self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
             return
         for i in range(len(self.slices) - 1, -1, -1):
-            if i not in self.requests:
+            if i not in self.started:
                 self.layer_done(i)
-        MPI.Request.Waitall(list(self.requests.values()))
-        self.requests.clear()
-
-    def cancel(self):
-        """Complete any reductions under way (after an error, before the buffers are
-        reused): a started collective must still be finished on every rank."""
-        if self.requests:
-            self.MPI.Request.Waitall(list(self.requests.values()))
-            self.requests.clear()
+        pending = self._progress.take() if self._progress is not None else self._requests
+        MPI.Request.Waitall(pending)
+        self._requests = []
+        self.started.clear()
 
 
 def allreduce_gradients(model, comm=None, weight=None):
