@@ -122,3 +122,27 @@ def test_layer_done_reports_each_layer_after_its_backward_top_down():
         (i, bool(np.any(model.layers[i].grads.get("weight_ih_l0", 1))))))
     assert [i for i, _ in seen] == [2, 1, 0]
     assert seen[-1][1]      # the LSTM's gradients are in place when it is reported
+
+
+@needs_mpi
+def test_char_lm_example_on_two_ranks_scores_as_one_process(tmp_path):
+    example = os.path.join(os.path.dirname(MPI_DIR), os.pardir, "examples", "char_lm.py")
+    if not os.path.isfile(example):
+        pytest.skip("examples/char_lm.py is not in this checkout")
+    tiny = ["--max-chars", "20000", "--epochs", "1", "--hidden", "32", "--embed", "16",
+            "--batch", "8", "--bptt", "32", "--lr", "1e-2", "--sample-length", "10",
+            "--threads", "1", "--quiet"]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(clstm.__file__)))
+    one = subprocess.run([sys.executable, example, *tiny], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    two = subprocess.run([MPIEXEC, "-n", "2", sys.executable, example, *tiny,
+                          "--distributed"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+
+    def bits(out):
+        return float(out.split("held-out bits/char: ")[1].split()[0])
+
+    assert "2 processes x 1 thread" in two.stdout
+    assert two.stdout.count("char_lm:") == 1          # rank 0 alone reports
+    assert abs(bits(one.stdout) - bits(two.stdout)) <= 0.002   # float32, to rounding
