@@ -103,6 +103,8 @@ def parse_args(argv):
     arg("--eval-streams", type=int, default=1,
         help="score the held-out text as this many parallel streams (default 1: as "
              "one stream, its state carried from the first character to the last)")
+    arg("--dtype", default="float32", choices=["float32", "float64"],
+        help="the model's floating type (default %(default)s)")
     arg("--threads", type=int, default=0,
         help="clstm threads (default 0: clstm's default, OMP_NUM_THREADS or all cores)")
     arg("--seed", type=int, default=0,
@@ -154,12 +156,12 @@ def main(argv=None):
         f"(uniform over the alphabet: {math.log2(len(vocab)):.3f})")
 
     model = clstm.LanguageModel(len(vocab), args.embed, args.hidden, args.layers,
-                                dropout=args.dropout, dtype="float32", seed=args.seed)
+                                dropout=args.dropout, dtype=args.dtype, seed=args.seed)
     optimizer = clstm.Adam(model, lr=args.lr)
     n_params = sum(a.size for a in model.params.values())
     say(f"model: Embedding({len(vocab)}, {args.embed}) -> LSTM({args.embed}, "
         f"{args.hidden}, layers={args.layers}) -> Dense({args.hidden}, {len(vocab)}); "
-        f"{n_params:,} parameters, float32")
+        f"{n_params:,} parameters, {args.dtype}")
     say(f"training: {args.epochs} epochs, {args.batch} streams x {args.bptt}-step "
         f"chunks, Adam lr {args.lr:g}, clip {args.clip:g}, "
         f"{_threads(dist)}")
