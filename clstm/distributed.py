@@ -120,7 +120,8 @@ def broadcast_parameters(model, root=0, comm=None):
         if theirs != every[root]:
             raise ValueError(
                 f"broadcast_parameters: expected the same model on every rank, got on "
-                f"rank {rank} {_summary(theirs)}, on rank {root} {_summary(every[root])}")
+                f"rank {rank} {_summary(theirs)}, on rank {root} {_summary(every[root])}"
+                f"{_first_difference(theirs, every[root])}")
     if model.flat_params is not None:
         comm.Bcast(model.flat_params, root=root)
     else:
@@ -128,6 +129,13 @@ def broadcast_parameters(model, root=0, comm=None):
             buf = np.ascontiguousarray(arr)
             comm.Bcast(buf, root=root)
             arr[...] = buf
+
+
+def _first_difference(a, b):
+    for (n1, s1, d1), (n2, s2, d2) in zip(a[1], b[1]):
+        if (n1, s1, d1) != (n2, s2, d2):
+            return f"; first difference: {n1} {s1} {d1} against {n2} {s2} {d2}"
+    return ""
 
 
 def _summary(description):
