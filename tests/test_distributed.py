@@ -19,7 +19,10 @@ import clstm
 import clstm.distributed as dist
 
 MPI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi")
-MPIEXEC = shutil.which("mpiexec")
+# the launcher installed beside this Python (the mpich wheel's) before any other on PATH:
+# an mpiexec of another MPI than mpi4py's would start N separate 1-rank jobs
+_BESIDE = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+MPIEXEC = _BESIDE if os.access(_BESIDE, os.X_OK) else shutil.which("mpiexec")
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 
 needs_mpi = pytest.mark.skipif(

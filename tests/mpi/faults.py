@@ -1,7 +1,8 @@
 """Run under mpiexec -n 2 with a case as argv[1]:
 
-- ``mismatch``: the ranks build models of different sizes; broadcast_parameters (and so
-  fit) raises the same ValueError on every rank instead of hanging. Prints OK per rank.
+- ``mismatch``: the ranks build models of different sizes or dtypes, or pass data sets
+  of different sizes; broadcast_parameters (and fit) raises a ValueError on every rank
+  instead of hanging. Prints OK per rank.
 - ``raise``: rank 1 raises inside fit (a callback); the job is aborted (a non-zero exit
   of mpiexec within seconds), not left waiting in a collective.
 """
@@ -33,6 +34,20 @@ if sys.argv[1] == "mismatch":
             assert "first difference: 0.weight_ih_l0 (20, 2)" in str(e), e
         else:
             raise AssertionError("no ValueError")
+    other_dtype = clstm.Regressor(2, 4, seed=1, dtype="float32" if rank == 0 else "float64")
+    try:
+        broadcast_parameters(other_dtype)
+    except ValueError as e:
+        assert "float64 against" in str(e) and "float32" in str(e), e
+    else:
+        raise AssertionError("no ValueError for different dtypes")
+    try:          # each rank must pass the whole data set: here rank 1 has more
+        clstm.Regressor(2, 4, seed=1).fit(np.ones((8 + 8 * rank, 4, 2)), np.ones(8 + 8 * rank),
+                                          batch_size=4, verbose=0, distributed=True)
+    except ValueError as e:
+        assert "expected the same number of steps per epoch on every rank" in str(e), e
+    else:
+        raise AssertionError("no ValueError for different data sizes")
     print(f"rank {rank}: OK")
 elif sys.argv[1] == "raise":
     def fail_on_rank_1(batch, logs=None):
