@@ -13,6 +13,7 @@ from .lstm import LSTM
 from .models import (Classifier, LanguageModel, LastStep, NonFiniteError, Regressor,
                      Sequential)
 from .optim import SGD, Adam, AdamW, clip_grad_norm
+from . import onnx  # clstm.onnx.export/load: the onnx package is imported only inside them
 from .tbptt import batchify, reset_state, tbptt_chunks
 
 __version__ = "0.1.0"

@@ -39,41 +39,36 @@ from ._npz_reader import read_data as _read_data
 from ._npz_reader import read_header as _read_npy_header
 from ._npz_reader import short as _short
 from ._npz_reader import short_text as _short_text
+from . import models as _models  # noqa: F401  (registers the model classes)
+from ._config import BadConfig as _BadConfig
+from ._config import read_module_config as _read_module_config
+from ._config import what as _what
 from .lstm import LSTM
-from .models import Classifier, LanguageModel, Regressor, Sequential, layer_config
+from .module import Module
 
 __all__ = ["save", "load", "FORMAT_VERSION", "lstm_from_keras", "lstm_to_keras",
            "to_torch_state_dict", "from_torch_state_dict"]
 
 FORMAT_VERSION = 1
 CONFIG_KEY = "__clstm_config__"
-_CLASSES = {cls.__name__: cls for cls in
-            (LSTM, Sequential, LanguageModel, Regressor, Classifier)}
+
+
+def _saveable():
+    """{name: class} of the modules save/load handle: the registered classes that read
+    their own config back (clstm.module.Module.read_config)."""
+    return {name: cls for name, cls in Module.registry.items()
+            if cls.read_config.__func__ is not Module.read_config.__func__}
 
 
 # ------------------------------------------------------------------------- configs
 
 def _model_config(model):
     """{"class": ..., "config": ...} for a model of one of the saveable classes."""
-    name = type(model).__name__
-    if _CLASSES.get(name) is not type(model):
-        raise ValueError(f"save: expected a model of class {sorted(_CLASSES)}, got "
+    name, classes = type(model).__name__, _saveable()
+    if classes.get(name) is not type(model):
+        raise ValueError(f"save: expected a model of class {sorted(classes)}, got "
                          f"{type(model).__module__}.{type(model).__qualname__}")
-    if isinstance(model, LSTM):
-        config = {k: v for k, v in layer_config(model).items() if k != "type"}
-    else:
-        config = model.get_config()
-    return {"class": name, "config": config}
-
-
-def _build(name, config):
-    cls = _CLASSES[name]
-    if cls is LSTM:
-        args = dict(config)
-        positional = [args.pop("input_size", None), args.pop("hidden_size", None),
-                      args.pop("num_layers", 1)]
-        return LSTM(*positional, **args)
-    return cls.from_config(config)
+    return {"class": name, "config": model.get_config()}
 
 
 def _json_default(value):
@@ -160,221 +155,10 @@ def save(model, path):
 # load() reads files from anywhere (the module docstring says in which order it checks
 # them); clstm._npz_reader does the bounded reading of the archive itself.
 
-_MAX_SIZE = 2**31 - 1  # every size must fit the C int that BLAS takes
 _MAX_CONFIG_BYTES = 1 << 20  # save writes a few hundred bytes per layer
 # a weight count this close to the config's is reported name by name; beyond it, only
 # the counts are (listing them could take longer than the file is worth)
 _NEAR_MISS = 100
-_DTYPES = ("float32", "float64")
-_LOSSES = (None, "mse", "cross_entropy")
-
-
-class _BadConfig(Exception):
-    """A config field that cannot build the model; load() adds the path and class."""
-
-
-class _Fields:
-    """Reads the fields of one JSON object strictly, naming each one in its errors.
-
-    JSON gives exact types, so a size must be an int (not a bool, a float or a string)
-    and a flag a bool: a file that says ``"batch_first": "false"`` is refused rather
-    than read as true. Every field save writes is required, and no other is allowed.
-    """
-
-    def __init__(self, data, where):
-        if type(data) is not dict:
-            raise _BadConfig(f"{where}: expected a JSON object, got {_what(data)}")
-        self.data, self.where, self.read = data, where, set()
-
-    def value(self, key):
-        if key not in self.data:
-            raise _BadConfig(f"{self.where}.{key}: expected a value, got none (missing)")
-        self.read.add(key)
-        return self.data[key]
-
-    def _refuse(self, key, expected):
-        raise _BadConfig(f"{self.where}.{key}: expected {expected}, got "
-                         f"{_what(self.data[key])}")
-
-    def int(self, key, minimum=1, maximum=_MAX_SIZE, *, optional=False):
-        value = self.value(key)
-        if optional and value is None:
-            return None
-        if type(value) is not int or not minimum <= value <= maximum:
-            self._refuse(key, f"an int in [{minimum}, {maximum}]"
-                         + (" or null" if optional else ""))
-        return value
-
-    def bool(self, key):
-        value = self.value(key)
-        if type(value) is not bool:
-            self._refuse(key, "true or false")
-        return value
-
-    def probability(self, key):
-        value = self.value(key)  # save may write an int 0 for a dropout given as 0
-        if type(value) not in (int, float) or not 0.0 <= value < 1.0:
-            self._refuse(key, "a number in [0, 1)")
-        return value
-
-    def choice(self, key, options):
-        value = self.value(key)
-        if type(value) not in (str, type(None)) or value not in options:
-            self._refuse(key, "one of " + ", ".join(json.dumps(o) for o in options))
-        return value
-
-    def seed(self):
-        value = self.value("seed")
-        if value is not None and (type(value) is not int or value < 0):
-            self._refuse("seed", "an int >= 0 or null")
-        return value
-
-    def done(self):
-        unknown = sorted(set(self.data) - self.read)
-        if unknown:
-            raise _BadConfig(f"{self.where}: expected only the fields "
-                             f"{sorted(self.read)}, got also {_short(unknown)}")
-
-
-def _what(value):
-    """A JSON value for a message: its short repr and, where that is ambiguous, type."""
-    kinds = {bool: "a bool", int: "an int", float: "a float", str: "a string",
-             list: "an array", dict: "an object", type(None): "null"}
-    return f"{_short(value)} ({kinds.get(type(value), type(value).__name__)})"
-
-
-def _lstm_spec(f):
-    """An LSTM's fields as layer_config writes them (the type field excepted)."""
-    return {"type": "LSTM", "input_size": f.int("input_size"),
-            "hidden_size": f.int("hidden_size"), "num_layers": f.int("num_layers"),
-            "dtype": f.choice("dtype", _DTYPES), "peephole": f.bool("peephole"),
-            "dropout": f.probability("dropout"), "batch_first": f.bool("batch_first")}
-
-
-def _layer_spec(config, where):
-    """A checked layer config of a Sequential (layer_config's format)."""
-    f = _Fields(config, where)
-    kind = f.choice("type", ("LSTM", "Embedding", "Dense", "Dropout", "LastStep"))
-    if kind == "LSTM":
-        spec = _lstm_spec(f)
-    elif kind == "Embedding":
-        n = f.int("num_embeddings")
-        spec = {"type": kind, "num_embeddings": n, "embedding_dim": f.int("embedding_dim"),
-                "padding_idx": f.int("padding_idx", -n, n - 1, optional=True),
-                "dtype": f.choice("dtype", _DTYPES)}
-    elif kind == "Dense":
-        spec = {"type": kind, "in_features": f.int("in_features"),
-                "out_features": f.int("out_features"), "bias": f.bool("bias"),
-                "dtype": f.choice("dtype", _DTYPES)}
-    elif kind == "Dropout":
-        spec = {"type": kind, "p": f.probability("p"),
-                "dtype": f.choice("dtype", _DTYPES + (None,))}
-    else:
-        spec = {"type": kind}
-    f.done()
-    return spec
-
-
-def _ready_model_layers(name, config):
-    """The layers a ready model's constructor builds from its config, as specs that
-    hold the fields deciding the parameters' names and shapes.
-
-    Mirrors the constructors in clstm.models; the round-trip tests of every model kind
-    keep the two in step (a drift makes every saved file fail this check).
-    """
-    f = _Fields(config, "config")
-    if name == "LanguageModel":
-        vocab, embed, hidden = f.int("vocab_size"), f.int("embed_dim"), f.int("hidden_size")
-        embedding = {"type": "Embedding", "num_embeddings": vocab, "embedding_dim": embed}
-        outputs, inputs = vocab, embed
-    elif name == "Regressor":
-        inputs, hidden, outputs = f.int("input_size"), f.int("hidden_size"), \
-            f.int("output_size")
-        embedding = None
-    else:  # Classifier
-        inputs, hidden = f.int("input_size", optional=True), f.int("hidden_size")
-        outputs, vocab = f.int("num_classes"), f.int("vocab_size", optional=True)
-        embed = f.int("embed_dim", optional=True)
-        padding = f.int("padding_idx", -_MAX_SIZE, _MAX_SIZE, optional=True)
-        if (inputs is None) == (vocab is None):
-            raise _BadConfig(f"config: expected exactly one of input_size and vocab_size, "
-                             f"got {_short(inputs)} and {_short(vocab)}")
-        embedding = None
-        if vocab is not None:
-            inputs = hidden if embed is None else embed
-            if padding is not None and not -vocab <= padding < vocab:
-                raise _BadConfig(f"config.padding_idx: expected an int in [{-vocab}, "
-                                 f"{vocab - 1}] or null, got {padding}")
-            embedding = {"type": "Embedding", "num_embeddings": vocab,
-                         "embedding_dim": inputs}
-    num_layers, dropout = f.int("num_layers"), f.probability("dropout")
-    dtype = f.choice("dtype", _DTYPES)
-    f.seed()
-    f.done()
-    layers = [dict(embedding, dtype=dtype)] if embedding else []
-    layers.append({"type": "LSTM", "input_size": inputs, "hidden_size": hidden,
-                   "num_layers": num_layers, "dtype": dtype, "peephole": False})
-    if name != "LanguageModel":
-        layers.append({"type": "LastStep"})
-    if dropout:
-        layers.append({"type": "Dropout"})
-    layers.append({"type": "Dense", "in_features": hidden, "out_features": outputs,
-                   "bias": True, "dtype": dtype})
-    return layers
-
-
-def _model_layers(name, config):
-    """[(name prefix, layer spec)]: the parameterised parts of the model a config builds.
-
-    Raises _BadConfig for anything save would not have written.
-    """
-    if name == "LSTM":
-        f = _Fields(config, "config")
-        spec = _lstm_spec(f)
-        f.done()
-        return [("", spec)]
-    if name == "Sequential":
-        f = _Fields(config, "config")
-        layers = f.value("layers")
-        f.choice("loss", _LOSSES)
-        f.done()
-        if type(layers) is not list or not layers:
-            raise _BadConfig(f"config.layers: expected a non-empty array, got "
-                             f"{_what(layers)}")
-        specs = [_layer_spec(c, f"config.layers[{i}]") for i, c in enumerate(layers)]
-    else:
-        specs = _ready_model_layers(name, config)
-    return [(f"{i}.", spec) for i, spec in enumerate(specs)]
-
-
-def _count_params(spec):
-    kind = spec["type"]
-    if kind == "LSTM":
-        return spec["num_layers"] * (5 if spec["peephole"] else 4)
-    if kind == "Dense":
-        return 2 if spec["bias"] else 1
-    return 1 if kind == "Embedding" else 0
-
-
-def _param_shapes(prefix, spec):
-    """(name, shape, dtype) of each parameter the layer has, as its constructor makes."""
-    kind, dtype = spec["type"], spec.get("dtype")
-    if kind == "LSTM":
-        H = spec["hidden_size"]
-        for k in range(spec["num_layers"]):
-            yield f"{prefix}weight_ih_l{k}", (4 * H, spec["input_size"] if k == 0 else H), \
-                dtype
-            yield f"{prefix}weight_hh_l{k}", (4 * H, H), dtype
-            yield f"{prefix}bias_ih_l{k}", (4 * H,), dtype
-            yield f"{prefix}bias_hh_l{k}", (4 * H,), dtype
-            if spec["peephole"]:
-                yield f"{prefix}weight_peephole_l{k}", (3, H), dtype
-    elif kind == "Embedding":
-        yield f"{prefix}weight", (spec["num_embeddings"], spec["embedding_dim"]), dtype
-    elif kind == "Dense":
-        yield f"{prefix}weight", (spec["out_features"], spec["in_features"]), dtype
-        if spec["bias"]:
-            yield f"{prefix}bias", (spec["out_features"],), dtype
 
 
 def _describe_start(head):
@@ -427,9 +211,9 @@ def _read_header(archive, members, path):
                        f"{_short(version)}" + (" (written by a newer clstm?)"
                                                if type(version) is int and version > 1
                                                else ""))
-    name = header.get("class")
-    if type(name) is not str or name not in _CLASSES:
-        raise _Refused(f"{path}: expected a model class in {sorted(_CLASSES)}, got "
+    name, classes = header.get("class"), _saveable()
+    if type(name) is not str or name not in classes:
+        raise _Refused(f"{path}: expected a model class in {sorted(classes)}, got "
                        f"{_short(name)}")
     if type(header.get("config")) is not dict:
         raise _Refused(f"{path}: expected the constructor arguments as a JSON object "
@@ -459,8 +243,8 @@ def _no_constant(name):
     raise _BadConfig(f"expected finite numbers, got {name}")
 
 
-def _read_weights(archive, members, layers, path):
-    """{name: array} of every parameter, checked against the config's layer specs.
+def _read_weights(archive, members, cls, config, path):
+    """{name: array} of every parameter, checked against what the config implies.
 
     In this order, each step bounded by the previous one: the number of weights, every
     member's .npy header (a pickle is named as one wherever it is), the names, every
@@ -470,14 +254,13 @@ def _read_weights(archive, members, layers, path):
     # Count first: a config may claim a million layers, and an archive hold thousands
     # of members, and listing either would cost more than the file is worth. (A near
     # miss goes on to name the differences.)
-    count = sum(_count_params(spec) for _, spec in layers)
+    count = cls.parameter_count(config)
     if abs(count - len(names)) > _NEAR_MISS:
         raise _Refused(f"{path}: expected {count} weights for this config, got "
                        f"{len(names)} in the archive")
     headers = {name: _read_npy_header(archive, members[name], path, _label(name))
                for name in sorted(names)}
-    expected = {name: (shape, dtype) for prefix, spec in layers
-                for name, shape, dtype in _param_shapes(prefix, spec)}
+    expected = {name: (shape, dtype) for name, shape, dtype in cls.parameter_shapes(config)}
     missing = sorted(set(expected) - names)
     unexpected = sorted(names - set(expected))
     if missing or unexpected:
@@ -494,7 +277,7 @@ def _check_weights(model, arrays, path):
     """The built model's parameters against the arrays read for it.
 
     A backstop: the arrays were read to the config's shapes already, so this fails only
-    if the models' constructors and _model_layers disagree.
+    if a class's constructor and its parameter_shapes disagree.
     """
     params = model.params
     if sorted(params) != sorted(arrays) or any(
@@ -541,7 +324,7 @@ def load(path):
         # a plain ValueError for the caller; a parser's exception stays its cause
         raise ValueError(str(e)) from e.__cause__
     try:
-        model = _build(name, config)
+        model = Module.registry[name].from_config(config)
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"{path}: the config cannot build a {name}: "
                          f"{type(e).__name__}: {_short_text(str(e), 200)}") from e
@@ -561,11 +344,12 @@ def _read_model_file(path):
         with archive:
             header = _read_header(archive, members, path)
             name = header["class"]
+            cls = Module.registry[name]
             try:
-                layers = _model_layers(name, header["config"])
+                config = _read_module_config(cls, header["config"], "config")
             except _BadConfig as e:
                 raise _Refused(f"{path}: the config cannot build a {name}: {e}") from None
-            return name, header["config"], _read_weights(archive, members, layers, path)
+            return name, config, _read_weights(archive, members, cls, config, path)
 
 
 # ---------------------------------------------------------------------------- Keras

@@ -27,6 +27,7 @@ __all__ = [
     "Embedding",
     "Dense",
     "Dropout",
+    "LastStep",
     "last_valid_step",
     "last_valid_step_backward",
     "lengths_to_mask",
@@ -114,6 +115,22 @@ class Embedding(Layer):
             weight[padding_idx] = 0.0
         self._create_parameters({"weight": weight}, self.dtype)
         self._idx = None
+
+    def get_config(self):
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "padding_idx": self.padding_idx, "dtype": self.dtype.name}
+
+    @classmethod
+    def read_config(cls, f):
+        n = f.int("num_embeddings")
+        return {"num_embeddings": n, "embedding_dim": f.int("embedding_dim"),
+                "padding_idx": f.int("padding_idx", -n, n - 1, optional=True),
+                "dtype": f.dtype()}
+
+    @classmethod
+    def parameter_shapes(cls, config):
+        yield "weight", (config["num_embeddings"], config["embedding_dim"]), \
+            config.get("dtype", "float32")
 
     def _check_indices(self, idx):
         arr = np.asarray(idx)
@@ -222,6 +239,22 @@ class Dense(Layer):
             initial["bias"] = rng.uniform(-bound, bound, out_features)
         self._create_parameters(initial, self.dtype)
         self._x2d = None
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": "bias" in self.params, "dtype": self.dtype.name}
+
+    @classmethod
+    def read_config(cls, f):
+        return {"in_features": f.int("in_features"), "out_features": f.int("out_features"),
+                "bias": f.bool("bias"), "dtype": f.dtype()}
+
+    @classmethod
+    def parameter_shapes(cls, config):
+        dtype = config.get("dtype", "float32")
+        yield "weight", (config["out_features"], config["in_features"]), dtype
+        if config.get("bias", True):
+            yield "bias", (config["out_features"],), dtype
 
     def forward(self, x):
         """Apply the affine map to the last axis of ``x``.
@@ -337,6 +370,13 @@ class Dropout(Layer):
         self._rng = np.random.default_rng(seed)
         self._mask = None
         self._shape = None
+
+    def get_config(self):
+        return {"p": self.p, "dtype": None if self.dtype is None else self.dtype.name}
+
+    @classmethod
+    def read_config(cls, f):
+        return {"p": f.probability("p"), "dtype": f.dtype(optional=True)}
 
     def forward(self, x):
         """Apply dropout (training mode) or return ``x`` unchanged (eval).
@@ -483,3 +523,67 @@ def last_valid_step_backward(dlast, lengths, T):
     # (lengths[b]-1, b) pairs are distinct, so plain assignment is exact.
     dy[lengths - 1, np.arange(B)] = dlast
     return dy
+
+
+class LastStep(Layer):
+    """The output at the last valid step of each sequence: ``(T, B, H) -> (B, H)``.
+
+    ``forward(y, lengths)`` returns ``y[lengths[b] - 1, b]`` for every row ``b`` (the
+    last step, ``y[-1]``, without ``lengths``). Sequences must be padded at the end, so
+    that the selected step has seen only real input. ``backward`` puts the gradient back
+    at the selected steps and zero everywhere else, so padded steps get no gradient.
+    """
+
+    uses_lengths = True
+    _saved_for_backward = ("_cache",)
+
+    def __init__(self):
+        super().__init__("float64")
+        self.dtype = None  # no parameters: the output keeps the input's dtype
+        self._cache = None
+
+    def forward(self, y, lengths=None):
+        """Select the last valid step.
+
+        Parameters
+        ----------
+        y : ndarray, shape (T, B, H)
+            Time-major outputs of a recurrent layer.
+        lengths : array_like of int, shape (B,), optional
+            Valid steps per sequence, in ``[1, T]``; all ``T`` when omitted.
+
+        Returns
+        -------
+        ndarray, shape (B, H)
+        """
+        y = np.asarray(y)
+        if y.ndim != 3:
+            raise ValueError(f"LastStep: expected y of shape (T, B, H), got {y.shape}")
+        T, B = y.shape[:2]
+        lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+        if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer) \
+                or (B and (lengths.min() < 1 or lengths.max() > T)):
+            raise ValueError(f"LastStep: expected lengths, integers in [1, {T}] of shape "
+                             f"({B},), got {_describe(lengths)}")
+        self._cache = (T, lengths)
+        return y[lengths - 1, np.arange(B)]
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def read_config(cls, f):
+        return {}
+
+    def backward(self, dlast):
+        """Scatter ``dlast`` (B, H) back to a (T, B, H) gradient, zero off the selection."""
+        T, lengths = self._require_cache(self._cache)
+        return last_valid_step_backward(dlast, lengths, T)
+
+
+def _describe(arr):
+    arr = np.asarray(arr)
+    text = f"shape {arr.shape}, dtype {arr.dtype}"
+    if arr.size and arr.dtype.kind in "iu":
+        text += f", min {int(arr.min())}, max {int(arr.max())}"
+    return text

@@ -107,18 +107,32 @@ class LSTM(Layer):
 
     # -- parameters -------------------------------------------------------------------
 
+    @classmethod
+    def read_config(cls, f):
+        return {"input_size": f.int("input_size"), "hidden_size": f.int("hidden_size"),
+                "num_layers": f.int("num_layers"), "dtype": f.dtype(),
+                "peephole": f.bool("peephole"), "dropout": f.probability("dropout"),
+                "batch_first": f.bool("batch_first")}
+
+    @classmethod
+    def parameter_shapes(cls, config):
+        H, peephole = config["hidden_size"], config.get("peephole", False)
+        dtype = config.get("dtype", "float32")
+        for k in range(config.get("num_layers", 1)):
+            inputs = config["input_size"] if k == 0 else H
+            yield f"weight_ih_l{k}", (4 * H, inputs), dtype
+            yield f"weight_hh_l{k}", (4 * H, H), dtype
+            yield f"bias_ih_l{k}", (4 * H,), dtype
+            yield f"bias_hh_l{k}", (4 * H,), dtype
+            if peephole:
+                yield f"weight_peephole_l{k}", (3, H), dtype
+
+    @classmethod
+    def parameter_count(cls, config):
+        return config.get("num_layers", 1) * (5 if config.get("peephole", False) else 4)
+
     def _parameter_shapes(self):
-        H = self.hidden_size
-        shapes = {}
-        for k in range(self.num_layers):
-            inputs = self.input_size if k == 0 else H
-            shapes[f"weight_ih_l{k}"] = (4 * H, inputs)
-            shapes[f"weight_hh_l{k}"] = (4 * H, H)
-            shapes[f"bias_ih_l{k}"] = (4 * H,)
-            shapes[f"bias_hh_l{k}"] = (4 * H,)
-            if self.peephole:
-                shapes[f"weight_peephole_l{k}"] = (3, H)
-        return shapes
+        return {name: shape for name, shape, _ in self.parameter_shapes(self.get_config())}
 
     def release_workspace(self):
         """Free the kernel workspaces kept for reuse, and what this thread's last

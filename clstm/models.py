@@ -35,13 +35,17 @@ import inspect
 
 import numpy as np
 
+from ._npz_reader import short as _short
+
 from ._concurrency import inference_mode
-from .layers import (Dense, Dropout, Embedding, Layer, last_valid_step_backward,
-                     lengths_to_mask)
+from .layers import (Dense, Dropout, Embedding, LastStep, Layer,  # noqa: F401
+                     _describe, lengths_to_mask)
 from .losses import mse, softmax, softmax_cross_entropy
 from ._validate import positive_int
 from .lstm import LSTM
-from .module import Module
+from ._config import MAX_SIZE as _MAX_SIZE
+from ._config import BadConfig, read_module_config
+from .module import Module, build_module, module_config
 from .training import NonFiniteError, evaluate_steps, fit_loop  # noqa: F401 (re-exported)
 from . import distributed as _distributed
 from .tbptt import batchify, num_chunks
@@ -53,63 +57,6 @@ _LOSSES = (None, "mse", "cross_entropy")
 
 
 # ------------------------------------------------------------------------- adapters
-
-class LastStep(Layer):
-    """The output at the last valid step of each sequence: ``(T, B, H) -> (B, H)``.
-
-    ``forward(y, lengths)`` returns ``y[lengths[b] - 1, b]`` for every row ``b`` (the
-    last step, ``y[-1]``, without ``lengths``). Sequences must be padded at the end, so
-    that the selected step has seen only real input. ``backward`` puts the gradient back
-    at the selected steps and zero everywhere else, so padded steps get no gradient.
-    """
-
-    uses_lengths = True
-    _saved_for_backward = ("_cache",)
-
-    def __init__(self):
-        super().__init__("float64")
-        self.dtype = None  # no parameters: the output keeps the input's dtype
-        self._cache = None
-
-    def forward(self, y, lengths=None):
-        """Select the last valid step.
-
-        Parameters
-        ----------
-        y : ndarray, shape (T, B, H)
-            Time-major outputs of a recurrent layer.
-        lengths : array_like of int, shape (B,), optional
-            Valid steps per sequence, in ``[1, T]``; all ``T`` when omitted.
-
-        Returns
-        -------
-        ndarray, shape (B, H)
-        """
-        y = np.asarray(y)
-        if y.ndim != 3:
-            raise ValueError(f"LastStep: expected y of shape (T, B, H), got {y.shape}")
-        T, B = y.shape[:2]
-        lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-        if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer) \
-                or (B and (lengths.min() < 1 or lengths.max() > T)):
-            raise ValueError(f"LastStep: expected lengths, integers in [1, {T}] of shape "
-                             f"({B},), got {_describe(lengths)}")
-        self._cache = (T, lengths)
-        return y[lengths - 1, np.arange(B)]
-
-    def backward(self, dlast):
-        """Scatter ``dlast`` (B, H) back to a (T, B, H) gradient, zero off the selection."""
-        T, lengths = self._require_cache(self._cache)
-        return last_valid_step_backward(dlast, lengths, T)
-
-
-def _describe(arr):
-    arr = np.asarray(arr)
-    text = f"shape {arr.shape}, dtype {arr.dtype}"
-    if arr.size and arr.dtype.kind in "iu":
-        text += f", min {int(arr.min())}, max {int(arr.max())}"
-    return text
-
 
 def _adopt(layer, flat_params, flat_grads):
     """Move a layer's parameters into slices of a container's buffers: a Module adopts
@@ -126,6 +73,30 @@ def _adopt(layer, flat_params, flat_grads):
         g[...] = layer.grads[name]
         layer.params[name], layer.grads[name] = p, g
         offset += arr.size
+
+
+def _layer_kinds():
+    """The registered layer classes a Sequential's config may name."""
+    return {name: cls for name, cls in Module.registry.items() if issubclass(cls, Layer)}
+
+
+def _read_layer_config(config, where):
+    """One checked child config of a Sequential, from an untrusted file."""
+    if type(config) is not dict:
+        raise BadConfig(f"{where}: expected a JSON object, got {type(config).__name__}")
+    kinds = _layer_kinds()
+    kind = config.get("type")
+    if type(kind) is not str or kind not in kinds:
+        raise BadConfig(f"{where}.type: expected one of {', '.join(sorted(kinds))}, got "
+                        f"{_short(kind)}")
+    args = read_module_config(kinds[kind], {k: v for k, v in config.items() if k != "type"},
+                              where)
+    return {"type": kind, **args}
+
+
+def _layer_class(config):
+    """(class, arguments) of a checked child config."""
+    return Module.registry[config["type"]], {k: v for k, v in config.items() if k != "type"}
 
 
 def _is_recurrent(layer):
@@ -246,13 +217,33 @@ class Sequential(Module):
 
     def get_config(self):
         """The constructor arguments as JSON-able data (see :mod:`clstm.io`)."""
-        return {"layers": [layer_config(layer) for layer in self.layers],
+        return {"layers": [module_config(layer) for layer in self.layers],
                 "loss": self.loss}
 
     @classmethod
     def from_config(cls, config):
         """A new model built from :meth:`get_config` output (fresh weights)."""
-        return cls([build_layer(c) for c in config["layers"]], loss=config.get("loss"))
+        return cls([build_module(c) for c in config["layers"]], loss=config.get("loss"))
+
+    @classmethod
+    def read_config(cls, f):
+        layers, loss = f.value("layers"), f.choice("loss", _LOSSES)
+        if type(layers) is not list or not layers:
+            f.refuse("layers", "a non-empty array")
+        return {"layers": [_read_layer_config(c, f"{f.where}.layers[{i}]")
+                           for i, c in enumerate(layers)], "loss": loss}
+
+    @classmethod
+    def parameter_shapes(cls, config):
+        for i, layer in enumerate(config["layers"]):
+            kind, args = _layer_class(layer)
+            for name, shape, dtype in kind.parameter_shapes(args):
+                yield f"{i}.{name}", shape, dtype
+
+    @classmethod
+    def parameter_count(cls, config):
+        return sum(kind.parameter_count(args)
+                   for kind, args in map(_layer_class, config["layers"]))
 
     def __repr__(self):
         inner = ",\n".join(f"  ({i}) {_layer_repr(layer)}"
@@ -704,7 +695,7 @@ def _layer_repr(layer):
     if type(layer).__repr__ is not object.__repr__:
         return repr(layer)
     try:
-        config = layer_config(layer)
+        config = module_config(layer)
     except ValueError:
         return repr(layer)
     args = ", ".join(f"{k}={v!r}" for k, v in config.items() if k != "type")
@@ -724,66 +715,10 @@ def _positive(name, value):
 
 # ------------------------------------------------------------------- layer configs
 
-def layer_config(layer):
-    """A JSON-able description of a layer's constructor arguments (weights excluded).
-
-    Raises
-    ------
-    ValueError
-        For any other type, subclasses included: a subclass saved as its base class
-        would load without its own behaviour.
-    """
-    kind = type(layer)
-    if kind is LSTM:
-        return {"type": "LSTM", "input_size": layer.input_size,
-                "hidden_size": layer.hidden_size, "num_layers": layer.num_layers,
-                "dtype": layer.dtype.name, "peephole": layer.peephole,
-                "dropout": layer.dropout, "batch_first": layer.batch_first}
-    if kind is Embedding:
-        return {"type": "Embedding", "num_embeddings": layer.num_embeddings,
-                "embedding_dim": layer.embedding_dim, "padding_idx": layer.padding_idx,
-                "dtype": layer.dtype.name}
-    if kind is Dense:
-        return {"type": "Dense", "in_features": layer.in_features,
-                "out_features": layer.out_features, "bias": "bias" in layer.params,
-                "dtype": layer.dtype.name}
-    if kind is Dropout:
-        return {"type": "Dropout", "p": layer.p,
-                "dtype": None if layer.dtype is None else layer.dtype.name}
-    if kind is LastStep:
-        return {"type": "LastStep"}
-    raise ValueError(f"cannot describe a layer of type {kind.__name__}: expected "
-                     "LSTM, Embedding, Dense, Dropout or LastStep")
-
-
-def build_layer(config):
-    """The layer :func:`layer_config` describes, with fresh weights.
-
-    Raises
-    ------
-    ValueError
-        An unknown type or arguments the layer rejects.
-    """
-    kinds = {"LSTM": LSTM, "Embedding": Embedding, "Dense": Dense, "Dropout": Dropout,
-             "LastStep": LastStep}
-    if not isinstance(config, dict) or config.get("type") not in kinds:
-        raise ValueError(f"layer config: expected a dict with 'type' in {sorted(kinds)}, "
-                         f"got {config!r}")
-    args = {k: v for k, v in config.items() if k != "type"}
-    kind = kinds[config["type"]]
-    if kind is LSTM:
-        positional = [args.pop("input_size", None), args.pop("hidden_size", None),
-                      args.pop("num_layers", 1)]
-    elif kind is Embedding:
-        positional = [args.pop("num_embeddings", None), args.pop("embedding_dim", None)]
-    elif kind is Dense:
-        positional = [args.pop("in_features", None), args.pop("out_features", None)]
-    else:
-        positional = []
-    try:
-        return kind(*positional, **args)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"layer config {config!r}: {e}") from None
+# A child's config is {"type": class name, **its get_config()}; the class is the one
+# place that knows its config (clstm.module). Kept under these names for old callers.
+layer_config = module_config
+build_layer = build_module
 
 
 # ----------------------------------------------------------------------- ready models
@@ -866,6 +801,48 @@ class _Ready(Sequential):
     def from_config(cls, config):
         return cls(**config)
 
+    # The layers follow from the arguments in one place, _layer_plan: the constructor
+    # builds them from it, and load() reads the parameters a file must hold from it.
+
+    #: How many seeds the model's parts draw from its one seed.
+    _seed_slots = 4
+
+    @classmethod
+    def _layer_plan(cls, config):
+        """[(seed slot or None, layer config)]: the layers the arguments make, in order."""
+        raise NotImplementedError
+
+    def _build_layers(self, config, seed):
+        seeds = _seeds(seed, self._seed_slots)
+        layers = []
+        for slot, layer in self._layer_plan(config):
+            kind, args = _layer_class(layer)
+            layers.append(kind(**args) if slot is None else kind(**args, seed=seeds[slot]))
+        return layers
+
+    @classmethod
+    def parameter_shapes(cls, config):
+        return Sequential.parameter_shapes({"layers": [c for _, c in cls._layer_plan(config)]})
+
+    @classmethod
+    def parameter_count(cls, config):
+        return Sequential.parameter_count({"layers": [c for _, c in cls._layer_plan(config)]})
+
+
+def _head(c, inputs, outputs, *, last_step, dropout_slot, dense_slot):
+    """The plan's LSTM -> (LastStep) -> (Dropout) -> Dense part, from the arguments c."""
+    plan = [(None, {"type": "LastStep"})] if last_step else []
+    if c["dropout"]:
+        plan.append((dropout_slot, {"type": "Dropout", "p": c["dropout"], "dtype": c["dtype"]}))
+    plan.append((dense_slot, {"type": "Dense", "in_features": c["hidden_size"],
+                              "out_features": outputs, "dtype": c["dtype"]}))
+    return plan
+
+
+def _lstm(c, inputs):
+    return {"type": "LSTM", "input_size": inputs, "hidden_size": c["hidden_size"],
+            "num_layers": c["num_layers"], "dropout": c["dropout"], "dtype": c["dtype"]}
+
 
 class LanguageModel(_Ready):
     """Next-token model: Embedding -> LSTM -> (Dropout) -> Dense, softmax cross-entropy.
@@ -896,15 +873,23 @@ class LanguageModel(_Ready):
                         "hidden_size": hidden_size, "num_layers": num_layers,
                         "dropout": dropout, "dtype": np.dtype(dtype).name,
                         "seed": _config_seed(seed)}
-        s = _seeds(seed, 4)
-        layers = [Embedding(vocab_size, embed_dim, seed=s[0], dtype=dtype),
-                  LSTM(embed_dim, hidden_size, num_layers, dropout=dropout, seed=s[1],
-                       dtype=dtype)]
-        if dropout:
-            layers.append(Dropout(dropout, seed=s[2], dtype=dtype))
-        layers.append(Dense(hidden_size, vocab_size, seed=s[3], dtype=dtype))
+        layers = self._build_layers(dict(self._config, dtype=dtype), seed)
         super().__init__(layers, loss="cross_entropy")
         self.vocab_size = vocab_size
+
+    @classmethod
+    def _layer_plan(cls, c):
+        return [(0, {"type": "Embedding", "num_embeddings": c["vocab_size"],
+                     "embedding_dim": c["embed_dim"], "dtype": c["dtype"]}),
+                (1, _lstm(c, c["embed_dim"]))] + \
+            _head(c, c["hidden_size"], c["vocab_size"], last_step=False, dropout_slot=2,
+                  dense_slot=3)
+
+    @classmethod
+    def read_config(cls, f):
+        return {"vocab_size": f.int("vocab_size"), "embed_dim": f.int("embed_dim"),
+                "hidden_size": f.int("hidden_size"), "num_layers": f.int("num_layers"),
+                "dropout": f.probability("dropout"), "dtype": f.dtype(), "seed": f.seed()}
 
     def _check_stream(self, stream, name):
         stream = np.asarray(stream)
@@ -1096,13 +1081,22 @@ class Regressor(_Ready):
                         "output_size": output_size, "num_layers": num_layers,
                         "dropout": dropout, "dtype": np.dtype(dtype).name,
                         "seed": _config_seed(seed)}
-        s = _seeds(seed, 3)
-        layers = [LSTM(input_size, hidden_size, num_layers, dropout=dropout, seed=s[0],
-                       dtype=dtype), LastStep()]
-        if dropout:
-            layers.append(Dropout(dropout, seed=s[1], dtype=dtype))
-        layers.append(Dense(hidden_size, output_size, seed=s[2], dtype=dtype))
+        layers = self._build_layers(dict(self._config, dtype=dtype), seed)
         super().__init__(layers, loss="mse")
+
+    _seed_slots = 3
+
+    @classmethod
+    def _layer_plan(cls, c):
+        return [(0, _lstm(c, c["input_size"]))] + \
+            _head(c, c["hidden_size"], c["output_size"], last_step=True, dropout_slot=1,
+                  dense_slot=2)
+
+    @classmethod
+    def read_config(cls, f):
+        return {"input_size": f.int("input_size"), "hidden_size": f.int("hidden_size"),
+                "output_size": f.int("output_size"), "num_layers": f.int("num_layers"),
+                "dropout": f.probability("dropout"), "dtype": f.dtype(), "seed": f.seed()}
 
     _estimator_type = "regressor"
 
@@ -1152,18 +1146,39 @@ class Classifier(_Ready):
                         "embed_dim": embed_dim, "num_layers": num_layers, "dropout": dropout,
                         "padding_idx": padding_idx, "dtype": np.dtype(dtype).name,
                         "seed": _config_seed(seed)}
-        s = _seeds(seed, 4)
-        layers = []
-        if vocab_size is not None:
-            input_size = hidden_size if embed_dim is None else embed_dim
-            layers.append(Embedding(vocab_size, input_size, padding_idx, seed=s[0],
-                                    dtype=dtype))
-        layers += [LSTM(input_size, hidden_size, num_layers, dropout=dropout, seed=s[1],
-                        dtype=dtype), LastStep()]
-        if dropout:
-            layers.append(Dropout(dropout, seed=s[2], dtype=dtype))
-        layers.append(Dense(hidden_size, num_classes, seed=s[3], dtype=dtype))
+        layers = self._build_layers(dict(self._config, dtype=dtype), seed)
         super().__init__(layers, loss="cross_entropy")
+
+    @classmethod
+    def _layer_plan(cls, c):
+        plan, inputs = [], c["input_size"]
+        if c["vocab_size"] is not None:
+            inputs = c["hidden_size"] if c["embed_dim"] is None else c["embed_dim"]
+            plan.append((0, {"type": "Embedding", "num_embeddings": c["vocab_size"],
+                             "embedding_dim": inputs, "padding_idx": c["padding_idx"],
+                             "dtype": c["dtype"]}))
+        return plan + [(1, _lstm(c, inputs))] + \
+            _head(c, c["hidden_size"], c["num_classes"], last_step=True, dropout_slot=2,
+                  dense_slot=3)
+
+    @classmethod
+    def read_config(cls, f):
+        config = {"input_size": f.int("input_size", optional=True),
+                  "hidden_size": f.int("hidden_size"), "num_classes": f.int("num_classes"),
+                  "vocab_size": f.int("vocab_size", optional=True),
+                  "embed_dim": f.int("embed_dim", optional=True),
+                  "num_layers": f.int("num_layers"), "dropout": f.probability("dropout"),
+                  "padding_idx": f.int("padding_idx", -_MAX_SIZE, _MAX_SIZE, optional=True),
+                  "dtype": f.dtype(), "seed": f.seed()}
+        inputs, vocab, padding = config["input_size"], config["vocab_size"], \
+            config["padding_idx"]
+        if (inputs is None) == (vocab is None):
+            raise BadConfig(f"{f.where}: expected exactly one of input_size and vocab_size, "
+                            f"got {_short(inputs)} and {_short(vocab)}")
+        if vocab is not None and padding is not None and not -vocab <= padding < vocab:
+            raise BadConfig(f"{f.where}.padding_idx: expected an int in [{-vocab}, "
+                            f"{vocab - 1}] or null, got {padding}")
+        return config
 
     _estimator_type = "classifier"       # scikit-learn's tag (StratifiedKFold, scorers)
 

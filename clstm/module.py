@@ -10,10 +10,16 @@ child used alone and the container see the same memory. An optimiser takes the m
 and reads its flat buffers; it never has to find out where the arrays live.
 
 Also here, for every module: ``train``/``eval``, ``zero_grad``, ``state_dict`` /
-``load_state_dict``, ``parameters``/``named_parameters``, ``get_config``/``from_config``
-(save/load: every public subclass registers itself by its class name), per-thread state
-for what a forward leaves for its backward, and backward calls that add into ``grads``
-one at a time.
+``load_state_dict``, ``parameters``/``named_parameters``, per-thread state for what a
+forward leaves for its backward, and backward calls that add into ``grads`` one at a time.
+
+Saving and loading: each class is the one place that knows its config. ``get_config``
+gives the constructor's arguments as JSON values, ``from_config`` builds from them,
+``read_config`` checks one read from an untrusted file field by field, and
+``parameter_shapes`` says which parameters a config implies without building anything.
+Every public subclass registers itself by its class name (:data:`Module.registry`), so a
+new layer is saved, loaded and used in a :class:`clstm.Sequential` by defining those four
+methods on it, nowhere else.
 """
 import functools
 import threading
@@ -21,9 +27,10 @@ import threading
 import numpy as np
 
 from ._concurrency import ForkSafeLock, TrainingFlag
+from ._config import BadConfig
 from ._validate import as_float_array, check_shape
 
-__all__ = ["Module"]
+__all__ = ["Module", "module_config", "build_module"]
 
 
 class _PerThreadAttribute:
@@ -71,15 +78,24 @@ class Module:
         True in training mode (the default), False after ``eval()``.
     """
 
-    #: Public subclasses by class name, for save/load (a class registers itself).
+    #: Public subclasses that define get_config or read_config, by class name, for
+    #: save/load (a class registers itself). A class of clstm's own is never displaced:
+    #: a user's class that reuses its name stays unregistered (so it is not saved as, or
+    #: loaded in place of, clstm's class).
     registry = {}
     _saved_for_backward = ()
     training = TrainingFlag()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            Module.registry[cls.__name__] = cls
+        name = cls.__name__
+        current = Module.registry.get(name)
+        # Only a class that describes itself registers: a subclass that inherits its
+        # config methods would be saved as what it is not.
+        describes_itself = "get_config" in cls.__dict__ or "read_config" in cls.__dict__
+        if describes_itself and not name.startswith("_") and (
+                current is None or not current.__module__.startswith("clstm.")):
+            Module.registry[name] = cls
         for name in cls.__dict__.get("_saved_for_backward", ()):
             setattr(cls, name, _PerThreadAttribute(name))
         if "backward" in cls.__dict__:
@@ -202,3 +218,68 @@ class Module:
     def from_config(cls, config):
         """A new module built from :meth:`get_config` output (fresh weights)."""
         return cls(**config)
+
+    @classmethod
+    def read_config(cls, fields):
+        """The config of a file checked field by field, before anything is built.
+
+        ``fields`` is a :class:`clstm._config.Fields` over the JSON object that
+        :meth:`get_config` wrote; read every field through it (strict JSON types and
+        ranges) and return the checked config. Raises ``clstm._config.BadConfig``; this
+        default refuses, so a class that does not define it cannot be loaded.
+        """
+        raise BadConfig(f"{fields.where}: a {cls.__name__} cannot be loaded from a file")
+
+    @classmethod
+    def parameter_shapes(cls, config):
+        """``(name, shape, dtype)`` of each parameter, in order, that a module built from
+        the checked ``config`` has: what :func:`clstm.load` matches a file's arrays
+        against before building it. None by default."""
+        return iter(())
+
+    @classmethod
+    def parameter_count(cls, config):
+        """How many parameters :meth:`parameter_shapes` lists (override it where a config
+        can claim millions without listing them)."""
+        return sum(1 for _ in cls.parameter_shapes(config))
+
+
+def module_config(module):
+    """``{"type": class name, **module.get_config()}``: what a container saves of a child.
+
+    Raises
+    ------
+    ValueError
+        For a module whose class is not the registered one of its name (a subclass saved
+        as its base class would load without its own behaviour) or that cannot describe
+        itself.
+    """
+    kind = type(module)
+    if Module.registry.get(kind.__name__) is not kind:
+        raise ValueError(f"cannot describe a layer of type {kind.__name__} (from "
+                         f"{kind.__module__}): expected a registered Module subclass, one "
+                         f"that defines get_config ({', '.join(sorted(Module.registry))})")
+    try:
+        config = module.get_config()
+    except NotImplementedError as e:
+        raise ValueError(f"cannot describe a layer of type {kind.__name__}: {e}") from None
+    return {"type": kind.__name__, **config}
+
+
+def build_module(config, **overrides):
+    """The module :func:`module_config` describes, with fresh weights (``overrides``, such
+    as a seed, join the config's arguments).
+
+    Raises
+    ------
+    ValueError
+        An unknown type, or arguments the class rejects.
+    """
+    if not isinstance(config, dict) or config.get("type") not in Module.registry:
+        raise ValueError(f"layer config: expected a dict with 'type' in "
+                         f"{sorted(Module.registry)}, got {config!r}")
+    args = {k: v for k, v in config.items() if k != "type"}
+    try:
+        return Module.registry[config["type"]].from_config({**args, **overrides})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"layer config {config!r}: {e}") from None

@@ -407,3 +407,67 @@ def test_a_torch_model_with_the_same_layers_gives_the_same_logits():
     with torch.no_grad():
         np.testing.assert_allclose(fresh(torch.from_numpy(TOKENS.T)).numpy(), expected,
                                    rtol=1e-12)
+
+
+# ------------------------------------------------------------- a layer of your own
+
+def test_a_layer_of_your_own_is_saved_and_loaded_by_defining_its_config_methods(tmp_path):
+    from clstm.layers import Layer
+
+    class Scale(Layer):
+        """y = x * weight, one weight per feature: the whole registration is here."""
+
+        def __init__(self, features, *, dtype="float32"):
+            super().__init__(dtype)
+            self.features = features
+            self._create_parameters({"weight": np.full(features, 2.0)}, self.dtype)
+
+        def forward(self, x):
+            self._x = np.asarray(x, self.dtype)
+            return self._x * self.params["weight"]
+
+        def backward(self, dy):
+            self.grads["weight"] += (dy * self._x).reshape(-1, self.features).sum(axis=0)
+            return dy * self.params["weight"]
+
+        def get_config(self):
+            return {"features": self.features, "dtype": self.dtype.name}
+
+        @classmethod
+        def read_config(cls, f):
+            return {"features": f.int("features"), "dtype": f.dtype()}
+
+        @classmethod
+        def parameter_shapes(cls, config):
+            yield "weight", (config["features"],), config["dtype"]
+
+    model = Sequential([clstm.LSTM(2, 3, seed=0), Scale(3)])
+    model.params["1.weight"][...] = [1.0, -2.0, 3.0]
+    save(model, tmp_path / "m.npz")
+    loaded = load(tmp_path / "m.npz")
+    assert isinstance(loaded.layers[1], Scale)
+    x = np.random.default_rng(0).standard_normal((4, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x)[0], model.forward(x)[0])
+    # its fields are checked like clstm's own: a shape the config does not imply is refused
+    rewrite(tmp_path / "m.npz", lambda a, h: a.update({"1.weight": np.ones(4, np.float32)}))
+    with pytest.raises(ValueError, match="'1.weight'"):
+        load(tmp_path / "m.npz")
+
+
+def test_a_class_of_your_own_never_displaces_clstms_class_of_the_same_name():
+    from clstm.layers import Layer
+    from clstm.module import Module
+
+    class Dense(Layer):
+        def forward(self, x):
+            return x
+
+        def backward(self, dy):
+            return dy
+
+        def get_config(self):
+            return {}
+
+    assert Module.registry["Dense"] is clstm.layers.Dense
+    with pytest.raises(ValueError, match="cannot describe a layer of type Dense"):
+        save(Sequential([Dense()]), "unused")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import clstm
+import clstm.training
 from clstm.layers import Dense, Embedding
 from clstm.losses import softmax_cross_entropy
 from clstm.models import Classifier, LanguageModel, LastStep, Regressor, Sequential
@@ -266,6 +267,8 @@ def test_fit_redraws_a_live_line_on_a_terminal(monkeypatch):
         def isatty(self):
             return True
 
+    # the built-in line, which fit draws when tqdm is not installed
+    monkeypatch.setattr(clstm.training, "_tqdm", lambda: None)
     term = Terminal()
     monkeypatch.setattr(sys, "stdout", term)
     Regressor(1, 2, seed=0).fit(np.ones((8, 2, 1)), np.ones(8), epochs=1, batch_size=2)
@@ -455,3 +458,11 @@ def test_stream_fit_is_the_documented_tbptt_loop_with_a_reset_each_epoch():
             manual.backward(softmax_cross_entropy(logits, y)[1])
             opt.step()
     np.testing.assert_array_equal(fitted.flat_params, manual.flat_params)
+
+
+def test_fit_shows_its_progress_through_tqdm_when_installed(capsys):
+    pytest.importorskip("tqdm")
+    Regressor(1, 2, seed=0).fit(np.ones((8, 2, 1)), np.ones(8), epochs=1, batch_size=2)
+    out, err = capsys.readouterr()
+    assert "epoch 1/1:" in err and "/4 [" in err and "batch/s" in err   # tqdm's bar
+    assert out.startswith("epoch 1/1 - loss ") and out.endswith("\n")   # the epoch's line

@@ -1,0 +1,1242 @@
+"""ONNX export of clstm models, and import of ONNX recurrent models into clstm.
+
+``export(model, path)`` writes one ONNX graph that ONNX Runtime (or any ONNX runtime) runs
+to the same outputs as clstm; ``load(path)`` reads a graph whose recurrent nodes are ONNX
+``LSTM`` nodes, with the glue exporters put around them, into a clstm model. The ``onnx``
+package is imported only inside these two functions (``pip install clstm-cpu[onnx]``).
+
+Gate orders and layouts
+-----------------------
+clstm keeps PyTorch's layout: per layer ``weight_ih`` (4H, I) and ``weight_hh`` (4H, H)
+in gate blocks i, f, g, o, two biases ``bias_ih`` and ``bias_hh`` (4H,), and peepholes
+(3, H) in rows w_ci, w_cf, w_co. ONNX's ``LSTM`` takes ``W`` (1, 4H, I), ``R`` (1, 4H, H)
+in gate blocks i, o, f, c (c is PyTorch's g), ``B`` (1, 8H) = [W_b; R_b] and ``P``
+(1, 3H) in the order i, o, f. The peephole semantics agree: i and f read c_{t-1}, o reads
+the new c_t.
+
+Extending
+---------
+Both directions are driven by tables: ``_EXPORTERS`` maps a clstm layer class to the
+function that emits its nodes, ``_IMPORTERS`` maps an ONNX op type to the function that
+reads it into clstm layers. A new layer (a GRU, a bidirectional LSTM) adds one entry to
+each; the refusals of what clstm cannot run yet (``direction`` other than forward,
+``sequence_lens`` other than the time length) are in ``_import_lstm``.
+"""
+import os
+
+import numpy as np
+
+from .layers import Dense, Dropout, Embedding, LastStep
+from .lstm import LSTM
+from .models import Sequential
+
+__all__ = ["export", "load", "DEFAULT_OPSET"]
+
+#: The opset ``export`` writes by default: LSTM-14, Squeeze/Unsqueeze with axes as inputs
+#: (13), Softmax over one axis (13), GatherND with batch_dims (12).
+DEFAULT_OPSET = 14
+_MIN_OPSET = 14
+
+# PyTorch's/clstm's gate blocks (i, f, g, o) in ONNX's order (i, o, f, c), and back.
+_TORCH_TO_ONNX_GATES = (0, 3, 1, 2)
+_ONNX_TO_TORCH_GATES = (0, 2, 3, 1)
+# clstm's peephole rows (w_ci, w_cf, w_co) in ONNX's order of P (i, o, f), and back.
+_CLSTM_TO_ONNX_PEEPHOLES = (0, 2, 1)
+_ONNX_TO_CLSTM_PEEPHOLES = (0, 2, 1)
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnx.helper  # noqa: F401 (the submodules used here, imported explicitly)
+        import onnx.numpy_helper  # noqa: F401
+    except ImportError as e:
+        raise ImportError("clstm.onnx needs the onnx package: pip install clstm-cpu[onnx] "
+                          f"(or pip install onnx onnxruntime); the import failed: {e}") from None
+    return onnx
+
+
+def _gate_blocks(w, hidden, order):
+    """Rows (or entries) of 4 gate blocks of ``hidden`` each, in a new block order."""
+    return np.concatenate([w[k * hidden:(k + 1) * hidden] for k in order], axis=0)
+
+
+# ============================================================================ export
+
+class _Graph:
+    """Nodes, initializers, inputs and outputs of the graph being written."""
+
+    def __init__(self, onnx, elem):
+        self.onnx = onnx
+        self.elem = elem
+        self.nodes, self.initializers, self.inputs, self.outputs = [], [], [], []
+        self._count = {}
+
+    def name(self, base):
+        n = self._count.get(base, 0)
+        self._count[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def const(self, base, array):
+        name = self.name(base)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def node(self, op, inputs, base, n_outputs=1, **attrs):
+        name = self.name(base)
+        outputs = [name] if n_outputs == 1 else [f"{name}:{i}" for i in range(n_outputs)]
+        self.nodes.append(self.onnx.helper.make_node(op, list(inputs), outputs, name=name,
+                                                     **attrs))
+        return outputs[0] if n_outputs == 1 else outputs
+
+    def add_input(self, name, elem, dims):
+        self._count[name] = self._count.get(name, 0) + 1
+        self.inputs.append(self.onnx.helper.make_tensor_value_info(name, elem, dims))
+        return name
+
+    def add_output(self, value, name, elem, dims):
+        self._count[name] = self._count.get(name, 0) + 1
+        self.nodes.append(self.onnx.helper.make_node("Identity", [value], [name],
+                                                     name=self.name(f"output_{name}")))
+        self.outputs.append(self.onnx.helper.make_tensor_value_info(name, elem, dims))
+
+
+class _ExportContext:
+    """What the layer exporters share: the graph, the options, the dims' names."""
+
+    def __init__(self, graph, dtype, initial_state, final_state, lengths):
+        self.graph, self.dtype = graph, dtype
+        self.initial_state, self.final_state = initial_state, final_state
+        self.lengths = lengths
+        self.lengths_input = None
+        self.state_prefix = ""
+        self.hidden = None  # features of the current value, for the output's shape
+
+
+def _export_lstm(ctx, lstm, x):
+    """One ONNX LSTM node per layer on time-major x (T, B, I); returns y (T, B, H)."""
+    g, dt = ctx.graph, ctx.dtype
+    H, L = lstm.hidden_size, lstm.num_layers
+    elem = g.elem
+    p = ctx.state_prefix
+    if ctx.initial_state:
+        h0 = g.add_input(f"{p}h0", elem, [L, "batch", H])
+        c0 = g.add_input(f"{p}c0", elem, [L, "batch", H])
+    squeeze_axes = g.const("axes_1", np.array([1], dtype=np.int64))
+    finals = ([], [])
+    for k in range(L):
+        w_ih, w_hh, b_ih, b_hh, peephole = lstm._layer_weights(k)
+        W = g.const(f"{p}W_l{k}", _gate_blocks(w_ih, H, _TORCH_TO_ONNX_GATES)[None].astype(dt))
+        R = g.const(f"{p}R_l{k}", _gate_blocks(w_hh, H, _TORCH_TO_ONNX_GATES)[None].astype(dt))
+        B = g.const(f"{p}B_l{k}", np.concatenate(
+            [_gate_blocks(b_ih, H, _TORCH_TO_ONNX_GATES),
+             _gate_blocks(b_hh, H, _TORCH_TO_ONNX_GATES)])[None].astype(dt))
+        inputs = [x, W, R, B, ""]          # sequence_lens: none, every step of every row
+        if ctx.initial_state:
+            start = g.const("start", np.array([k], dtype=np.int64))
+            end = g.const("end", np.array([k + 1], dtype=np.int64))
+            axis0 = g.const("axes_0", np.array([0], dtype=np.int64))
+            inputs += [g.node("Slice", [h0, start, end, axis0], f"{p}h0_l{k}"),
+                       g.node("Slice", [c0, start, end, axis0], f"{p}c0_l{k}")]
+        else:
+            inputs += ["", ""]
+        if peephole is not None:
+            inputs.append(g.const(f"{p}P_l{k}",
+                                  peephole[list(_CLSTM_TO_ONNX_PEEPHOLES)].reshape(1, 3 * H)
+                                  .astype(dt)))
+        while inputs[-1] == "":
+            inputs.pop()
+        y4, h_n, c_n = g.node("LSTM", inputs, f"{p}lstm_l{k}", n_outputs=3, hidden_size=H,
+                              direction="forward")
+        finals[0].append(h_n)
+        finals[1].append(c_n)
+        x = g.node("Squeeze", [y4, squeeze_axes], f"{p}y_l{k}")
+    if ctx.final_state:
+        for name, parts in zip(("h_n", "c_n"), finals):
+            value = parts[0] if L == 1 else g.node("Concat", parts, f"{p}{name}_layers", axis=0)
+            g.add_output(value, f"{p}{name}", elem, [L, "batch", H])
+    ctx.hidden = H
+    return x
+
+
+def _export_embedding(ctx, layer, ids):
+    weight = ctx.graph.const("embedding", layer.params["weight"].astype(ctx.dtype))
+    ctx.hidden = layer.embedding_dim
+    return ctx.graph.node("Gather", [weight, ids], "embedded", axis=0)
+
+
+def _export_dense(ctx, layer, x):
+    g = ctx.graph
+    y = g.node("MatMul", [x, g.const("dense_weight_t",
+                                     np.ascontiguousarray(layer.params["weight"].T)
+                                     .astype(ctx.dtype))], "dense_matmul")
+    if "bias" in layer.params:
+        y = g.node("Add", [y, g.const("dense_bias", layer.params["bias"].astype(ctx.dtype))],
+                   "dense")
+    ctx.hidden = layer.out_features
+    return y
+
+
+def _export_dropout(ctx, layer, x):
+    return x                                   # inference: the identity
+
+
+def _export_last_step(ctx, layer, y):
+    """y (T, B, H) -> (B, H): y[lengths[b] - 1, b], or y[-1] without a lengths input."""
+    g = ctx.graph
+    if not ctx.lengths:
+        return g.node("Gather", [y, g.const("last", np.array(-1, dtype=np.int64))],
+                      "last_step", axis=0)
+    if ctx.lengths_input is None:
+        ctx.lengths_input = g.add_input("lengths", ctx.graph.onnx.TensorProto.INT64, ["batch"])
+    last = g.node("Sub", [ctx.lengths_input, g.const("one", np.array(1, dtype=np.int64))],
+                  "last_index")
+    index = g.node("Unsqueeze", [last, g.const("axes_1", np.array([1], dtype=np.int64))],
+                   "last_index_b1")
+    by_row = g.node("Transpose", [y], "by_row", perm=[1, 0, 2])
+    return g.node("GatherND", [by_row, index], "last_step", batch_dims=1)
+
+
+#: clstm layer class -> function(ctx, layer, value) emitting its nodes on a time-major value
+_EXPORTERS = {LSTM: _export_lstm, Embedding: _export_embedding, Dense: _export_dense,
+              Dropout: _export_dropout, LastStep: _export_last_step}
+
+
+def _model_dtype(model):
+    dtypes = {arr.dtype for arr in model.params.values()}
+    if len(dtypes) != 1:
+        raise ValueError(f"export: expected one dtype for all parameters, got "
+                         f"{sorted(d.name for d in dtypes) or 'no parameters'}")
+    return dtypes.pop()
+
+
+def export(model, path, *, opset=DEFAULT_OPSET, batch_first=None, probabilities=None,
+           initial_state=False, final_state=False, lengths=True):
+    """Write ``model`` as one ONNX graph that computes what clstm computes in eval mode.
+
+    Parameters
+    ----------
+    model : clstm.LSTM or clstm.Sequential
+        An LSTM, or a Sequential (the ready models included) of ``LSTM``, ``Embedding``,
+        ``Dense``, ``Dropout`` (the identity: the graph is for inference) and
+        ``LastStep`` layers, all of one dtype (float32 or float64).
+    path : str or os.PathLike
+        Where to write the ``.onnx`` file.
+    opset : int, default 14
+        The ONNX opset (14 or later).
+    batch_first : bool, optional
+        The layout of the input ``x`` and of a per-step output. Default: an LSTM's own
+        ``batch_first``; for a Sequential, batch-first as its ``predict`` (``False``
+        gives ``forward``'s time-major layout).
+    probabilities : bool, optional
+        Softmax over the output's last axis. Default: as ``predict``, for a model
+        whose loss is ``"cross_entropy"`` (a Classifier's ``predict_proba``, a
+        LanguageModel's next-token distribution); ``False`` gives the logits.
+    initial_state : bool, default False
+        Take the initial state of each LSTM as inputs ``h0``, ``c0`` (num_layers,
+        batch, H) (``"<i>.h0"`` for the Sequential's layer i); without them it is zero.
+    final_state : bool, default False
+        Return the final state of each LSTM as outputs ``h_n``, ``c_n`` (``"<i>.h_n"``).
+    lengths : bool, default True
+        For a model with a ``LastStep``: take an int64 input ``lengths`` (batch,) of
+        valid steps per sequence (padded at the end); ``False`` reads the last step.
+
+    Returns
+    -------
+    onnx.ModelProto
+        The graph written. Its main input is ``x`` (float, or int64 token ids for a
+        model that starts with an Embedding; ``lengths`` in [1, time]) and its main
+        output ``y``; batch and time axes are dynamic. It passes
+        ``onnx.checker.check_model(..., full_check=True)``.
+    """
+    onnx = _require_onnx()
+    from onnx import TensorProto, helper
+
+    if isinstance(model, LSTM) and type(model) is LSTM:
+        layers, lstm_alone = [model], True
+    elif isinstance(model, Sequential):
+        layers, lstm_alone = list(model.layers), False
+    else:
+        raise TypeError(f"export: expected a clstm.LSTM or clstm.Sequential, got "
+                        f"{type(model).__name__}")
+    for i, layer in enumerate(layers):
+        if type(layer) not in _EXPORTERS:
+            raise ValueError(f"export: layer {i} is a {type(layer).__name__}; ONNX export "
+                             f"supports {', '.join(c.__name__ for c in _EXPORTERS)}")
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) \
+            or not _MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ValueError(f"export: expected an opset in [{_MIN_OPSET}, "
+                         f"{onnx.defs.onnx_opset_version()}] (this onnx), got {opset!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"export: expected a path (str or os.PathLike), got "
+                        f"{type(path).__name__}")
+    for flag, name in ((initial_state, "initial_state"), (final_state, "final_state"),
+                       (lengths, "lengths")):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"export: {name}: expected True or False, got {flag!r}")
+    dtype = _model_dtype(model)
+    elem = {np.dtype(np.float32): TensorProto.FLOAT,
+            np.dtype(np.float64): TensorProto.DOUBLE}[dtype]
+    if batch_first is None:
+        batch_first = model.batch_first if lstm_alone else True
+    if probabilities is None:
+        probabilities = getattr(model, "loss", None) == "cross_entropy"
+
+    graph = _Graph(onnx, elem)
+    ctx = _ExportContext(graph, dtype, bool(initial_state), bool(final_state), bool(lengths))
+    tokens = isinstance(layers[0], Embedding)
+    x_elem = TensorProto.INT64 if tokens else elem
+    lead = ["batch", "time"] if batch_first else ["time", "batch"]
+    x_dims = lead if tokens else lead + [layers[0].input_size if isinstance(layers[0], LSTM)
+                                         else layers[0].in_features
+                                         if isinstance(layers[0], Dense) else "features"]
+    x = graph.add_input("x", x_elem, x_dims)
+    if batch_first:
+        x = graph.node("Transpose", [x], "x_time_major", perm=[1, 0] if tokens else [1, 0, 2])
+    per_step = True
+    recurrent = 0
+    for i, layer in enumerate(layers):
+        if isinstance(layer, LSTM) and not lstm_alone:
+            ctx.state_prefix = f"{i}."
+            recurrent += 1
+        x = _EXPORTERS[type(layer)](ctx, layer, x)
+        if isinstance(layer, LastStep):
+            per_step = False
+    if probabilities:
+        x = graph.node("Softmax", [x], "probabilities", axis=-1)
+    if per_step and batch_first:
+        x = graph.node("Transpose", [x], "y_batch_first", perm=[1, 0, 2])
+    dims = (lead if per_step else ["batch"]) + [ctx.hidden if ctx.hidden else "features"]
+    graph.add_output(x, "y", elem, dims)
+    # the final states after y: outputs in the order y, then each LSTM's h_n, c_n
+    graph.outputs.insert(0, graph.outputs.pop())
+
+    g = helper.make_graph(graph.nodes, f"clstm_{type(model).__name__}", graph.inputs,
+                          graph.outputs, graph.initializers)
+    opsets = [helper.make_opsetid("", int(opset))]
+    proto = helper.make_model(g, opset_imports=opsets, producer_name="clstm",
+                              producer_version=_version())
+    proto.ir_version = helper.find_min_ir_version_for(opsets)
+    proto.doc_string = (f"clstm {type(model).__name__}, eval mode; input x "
+                        f"({'batch, time' if batch_first else 'time, batch'}"
+                        f"{'' if tokens else ', features'})")
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, os.fspath(path))
+    return proto
+
+
+def _version():
+    from . import __version__
+    return __version__
+
+
+# ============================================================================ import
+
+class _Refused(ValueError):
+    """What load cannot read, said as a ValueError naming the node and what it holds."""
+
+
+class _Const:
+    """A value known at load time (an initializer, a Constant, or folded from those)."""
+
+    def __init__(self, array):
+        self.array = array
+
+
+class _Shapes:
+    """A value computed from tensor shapes only (the dynamic batch size of a zero
+    state): unknown at load time, but the same whatever the input's numbers.
+    ``zeros`` when it is all zeros (ConstantOfShape of 0, and slices of that)."""
+
+    def __init__(self, zeros=False, dims=None, fill=None):
+        self.zeros = zeros
+        self.dims = dims    # a Shape of the data path: the axis label of each entry
+        self.fill = fill    # every entry is the size of the axis with this label
+
+
+class _Data:
+    """A tensor computed from the main input: its axes, each 'T' (time), 'B' (batch),
+    'F' (features) or '1' (an axis of size one), and the pipeline step that made it."""
+
+    def __init__(self, axes, version, tokens=False):
+        self.axes, self.version, self.tokens = tuple(axes), version, tokens
+
+
+class _Aux:
+    """A tensor computed from a graph input other than the main one (an initial state,
+    lengths): the input's name and the ops applied to it so far."""
+
+    def __init__(self, name, ops=()):
+        self.name, self.ops = name, tuple(ops)
+
+
+class _State:
+    """Final states of LSTM layers: ``which`` is 'h' or 'c', ``layers`` the
+    (stage, layer) pairs along axis 0; ``squeezed`` when that axis is gone."""
+
+    def __init__(self, which, layers, version, squeezed=False):
+        self.which, self.layers = which, tuple(layers)
+        self.version, self.squeezed = version, squeezed
+
+
+class _Reader:
+    """Walks the graph in order and builds the clstm layers of its one data path."""
+
+    def __init__(self, onnx, graph):
+        self.onnx = onnx
+        self.graph = graph
+        self.values = {"": None}
+        self.stages = []            # dicts: {"kind": "LSTM", ...} etc., in order
+        self.version = 0            # bumped at each change of the pipeline
+        self.softmax = False
+        self.input_layout = None    # "time_major" or "batch_first", once an LSTM reads it
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def refuse(self, node, why):
+        raise _Refused(f"node {node.name or '(unnamed)'!r} (op {node.op_type}): {why}")
+
+    def attrs(self, node):
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def const(self, node, value, what, *, optional=False):
+        if value is None and optional:
+            return None
+        if not isinstance(value, _Const):
+            self.refuse(node, f"expected {what} to be a constant (an initializer), got a "
+                              "value computed at run time")
+        return value.array
+
+    def data(self, node, value, layout_only=False):
+        """The current head of the data path, from a _Data or the final h of the last
+        LSTM layer (an LSTM's Y_h read as its last step)."""
+        if isinstance(value, _State) and value.which == "h" and value.squeezed \
+                and value.version == self.version and self.stages \
+                and self.stages[-1]["kind"] == "LSTM" \
+                and value.layers[0] == (len(self.stages) - 1,
+                                        len(self.stages[-1]["layers"]) - 1):
+            self.append(node, {"kind": "LastStep", "lengths": False})
+            return _Data(("B", "F"), self.version)
+        if not isinstance(value, _Data):
+            self.refuse(node, "expected the data path (the graph's input through the model) "
+                              f"as input, got {type(value).__name__.strip('_').lower()}")
+        if value.version != self.version:
+            self.refuse(node, "the graph branches: this node reads a value that later "
+                              "layers already consumed (clstm models are one chain)")
+        if self.softmax and not layout_only:
+            self.refuse(node, "expected Softmax to be the last op of the data path")
+        return value
+
+    def label(self, axis_label):
+        """'T' or 'B' for an axis of the main input once an LSTM told which is time."""
+        if axis_label in ("?0", "?1") and self.input_layout is not None:
+            first = "T" if self.input_layout == "time_major" else "B"
+            return first if axis_label == "?0" else {"T": "B", "B": "T"}[first]
+        return axis_label
+
+    def append(self, node, stage):
+        if self.stages and self.stages[-1]["kind"] == "LSTM":
+            self.stages[-1]["open"] = False      # a later LSTM node starts a new stage
+        self.stages.append(stage)
+        self.version += 1
+        return self.version
+
+    @staticmethod
+    def axis(axis, rank, node, reader):
+        if not -rank <= axis < rank:
+            reader.refuse(node, f"axis {axis} out of range for rank {rank}")
+        return axis % rank
+
+    # -- the walk ---------------------------------------------------------------------------
+
+    def run(self, main_input, other_inputs):
+        from onnx import numpy_helper
+
+        for init in self.graph.initializer:
+            self.values[init.name] = _Const(_tensor(numpy_helper, init))
+        axes, tokens = _input_axes(main_input)
+        self.values[main_input.name] = _Data(axes, 0, tokens)
+        for inp in other_inputs:
+            self.values[inp.name] = _Aux(inp.name)
+        for node in self.graph.node:
+            try:
+                ins = []
+                for name in node.input:
+                    if name not in self.values:
+                        self.refuse(node, f"input {name!r} is not defined before it")
+                    ins.append(self.values[name])
+                outs = self.node(node, ins)
+            except _Refused:
+                raise
+            except Exception as e:     # a malformed node: say which, never crash
+                raise _Refused(f"node {node.name or '(unnamed)'!r} (op {node.op_type}): "
+                               f"cannot be read ({type(e).__name__}: {e})") from None
+            for name, value in zip(node.output, outs):
+                if name:
+                    self.values[name] = value
+
+    def node(self, node, ins):
+        if node.domain not in ("", "ai.onnx"):
+            self.refuse(node, f"ops of domain {node.domain!r} are not supported")
+        if node.op_type == "Constant":
+            return [_Const(_constant(self.onnx, self.attrs(node), node, self))]
+        kinds = {type(v) for v in ins if v is not None}
+        if kinds <= {_Const}:
+            if node.op_type in _FOLD:
+                arrays = [None if v is None else v.array for v in ins]
+                _check_fold_size(self, node, arrays)
+                return [_Const(_FOLD[node.op_type](self, node, arrays))]
+            if node.op_type in ("ConstantOfShape", "Expand"):
+                return [_Shapes(zeros=_fills_zeros(self, node, ins))]
+        if kinds <= {_Const, _Shapes} and node.op_type in _SHAPE_OPS:
+            return [_Shapes(zeros=_fills_zeros(self, node, ins), **_sizes(self, node, ins))]
+        if node.op_type == "Shape" and ins and isinstance(ins[0], (_Data, _Aux, _State)):
+            dims = None
+            if isinstance(ins[0], _Data):
+                a = self.attrs(node)
+                dims = ins[0].axes[a.get("start", 0):a.get("end", len(ins[0].axes))]
+            return [_Shapes(dims=dims)]
+        if node.op_type == "LSTM":
+            return _import_lstm(self, node, ins)
+        importer = _IMPORTERS.get(node.op_type)
+        if importer is None:
+            self.refuse(node, "not supported by clstm.onnx.load (it reads LSTM nodes and, "
+                              f"around them, {', '.join(sorted(_IMPORTERS))})")
+        return importer(self, node, ins)
+
+
+def _tensor(numpy_helper, tensor):
+    if tensor.data_location == 1:   # EXTERNAL
+        raise _Refused(f"tensor {tensor.name!r}: external data is not read (store the "
+                       "weights inside the .onnx file)")
+    try:
+        array = numpy_helper.to_array(tensor)
+    except Exception as e:
+        raise _Refused(f"tensor {tensor.name!r}: cannot be read ({type(e).__name__}: "
+                       f"{e})") from None
+    if array.dtype.kind not in "fiub":
+        raise _Refused(f"tensor {tensor.name!r}: expected numbers, got dtype {array.dtype}")
+    return array
+
+
+def _constant(onnx, attrs, node, reader):
+    from onnx import numpy_helper
+
+    if "value" in attrs:
+        return _tensor(numpy_helper, attrs["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    reader.refuse(node, f"expected a numeric value, got attributes {sorted(attrs)}")
+
+
+def _input_axes(value_info):
+    """(axes, tokens) of the main input from its declared type: int ids (T, B) or float
+    features (T, B, F); which of the first two axes is time is decided where they meet
+    an LSTM (or a Transpose before it), so both start as unknown '?' axes."""
+    t = value_info.type.tensor_type
+    rank = len(t.shape.dim) if t.HasField("shape") else None
+    tokens = t.elem_type in (6, 7, 12, 13)   # INT32, INT64, UINT32, UINT64
+    if rank is None:
+        rank = 2 if tokens else 3
+    if rank != (2 if tokens else 3):
+        raise _Refused(f"input {value_info.name!r}: expected (batch, time) token ids or "
+                       f"(batch, time, features) values (rank {2 if tokens else 3}), got "
+                       f"rank {rank}")
+    return ("?0", "?1") + (() if tokens else ("F",)), tokens
+
+
+def _fills_zeros(reader, node, ins):
+    op = node.op_type
+    if op == "ConstantOfShape":
+        value = reader.attrs(node).get("value")
+        return value is None or not np.any(_tensor(reader.onnx.numpy_helper, value))
+    if op == "Expand":
+        src = ins[0]
+        return (isinstance(src, _Const) and not np.any(src.array)) or \
+               (isinstance(src, _Shapes) and src.zeros)
+    if op in ("Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Identity", "Cast",
+              "Transpose"):
+        return isinstance(ins[0], _Shapes) and ins[0].zeros
+    if op == "Concat":
+        return all((isinstance(v, _Shapes) and v.zeros) or
+                   (isinstance(v, _Const) and not np.any(v.array)) for v in ins)
+    return False
+
+
+def _sizes(reader, node, ins):
+    """Which axis sizes a shape computation holds: ``dims`` for (a gather of) a Shape of
+    the data path, ``fill`` when every entry is the size of one axis (the time length
+    expanded over the batch: a sequence_lens that changes nothing)."""
+    op, src = node.op_type, ins[0] if ins else None
+    if not isinstance(src, _Shapes):
+        return {}
+    if op == "Gather" and src.dims is not None and isinstance(ins[1], _Const) \
+            and reader.attrs(node).get("axis", 0) == 0:
+        index = np.asarray(ins[1].array)
+        if index.dtype.kind in "iu" and index.size and \
+                np.all((-len(src.dims) <= index) & (index < len(src.dims))):
+            labels = {src.dims[int(i)] for i in index.reshape(-1)}
+            dims = tuple(src.dims[int(i)] for i in index.reshape(-1))
+            return {"dims": dims if index.ndim else None,
+                    "fill": labels.pop() if len(labels) == 1 else None}
+        return {}
+    if op == "Cast" and reader.attrs(node).get("to") not in (6, 7):   # INT32, INT64
+        return {}                                       # a narrower type may wrap
+    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Expand"):
+        return {"fill": src.fill}
+    if op == "Concat" and all(isinstance(v, _Shapes) for v in ins):
+        fills = {v.fill for v in ins}
+        return {"fill": fills.pop() if len(fills) == 1 else None}
+    return {}
+
+
+# ops on shapes (the zero initial state torch.onnx.export builds from Shape(x))
+_SHAPE_OPS = {"Shape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Concat", "Cast",
+              "Reshape", "Identity", "ConstantOfShape", "Expand", "Transpose", "Add", "Sub",
+              "Mul", "Div", "Equal", "Where", "Range"}
+
+
+def _ints(array, node, reader, what):
+    array = np.asarray(array)
+    if array.dtype.kind not in "iu" or array.ndim > 1 or array.size > 64:
+        reader.refuse(node, f"expected {what} as at most 64 integers, got {array.dtype} "
+                            f"of shape {array.shape}")
+    return [int(v) for v in array.reshape(-1)]
+
+
+def _axes_of(reader, node, ins, position):
+    """Axes from the input at ``position`` (opset 13+) or the 'axes' attribute."""
+    if len(ins) > position and ins[position] is not None:
+        return _ints(reader.const(node, ins[position], "axes"), node, reader, "axes")
+    axes = reader.attrs(node).get("axes")
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _slice_args(reader, node, ins, rank):
+    a = reader.attrs(node)
+    if "starts" in a:                             # Slice-1
+        starts, ends = list(a["starts"]), list(a["ends"])
+        axes, steps = list(a.get("axes", range(len(starts)))), [1] * len(starts)
+    else:
+        get = lambda i, what: None if len(ins) <= i or ins[i] is None else _ints(  # noqa
+            reader.const(node, ins[i], what), node, reader, what)
+        starts, ends = get(1, "starts"), get(2, "ends")
+        axes = get(3, "axes") or list(range(len(starts)))
+        steps = get(4, "steps") or [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        reader.refuse(node, "starts, ends, axes and steps differ in length")
+    return [(reader.axis(ax, rank, node, reader), s, e, st)
+            for ax, s, e, st in zip(axes, starts, ends, steps)]
+
+
+# -- constant folding (numpy, sizes bounded by the arrays the file holds) ------------------
+
+def _fold_slice(reader, node, arrays):
+    x = arrays[0]
+    index = [slice(None)] * x.ndim
+    for ax, s, e, st in _slice_args(reader, node, [_Const(a) if a is not None else None
+                                                   for a in arrays], x.ndim):
+        index[ax] = slice(s, e, st)
+    return x[tuple(index)]
+
+
+def _fold_reshape(reader, node, arrays):
+    x, shape = arrays[0], _ints(arrays[1], node, reader, "shape")
+    shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _fold_unsqueeze(reader, node, arrays):
+    axes = _axes_of(reader, node, [_Const(a) if a is not None else None for a in arrays], 1)
+    x = arrays[0]
+    rank = x.ndim + len(axes)
+    for ax in sorted(reader.axis(a, rank, node, reader) for a in axes):
+        x = np.expand_dims(x, ax)
+    return x
+
+
+def _fold_squeeze(reader, node, arrays):
+    axes = _axes_of(reader, node, [_Const(a) if a is not None else None for a in arrays], 1)
+    x = arrays[0]
+    return np.squeeze(x) if axes is None else np.squeeze(
+        x, tuple(reader.axis(a, x.ndim, node, reader) for a in axes))
+
+
+def _check_fold_size(reader, node, arrays):
+    """A folded constant is never much larger than the constants it is made of: a
+    broadcast or a gather of a few small arrays must not allocate gigabytes."""
+    present = [a for a in arrays if a is not None]
+    limit = sum(a.size for a in present) + (1 << 16)
+    if node.op_type in ("Add", "Sub", "Mul") and len(present) == 2:
+        size = int(np.prod(np.broadcast_shapes(present[0].shape, present[1].shape),
+                           dtype=np.float64))
+    elif node.op_type == "Gather" and len(present) == 2 and present[0].ndim:
+        axis = reader.axis(reader.attrs(node).get("axis", 0), present[0].ndim, node, reader)
+        size = present[1].size * (present[0].size // max(present[0].shape[axis], 1))
+    else:
+        return
+    if size > limit:
+        reader.refuse(node, f"folding it would make {size} values out of {limit - (1 << 16)}")
+
+
+_FOLD = {
+    "Identity": lambda r, n, a: a[0],
+    "Cast": lambda r, n, a: a[0].astype(r.onnx.helper.tensor_dtype_to_np_dtype(
+        r.attrs(n)["to"])),
+    "Transpose": lambda r, n, a: np.transpose(a[0], r.attrs(n).get("perm")),
+    "Unsqueeze": _fold_unsqueeze,
+    "Squeeze": _fold_squeeze,
+    "Reshape": _fold_reshape,
+    "Concat": lambda r, n, a: np.concatenate(a, axis=r.attrs(n)["axis"]),
+    "Gather": lambda r, n, a: np.take(a[0], a[1], axis=r.attrs(n).get("axis", 0)),
+    "Slice": _fold_slice,
+    "Neg": lambda r, n, a: -a[0],
+    "Add": lambda r, n, a: a[0] + a[1],
+    "Sub": lambda r, n, a: a[0] - a[1],
+    "Mul": lambda r, n, a: a[0] * a[1],
+}
+
+
+# -- the data path ------------------------------------------------------------------------
+
+def _import_lstm(reader, node, ins):
+    """An ONNX LSTM node: a layer of clstm.LSTM (stacked on the last one when it reads
+    that one's output). Refused: direction other than forward, sequence_lens other than
+    the time length of every row (which changes nothing), other activations, clip,
+    input_forget, a non-zero constant initial state."""
+    a = reader.attrs(node)
+    direction = a.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction != "forward":
+        reader.refuse(node, f"direction={direction!r} is not supported (clstm's LSTM runs "
+                            "forward only; bidirectional and reverse LSTMs are not in clstm "
+                            "yet)")
+    acts = [s.decode() if isinstance(s, bytes) else s for s in a.get("activations", [])]
+    if acts and [s.lower() for s in acts] != ["sigmoid", "tanh", "tanh"]:
+        reader.refuse(node, f"activations {acts} are not supported (clstm: Sigmoid, Tanh, "
+                            "Tanh)")
+    for key in ("clip", "activation_alpha", "activation_beta"):
+        if key in a:
+            reader.refuse(node, f"attribute {key!r} is not supported")
+    if a.get("input_forget", 0):
+        reader.refuse(node, "input_forget=1 (coupled input and forget gates) is not "
+                            "supported")
+    layout = a.get("layout", 0)
+    seq_lens = ins[4] if len(ins) > 4 else None
+    if "hidden_size" not in a:
+        reader.refuse(node, "expected the hidden_size attribute")
+    H = int(a["hidden_size"])
+    if not 1 <= H <= 2**28:
+        reader.refuse(node, f"expected hidden_size >= 1, got {H}")
+    x = reader.data(node, ins[0])
+    if x.tokens:
+        reader.refuse(node, "expected float features as X, got token ids")
+    axes = list(x.axes)
+    time_axis, batch_axis = (1, 0) if layout else (0, 1)
+    if len(axes) != 3 or axes[2] != "F" or {axes[time_axis], axes[batch_axis]} not in (
+            {"T", "B"}, {"?0", "?1"}) or (axes[time_axis], axes[batch_axis]) == ("B", "T"):
+        reader.refuse(node, f"expected X as ({'batch, time' if layout else 'time, batch'}, "
+                            f"features), got axes {_axes_text(axes)}")
+    if axes[time_axis].startswith("?"):
+        # The main input's first two axes meet an LSTM: the time axis is known now.
+        reader.input_layout = "time_major" if axes[time_axis] == "?0" else "batch_first"
+    if seq_lens is not None and not (
+            isinstance(seq_lens, _Shapes) and seq_lens.fill is not None
+            and reader.label(seq_lens.fill) == reader.label(axes[time_axis])):
+        # Lengths that are the time length for every row change nothing; others would.
+        reader.refuse(node, "a sequence_lens input other than the time length of every "
+                            "row is not supported (clstm's LSTM runs every step of every "
+                            "row; pad at the end and read the last valid step with "
+                            "LastStep instead)")
+    W = reader.const(node, ins[1], "W")
+    R = reader.const(node, ins[2], "R")
+    B = reader.const(node, ins[3] if len(ins) > 3 else None, "B", optional=True)
+    P = reader.const(node, ins[7] if len(ins) > 7 else None, "P", optional=True)
+    I = W.shape[-1] if W.ndim == 3 else -1
+    expect = {"W": (W, (1, 4 * H, I)), "R": (R, (1, 4 * H, H))}
+    if B is not None:
+        expect["B"] = (B, (1, 8 * H))
+    if P is not None:
+        expect["P"] = (P, (1, 3 * H))
+    for name, (arr, shape) in expect.items():
+        if arr.shape != shape or arr.dtype.kind != "f":
+            reader.refuse(node, f"expected {name} of shape {shape} (float), got "
+                                f"{arr.dtype} {arr.shape}")
+    init = []
+    for i, what in ((5, "initial_h"), (6, "initial_c")):
+        v = ins[i] if len(ins) > i else None
+        if v is None or (isinstance(v, _Const) and not np.any(v.array)) or \
+                (isinstance(v, _Shapes) and v.zeros):
+            init.append(None)
+        elif isinstance(v, _Aux) and all(op[0] == "layer" for op in v.ops) and \
+                len(v.ops) == 1:
+            init.append((v.name, v.ops[0][1]))
+        else:
+            reader.refuse(node, f"{what}: expected zeros or a graph input (one layer of it, "
+                                "axis 0), got another value")
+    layer = {"W": W[0], "R": R[0], "B": None if B is None else B[0],
+             "P": None if P is None else P[0], "hidden": H, "input": I,
+             "init": init, "name": node.name}
+    prev = reader.stages[-1] if reader.stages else None
+    stacked = prev is not None and prev["kind"] == "LSTM" and prev["open"] \
+        and prev["layers"][-1]["hidden"] == I == H and prev["dtype"] == W.dtype \
+        and _continues_states(prev["layers"], init)
+    if stacked:                       # one more layer of the same clstm.LSTM
+        prev["layers"].append(layer)
+        reader.version += 1
+    else:
+        reader.append(node, {"kind": "LSTM", "layers": [layer], "open": True,
+                             "dtype": W.dtype})
+    stage = len(reader.stages) - 1
+    k = len(reader.stages[-1]["layers"]) - 1
+    y_axes = ("B", "T", "1", "F") if layout else ("T", "1", "B", "F")
+    # states of a layout=1 node (batch, 1, H) are read as graph outputs only
+    version = -1 if layout else reader.version
+    state = (lambda which: _State(which, [(stage, k)], version))
+    return [_Data(y_axes, reader.version), state("h"), state("c")]
+
+
+def _continues_states(layers, init):
+    """Whether a layer with initial states ``init`` stacks on ``layers`` as one clstm.LSTM:
+    all zeros, or the next layer (axis 0) of the same graph inputs."""
+    for which in (0, 1):
+        before = [layer["init"][which] for layer in layers]
+        if init[which] is None and all(b is None for b in before):
+            continue
+        if init[which] is None or any(b is None for b in before) or \
+                init[which] != (before[0][0], len(before)):
+            return False
+    return True
+
+
+def _axes_text(axes):
+    names = {"T": "time", "B": "batch", "F": "features", "1": "1"}
+    return "(" + ", ".join(names.get(a, "batch or time") for a in axes) + ")"
+
+
+def _import_passthrough(reader, node, ins):
+    v = ins[0]
+    if isinstance(v, (_State, _Aux)):
+        return [v]
+    x = reader.data(node, v, layout_only=True)
+    if node.op_type == "Dropout" and len(ins) > 2 and ins[2] is not None:
+        mode = reader.const(node, ins[2], "training_mode")
+        if np.any(mode):
+            reader.refuse(node, "training_mode=True dropout is not an inference op")
+    if node.op_type == "Cast":
+        to = np.dtype(reader.onnx.helper.tensor_dtype_to_np_dtype(reader.attrs(node)["to"]))
+        if to.kind not in ("iu" if x.tokens else "f"):
+            reader.refuse(node, f"a cast of the data path to {to} is not supported")
+    out = [x]
+    if node.op_type == "Dropout" and len(node.output) > 1:
+        out.append(None)
+    return out
+
+
+def _import_transpose(reader, node, ins):
+    v = ins[0]
+    if isinstance(v, _Aux):
+        return [_Aux(v.name, v.ops + (("transpose", tuple(reader.attrs(node).get("perm",
+                                                                                 ()))),))]
+    x = reader.data(node, v, layout_only=True)
+    perm = reader.attrs(node).get("perm") or list(range(len(x.axes)))[::-1]
+    if sorted(perm) != list(range(len(x.axes))):
+        reader.refuse(node, f"perm {list(perm)} does not fit rank {len(x.axes)}")
+    return [_Data([x.axes[p] for p in perm], x.version, x.tokens)]
+
+
+def _import_squeeze(reader, node, ins, unsqueeze=False):
+    v = ins[0]
+    axes = _axes_of(reader, node, ins, 1)
+    if isinstance(v, _State):
+        if unsqueeze or v.squeezed or len(v.layers) != 1 or axes not in (None, [0], [-2]):
+            reader.refuse(node, "expected a squeeze of the layer axis of one layer's state")
+        return [_State(v.which, v.layers, v.version, squeezed=True)]
+    if isinstance(v, _Aux):
+        return [_Aux(v.name, v.ops + (("unsqueeze" if unsqueeze else "squeeze",
+                                       tuple(axes or ())),))]
+    x = reader.data(node, v, layout_only=True)
+    new = list(x.axes)
+    if unsqueeze:
+        for ax in sorted(reader.axis(a, len(new) + len(axes), node, reader) for a in axes):
+            new.insert(ax, "1")
+    else:
+        drop = [i for i, a in enumerate(new) if a == "1"] if axes is None else \
+            [reader.axis(a, len(new), node, reader) for a in axes]
+        if any(new[i] != "1" for i in drop):
+            reader.refuse(node, f"squeezes axes {axes} of {_axes_text(new)}: only axes of "
+                                "size one can go")
+        new = [a for i, a in enumerate(new) if i not in drop]
+    return [_Data(new, x.version, x.tokens)]
+
+
+def _import_gather(reader, node, ins):
+    axis = reader.attrs(node).get("axis", 0)
+    src, idx = ins[0], ins[1]
+    if isinstance(src, _Const) and isinstance(idx, _Data):       # an embedding
+        ids = reader.data(node, idx)
+        weight = src.array
+        if not ids.tokens or weight.ndim != 2 or weight.dtype.kind != "f" or axis != 0:
+            reader.refuse(node, "expected an embedding: a float (N, D) table gathered on "
+                                "axis 0 by integer token ids")
+        reader.append(node, {"kind": "Embedding", "weight": weight})
+        return [_Data(ids.axes + ("F",), reader.version)]
+    index = reader.const(node, idx, "the index")
+    if index.ndim != 0:
+        reader.refuse(node, f"expected one index, got shape {index.shape}")
+    index = int(index)
+    if isinstance(src, _State):
+        if src.squeezed or reader.axis(axis, 3, node, reader) != 0 or \
+                not -len(src.layers) <= index < len(src.layers):
+            reader.refuse(node, "expected one layer of a state (axis 0)")
+        return [_State(src.which, [src.layers[index]], src.version, squeezed=True)]
+    if isinstance(src, _Aux):
+        if axis != 0:
+            reader.refuse(node, "expected one layer of an initial state (axis 0)")
+        return [_Aux(src.name, src.ops + (("layer", index, "squeeze"),))]
+    x = reader.data(node, src)
+    ax = reader.axis(axis, len(x.axes), node, reader)
+    return [_last_step(reader, node, x, ax, index, keep=False)]
+
+
+def _last_step(reader, node, x, ax, index, keep):
+    label = x.axes[ax]
+    if label == "1" and index in (0, -1):
+        axes = x.axes if keep else x.axes[:ax] + x.axes[ax + 1:]
+        return _Data(axes, x.version, x.tokens)
+    if label != "T" or index != -1 or x.tokens or x.axes[-1] != "F" or len(x.axes) != 3:
+        reader.refuse(node, f"expected the last time step (index -1 of the time axis) of "
+                            f"(time, batch, features), got index {index} of axis {ax} of "
+                            f"{_axes_text(x.axes)}")
+    reader.append(node, {"kind": "LastStep", "lengths": False})
+    axes = [a for i, a in enumerate(x.axes) if i != ax]
+    if keep:
+        axes.insert(ax, "1")
+    return _Data(axes, reader.version)
+
+
+def _import_slice(reader, node, ins):
+    v = ins[0]
+    if isinstance(v, (_Aux, _State)):
+        args = _slice_args(reader, node, ins, 3)
+        if len(args) != 1 or args[0][0] != 0 or args[0][3] != 1:
+            reader.refuse(node, "expected a slice of layers (axis 0, step 1) of a state")
+        _, s, e, _ = args[0]
+        if isinstance(v, _Aux):
+            if e != s + 1 or s < 0:
+                reader.refuse(node, "expected one layer [k:k+1] of an initial state")
+            return [_Aux(v.name, v.ops + (("layer", s),))]
+        if v.squeezed:
+            reader.refuse(node, "expected a slice of the layer axis of a state")
+        return [_State(v.which, v.layers[s:e], v.version)]
+    x = reader.data(node, v)
+    args = _slice_args(reader, node, ins, len(x.axes))
+    out = x
+    for ax, s, e, st in args:
+        if st == 1 and s == 0 and e >= 2**31 - 1:
+            continue                                           # the whole axis
+        if st != 1 or s != -1 or e < 2**31 - 1:
+            reader.refuse(node, f"expected the last time step [-1:] of the time axis, got "
+                                f"[{s}:{e}:{st}] of axis {ax}")
+        out = _last_step(reader, node, out, ax, -1, keep=True)
+    return [out]
+
+
+def _import_matmul(reader, node, ins):
+    x = reader.data(node, ins[0])
+    w = reader.const(node, ins[1], "the weight (B)")
+    if x.tokens or x.axes[-1] != "F" or w.ndim != 2 or w.dtype.kind != "f":
+        reader.refuse(node, "expected features (..., in) times a constant (in, out) matrix")
+    reader.append(node, {"kind": "Dense", "weight": np.ascontiguousarray(w.T), "bias": None})
+    return [_Data(x.axes, reader.version)]
+
+
+def _import_gemm(reader, node, ins):
+    a = reader.attrs(node)
+    x = reader.data(node, ins[0])
+    if a.get("transA", 0) or len(x.axes) != 2 or x.axes[-1] != "F":
+        reader.refuse(node, "expected Gemm of (batch, features) by a constant matrix")
+    b = reader.const(node, ins[1], "B")
+    if b.ndim != 2 or b.dtype.kind != "f":
+        reader.refuse(node, "expected a constant 2-D float B")
+    weight = (b if a.get("transB", 0) else b.T) * a.get("alpha", 1.0)
+    c = reader.const(node, ins[2] if len(ins) > 2 else None, "C", optional=True)
+    bias = None
+    if c is not None:
+        bias = _bias(reader, node, c, weight.shape[0]) * a.get("beta", 1.0)
+    reader.append(node, {"kind": "Dense", "weight": np.ascontiguousarray(weight),
+                         "bias": bias})
+    return [_Data(x.axes, reader.version)]
+
+
+def _bias(reader, node, c, out):
+    c = np.asarray(c)
+    if c.dtype.kind != "f" or c.size not in (1, out) or (c.ndim and c.shape[-1] not in
+                                                          (1, out)):
+        reader.refuse(node, f"expected a bias broadcast over {out} outputs, got shape "
+                            f"{c.shape}")
+    return np.broadcast_to(c.reshape(-1), (out,)).copy()
+
+
+def _import_add(reader, node, ins):
+    if isinstance(ins[0], _Aux) or isinstance(ins[1], _Aux):      # lengths - 1
+        aux, other = (ins[0], ins[1]) if isinstance(ins[0], _Aux) else (ins[1], ins[0])
+        k = reader.const(node, other, "the addend")
+        sign = -1 if node.op_type == "Sub" else 1
+        if node.op_type == "Sub" and aux is ins[1]:
+            reader.refuse(node, "expected lengths - 1")
+        if k.size != 1 or int(k.reshape(-1)[0]) * sign != -1:
+            reader.refuse(node, "expected lengths - 1")
+        return [_Aux(aux.name, aux.ops + (("minus_one",),))]
+    if node.op_type != "Add":
+        reader.refuse(node, "Sub on the data path is not supported")
+    x, c = (ins[0], ins[1]) if not isinstance(ins[0], _Const) else (ins[1], ins[0])
+    x = reader.data(node, x)
+    bias = reader.const(node, c, "the bias")
+    last = reader.stages[-1] if reader.stages else None
+    if last is None or last["kind"] != "Dense":
+        reader.refuse(node, "expected Add to be the bias of a MatMul (a dense layer)")
+    out = last["weight"].shape[0]
+    b = _bias(reader, node, bias, out)
+    last["bias"] = b if last["bias"] is None else last["bias"] + b
+    reader.version += 1
+    return [_Data(x.axes, reader.version)]
+
+
+def _import_gathernd(reader, node, ins):
+    """The last valid step: GatherND((batch, time, F), (lengths - 1)[:, None])."""
+    x = reader.data(node, ins[0])
+    idx = ins[1]
+    if reader.attrs(node).get("batch_dims", 0) != 1 or x.axes != ("B", "T", "F") or \
+            not isinstance(idx, _Aux) or idx.ops not in (
+                (("minus_one",), ("unsqueeze", (1,))), (("minus_one",), ("unsqueeze", (-1,)))):
+        reader.refuse(node, "expected the last valid step: GatherND(batch_dims=1) of (batch, "
+                            "time, features) at (lengths - 1) unsqueezed on axis 1")
+    reader.append(node, {"kind": "LastStep", "lengths": True, "input": idx.name})
+    return [_Data(("B", "F"), reader.version)]
+
+
+def _import_concat(reader, node, ins):
+    if all(isinstance(v, _State) and not v.squeezed for v in ins) and \
+            len({v.which for v in ins}) == 1 and reader.attrs(node).get("axis") == 0:
+        return [_State(ins[0].which, [l for v in ins for l in v.layers], ins[-1].version)]
+    reader.refuse(node, "expected a Concat of LSTM states along the layer axis")
+
+
+def _import_softmax(reader, node, ins):
+    x = reader.data(node, ins[0])
+    axis = reader.attrs(node).get("axis", -1)
+    if reader.axis(axis, len(x.axes), node, reader) != len(x.axes) - 1:
+        reader.refuse(node, f"expected a softmax over the last axis, got axis {axis}")
+    reader.softmax = True
+    return [_Data(x.axes, x.version)]
+
+
+#: ONNX op type -> function(reader, node, input values) -> output values; LSTM (the
+#: recurrent op) is read by _import_lstm, a GRU would be read by its own entry.
+_IMPORTERS = {
+    "Identity": _import_passthrough, "Dropout": _import_passthrough,
+    "Cast": _import_passthrough, "Transpose": _import_transpose,
+    "Squeeze": _import_squeeze,
+    "Unsqueeze": lambda r, n, i: _import_squeeze(r, n, i, unsqueeze=True),
+    "Gather": _import_gather, "Slice": _import_slice, "MatMul": _import_matmul,
+    "Gemm": _import_gemm, "Add": _import_add, "Sub": _import_add,
+    "GatherND": _import_gathernd, "Concat": _import_concat, "Softmax": _import_softmax,
+}
+
+
+# -- from the stages to a clstm model -------------------------------------------------------
+
+def _build_lstm(stage, dtype):
+    layers = stage["layers"]
+    H, I, L = layers[0]["hidden"], layers[0]["input"], len(layers)
+    peephole = any(layer["P"] is not None for layer in layers)
+    net = LSTM(I, H, L, dtype=dtype, peephole=peephole)
+    state = {}
+    for k, layer in enumerate(layers):
+        B = np.zeros(8 * H) if layer["B"] is None else layer["B"]
+        state[f"weight_ih_l{k}"] = _gate_blocks(layer["W"], H, _ONNX_TO_TORCH_GATES)
+        state[f"weight_hh_l{k}"] = _gate_blocks(layer["R"], H, _ONNX_TO_TORCH_GATES)
+        state[f"bias_ih_l{k}"] = _gate_blocks(B[:4 * H], H, _ONNX_TO_TORCH_GATES)
+        state[f"bias_hh_l{k}"] = _gate_blocks(B[4 * H:], H, _ONNX_TO_TORCH_GATES)
+        if peephole:
+            P = np.zeros(3 * H) if layer["P"] is None else layer["P"]
+            state[f"weight_peephole_l{k}"] = P.reshape(3, H)[list(_ONNX_TO_CLSTM_PEEPHOLES)]
+    net.load_state_dict(state)
+    # initial states: zeros, or layer k of one graph input per h and c
+    for which in (0, 1):
+        inits = [layer["init"][which] for layer in layers]
+        if all(i is None for i in inits):
+            continue
+        if any(i is None for i in inits) or len({i[0] for i in inits}) != 1 or \
+                [i[1] for i in inits] not in (list(range(L)), list(range(-L, 0))):
+            raise _Refused(f"LSTM nodes {[layer['name'] for layer in layers]}: expected the "
+                           f"initial {'hc'[which]} of all {L} layers as zeros or as layers "
+                           "0..L-1 of one graph input")
+    return net
+
+
+def _float_dtype(stages):
+    for stage in stages:
+        arr = {"LSTM": lambda s: s["layers"][0]["W"], "Embedding": lambda s: s["weight"],
+               "Dense": lambda s: s["weight"]}.get(stage["kind"], lambda s: None)(stage)
+        if arr is not None:
+            return np.float64 if arr.dtype == np.float64 else np.float32
+    return np.float32
+
+
+def _build_layers(reader):
+    dtype = _float_dtype(reader.stages)
+    layers = []
+    for i, stage in enumerate(reader.stages):
+        kind = stage["kind"]
+        if kind == "LSTM":
+            layers.append(_build_lstm(stage, dtype))
+        elif kind == "Embedding":
+            w = stage["weight"]
+            layer = Embedding(w.shape[0], w.shape[1], dtype=dtype)
+            layer.load_state_dict({"weight": w})
+            layers.append(layer)
+        elif kind == "Dense":
+            w, b = stage["weight"], stage["bias"]
+            layer = Dense(w.shape[1], w.shape[0], bias=b is not None, dtype=dtype)
+            layer.load_state_dict({"weight": w} if b is None else {"weight": w, "bias": b})
+            layers.append(layer)
+        else:
+            layers.append(LastStep())
+    for i in range(1, len(layers)):          # each layer reads what the one before gives
+        before, layer = layers[i - 1], layers[i]
+        got = getattr(before, "hidden_size", getattr(before, "out_features",
+                                                     getattr(before, "embedding_dim", None)))
+        want = getattr(layer, "input_size", getattr(layer, "in_features", None))
+        if isinstance(before, LastStep):
+            continue
+        if want is not None and got is not None and got != want:
+            raise _Refused(f"layer {i} ({type(layer).__name__}) reads {want} features, the "
+                           f"layer before gives {got}")
+    return layers
+
+
+def _main_output(reader, graph):
+    """The one graph output the data path ends in (final states are allowed beside it)."""
+    values = [(out.name, reader.values.get(out.name)) for out in graph.output]
+    for name, value in values:
+        if not isinstance(value, (_Data, _State)):
+            raise _Refused(f"output {name!r}: expected it to be computed from the input "
+                           "(the data path or an LSTM's final state)")
+    data = [(n, v) for n, v in values if isinstance(v, _Data)]
+    if not data:      # an LSTM read through its final h (the last step), or states only
+        data = [(n, reader.data(_NamedNode(n), v)) for n, v in values
+                if isinstance(v, _State) and v.which == "h" and v.squeezed][:1]
+    if len(data) > 1 or any(v.version != reader.version for _, v in data):
+        raise _Refused(f"outputs {[n for n, _ in data]}: expected one output at the end of "
+                       "the data path (a clstm model is one chain of layers)")
+    return data[0] if data else (None, None)
+
+
+class _NamedNode:
+    def __init__(self, name):
+        self.name, self.op_type = name, "output"
+
+
+def load(path):
+    """A clstm model computing what an ONNX graph of LSTM nodes computes.
+
+    Reads graphs whose recurrent nodes are ONNX ``LSTM`` nodes (forward direction,
+    default activations, ``sequence_lens`` absent or the time length of every row; stacked
+    nodes become one ``clstm.LSTM``) with the glue exporters put around them: ``Gather`` of a constant table (an
+    Embedding), ``MatMul``/``Gemm`` with ``Add`` (a Dense), ``Squeeze``, ``Unsqueeze``,
+    ``Transpose``, ``Concat``, ``Slice``, ``Gather`` of the last step, ``Shape`` and the
+    ops that build a zero initial state from it, ``Identity``/``Dropout``/``Cast``, a
+    ``GatherND`` of the last valid step (what :func:`export` writes for ``lengths``) and a
+    ``Softmax`` at the end.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An ``.onnx`` file (its weights inside it: external data is not read). The
+        graph's first input (not an initializer) is the data: float features, or
+        integer token ids read by a Gather; other inputs may be initial states (layer k
+        of an (L, batch, H) input, as PyTorch and :func:`export` write them) or the
+        ``lengths`` of a last valid step.
+
+    Returns
+    -------
+    clstm.LSTM or clstm.Sequential
+        In eval mode. An LSTM alone comes back as ``clstm.LSTM`` (``batch_first`` as the
+        graph's input); anything else as a ``Sequential`` whose ``forward`` computes a
+        time-major graph and ``predict`` a batch-first one (axes of size one that the
+        graph's output keeps, an LSTM node's num_directions, are dropped). A graph ending in Softmax
+        gives a Sequential with ``loss="cross_entropy"``: ``predict`` returns the
+        probabilities, ``forward`` the logits. Initial states that the graph takes as
+        inputs are ``forward``'s ``state``; a graph input read as ``lengths`` is
+        ``predict``'s ``lengths``.
+
+    Raises
+    ------
+    ValueError
+        A file that is not a valid ONNX model, or a node clstm cannot run, naming the
+        node, its op and what is not supported (``direction="bidirectional"``,
+        ``sequence_lens`` that may differ from the time length, an unknown op, ...).
+    """
+    onnx = _require_onnx()
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load: expected a path (str or os.PathLike), got "
+                        f"{type(path).__name__}")
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except OSError:
+        raise
+    except Exception as e:
+        raise ValueError(f"load: {os.fspath(path)!r} is not an ONNX model "
+                         f"({type(e).__name__}: {str(e)[:200]})") from None
+    try:
+        return _read_model(onnx, model)
+    except _Refused as e:
+        raise ValueError(f"load: {os.fspath(path)!r}: {e}") from None
+
+
+def _read_model(onnx, model):
+    # Before the checker, which would look for the files external data names.
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise _Refused(f"tensor {t.name!r}: external data is not read (store the "
+                           "weights inside the .onnx file)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise _Refused(f"not a valid ONNX model ({type(e).__name__}: "
+                       f"{str(e).strip()[:300]})") from None
+    opsets = {o.domain: o.version for o in model.opset_import}
+    if opsets.get("", opsets.get("ai.onnx", 0)) < 7:
+        raise _Refused(f"expected opset 7 or later of the default domain, got {opsets}")
+    graph = model.graph
+    initialized = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initialized]
+    if not inputs:
+        raise _Refused("the graph has no input")
+    reader = _Reader(onnx, graph)
+    reader.run(inputs[0], inputs[1:])
+    if not any(s["kind"] == "LSTM" for s in reader.stages):
+        raise _Refused("no LSTM node reads the input: clstm.onnx.load reads recurrent models")
+    name, out = _main_output(reader, graph)
+    try:
+        layers = _build_layers(reader)
+    except (TypeError, ValueError) as e:    # sizes or values the layers refuse
+        raise _Refused(f"the layers cannot be built: {e}") from None
+    batch_first = reader.input_layout == "batch_first"
+    if out is not None and "T" in out.axes:
+        out_first = out.axes.index("B") < out.axes.index("T")
+        if out_first != batch_first:
+            raise _Refused(f"output {name!r} is {'batch' if out_first else 'time'}-first, the "
+                           f"input {'batch' if batch_first else 'time'}-first: clstm models "
+                           "keep one layout")
+    if len(layers) == 1 and isinstance(layers[0], LSTM) and not reader.softmax:
+        net = layers[0]
+        net.batch_first = batch_first
+        return net.eval()
+    return Sequential(layers, loss="cross_entropy" if reader.softmax else None).eval()
