@@ -24,6 +24,7 @@ Each model is a Sequential of one LSTM layer per stacked layer and a Dense head,
 each layer's gradients can be sent separately.
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -182,7 +183,13 @@ def main(argv=None):
     if args.quick:
         args.shapes, args.repeats, args.rounds, args.min_time = ["S2", "S3"], 3, 1, 0.2
 
+    import shutil
     import tempfile
+
+    if not args.report and (shutil.which("mpiexec") is None
+                            or importlib.util.find_spec("mpi4py") is None):
+        raise SystemExit("bench.distributed: needs mpi4py and mpiexec: pip install "
+                         "'clstm-cpu[mpi]' (or pip install mpi4py mpich)")
 
     if args.report:
         with open(args.report) as f:

@@ -318,7 +318,8 @@ class DistributedOptimizer:
     By default every rank's gradient counts ``1 / size`` (equal shards). When the ranks'
     losses average over different counts, call :meth:`set_local_count` with this rank's
     count *before* ``backward``. Other attributes (``lr``, ``state_dict``, ...) are the
-    wrapped optimiser's.
+    wrapped optimiser's. With overlap, the optimiser sets ``model.layer_done_hook``;
+    set it back to None to use the model without it.
     """
 
     def __init__(self, optimizer, model, comm=None, overlap=True):

@@ -82,6 +82,18 @@ for name, build, target in [
         if not np.allclose(a, b, rtol=1e-9, atol=1e-12):
             raise AssertionError(f"rank {rank}: {name} history {k}: {a} vs {b}")
 
+# batches of one sample: rank 1 holds no row in any step (and in validation), yet takes
+# part in every sum with a weight of 0
+xs, ys = x[:6], y[:6]
+one = clstm.Regressor(3, 6, dtype="float64", seed=3)
+many = clstm.Regressor(3, 6, dtype="float64", seed=3)
+kw = dict(epochs=4, batch_size=1, seed=2, verbose=0, validation_data=(xs[:1], ys[:1]))
+one.fit(xs, ys, optimizer=clstm.Adam(one, lr=1e-2), **kw)
+many.fit(xs, ys, optimizer=clstm.Adam(many, lr=1e-2), distributed=True, **kw)
+assert many.optimizer.step_count == 24, many.optimizer.step_count
+results["batches of one"] = close(one.params, many.params, "batches of one")
+assert np.allclose(one.history_["val_loss"], many.history_["val_loss"], rtol=1e-12)
+
 # language model, a 1-D stream: TBPTT, state carried, each rank its own streams
 stream = rng.integers(0, 11, 6 * 5 * 4 + 1)
 for name, B in (("LanguageModel", 6), ("LanguageModel uneven", 5)):
