@@ -8,7 +8,10 @@ sum over the ranks, Adam):
   ``mpiexec``, in alternating rounds;
 - in the 2-rank runs: the step without any gradient sum (``compute``), with one
   blocking ``Allreduce`` after the backward (``blocking``) and with a layer's
-  ``Iallreduce`` started as soon as its backward is done (``overlap``), interleaved;
+  ``Iallreduce`` started as soon as its backward is done (``overlap``: MPICH moves the
+  sums on only in the ``Testall`` at each layer's start and in the final ``Waitall``), and
+  the same with a progress thread testing them every ``--interval`` seconds
+  (``overlap_thread``), interleaved;
 - the time of one ``Allreduce`` per gradient size (float32 elements).
 
 The time a step spends inside MPI calls (the gradient sum's exposed part: the blocking
@@ -75,10 +78,13 @@ def _worker(args):
                 "blocking": DistributedOptimizer(clstm.Adam(model, lr=1e-5), model,
                                                  overlap=False),
                 "overlap": DistributedOptimizer(clstm.Adam(model, lr=1e-5), model,
-                                                overlap=True)}
+                                                overlap=True),
+                "overlap_thread": DistributedOptimizer(clstm.Adam(model, lr=1e-5), model,
+                                                       overlap=True,
+                                                       progress_interval=args.interval)}
         model.layer_done_hook = None       # installed by the overlap one: set per mode
 
-        exposed = {"compute": 0.0, "blocking": 0.0, "overlap": 0.0}
+        exposed = {"compute": 0.0, "blocking": 0.0, "overlap": 0.0, "overlap_thread": 0.0}
 
         def step(mode):
             """One training step; adds the time spent in MPI calls (the part of the
@@ -97,13 +103,14 @@ def _worker(args):
                 reducer.layer_done(i)
                 exposed[mode] += time.perf_counter() - t0
 
-            model.backward(dout, layer_done=hook if mode == "overlap" else None)
+            model.backward(dout, layer_done=hook if mode.startswith("overlap") else None)
             t0 = time.perf_counter()
             reducer.finish()
             exposed[mode] += time.perf_counter() - t0
             opt.optimizer.step()
 
-        modes = ("compute",) if size == 1 else ("compute", "blocking", "overlap")
+        modes = ("compute",) if size == 1 else ("compute", "blocking", "overlap",
+                                                "overlap_thread")
         step("compute")                                    # warm up workspaces
         t = timed(lambda: step("compute"), 1)
         number = max(1, int(args.min_time / max(t, 1e-6)))
@@ -141,6 +148,7 @@ def _launch(ranks, threads, args, path):
     cmd = ["mpiexec", "-n", str(ranks), sys.executable, "-m", "bench.distributed",
            "--worker", "--threads", str(threads), "--out", path,
            "--repeats", str(args.repeats), "--min-time", str(args.min_time),
+           "--interval", str(args.interval),
            "--shapes", *args.shapes]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     subprocess.run(cmd, check=True, env=env)
@@ -174,6 +182,8 @@ def main(argv=None):
     p.add_argument("--latency-us", type=float, default=25.0,
                    help="per-message latency assumed for the Ethernet projection")
     p.add_argument("--quick", action="store_true", help="S2-S3, fewer samples")
+    p.add_argument("--interval", type=float, default=5e-4,
+                   help="the progress thread's interval in overlap_thread (seconds)")
     p.add_argument("--report", metavar="JSON", default=None,
                    help="print the tables of a saved bench/results/distributed.json again")
     args = p.parse_args(argv)
@@ -219,21 +229,28 @@ def report(runs, args, load):
     print(f"\ntraining step, float32, ms (medians; 1x2 = 1 rank x 2 threads, whole "
           f"batch; 2x1 = 2 ranks x 1 thread, half the batch each)")
     print("| shape | grad MiB | 1x2 | 2x1 compute | 2x1 blocking | 2x1 overlap | "
-          "1x2 / 2x1 overlap | in MPI, blocking | in MPI, overlap | hidden by overlap |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "2x1 overlap + thread | 1x2 / 2x1 overlap | in MPI: blocking | overlap | "
+          "overlap + thread | hidden: overlap | overlap + thread |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in args.shapes:
         one = med("1x2", s, "compute")
-        comp, block, over = (med("2x1", s, m) for m in ("compute", "blocking", "overlap"))
-        cost, left = med("2x1", s, "blocking_mpi"), med("2x1", s, "overlap_mpi")
+        comp, block, over, over_t = (med("2x1", s, m) for m in
+                                     ("compute", "blocking", "overlap", "overlap_thread"))
+        cost, left, left_t = (med("2x1", s, f"{m}_mpi") for m in
+                              ("blocking", "overlap", "overlap_thread"))
         hidden = 1 - left / cost if cost > 0 else float("nan")
+        hidden_t = 1 - left_t / cost if cost > 0 else float("nan")
         gb = runs["2x1"][0]["shapes"][s]["grad_bytes"]
         result["shapes"][s] = {"1x2": one, "2x1_compute": comp, "2x1_blocking": block,
-                               "2x1_overlap": over, "grad_bytes": gb, "hidden": hidden,
+                               "2x1_overlap": over, "2x1_overlap_thread": over_t,
+                               "grad_bytes": gb, "hidden": hidden, "hidden_thread": hidden_t,
                                "mpi_blocking": cost, "mpi_overlap": left,
+                               "mpi_overlap_thread": left_t,
                                "machine_step": min(one, comp)}
         print(f"| {s} | {gb / 2**20:.2f} | {one * 1e3:.1f} | {comp * 1e3:.1f} | "
-              f"{block * 1e3:.1f} | {over * 1e3:.1f} | {one / over:.2f} | "
-              f"{cost * 1e3:.2f} | {left * 1e3:.2f} | {hidden:.0%} |")
+              f"{block * 1e3:.1f} | {over * 1e3:.1f} | {over_t * 1e3:.1f} | "
+              f"{one / over:.2f} | {cost * 1e3:.2f} | {left * 1e3:.2f} | "
+              f"{left_t * 1e3:.2f} | {hidden:.0%} | {hidden_t:.0%} |")
     print("\nAllreduce (2 ranks, shared memory), float32:")
     print("| elements | MiB | us | GB/s (2(N-1)/N x bytes / t) |")
     print("|---|---|---|---|")

@@ -194,11 +194,13 @@ _progress = {}
 
 
 def _shared_progress(MPI, interval):
-    """One progress thread per process (a new one in a forked child)."""
+    """One progress thread per process (a new one in a forked child), testing at the
+    interval its latest user asked for."""
     pid = os.getpid()
     if pid not in _progress:
         _progress.clear()
         _progress[pid] = _Progress(MPI, interval)
+    _progress[pid].interval = interval
     return _progress[pid]
 
 
@@ -207,17 +209,15 @@ class _GradientReducer:
 
     With ``overlap``, :meth:`layer_done` starts a non-blocking ``Iallreduce`` of one
     layer's slice of the flat gradient buffer as soon as that layer's backward is done
-    (the slices are disjoint: the layers below never write it), and a helper thread
-    (:class:`_Progress`) keeps it moving while the layers below compute; :meth:`finish`
-    starts the layers that did not report (every rank starts them in the same order:
-    reversed layer order) and waits for all. Without overlap, :meth:`finish` runs one
-    blocking ``Allreduce`` over the whole buffer.
+    (the slices are disjoint: the layers below never write it), each start testing the
+    earlier ones, and with ``progress_interval`` (seconds) a helper thread
+    (:class:`_Progress`) tests them that often while the layers below compute;
+    :meth:`finish` starts the layers that did not report (every rank starts them in the
+    same order: reversed layer order) and waits for all. Without overlap, :meth:`finish`
+    runs one blocking ``Allreduce`` over the whole buffer.
     """
 
-    #: seconds between two tests of the pending sums by the progress thread
-    progress_interval = 5e-4
-
-    def __init__(self, model, comm, overlap=True):
+    def __init__(self, model, comm, overlap=True, progress_interval=None):
         self.MPI = _mpi()
         self.comm = _comm(comm)
         self.model = model
@@ -226,8 +226,9 @@ class _GradientReducer:
         self.weight = 1.0 / self.comm.Get_size()
         self.started = set()
         self._progress = None
-        if self.overlap and self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE:
-            self._progress = _shared_progress(self.MPI, self.progress_interval)
+        if (self.overlap and progress_interval is not None
+                and self.MPI.Query_thread() == self.MPI.THREAD_MULTIPLE):
+            self._progress = _shared_progress(self.MPI, float(progress_interval))
         self._requests = []       # without the progress thread
 
     def layer_done(self, i):
@@ -312,6 +313,11 @@ class DistributedOptimizer:
         (non-blocking) as soon as the layer's backward is done, while the layers below it
         run. Then each step takes exactly one ``backward``; set False to accumulate
         several backward passes into one step.
+    progress_interval : float, optional
+        With overlap: run a helper thread that tests the pending sums this often
+        (seconds), since MPICH moves a non-blocking sum on only inside MPI calls. Off by
+        default: on a machine whose cores all compute, the thread costs more than it
+        hides (see the README's measurements).
 
     Notes
     -----
@@ -322,10 +328,10 @@ class DistributedOptimizer:
     set it back to None to use the model without it.
     """
 
-    def __init__(self, optimizer, model, comm=None, overlap=True):
+    def __init__(self, optimizer, model, comm=None, overlap=True, progress_interval=None):
         object.__setattr__(self, "optimizer", optimizer)
         object.__setattr__(self, "model", model)
-        reducer = _GradientReducer(model, comm, overlap)
+        reducer = _GradientReducer(model, comm, overlap, progress_interval)
         object.__setattr__(self, "_reducer", reducer)
         if reducer.overlap and hasattr(model, "layers"):
             model.layer_done_hook = reducer.layer_done
@@ -381,18 +387,22 @@ class Distributed:
         chose a count with ``clstm.set_num_threads``, which are kept.
     overlap : bool, default True
         Overlap each layer's gradient sum with the backward of the layers below.
+    progress_interval : float, optional
+        As for :class:`DistributedOptimizer`.
     abort_on_error : bool, default True
         An exception on one rank during training calls ``comm.Abort`` (after printing
         it), so the other ranks are not left waiting in a collective.
     """
 
-    def __init__(self, comm=None, *, threads=None, overlap=True, abort_on_error=True):
+    def __init__(self, comm=None, *, threads=None, overlap=True, progress_interval=None,
+                 abort_on_error=True):
         self.comm = _comm(comm)
         self.MPI = _mpi()
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.threads = threads
         self.overlap = overlap
+        self.progress_interval = progress_interval
         self.abort_on_error = abort_on_error
         self._reducer = None
 
@@ -454,7 +464,8 @@ class Distributed:
                     # the same draw on every rank, then one stream per rank
                     layer._rng = np.random.default_rng([int(rng.integers(2**62)),
                                                         self.rank])
-        self._reducer = _GradientReducer(model, self.comm, self.overlap)
+        self._reducer = _GradientReducer(model, self.comm, self.overlap,
+                                         self.progress_interval)
         return verbose if self.is_root else 0
 
     def callbacks(self, callbacks):

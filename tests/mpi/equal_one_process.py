@@ -1,7 +1,8 @@
 """Run under mpiexec -n 2: N ranks training on a global batch give the parameters one
 process gets on that batch (float64, 20 Adam steps), for an LSTM stack trained by hand
-with DistributedOptimizer (overlap and blocking), the ready models' fit(distributed=True)
-and the LanguageModel with truncated BPTT over carried state. Prints OK on every rank."""
+with DistributedOptimizer (overlap with and without the progress thread, and blocking),
+the ready models' fit(distributed=True) and the LanguageModel with truncated BPTT over
+carried state. Prints OK on every rank."""
 import sys
 
 import numpy as np
@@ -49,18 +50,19 @@ rng = np.random.default_rng(7)
 batches = [(rng.standard_normal((6, 7, 3)), rng.standard_normal((6, 7, 2)))
            for _ in range(20)]            # B = 7: shards of 4 and 3 rows
 results = {}
-for overlap in (True, False):
+for overlap, interval in ((True, None), (True, 5e-4), (False, None)):
     one = stack(1)
     hand_loop(one, clstm.Adam(one, lr=1e-2), batches, shard=False)
     many = stack(100 + rank)              # different starts: broadcast must fix them
     broadcast_parameters(many)
-    opt = DistributedOptimizer(clstm.Adam(many, lr=1e-2), many, overlap=overlap)
+    opt = DistributedOptimizer(clstm.Adam(many, lr=1e-2), many, overlap=overlap,
+                               progress_interval=interval)
     if rank == 0:
         many.load_state_dict(stack(1).state_dict())
     broadcast_parameters(many)
     hand_loop(many, opt, batches, shard=True)
-    results[f"stack overlap={overlap}"] = close(one.params, many.params,
-                                                f"LSTM stack, overlap={overlap}")
+    what = f"stack overlap={overlap}" + (" + progress thread" if interval else "")
+    results[what] = close(one.params, many.params, what)
 
 # ready models through fit(distributed=True): 20 steps, uneven last batch, validation
 N = 45
