@@ -69,9 +69,10 @@ def test_ranks_with_different_models_fail_on_every_rank_not_hang(tmp_path):
 @needs_mpi
 def test_an_exception_on_one_rank_aborts_the_job(tmp_path):
     result = run_ranks(tmp_path, "faults.py", "raise", timeout=60)
-    assert result.returncode != 0
-    assert "rank 1 of 2 failed; aborting all ranks" in result.stderr
-    assert "injected failure on rank 1" in result.stderr
+    output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode != 0, output
+    assert "rank 1 of 2 failed; aborting all ranks" in result.stderr, output
+    assert "injected failure on rank 1" in result.stderr, output
     assert "should have been aborted" not in result.stdout
 
 
