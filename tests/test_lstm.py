@@ -488,28 +488,27 @@ def test_hidden_unit_split_only_for_idle_threads_or_few_rows_and_large_weights()
         assert not kernels._last_forward_split_units()
 
 
+@pytest.mark.parametrize("code", [c for c in ("avx2", "avx512") if c in kernels.supported_isas()])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("peephole", [False, True])
-@pytest.mark.parametrize("H", [5, 16, 37])
-def test_gate_loops_agree(dtype, peephole, H):
-    # The forward gate loop exists in AVX-512 intrinsics and in plain C: both give the
-    # reference's results, and each other's to a few ulp (with a state and without).
-    with kernel_knob(kernels._set_gates_avx512, True):
-        if kernels.gates_isa() != "avx512":
-            pytest.skip("this CPU has no AVX-512")
+@pytest.mark.parametrize("H", [3, 5, 16, 37])
+def test_gate_loops_agree(dtype, peephole, H, code):
+    # The gate loops exist in intrinsics (AVX2+FMA, AVX-512: one template) and in plain
+    # C: each gives the reference's results, and the C loop's to a few ulp (with a state
+    # and without; H = 3, 5, 37 end in a masked tail).
     T, B, I, L = 6, 3, 4, 2
     net = make_net(I, H, L, dtype=dtype, peephole=peephole)
     rng = np.random.default_rng(23)
     x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
     results = {}
-    for code in (True, False):
-        with kernel_knob(kernels._set_gates_avx512, code):
-            results[code] = (run(net, x, state, R, Rstate), np.array(net.forward(x)[0]))
+    for gate_code in (code, "c"):
+        with kernel_knob(kernels._set_gates_isa, gate_code):
+            results[gate_code] = (run(net, x, state, R, Rstate), np.array(net.forward(x)[0]))
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
-    assert_results_close(results[True][0], results[False][0], **tol)
-    np.testing.assert_allclose(results[True][1], results[False][1], **tol)
+    assert_results_close(results[code][0], results["c"][0], **tol)
+    np.testing.assert_allclose(results[code][1], results["c"][1], **tol)
     loose = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
-    assert_results_close(results[True][0],
+    assert_results_close(results[code][0],
                          run_reference(net, L, peephole, x, state, R, Rstate), **loose)
 
 
