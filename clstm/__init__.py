@@ -4,6 +4,7 @@ Compiled kernels (Cython over SciPy's BLAS, OpenMP across the batch) under a thi
 API with explicit forward and backward passes. See README.md for a tour.
 """
 from ._threads import get_num_threads, set_num_threads, threads
+from .kernels import isa, supported_isas
 from .io import (from_torch_state_dict, load, lstm_from_keras, lstm_to_keras, save,
                  to_torch_state_dict)
 from .layers import (Dense, Dropout, Embedding, last_valid_step, last_valid_step_backward,
@@ -18,7 +19,7 @@ from .tbptt import batchify, reset_state, tbptt_chunks
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM", "set_num_threads", "get_num_threads", "threads",
+    "LSTM", "set_num_threads", "get_num_threads", "threads", "isa", "supported_isas",
     "Embedding", "Dense", "Dropout", "last_valid_step", "last_valid_step_backward",
     "lengths_to_mask", "softmax", "log_softmax", "softmax_cross_entropy", "mse",
     "Adam", "AdamW", "SGD", "clip_grad_norm",

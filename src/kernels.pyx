@@ -270,7 +270,7 @@ cdef inline bint packed_bulk() noexcept nogil:
 ISA_LEVELS = ("generic", "avx2", "avx512")       # lowest first; index = the C enums' value
 # Per level: (rows per thread up to which the per-step products are packed, whole-sequence
 # products packed). Measured: DEVELOPERS.md, "ISA levels".
-_PACKED_RULE = {"generic": (0, False), "avx2": (INT_MAX, False), "avx512": (INT_MAX, True)}
+_PACKED_RULE = {"generic": (64, False), "avx2": (64, False), "avx512": (INT_MAX, True)}
 cdef int _isa_level = -1
 
 

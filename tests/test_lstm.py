@@ -185,6 +185,7 @@ def test_grads_are_views_into_flat_grads():
 # gradients
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("peephole", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 def test_gradients_match_finite_differences_float64(peephole, num_layers):
@@ -206,6 +207,7 @@ def test_gradients_match_finite_differences_float64(peephole, num_layers):
         fd_check(loss, net.params[name], got["grads"][name], rng, what=name)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("peephole", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("with_state", [False, True])
@@ -224,6 +226,7 @@ def test_matches_reference_float64(peephole, num_layers, with_state, with_dstate
     assert_results_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("peephole", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_matches_reference_float32_loosely(peephole, with_state):
@@ -239,6 +242,7 @@ def test_matches_reference_float32_loosely(peephole, with_state):
     assert_results_close(got, want, rtol=1e-4, atol=2e-5)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("peephole", [False, True])
 def test_float32_matches_float64_for_same_weights(peephole):
     rng = np.random.default_rng(4)
@@ -254,6 +258,7 @@ def test_float32_matches_float64_for_same_weights(peephole):
     assert_results_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 def test_varying_sequence_length_and_batch_between_calls():
     """Buffers reused across calls of different shapes must not leak between them."""
     net = make_net(3, 4, 2, peephole=True, seed=5)
@@ -290,6 +295,7 @@ def test_backward_accumulates_grads_until_zero_grad():
         np.testing.assert_allclose(net.grads[name], g, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 def test_backward_without_input_grad_gives_same_param_and_state_grads():
     net = make_net(3, 4, 2, peephole=True)
     rng = np.random.default_rng(8)
@@ -362,6 +368,7 @@ def test_batch_first_gives_transposed_result(with_state):
 # threads
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("H", [4, 40])    # 40: packed weights of 2 panels (f32) or 3 (f64)
 def test_results_do_not_depend_on_thread_count(dtype, H):
@@ -390,6 +397,7 @@ def test_results_do_not_depend_on_thread_count(dtype, H):
     assert_results_close(two, one, **tol)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_input_projection_step_by_step_equals_upfront(dtype, threads):
@@ -419,6 +427,7 @@ def test_input_projection_step_by_step_equals_upfront(dtype, threads):
     (1, 3, 56, False),    # units 0:16, 16:32, 32:56
     (4, 2, 256, False),   # 2 rows per thread and W_hh >= 1 MiB: units rather than rows
 ])
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 def test_hidden_unit_split_equals_one_thread(dtype, B, threads, H, peephole):
     # With fewer rows than threads, the forward splits the hidden units over the threads
     # (a barrier per step). Same outputs and gradients as one thread, and the reference.
@@ -600,6 +609,7 @@ def test_dropout_in_train_mode_is_reproducible_with_seed_and_differs_from_eval()
     assert not np.array_equal(again["y"], results[0]["y"])
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 def test_dropout_backward_matches_finite_differences_of_the_masked_function():
     """A fresh net with the same seed draws the same mask on its first forward, so the
     masked function can be evaluated repeatedly for finite differences."""

@@ -5,6 +5,9 @@ import pytest
 
 import clstm
 
+# The kernels at every ISA level this CPU runs (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isa_level")
+
 
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("peephole", [False, True])
