@@ -116,7 +116,6 @@ cdef extern from "packed_gemm.h" nogil:
     void clstm_packed_gemm_at_f64(int M, int K, int N, const double *A, int lda,
                                   const double *packed, double *C, int ldc, int accumulate)
     const char *clstm_packed_gemm_isa_name()
-    int clstm_packed_gemm_isa()
     int clstm_packed_gemm_select(int isa)
 
 
@@ -274,19 +273,11 @@ _PACKED_RULE = {"generic": (64, False), "avx2": (64, False), "avx512": (INT_MAX,
 cdef int _isa_level = -1
 
 
-cdef bint clstm_packed_gemm_select_check(int level):
-    """Whether the packed GEMM has a kernel for `level` on this CPU (probes by selecting
-    it and putting the previous one back)."""
-    cdef int old = clstm_packed_gemm_isa()
-    cdef int ok = clstm_packed_gemm_select(level) == level
-    clstm_packed_gemm_select(old)
-    return ok
-
-
 def supported_isas():
     """The ISA levels this CPU (and this build) can run, lowest first."""
+    # (the gate loops and the packed GEMM test the same CPU flags and build conditions)
     return tuple(level for i, level in enumerate(ISA_LEVELS)
-                 if clstm_gates_level_supported(i) and clstm_packed_gemm_select_check(i))
+                 if clstm_gates_level_supported(i))
 
 
 def isa():
