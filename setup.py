@@ -133,11 +133,11 @@ if os.environ.get("CLSTM_MARCH_NATIVE") == "1":
 extensions = [
     Extension(
         "clstm.kernels",
-        sources=["src/kernels.pyx", "src/gates.c", "src/gates_avx512.c", "src/packed_gemm.c",
-                 "src/runtime.c"],
+        sources=["src/kernels.pyx", "src/gates.c", "src/gates_avx512.c", "src/gates_avx2.c",
+                 "src/packed_gemm.c", "src/runtime.c"],
         include_dirs=[numpy.get_include(), "src"],
-        depends=["src/gates.h", "src/gates_impl.h", "src/gates_avx512.h",
-                 "src/gates_avx512_impl.h", "src/gates_flags.h", "src/packed_gemm.h",
+        depends=["src/gates.h", "src/gates_impl.h", "src/gates_simd.h",
+                 "src/gates_simd_impl.h", "src/gates_flags.h", "src/packed_gemm.h",
                  "src/runtime.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,

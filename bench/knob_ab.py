@@ -7,6 +7,7 @@ rotating order, medians), so that a kernel change is measured against the code i
 replaced without a second build. Examples, as used for the commits of the kernels:
 
     python -m bench.knob_ab gates_avx512 1 0 --shapes S1,S2 --threads 1
+    python -m bench.knob_ab gates_isa avx2 c --shapes S1,S2 --threads 1
     python -m bench.knob_ab min_step_flops_per_unit_thread 6e4 1e30 --shapes 1,100,256,256,1 --threads 2
     python -m bench.knob_ab min_parallel_pass_bytes 262144 1e30 --shapes S3,S4 --threads 2
 """
@@ -39,11 +40,14 @@ def split_shapes(text):
 
 
 def parse_value(text):
-    """The knob's value: an int where it reads as one (booleans as 0/1), else a float."""
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+    """The knob's value: an int where it reads as one (booleans as 0/1), else a float,
+    else the text itself (`gates_isa c avx2`, `isa avx2 generic`)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def measure(kernels, clstm, setter, a, b, shape, dtype, mode, repeats):

@@ -5,6 +5,7 @@ API with explicit forward and backward passes. See README.md for a tour.
 """
 from ._threads import get_num_threads, set_num_threads, threads
 from ._version import __version__
+from .kernels import isa, supported_isas
 from .io import (from_torch_state_dict, load, lstm_from_keras, lstm_to_keras, save,
                  to_torch_state_dict)
 from .layers import (Dense, Dropout, Embedding, last_valid_step, last_valid_step_backward,
@@ -18,7 +19,7 @@ from . import onnx  # clstm.onnx.export/load: the onnx package is imported only 
 from .tbptt import batchify, reset_state, tbptt_chunks
 
 __all__ = [
-    "LSTM", "set_num_threads", "get_num_threads", "threads",
+    "LSTM", "set_num_threads", "get_num_threads", "threads", "isa", "supported_isas",
     "Embedding", "Dense", "Dropout", "last_valid_step", "last_valid_step_backward",
     "lengths_to_mask", "softmax", "log_softmax", "softmax_cross_entropy", "mse",
     "Adam", "AdamW", "SGD", "clip_grad_norm",

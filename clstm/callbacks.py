@@ -20,9 +20,14 @@ __all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "CSVLogger
 
 
 class Callback:
-    """Base class: every hook does nothing."""
+    """Base class: every hook does nothing.
+
+    ``rank0_only = True`` marks a callback that writes files: in a distributed ``fit``
+    (:mod:`clstm.distributed`) it runs on rank 0 alone.
+    """
 
     model = None
+    rank0_only = False
 
     def set_model(self, model):
         self.model = model
@@ -210,6 +215,8 @@ class ModelCheckpoint(Callback):
     save_best_only : bool, default False
     """
 
+    rank0_only = True
+
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto",
                  min_delta=0.0):
         if not isinstance(filepath, (str, os.PathLike)):
@@ -251,6 +258,8 @@ class CSVLogger(Callback):
         Keep the rows already in the file (a resumed run); the header is written only
         to a new or empty file.
     """
+
+    rank0_only = True
 
     def __init__(self, filename, separator=",", append=False):
         if not isinstance(filename, (str, os.PathLike)):

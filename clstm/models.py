@@ -47,6 +47,7 @@ from ._config import MAX_SIZE as _MAX_SIZE
 from ._config import BadConfig, read_module_config
 from .module import Module, build_module, module_config
 from .training import NonFiniteError, evaluate_steps, fit_loop  # noqa: F401 (re-exported)
+from . import distributed as _distributed
 from .tbptt import batchify, num_chunks
 
 __all__ = ["LastStep", "Sequential", "LanguageModel", "Regressor", "Classifier",
@@ -138,7 +139,11 @@ class Sequential(Module):
     history : dict or None
         The per-epoch logs of the last ``fit``, filled as epochs complete (what ``fit``
         returns; after a Ctrl-C, the epochs completed before it).
+    layer_done_hook : callable or None
+        Called as ``hook(i)`` after layer ``i``'s backward (see :meth:`backward`).
     """
+
+    layer_done_hook = None
 
 
     def __init__(self, layers, *, loss=None):
@@ -333,7 +338,7 @@ class Sequential(Module):
                     x = layer.forward(x)
         return x, new_state
 
-    def backward(self, dout, *, input_grad=False):
+    def backward(self, dout, *, input_grad=False, layer_done=None):
         """Back-propagate ``dout`` through the layers of the last ``forward``.
 
         Adds into every layer's ``grads``. Gradients with respect to initial states are
@@ -345,18 +350,27 @@ class Sequential(Module):
             dL/d(out), the shape of ``forward``'s output.
         input_grad : bool, default False
             Return dL/dx (skipped by default: the input is usually data).
+        layer_done : callable, optional
+            ``layer_done(i)`` is called as soon as layer ``i``'s gradients are complete,
+            before the layers below it run (default: ``self.layer_done_hook``): how
+            :mod:`clstm.distributed` starts summing a layer's gradients over the ranks
+            while the backward goes on.
 
         Returns
         -------
         ndarray or None
             dL/dx when ``input_grad`` and the first layer has one.
         """
+        if layer_done is None:
+            layer_done = self.layer_done_hook
         d = dout
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             want = input_grad or i > 0
             kw = {"input_grad": want} if self._input_grad_kw[i] else {}
             d = layer.backward(d, **kw)
+            if layer_done is not None:
+                layer_done(i)
             if _is_recurrent(layer):
                 d = d[0]
             if d is None:
@@ -477,14 +491,18 @@ class Sequential(Module):
 
     # -- batches of time-major steps --------------------------------------------------------
 
-    def _steps(self, x, y, lengths, order, batch_size, bptt):
+    def _steps(self, x, y, lengths, order, batch_size, bptt, dist=None):
         """Yield (x_tm, y_tm, mask, lengths, reset) per optimisation step.
 
         A batch of sequences is one step, or one step per chunk of ``bptt`` time steps
         (state carried between the chunks of a batch, ``reset`` at its first chunk).
+        With ``dist`` (a :class:`clstm.distributed.Distributed`), this rank's shard of
+        each batch.
         """
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
+            if dist is not None:
+                idx = idx[dist.shard(len(idx))]
             lb = None if lengths is None else lengths[idx]
             xt = self._time_major(x[idx], lb)
             if self._seq2one:
@@ -532,7 +550,7 @@ class Sequential(Module):
 
     def fit(self, x, y, epochs=1, batch_size=32, *, lengths=None, validation_data=None,
             shuffle=True, seed=None, optimizer=None, clip_norm=None, bptt=None, verbose=1,
-            callbacks=None, on_nonfinite="raise"):
+            callbacks=None, on_nonfinite="raise", distributed=None):
         """Train on batch-first data.
 
         Parameters
@@ -575,6 +593,11 @@ class Sequential(Module):
             ``FloatingPointError``) naming the epoch and batch; "skip" goes on with the
             next batch (a carried state restarts from zeros) and counts the skipped
             batches of each epoch in the history's ``skipped_batches``.
+        distributed : bool, communicator or clstm.distributed.Distributed, optional
+            Data-parallel training over MPI (launch with ``mpiexec``): True uses
+            ``MPI.COMM_WORLD``. Every rank passes the same data and reads its shard of
+            each batch of ``batch_size`` (the global batch); the result equals one
+            process's, to rounding. See :mod:`clstm.distributed`.
 
         Returns
         -------
@@ -605,20 +628,24 @@ class Sequential(Module):
         x = self._check_x(x)
         y = self._check_y(y, x)
         lengths = self._check_lengths(lengths, x)
-        validate = self._validator(validation_data, batch_size)
+        dist, optimizer = _distributed.fit_hook(self, distributed, optimizer)
+        validate = self._validator(validation_data, batch_size, dist)
+        if dist is not None and shuffle:
+            seed = dist.agreed_seed(seed)        # one shuffle, the same on every rank
         rng = np.random.default_rng(seed)
         N, T = x.shape[:2]
 
         def make_steps():
             order = rng.permutation(N) if shuffle else np.arange(N)
-            return self._steps(x, y, lengths, order, batch_size, bptt)
+            return self._steps(x, y, lengths, order, batch_size, bptt, dist)
 
         return fit_loop(self, make_steps, self._num_steps(N, batch_size, T, bptt), epochs,
                               validate=validate, optimizer=optimizer, clip_norm=clip_norm,
                               verbose=verbose, callbacks=callbacks, on_nonfinite=on_nonfinite,
-                              unit="samples" if self._seq2one else "tokens")
+                              unit="samples" if self._seq2one else "tokens",
+                              distributed=dist)
 
-    def _validator(self, validation_data, batch_size):
+    def _validator(self, validation_data, batch_size, dist=None):
         if validation_data is None:
             return None
         if not isinstance(validation_data, (tuple, list)) \
@@ -630,8 +657,9 @@ class Sequential(Module):
         yv = self._check_y(yv, xv, "y_val")
         lv = self._check_lengths(lv, xv, "lengths_val")
         order = np.arange(xv.shape[0])
-        return lambda: evaluate_steps(self, 
-            self._steps(xv, yv, lv, order, max(batch_size, 256), None))
+        return lambda: evaluate_steps(
+            self, self._steps(xv, yv, lv, order, max(batch_size, 256), None, dist),
+            reduce=None if dist is None else dist.reduce_tally)
 
     def evaluate(self, x, y, *, lengths=None, batch_size=256):
         """Mean loss (and accuracy for cross-entropy) on batch-first data, in eval mode.
@@ -888,11 +916,11 @@ class LanguageModel(_Ready):
                              f"{_describe(stream)}")
         return stream
 
-    def _stream_steps(self, stream, batch_size, bptt, name, *, shrink=False):
+    def _stream_steps(self, stream, batch_size, bptt, name, *, shrink=False, dist=None):
         """Chunks of a batchified stream; state reset only at the first chunk.
 
         ``shrink`` (for evaluation) lowers the batch size for a short stream rather
-        than refusing it.
+        than refusing it. With ``dist``, this rank's streams (columns) only.
         """
         if shrink:
             batch_size = min(batch_size, max(len(stream) // 2, 1))
@@ -900,6 +928,8 @@ class LanguageModel(_Ready):
             raise ValueError(f"{name}: expected at least 2 tokens per stream, got "
                              f"{len(stream)} tokens for {batch_size} streams")
         data = batchify(stream, batch_size)
+        if dist is not None:
+            data = data[:, dist.shard(batch_size)]
         steps = data.shape[0] - 1
         chunks = [(t, min(bptt, steps - t)) for t in range(0, steps, bptt)]
 
@@ -927,7 +957,7 @@ class LanguageModel(_Ready):
 
     def fit(self, x, y=None, epochs=1, batch_size=32, *, bptt=35, lengths=None,
             validation_data=None, shuffle=True, seed=None, optimizer=None, clip_norm=None,
-            verbose=1, callbacks=None, on_nonfinite="raise"):
+            verbose=1, callbacks=None, on_nonfinite="raise", distributed=None):
         """Train on a 1-D token stream (truncated BPTT) or on (N, T) sequences.
 
         Parameters
@@ -943,6 +973,9 @@ class LanguageModel(_Ready):
             A 1-D stream for a stream, else as :meth:`Sequential.fit`.
         shuffle : bool
             Shuffles sequences; a stream is always read in order.
+        distributed : optional
+            As :meth:`Sequential.fit`; for a stream, each rank trains its own share of
+            the ``batch_size`` parallel streams, its state carried across chunks.
 
         Other parameters are those of :meth:`Sequential.fit`.
         """
@@ -956,20 +989,23 @@ class LanguageModel(_Ready):
                                validation_data=validation_data, shuffle=shuffle, seed=seed,
                                optimizer=optimizer, clip_norm=clip_norm, bptt=bptt,
                                verbose=verbose, callbacks=callbacks,
-                               on_nonfinite=on_nonfinite)
+                               on_nonfinite=on_nonfinite, distributed=distributed)
         if y is not None or lengths is not None:
             raise ValueError("y and lengths: expected None for a 1-D token stream (the "
                              "targets are the stream shifted by one)")
+        dist, optimizer = _distributed.fit_hook(self, distributed, optimizer)
         make_steps, total = self._stream_steps(self._check_stream(x, "x"), batch_size,
-                                               bptt, "x")
+                                               bptt, "x", dist=dist)
         validate = None
         if validation_data is not None:
             val = self._stream_steps(self._check_stream(validation_data, "validation_data"),
-                                     batch_size, bptt, "validation_data", shrink=True)[0]
-            validate = lambda: evaluate_steps(self, val())  # noqa: E731
+                                     batch_size, bptt, "validation_data", shrink=True,
+                                     dist=dist)[0]
+            reduce = None if dist is None else dist.reduce_tally
+            validate = lambda: evaluate_steps(self, val(), reduce=reduce)  # noqa: E731
         fit_loop(self, make_steps, total, epochs, validate=validate, optimizer=optimizer,
                  clip_norm=clip_norm, verbose=verbose, callbacks=callbacks, unit="tokens",
-                 on_nonfinite=on_nonfinite)
+                 on_nonfinite=on_nonfinite, distributed=dist)
         return self
 
     def evaluate(self, x, y=None, *, lengths=None, batch_size=32, bptt=35):

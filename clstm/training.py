@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from . import distributed as _distributed
 from ._concurrency import inference_mode
 from .callbacks import History, as_callbacks
 from .optim import Adam, Optimizer, clip_grad_norm
@@ -220,14 +221,15 @@ def train_step(model, step, state, optimizer, clip_norm):
 
 
 def run_epoch(model, steps, total, optimizer, clip_norm, progress, on_nonfinite, epoch,
-              epochs, callbacks):
+              epochs, callbacks, dist=None):
     model.train()
     tally = Tally()
     state = None
     accuracy = model.loss == "cross_entropy"
+    step_fn = train_step if dist is None else dist.train_step
     for i, step in enumerate(steps, 1):
-        loss, count, correct, state, bad = train_step(model, step, state, optimizer,
-                                                      clip_norm)
+        loss, count, correct, state, bad = step_fn(model, step, state, optimizer,
+                                                   clip_norm)
         if bad is None:
             tally.add(loss, count, correct)
         elif on_nonfinite == "skip":
@@ -243,26 +245,41 @@ def run_epoch(model, steps, total, optimizer, clip_norm, progress, on_nonfinite,
     return tally
 
 
-def evaluate_steps(model, steps):
-    """Mean loss (and accuracy) over steps, every layer in eval mode for this thread."""
+def evaluate_steps(model, steps, reduce=None):
+    """Mean loss (and accuracy) over steps, every layer in eval mode for this thread.
+
+    ``reduce(tally)``, when given, sums the tally over the ranks of a distributed run
+    (each evaluated its shard) before the means are taken.
+    """
     with inference_mode():  # this thread only: others may be training
         tally = Tally()
         state = None
         for xt, yt, mask, lb, reset in steps:
+            if not xt.shape[1]:    # a rank's empty shard of a small batch
+                continue
             out, state = model.forward(xt, None if reset else state, lengths=lb)
             loss, _, count, correct = model._loss(out, yt, mask)
             tally.add(loss, count, correct)
+        if reduce is not None:
+            reduce(tally)
         return tally.logs(model.loss == "cross_entropy")
 
 
 def fit_loop(model, make_steps, total, epochs, *, validate, optimizer, clip_norm, verbose,
-             callbacks, unit, on_nonfinite):
+             callbacks, unit, on_nonfinite, distributed=None):
     """The epoch loop shared by every kind of data: train, validate, report, call back.
 
     Returns the :class:`~clstm.callbacks.History`, also kept as ``model.history_`` (and
     ``model.history``) from the start, so that it holds the completed epochs after a
     Ctrl-C too.
+
+    With ``distributed`` (see :mod:`clstm.distributed`), ``make_steps`` yields this
+    rank's shard of every global batch and ``validate`` reduces over the ranks; the
+    steps sum the gradients over the ranks, the logs are those of the global batches,
+    the same on every rank, rank 0 alone prints and runs the callbacks that write files,
+    and a stop on any rank stops every rank.
     """
+    dist, optimizer = _distributed.fit_hook(model, distributed, optimizer)
     epochs, clip_norm, callbacks = check_fit_args(model, epochs, optimizer, clip_norm,
                                                   verbose, callbacks, on_nonfinite)
     if optimizer is not None:
@@ -270,6 +287,9 @@ def fit_loop(model, make_steps, total, epochs, *, validate, optimizer, clip_norm
     elif model.optimizer is None:
         model.optimizer = Adam(model, lr=1e-3)
     optimizer = model.optimizer
+    if dist is not None:
+        verbose = dist.start(model, total, verbose, optimizer)
+        callbacks = dist.callbacks(callbacks)
     history = History()
     model.history_ = model.history = history
     callbacks = [history] + callbacks
@@ -286,7 +306,8 @@ def fit_loop(model, make_steps, total, epochs, *, validate, optimizer, clip_norm
             progress = Progress(epoch, epochs, unit, verbose, total)
             try:
                 tally = run_epoch(model, make_steps(), total, optimizer, clip_norm,
-                                  progress, on_nonfinite, epoch + 1, epochs, callbacks[1:])
+                                  progress, on_nonfinite, epoch + 1, epochs, callbacks[1:],
+                                  dist)
             finally:
                 progress.close()
             logs = tally.logs(model.loss == "cross_entropy")
@@ -296,8 +317,17 @@ def fit_loop(model, make_steps, total, epochs, *, validate, optimizer, clip_norm
                 logs.update({f"val_{k}": v for k, v in validate().items()})
             progress.end(logs, tally)
             stops = [cb.on_epoch_end(epoch, logs) for cb in callbacks]  # every one, every epoch
-            if any(stops) or model.stop_training:
+            stop = any(stops) or model.stop_training
+            if dist is not None:
+                stop = model.stop_training = dist.any(stop)   # one rank stops: all stop
+            if stop:
                 break
+    except NonFiniteError:
+        raise                  # decided on the global batch: every rank raises it alike
+    except BaseException as e:
+        if dist is not None:
+            dist.abort(e)      # the others would wait in a collective for this rank
+        raise
     finally:
         for cb in callbacks:
             cb.on_train_end(logs)

@@ -3,6 +3,7 @@
     python examples/char_lm.py            # about 3 minutes on 2 (shared) cores
     python examples/char_lm.py --quick    # under a minute: 2 epochs
     python examples/char_lm.py --save char_lm.npz   # clstm.load("char_lm.npz") later
+    mpiexec -n 2 python -m mpi4py examples/char_lm.py --distributed   # 2 processes
 
 The corpus is ``pydoc_data.topics.topics``, the text of ``help("topics")`` (about
 465,000 characters of Python's reference documentation, so nothing to download; its
@@ -18,6 +19,11 @@ one stream, its state carried from the first character to the last, and reported
 bits per character (cross-entropy in base 2); for scale, the script also prints the
 bits per character of a unigram model (character frequencies of the training text).
 At the end it prints a sample generated from a prompt.
+
+With ``--distributed``, launched by ``mpiexec``, every process trains on its share of
+the ``--batch`` streams and the gradients are summed over the processes before each step
+(``clstm.distributed``): the same training as one process, to rounding; rank 0 prints,
+samples and saves.
 """
 import argparse
 import math
@@ -64,9 +70,10 @@ def held_out_bits(model, held, streams=1):
     return logs["loss"] / math.log(2)
 
 
-def _threads():
+def _threads(dist=None):
     n = clstm.get_num_threads()
-    return f"{n} thread" + ("s" if n > 1 else "")
+    text = f"{n} thread" + ("s" if n > 1 else "")
+    return text if dist is None else f"{dist.size} processes x {text}"
 
 
 def parse_args(argv):
@@ -96,6 +103,8 @@ def parse_args(argv):
     arg("--eval-streams", type=int, default=1,
         help="score the held-out text as this many parallel streams (default 1: as "
              "one stream, its state carried from the first character to the last)")
+    arg("--dtype", default="float32", choices=["float32", "float64"],
+        help="the model's floating type (default %(default)s)")
     arg("--threads", type=int, default=0,
         help="clstm threads (default 0: clstm's default, OMP_NUM_THREADS or all cores)")
     arg("--seed", type=int, default=0,
@@ -108,6 +117,8 @@ def parse_args(argv):
     arg("--save", metavar="PATH", default=None,
         help="save the trained model there with clstm.save")
     arg("--quiet", action="store_true", help="print only the summary line")
+    arg("--distributed", action="store_true", help="data-parallel over MPI: launch "
+        "with mpiexec -n N python -m mpi4py examples/char_lm.py --distributed")
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = 2 if args.quick else 6
@@ -117,7 +128,14 @@ def parse_args(argv):
 def main(argv=None):
     """Train, report and sample; returns the results as a dict (for tests)."""
     args = parse_args(argv)
-    say = (lambda *a, **k: None) if args.quiet else print
+    dist = None
+    if args.distributed:
+        from clstm.distributed import Distributed
+        dist = Distributed()
+        if args.threads <= 0:
+            args.threads = dist.local_threads()      # this process's share of the cores
+    root = dist is None or dist.is_root
+    say = (lambda *a, **k: None) if args.quiet or not root else print
     start = time.perf_counter()
     if args.threads > 0:
         clstm.set_num_threads(args.threads)
@@ -138,15 +156,15 @@ def main(argv=None):
         f"(uniform over the alphabet: {math.log2(len(vocab)):.3f})")
 
     model = clstm.LanguageModel(len(vocab), args.embed, args.hidden, args.layers,
-                                dropout=args.dropout, dtype="float32", seed=args.seed)
+                                dropout=args.dropout, dtype=args.dtype, seed=args.seed)
     optimizer = clstm.Adam(model, lr=args.lr)
     n_params = sum(a.size for a in model.params.values())
     say(f"model: Embedding({len(vocab)}, {args.embed}) -> LSTM({args.embed}, "
         f"{args.hidden}, layers={args.layers}) -> Dense({args.hidden}, {len(vocab)}); "
-        f"{n_params:,} parameters, float32")
+        f"{n_params:,} parameters, {args.dtype}")
     say(f"training: {args.epochs} epochs, {args.batch} streams x {args.bptt}-step "
         f"chunks, Adam lr {args.lr:g}, clip {args.clip:g}, "
-        f"{_threads()}")
+        f"{_threads(dist)}")
 
     history = []
     clock = {"epoch_start": time.perf_counter(), "train_s": 0.0}
@@ -169,7 +187,9 @@ def main(argv=None):
 
     model.fit(train, epochs=args.epochs, batch_size=args.batch, bptt=args.bptt,
               optimizer=optimizer, clip_norm=args.clip, verbose=0,
-              callbacks=[after_epoch])
+              callbacks=[after_epoch], distributed=dist)
+    if not root:
+        return {"bits_per_char": history[-1], "history": history, "model": model}
 
     prompt_ids = np.array([vocab.index(c) for c in args.prompt])
     sample = decode(model.generate(prompt_ids, args.sample_length,
@@ -185,7 +205,7 @@ def main(argv=None):
     throughput = chars_per_epoch * len(history) / clock["train_s"]
     print(f"char_lm: held-out bits/char: {history[-1]:.3f} (unigram baseline "
           f"{baseline:.3f}) after {len(history)} epochs, {elapsed:.0f} s; training "
-          f"{throughput:,.0f} chars/s on {_threads()}")
+          f"{throughput:,.0f} chars/s on {_threads(dist)}")
     return {"bits_per_char": history[-1], "history": history,
             "unigram_bits": baseline, "vocab_size": len(vocab),
             "chars_per_s": throughput, "seconds": elapsed, "sample": sample,

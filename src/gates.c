@@ -1,21 +1,23 @@
 /* The LSTM's fused element-wise loops, for float and double from one template
  * (gates_impl.h, included twice). See gates.h for the contract.
  *
- * Why plain C: GCC vectorises these loops, including exp, only if exp is written as
+ * Why plain C: it is the code of the generic level (any x86-64, any other CPU) and the
+ * reference the intrinsics versions (gates_avx2.c, gates_avx512.c, one template) are
+ * checked against. GCC vectorises these loops, including exp, only if exp is written as
  * straight-line arithmetic (libm's expf is a call GCC cannot vectorise without
- * -ffast-math). And why target_clones: a wheel must run on any x86-64, so it cannot be
- * built with -march=native, but the gate loops are a large share of the time on small
- * and medium shapes; function multi-versioning compiles each loop for baseline SSE2,
- * AVX2+FMA (x86-64-v3) and AVX-512 (x86-64-v4), and the loader picks the best one
- * for the CPU at run time. ISA levels, not arch=haswell etc.: those test the CPU model,
- * so an AMD CPU with AVX-512 would get the scalar default.
+ * -ffast-math). The gate loops are compiled for the baseline only, so that forcing the
+ * generic level (CLSTM_ISA=generic) runs what a CPU without AVX2 runs; the column sums
+ * and the peephole gradients (memory-bound passes) keep function multi-versioning:
+ * baseline SSE2, AVX2+FMA (x86-64-v3) and AVX-512 (x86-64-v4) clones, the loader picks
+ * one for the CPU. ISA levels, not arch=haswell etc.: those test the CPU model, so an AMD
+ * CPU with AVX-512 would get the scalar default.
  */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
 #include "gates.h"
-#include "gates_avx512.h"
+#include "gates_simd.h"
 #include "gates_flags.h"
 
 /* Whether OMP_WAIT_POLICY asks idle OpenMP threads to sleep: then every barrier must
@@ -132,38 +134,50 @@ ALWAYS_INLINE double sigmoid_f64(double x) { return 1.0 / (1.0 + exp_f64(-x)); }
 ALWAYS_INLINE float tanh_f32(float x) { return 2.0f / (1.0f + exp_f32(-2.0f * x)) - 1.0f; }
 ALWAYS_INLINE double tanh_f64(double x) { return 2.0 / (1.0 + exp_f64(-2.0 * x)) - 1.0; }
 
-/* The gate loops, sigmoid and tanh also exist in AVX-512 intrinsics (gates_avx512.c),
- * used when the CPU has AVX-512F unless switched off; the public entry points of
- * gates_impl.h ask avx512_on(). -1: not decided yet; several threads may race to decide,
- * all storing the same value. */
-#if CLSTM_GATES_AVX512
-static int use_avx512 = -1;
-#endif
+/* The gate loops, sigmoid and tanh also exist in intrinsics (gates_avx512.c,
+ * gates_avx2.c: one template at two vector widths); the public entry points of
+ * gates_impl.h run the level in gate_level. -1: not decided yet (the best the CPU runs);
+ * several threads may race to decide, all storing the same value. */
+static int gate_level = -1;
 
-static int avx512_on(void)
+int clstm_gates_level_supported(int level)
 {
-#if CLSTM_GATES_AVX512
-    int on = __atomic_load_n(&use_avx512, __ATOMIC_RELAXED);
-    if (on < 0) {
-        on = clstm_gates_avx512_supported();
-        __atomic_store_n(&use_avx512, on, __ATOMIC_RELAXED);
-    }
-    return on;
-#else
-    return 0;
+    switch (level) {
+    case CLSTM_GATES_C:
+        return 1;
+#if CLSTM_GATES_SIMD
+    case CLSTM_GATES_AVX2:
+        return clstm_gates_avx2_supported();
+    case CLSTM_GATES_AVX512:
+        return clstm_gates_avx512_supported();
 #endif
+    default:
+        return 0;
+    }
 }
 
-int clstm_gates_avx512_in_use(void) { return avx512_on(); }
-
-int clstm_gates_set_avx512(int enable)
+int clstm_gates_level(void)
 {
-    int old = avx512_on();
-#if CLSTM_GATES_AVX512
-    __atomic_store_n(&use_avx512, enable && clstm_gates_avx512_supported(), __ATOMIC_RELAXED);
-#else
-    (void)enable;
-#endif
+    int level = __atomic_load_n(&gate_level, __ATOMIC_RELAXED);
+    if (level < 0) {
+        level = CLSTM_GATES_AVX512;
+        while (!clstm_gates_level_supported(level))
+            level--;
+        __atomic_store_n(&gate_level, level, __ATOMIC_RELAXED);
+    }
+    return level;
+}
+
+int clstm_gates_set_level(int level)
+{
+    int old = clstm_gates_level();
+    if (level < 0) {
+        __atomic_store_n(&gate_level, -1, __ATOMIC_RELAXED);
+        return old;
+    }
+    if (!clstm_gates_level_supported(level))
+        return -1;
+    __atomic_store_n(&gate_level, level, __ATOMIC_RELAXED);
     return old;
 }
 

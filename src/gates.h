@@ -61,11 +61,15 @@ void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float 
 void clstm_peephole_grads_f64(int T, int B, int H, const double *da, const double *cells,
                               const double *c0, double *dpeep);
 
-/* Use the AVX-512 forward loop, sigmoid and tanh where the CPU has them (enable = 1, the default) or the plain
- * C loops everywhere (0, for tests and measurements); returns the previous setting (1 only
- * if the AVX-512 code was in use). */
-int clstm_gates_set_avx512(int enable);
-int clstm_gates_avx512_in_use(void);
+/* Which code runs the gate loops, sigmoid and tanh: the plain C loops (CLSTM_GATES_C, the
+ * generic level), AVX2+FMA intrinsics or AVX-512 intrinsics. By default the best the CPU
+ * (and the build) runs. clstm_gates_set_level returns the previous level, or -1 (nothing
+ * changed) when the CPU or the build lacks `level`; a negative level goes back to the
+ * default. */
+enum { CLSTM_GATES_C = 0, CLSTM_GATES_AVX2 = 1, CLSTM_GATES_AVX512 = 2 };
+int clstm_gates_set_level(int level);
+int clstm_gates_level(void);
+int clstm_gates_level_supported(int level);
 
 /* Vectorisable exp, sigmoid and tanh (exposed for the accuracy tests). */
 void clstm_sigmoid_f32(long n, const float *x, float *y);

@@ -46,24 +46,31 @@ ALWAYS_INLINE void SUF(forward_body)(int rows, int H, int u0, int u1,
 }
 
 /* The plain C loop. */
-CLSTM_CLONES
-void SUF(gates_forward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
+static void SUF(gates_forward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
                                 const REAL *bias, const REAL *peephole, const REAL *c_prev,
                                 REAL *c, REAL *h)
 {
     CLSTM_WITH_GATE_FLAGS(SUF(forward_body), peephole, c_prev, rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
 }
 
-/* The public entry: the AVX-512 loop (gates_avx512.c) where in use, else the C one. */
+/* The public entry: the intrinsics loop of the level in use (gates_avx512.c,
+ * gates_avx2.c), else the C one. */
 void SUF(clstm_gates_forward_units)(int rows, int H, int u0, int u1, REAL *gates,
                                     const REAL *bias, const REAL *peephole,
                                     const REAL *c_prev, REAL *c, REAL *h)
 {
-    if (avx512_on())
+    switch (clstm_gates_level()) {
+    case CLSTM_GATES_AVX512:
         SUF(clstm_gates_forward_units_avx512)(rows, H, u0, u1, gates, bias, peephole, c_prev,
                                               c, h);
-    else
+        break;
+    case CLSTM_GATES_AVX2:
+        SUF(clstm_gates_forward_units_avx2)(rows, H, u0, u1, gates, bias, peephole, c_prev,
+                                            c, h);
+        break;
+    default:
         SUF(gates_forward_units_c)(rows, H, u0, u1, gates, bias, peephole, c_prev, c, h);
+    }
 }
 
 void SUF(clstm_gates_forward)(int rows, int H, REAL *gates, const REAL *bias,
@@ -110,8 +117,7 @@ ALWAYS_INLINE void SUF(backward_body)(int rows, int H, int u0, int u1,
     }
 }
 
-CLSTM_CLONES
-void SUF(gates_backward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
+static void SUF(gates_backward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
                                  const REAL *peephole, const REAL *c_prev, const REAL *c,
                                  const REAL *dh, REAL *dc)
 {
@@ -122,11 +128,18 @@ void SUF(clstm_gates_backward_units)(int rows, int H, int u0, int u1, REAL *gate
                                      const REAL *peephole, const REAL *c_prev, const REAL *c,
                                      const REAL *dh, REAL *dc)
 {
-    if (avx512_on())
+    switch (clstm_gates_level()) {
+    case CLSTM_GATES_AVX512:
         SUF(clstm_gates_backward_units_avx512)(rows, H, u0, u1, gates, peephole, c_prev, c,
                                                dh, dc);
-    else
+        break;
+    case CLSTM_GATES_AVX2:
+        SUF(clstm_gates_backward_units_avx2)(rows, H, u0, u1, gates, peephole, c_prev, c, dh,
+                                             dc);
+        break;
+    default:
         SUF(gates_backward_units_c)(rows, H, u0, u1, gates, peephole, c_prev, c, dh, dc);
+    }
 }
 
 void SUF(clstm_gates_backward)(int rows, int H, REAL *gates, const REAL *peephole,
@@ -170,15 +183,13 @@ void SUF(clstm_peephole_grads)(int T, int B, int H, const REAL *restrict da,
     }
 }
 
-CLSTM_CLONES
-void SUF(sigmoid_c)(long n, const REAL *restrict x, REAL *restrict y)
+static void SUF(sigmoid_c)(long n, const REAL *restrict x, REAL *restrict y)
 {
     for (long k = 0; k < n; k++)
         y[k] = SUF(sigmoid)(x[k]);
 }
 
-CLSTM_CLONES
-void SUF(tanh_c)(long n, const REAL *restrict x, REAL *restrict y)
+static void SUF(tanh_c)(long n, const REAL *restrict x, REAL *restrict y)
 {
     for (long k = 0; k < n; k++)
         y[k] = SUF(tanh)(x[k]);
@@ -186,16 +197,28 @@ void SUF(tanh_c)(long n, const REAL *restrict x, REAL *restrict y)
 
 void SUF(clstm_sigmoid)(long n, const REAL *x, REAL *y)
 {
-    if (avx512_on())
+    switch (clstm_gates_level()) {
+    case CLSTM_GATES_AVX512:
         SUF(clstm_sigmoid_avx512)(n, x, y);
-    else
+        break;
+    case CLSTM_GATES_AVX2:
+        SUF(clstm_sigmoid_avx2)(n, x, y);
+        break;
+    default:
         SUF(sigmoid_c)(n, x, y);
+    }
 }
 
 void SUF(clstm_tanh)(long n, const REAL *x, REAL *y)
 {
-    if (avx512_on())
+    switch (clstm_gates_level()) {
+    case CLSTM_GATES_AVX512:
         SUF(clstm_tanh_avx512)(n, x, y);
-    else
+        break;
+    case CLSTM_GATES_AVX2:
+        SUF(clstm_tanh_avx2)(n, x, y);
+        break;
+    default:
         SUF(tanh_c)(n, x, y);
+    }
 }

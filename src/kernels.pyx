@@ -74,8 +74,9 @@ cdef extern from "gates.h" nogil:
     void clstm_tanh_f64(long n, const double *x, double *y)
     int clstm_omp_max_threads()
     int clstm_have_openmp()
-    int clstm_gates_set_avx512(int enable)
-    int clstm_gates_avx512_in_use()
+    int clstm_gates_set_level(int level)
+    int clstm_gates_level()
+    int clstm_gates_level_supported(int level)
     int clstm_omp_thread_num()
     int clstm_omp_num_threads()
     void clstm_omp_barrier()
@@ -115,6 +116,7 @@ cdef extern from "packed_gemm.h" nogil:
     void clstm_packed_gemm_at_f64(int M, int K, int N, const double *A, int lda,
                                   const double *packed, double *C, int ldc, int accumulate)
     const char *clstm_packed_gemm_isa_name()
+    int clstm_packed_gemm_select(int isa)
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,30 +216,149 @@ cdef inline void gates_backward_units(int rows, int H, int u0, int u1, floating*
 # each step, where a BLAS call would re-pack it T times (and is tuned for large M).
 # Switchable for A/B measurements (bench/): 0 calls BLAS at every step instead.
 cdef bint _use_packed_gemm = True
+# Which products run on the packed kernels, set per ISA level by _set_isa (the rule and
+# its measurements: DEVELOPERS.md, "ISA levels"):
+# - the per-step products (recurrent GEMM, per-step input projection, the units split),
+#   when each thread has at most _packed_step_max_rows rows;
+# - the whole-sequence products over all T·B rows (upfront input projection, dX, the
+#   weight gradients) when _packed_bulk, else SciPy's BLAS.
+cdef int _packed_step_max_rows = INT_MAX
+cdef bint _packed_bulk = True
 
 
 def _set_packed_gemm(bint enabled):
-    """Use the packed recurrent GEMM (True) or BLAS at every step (False); returns the
-    previous setting."""
+    """Use the packed GEMM kernels where the ISA level's rule says so (True) or BLAS for
+    every product (False); returns the previous setting."""
     global _use_packed_gemm
     old = _use_packed_gemm
     _use_packed_gemm = enabled
     return old
 
 
+def _set_packed_step_max_rows(int rows):
+    """The per-step products run on the packed kernels up to this many rows per thread
+    (BLAS above); returns the previous value. Set by _set_isa."""
+    global _packed_step_max_rows
+    old = _packed_step_max_rows
+    _packed_step_max_rows = rows
+    return old
+
+
+def _set_packed_bulk(bint enabled):
+    """The whole-sequence products on the packed kernels (True) or BLAS (False); returns
+    the previous setting. Set by _set_isa."""
+    global _packed_bulk
+    old = _packed_bulk
+    _packed_bulk = enabled
+    return old
+
+
+cdef inline bint packed_steps(int rows_per_thread) noexcept nogil:
+    return _use_packed_gemm and rows_per_thread <= _packed_step_max_rows
+
+
+cdef inline bint packed_bulk() noexcept nogil:
+    return _use_packed_gemm and _packed_bulk
+
+
+# ---------------------------------------------------------------------------------------
+# Instruction-set levels. Every kernel path follows one level: the gate loops (C,
+# AVX2+FMA or AVX-512 intrinsics), the packed GEMM kernel and the packed-vs-BLAS rule.
+# The level is the best the CPU runs, or CLSTM_ISA from the environment (read at import).
+
+ISA_LEVELS = ("generic", "avx2", "avx512")       # lowest first; index = the C enums' value
+# Per level: (rows per thread up to which the per-step products are packed, whole-sequence
+# products packed). Measured: DEVELOPERS.md, "ISA levels".
+_PACKED_RULE = {"generic": (64, False), "avx2": (64, False), "avx512": (INT_MAX, True)}
+cdef int _isa_level = -1
+
+
+def supported_isas():
+    """The ISA levels this CPU (and this build) can run, lowest first."""
+    # (the gate loops and the packed GEMM test the same CPU flags and build conditions)
+    return tuple(level for i, level in enumerate(ISA_LEVELS)
+                 if clstm_gates_level_supported(i))
+
+
+def isa():
+    """The instruction-set level clstm's kernels run at: "avx512", "avx2" or "generic"."""
+    return ISA_LEVELS[_isa_level]
+
+
+def _set_isa(level):
+    """Run every kernel path at ``level`` ("avx512", "avx2", "generic"; None: the best this
+    CPU runs): the gate loops, the packed GEMM kernel and the packed-vs-BLAS rule. Returns
+    the previous level. A level the CPU lacks is refused with ValueError."""
+    global _isa_level, _packed_step_max_rows, _packed_bulk
+    supported = supported_isas()
+    if level is None:
+        level = supported[len(supported) - 1]
+    if level not in ISA_LEVELS:
+        raise ValueError(f"unknown ISA level {level!r}: expected one of "
+                         f"{', '.join(ISA_LEVELS)}")
+    if level not in supported:
+        raise ValueError(f"ISA level {level!r} is not supported by this CPU (or build): "
+                         f"it runs {', '.join(supported)}")
+    old = ISA_LEVELS[_isa_level] if _isa_level >= 0 else None
+    cdef int i = ISA_LEVELS.index(level)
+    if clstm_gates_set_level(i) < 0 or clstm_packed_gemm_select(i) != i:
+        raise ValueError(f"ISA level {level!r} could not be selected")
+    _packed_step_max_rows, _packed_bulk = _PACKED_RULE[level]
+    _isa_level = i
+    return old
+
+
+def _isa_from_environment():
+    """The level CLSTM_ISA asks for (None when unset or empty: the best the CPU runs)."""
+    import os
+    value = os.environ.get("CLSTM_ISA", "").strip().lower()
+    if not value:
+        return None
+    if value not in ISA_LEVELS:
+        raise ValueError(f"CLSTM_ISA={value!r}: expected one of {', '.join(ISA_LEVELS)}")
+    if value not in supported_isas():
+        raise ValueError(f"CLSTM_ISA={value!r}: this CPU (or build) runs only "
+                         f"{', '.join(supported_isas())}")
+    return value
+
+
+_set_isa(_isa_from_environment())
+
+
+_GATE_CODES = ("c", "avx2", "avx512")
+
+
+def _set_gates_isa(code):
+    """Run the gate loops, sigmoid and tanh with ``code``: "c" (the plain C loops),
+    "avx2" or "avx512" (intrinsics), whatever the ISA level; returns the previous code.
+    For tests and A/B measurements; _set_isa sets it with the level."""
+    if code not in _GATE_CODES:
+        raise ValueError(f"unknown gate code {code!r}: expected one of {_GATE_CODES}")
+    old = clstm_gates_set_level(_GATE_CODES.index(code))
+    if old < 0:
+        raise ValueError(f"gate code {code!r}: this CPU (or build) lacks it")
+    return _GATE_CODES[old]
+
+
 def _set_gates_avx512(bint enabled):
-    """Use the AVX-512 float32 gate loop, sigmoid and tanh where the CPU has them (True)
-    or the plain C ones (False); returns whether the AVX-512 code was in use."""
-    return bool(clstm_gates_set_avx512(enabled))
+    """The AVX-512 gate loops where the CPU has them (True) or the plain C ones (False);
+    returns whether the AVX-512 code was in use."""
+    old = clstm_gates_level()
+    if enabled:
+        if clstm_gates_level_supported(2):
+            clstm_gates_set_level(2)
+    else:
+        clstm_gates_set_level(0)
+    return old == 2
 
 
 def gates_isa():
-    """Which float32 gate loop runs: "avx512" (intrinsics) or "c" (compiler-vectorised)."""
-    return "avx512" if clstm_gates_avx512_in_use() else "c"
+    """Which gate loop runs: "avx512" or "avx2" (intrinsics) or "c" (plain C)."""
+    return _GATE_CODES[clstm_gates_level()]
 
 
 def packed_gemm_isa():
-    """The instruction set of the packed GEMM kernel chosen for this CPU."""
+    """The instruction set of the packed GEMM kernel in use."""
     return clstm_packed_gemm_isa_name().decode()
 
 
@@ -511,7 +632,7 @@ cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating
     cdef double by_work
     cdef int block = <int>((4e9 if floating is float else 2e9) / (2.0 * g * n))
     block = (block // 256 + 1) * 256
-    if not _use_packed_gemm:
+    if not packed_bulk():
         parallel_gemm(num_threads, True, False, g, n, rows, <floating>1, da, g, x, ldx,
                       <floating>1, dw, n)
         return 0
@@ -834,7 +955,7 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if _use_packed_gemm and T > 1 else 1)
+                        if packed_steps(B) and T > 1 else 1)
     _units_split_last = n_units > 1
     clstm_blas_enter()
     if n_units > 1:
@@ -863,15 +984,22 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         if failed:
             return -2
         return -3 if clstm_call_stopped(call) else 0
-    if _use_packed_gemm and T > 1:
+    cdef bint steps_packed = packed_steps(B // n_chunks) and T > 1
+    cdef bint step_projection = (steps_packed
+                                 and B // n_chunks >= _min_rows_per_step_projection
+                                 and (<double>I + H) * G * sizeof(floating)
+                                 <= _max_step_weights_bytes)
+    cdef bint ih_packed = step_projection or (packed_bulk() and T > 1)
+    if steps_packed:
         packed = pack_weights(H, G, w_hh, H, True, num_threads)     # P = W_hhᵀ
+    if ih_packed:
         packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
-        if packed == NULL or packed_ih == NULL:
-            free(packed)
-            free(packed_ih)
-            free(zero_h0)
-            clstm_blas_leave()
-            return -2
+    if (steps_packed and packed == NULL) or (ih_packed and packed_ih == NULL):
+        free(packed)
+        free(packed_ih)
+        free(zero_h0)
+        clstm_blas_leave()
+        return -2
     # The input projection x·W_ihᵀ: with a few rows per thread, each thread computes it
     # step by step for its own rows, just before the recurrent product that adds to the
     # same gates, which are then still in its cache. Measured at 1 thread on Zen 4
@@ -880,9 +1008,7 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     # slower beyond (H = 512: both weights then stream from L3 at every step). With
     # fewer rows each step would be a matrix-vector product, streaming W_ih at 2 flops
     # per value: then all T steps at once, (T·B × I)·(I × 4H).
-    cdef bint per_step = (packed_ih != NULL
-                          and B // n_chunks >= _min_rows_per_step_projection
-                          and (<double>I + H) * G * sizeof(floating) <= _max_step_weights_bytes)
+    cdef bint per_step = packed_ih != NULL and step_projection
     if not per_step:
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, T * B, I, G, x, I, packed_ih, gates, G, False,
@@ -1068,7 +1194,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
     num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if _use_packed_gemm and T > 1 else 1)
+                        if packed_steps(B) and T > 1 else 1)
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
@@ -1085,7 +1211,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
                               dy, dh0, dc0, call)
             free(packed)
     else:
-        if _use_packed_gemm and T > 1:
+        if packed_steps(B // n_chunks) and T > 1:
             packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
             failed = packed == NULL
         if not failed and n_chunks > 1:
@@ -1104,7 +1230,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
     cdef floating* da = gates
     cdef floating* packed_ih = NULL
     if dx != NULL:      # dX = da · W_ih
-        if _use_packed_gemm:
+        if packed_bulk():
             packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, T * B, G, I, da, G, packed_ih, dx, I, False,
@@ -1362,24 +1488,29 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
         free(zero_h0)
         return -2
     clstm_blas_enter()
-    if _use_packed_gemm and N > B:
-        packed = pack_weights(P, G, w_hh, P, True, num_threads)     # P = W_hhᵀ
-        packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
-        if w_hr != NULL:
-            packed_hr = pack_weights(H, P, w_hr, H, True, num_threads)  # W_hrᵀ
-        if packed == NULL or packed_ih == NULL or (w_hr != NULL and packed_hr == NULL):
-            free(packed)
-            free(packed_ih)
-            free(packed_hr)
-            free(zero_h0)
-            plan_free(&plan)
-            clstm_blas_leave()
-            return -2
-    # The input projection as in layer_forward: step by step inside each thread's loop
-    # with a few rows per thread and small weights, else one GEMM over the N valid rows.
-    cdef bint per_step = (packed_ih != NULL
+    # Packed kernels or BLAS by the ISA level's rule, as in layer_forward; the input
+    # projection step by step inside each thread's loop with a few rows per thread and
+    # small weights, else one GEMM over the N valid rows.
+    cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
+    cdef bint per_step = (steps_packed
                           and B // n_chunks >= _min_rows_per_step_projection
                           and (<double>I + P) * G * sizeof(floating) <= _max_step_weights_bytes)
+    cdef bint ih_packed = per_step or (packed_bulk() and N > B)
+    if steps_packed:
+        packed = pack_weights(P, G, w_hh, P, True, num_threads)     # P = W_hhᵀ
+        if w_hr != NULL:
+            packed_hr = pack_weights(H, P, w_hr, H, True, num_threads)  # W_hrᵀ
+    if ih_packed:
+        packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
+    if ((steps_packed and (packed == NULL or (w_hr != NULL and packed_hr == NULL)))
+            or (ih_packed and packed_ih == NULL)):
+        free(packed)
+        free(packed_ih)
+        free(packed_hr)
+        free(zero_h0)
+        plan_free(&plan)
+        clstm_blas_leave()
+        return -2
     if not per_step:
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih, gates, G, False,
@@ -1532,7 +1663,7 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     if w_hr != NULL:
         failed = posix_memalign(&buf, 64, <size_t>B * H * sizeof(floating)) != 0
         dhidden = <floating*>buf
-    if not failed and _use_packed_gemm and N > B:
+    if not failed and packed_steps(B // n_chunks) and N > B:
         packed = pack_weights(G, P, w_hh, P, False, num_threads)   # P = W_hh
         failed = packed == NULL
         if w_hr != NULL and not failed:
@@ -1563,7 +1694,7 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     cdef floating* h_prev = NULL
     cdef int status = 0
     if dx != NULL:      # dX = da · W_ih
-        if _use_packed_gemm:
+        if packed_bulk():
             packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, <int>N, G, I, da, G, packed_ih, dx, I, False,

@@ -9,19 +9,14 @@ from clstm import kernels
 from knobs import kernel_knob
 
 
-def _avx512_available():
-    with kernel_knob(kernels._set_gates_avx512, True):
-        return kernels.gates_isa() == "avx512"
-
-
-# Two implementations (AVX-512 intrinsics where the CPU has them, and the
-# compiler-vectorised C loop everywhere): every test runs on each one this CPU can run.
-CODES = ["c"] + (["avx512"] if _avx512_available() else [])
+# Three implementations (the plain C loops everywhere, AVX2+FMA and AVX-512 intrinsics
+# from one template where the CPU has them): every test runs on each one this CPU runs.
+CODES = ["c"] + [code for code in ("avx2", "avx512") if code in kernels.supported_isas()]
 
 
 @pytest.fixture(params=CODES)
 def gate_code(request):
-    with kernel_knob(kernels._set_gates_avx512, request.param == "avx512"):
+    with kernel_knob(kernels._set_gates_isa, request.param):
         assert kernels.gates_isa() == request.param
         yield request.param
 
@@ -78,9 +73,9 @@ def test_nan_propagates(function, dtype, gate_code):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 7, 9, 15, 16, 17, 33])
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33])
 def test_vector_tails(n, dtype, gate_code):
-    # lengths that end inside a vector: the masked tail of the AVX-512 code
+    # lengths that end inside a vector: the masked tail of the intrinsics code
     x = np.linspace(-5, 5, n).astype(dtype)
     for function, exact in ((kernels.sigmoid, 1 / (1 + np.exp(-x.astype(np.longdouble)))),
                             (kernels.tanh, np.tanh(x.astype(np.longdouble)))):

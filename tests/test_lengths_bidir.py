@@ -104,6 +104,28 @@ def test_matches_reference_each_sequence_alone(cfg, threads, knobs):
         np.testing.assert_allclose(g, gr[name], **tol, err_msg=name)
 
 
+@pytest.mark.parametrize("isa", kernels.supported_isas())
+@pytest.mark.parametrize("cfg", list(configurations(6, 3)), ids=str)
+def test_matches_reference_at_every_isa_level(cfg, isa):
+    """The packed driver follows each ISA level's packed-vs-BLAS rule and gate loops."""
+    x, state, lengths, dy, dstate = data(cfg, "float64")
+    net = clstm.LSTM(cfg["I"], cfg["H"], cfg["L"], bidirectional=cfg["bidirectional"],
+                     bias=cfg["bias"], peephole=cfg["peephole"], proj_size=proj_size(cfg),
+                     dtype="float64", seed=cfg["seed"])
+    with kernel_knob(kernels._set_isa, isa), clstm.threads(2), \
+            kernel_knob(kernels._set_min_flops_per_thread, 0):
+        y, h_n, c_n, dx, dh0, dc0, grads = run(net, x, state, lengths, dy, dstate)
+    yr, (hr, cr), cache = reference_lstm_forward(
+        x, net.params, cfg["L"], bidirectional=cfg["bidirectional"],
+        peephole=cfg["peephole"], lengths=lengths,
+        h0=None if state is None else state[0], c0=None if state is None else state[1])
+    dxr, (dh0r, dc0r), gr = reference_lstm_backward(dy, cache, *dstate)
+    for a, b in ((y, yr), (h_n, hr), (c_n, cr), (dx, dxr), (dh0, dh0r), (dc0, dc0r)):
+        np.testing.assert_allclose(a, b, **TOL["float64"])
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, gr[name], **TOL["float64"], err_msg=name)
+
+
 @pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
 def test_directions_run_one_per_thread():
     """With 2 threads a bidirectional layer's directions run at once, even for a batch of

@@ -185,6 +185,7 @@ def test_grads_are_views_into_flat_grads():
 # gradients
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("peephole", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 def test_gradients_match_finite_differences_float64(peephole, num_layers):
@@ -206,6 +207,7 @@ def test_gradients_match_finite_differences_float64(peephole, num_layers):
         fd_check(loss, net.params[name], got["grads"][name], rng, what=name)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("peephole", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("with_state", [False, True])
@@ -224,6 +226,7 @@ def test_matches_reference_float64(peephole, num_layers, with_state, with_dstate
     assert_results_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("peephole", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
 def test_matches_reference_float32_loosely(peephole, with_state):
@@ -239,6 +242,7 @@ def test_matches_reference_float32_loosely(peephole, with_state):
     assert_results_close(got, want, rtol=1e-4, atol=2e-5)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("peephole", [False, True])
 def test_float32_matches_float64_for_same_weights(peephole):
     rng = np.random.default_rng(4)
@@ -254,6 +258,7 @@ def test_float32_matches_float64_for_same_weights(peephole):
     assert_results_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 def test_varying_sequence_length_and_batch_between_calls():
     """Buffers reused across calls of different shapes must not leak between them."""
     net = make_net(3, 4, 2, peephole=True, seed=5)
@@ -290,6 +295,7 @@ def test_backward_accumulates_grads_until_zero_grad():
         np.testing.assert_allclose(net.grads[name], g, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 def test_backward_without_input_grad_gives_same_param_and_state_grads():
     net = make_net(3, 4, 2, peephole=True)
     rng = np.random.default_rng(8)
@@ -362,6 +368,7 @@ def test_batch_first_gives_transposed_result(with_state):
 # threads
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("H", [4, 40])    # 40: packed weights of 2 panels (f32) or 3 (f64)
 def test_results_do_not_depend_on_thread_count(dtype, H):
@@ -390,6 +397,7 @@ def test_results_do_not_depend_on_thread_count(dtype, H):
     assert_results_close(two, one, **tol)
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_input_projection_step_by_step_equals_upfront(dtype, threads):
@@ -419,6 +427,7 @@ def test_input_projection_step_by_step_equals_upfront(dtype, threads):
     (1, 3, 56, False),    # units 0:16, 16:32, 32:56
     (4, 2, 256, False),   # 2 rows per thread and W_hh >= 1 MiB: units rather than rows
 ])
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 def test_hidden_unit_split_equals_one_thread(dtype, B, threads, H, peephole):
     # With fewer rows than threads, the forward splits the hidden units over the threads
     # (a barrier per step). Same outputs and gradients as one thread, and the reference.
@@ -488,28 +497,27 @@ def test_hidden_unit_split_only_for_idle_threads_or_few_rows_and_large_weights()
         assert not kernels._last_forward_split_units()
 
 
+@pytest.mark.parametrize("code", [c for c in ("avx2", "avx512") if c in kernels.supported_isas()])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("peephole", [False, True])
-@pytest.mark.parametrize("H", [5, 16, 37])
-def test_gate_loops_agree(dtype, peephole, H):
-    # The forward gate loop exists in AVX-512 intrinsics and in plain C: both give the
-    # reference's results, and each other's to a few ulp (with a state and without).
-    with kernel_knob(kernels._set_gates_avx512, True):
-        if kernels.gates_isa() != "avx512":
-            pytest.skip("this CPU has no AVX-512")
+@pytest.mark.parametrize("H", [3, 5, 16, 37])
+def test_gate_loops_agree(dtype, peephole, H, code):
+    # The gate loops exist in intrinsics (AVX2+FMA, AVX-512: one template) and in plain
+    # C: each gives the reference's results, and the C loop's to a few ulp (with a state
+    # and without; H = 3, 5, 37 end in a masked tail).
     T, B, I, L = 6, 3, 4, 2
     net = make_net(I, H, L, dtype=dtype, peephole=peephole)
     rng = np.random.default_rng(23)
     x, state, R, Rstate = make_data(rng, T, B, I, H, L, dtype=np.dtype(dtype))
     results = {}
-    for code in (True, False):
-        with kernel_knob(kernels._set_gates_avx512, code):
-            results[code] = (run(net, x, state, R, Rstate), np.array(net.forward(x)[0]))
+    for gate_code in (code, "c"):
+        with kernel_knob(kernels._set_gates_isa, gate_code):
+            results[gate_code] = (run(net, x, state, R, Rstate), np.array(net.forward(x)[0]))
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
-    assert_results_close(results[True][0], results[False][0], **tol)
-    np.testing.assert_allclose(results[True][1], results[False][1], **tol)
+    assert_results_close(results[code][0], results["c"][0], **tol)
+    np.testing.assert_allclose(results[code][1], results["c"][1], **tol)
     loose = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
-    assert_results_close(results[True][0],
+    assert_results_close(results[code][0],
                          run_reference(net, L, peephole, x, state, R, Rstate), **loose)
 
 
@@ -601,6 +609,7 @@ def test_dropout_in_train_mode_is_reproducible_with_seed_and_differs_from_eval()
     assert not np.array_equal(again["y"], results[0]["y"])
 
 
+@pytest.mark.usefixtures("isa_level")   # every ISA level the CPU runs
 def test_dropout_backward_matches_finite_differences_of_the_masked_function():
     """A fresh net with the same seed draws the same mask on its first forward, so the
     masked function can be evaluated repeatedly for finite differences."""

@@ -5,6 +5,9 @@ import pytest
 
 import clstm
 
+# The kernels at every ISA level this CPU runs (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isa_level")
+
 
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("peephole", [False, True])
@@ -102,3 +105,20 @@ def test_language_model_generate_runs_on_steps_and_matches_full_forwards():
         probs = lm.predict(np.array([seq]))
         seq.append(int(probs[0, -1].argmax()))
     np.testing.assert_array_equal(tokens, seq[3:])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("I, H", [(37, 45), (64, 64), (3, 130)])
+def test_batch_of_one_step_equals_forward_at_vector_sizes(dtype, I, H):
+    # At B = 1 the step's products are the own matrix-vector kernel (src/gemv.c): whole
+    # vectors, the rows past the last group of four and the columns past the last vector.
+    rng = np.random.default_rng(5)
+    net = clstm.LSTM(I, H, 2, dtype=dtype, peephole=True, seed=2)
+    x = rng.standard_normal((4, 1, I)).astype(dtype)
+    y_full, (h_full, c_full) = net.forward(x)
+    state = None
+    for t in range(4):
+        y_t, state = net.step(x[t], state)
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y_t, y_full[-1], **tol)
+    np.testing.assert_allclose(state[1], c_full, **tol)

@@ -8,6 +8,9 @@ import pytest
 
 import clstm
 
+# The kernels at every ISA level this CPU runs (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isa_level")
+
 torch = pytest.importorskip("torch")
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
