@@ -409,6 +409,31 @@ def test_a_torch_model_with_the_same_layers_gives_the_same_logits():
                                    rtol=1e-12)
 
 
+@pytest.mark.parametrize("options", [dict(bidirectional=True), dict(proj_size=2),
+                                     dict(bias=False),
+                                     dict(bidirectional=True, proj_size=3, bias=False)])
+def test_torch_state_dicts_of_bidirectional_projected_and_bias_free_lstms(options):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    net = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True, **options).double()
+    model = clstm.LSTM(3, 4, 2, dtype="float64", batch_first=True, **options)
+    from_torch_state_dict(model, net.state_dict())
+    x = np.random.default_rng(1).standard_normal((2, 5, 3))
+    lengths = np.array([5, 3])
+    with torch.no_grad():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            torch.from_numpy(x), torch.from_numpy(lengths), batch_first=True,
+            enforce_sorted=False)
+        expected, _ = torch.nn.utils.rnn.pad_packed_sequence(net(packed)[0],
+                                                             batch_first=True)
+    got, _ = model.forward(x, lengths=lengths)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-10, atol=1e-12)
+    fresh = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True, **options).double()
+    fresh.load_state_dict(to_torch_state_dict(model))
+    for name, value in fresh.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), net.state_dict()[name].numpy())
+
+
 # ------------------------------------------------------------- a layer of your own
 
 def test_a_layer_of_your_own_is_saved_and_loaded_by_defining_its_config_methods(tmp_path):
