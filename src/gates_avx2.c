@@ -58,20 +58,6 @@ SIMD_INLINE V SUF(scale_v)(V p, V k)
     return VOP(mul)(p, _mm256_castsi256_ps(bits));
 }
 #include "gates_simd_impl.h"
-#undef REAL
-#undef V
-#undef VOP
-#undef MASK
-#undef LANES
-#undef SUF
-#undef ISA_SUF
-#undef VLOAD_MASKED
-#undef VSTORE_MASKED
-#undef EXP_MAX
-#undef EXP_MIN
-#undef LOG2E
-#undef LN2_HI
-#undef LN2_LO
 #undef SHIFTER
 
 #define REAL double

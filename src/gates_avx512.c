@@ -45,20 +45,6 @@ SIMD_INLINE V SUF(round_v)(V t)
 }
 SIMD_INLINE V SUF(scale_v)(V p, V k) { return _mm512_scalef_ps(p, k); }
 #include "gates_simd_impl.h"
-#undef REAL
-#undef V
-#undef VOP
-#undef MASK
-#undef LANES
-#undef SUF
-#undef ISA_SUF
-#undef VLOAD_MASKED
-#undef VSTORE_MASKED
-#undef EXP_MAX
-#undef EXP_MIN
-#undef LOG2E
-#undef LN2_HI
-#undef LN2_LO
 
 #define REAL double
 #define V __m512d

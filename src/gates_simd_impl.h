@@ -8,7 +8,8 @@
  *   of a row's last, partial vector: masked loads read zeros there and never fault),
  *   SUF(round_v)(t) (t rounded to the nearest integer) and SUF(scale_v)(p, k) (p·2^k for an
  *   integral k in the clamped range),
- * and the constants EXP_MAX, EXP_MIN, LN2_HI, LN2_LO, LOG2E. */
+ * and the constants EXP_MAX, EXP_MIN, LN2_HI, LN2_LO, LOG2E. Its end undefines those
+ * parameters (not SIMD_INLINE/SIMD_FN), so the next instantiation starts clean. */
 
 /* Whole vectors load and store plainly; only a row's tail uses the masked forms (AVX2's
  * vmaskmov store is slow on AMD). `full` is a constant after inlining. */
@@ -217,3 +218,19 @@ SIMD_FN void ISA_SUF(clstm_tanh)(long n, const REAL *x, REAL *y)
     if (k < n)
         VSTORE_MASKED(y + k, m, SUF(tanh_v)(VLOAD_MASKED(m, x + k)));
 }
+
+/* The parameters of this instantiation (see the top), so the next one starts clean. */
+#undef REAL
+#undef V
+#undef VOP
+#undef MASK
+#undef LANES
+#undef SUF
+#undef ISA_SUF
+#undef VLOAD_MASKED
+#undef VSTORE_MASKED
+#undef EXP_MAX
+#undef EXP_MIN
+#undef LOG2E
+#undef LN2_HI
+#undef LN2_LO
