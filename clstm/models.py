@@ -38,7 +38,7 @@ import numpy as np
 from ._npz_reader import short as _short
 
 from ._concurrency import inference_mode
-from .layers import (Dense, Dropout, Embedding, LastStep, Layer,  # noqa: F401
+from .layers import (Embedding, LastStep, Layer,  # noqa: F401 (LastStep re-exported)
                      _describe, lengths_to_mask)
 from .losses import mse, softmax, softmax_cross_entropy
 from ._validate import positive_int
@@ -720,14 +720,6 @@ def _describe_state(state):
 
 def _positive(name, value):
     return positive_int(value, name)  # TypeError for a non-int, ValueError below 1
-
-
-# ------------------------------------------------------------------- layer configs
-
-# A child's config is {"type": class name, **its get_config()}; the class is the one
-# place that knows its config (clstm.module). Kept under these names for old callers.
-layer_config = module_config
-build_layer = build_module
 
 
 # ----------------------------------------------------------------------- ready models
