@@ -16,15 +16,15 @@ returns `hT_l{k}`, `cT_l{k}`: what a streaming caller feeds back at the next ste
 
 import numpy as np
 
+from clstm.onnx import _TORCH_TO_ONNX_GATES, _gate_blocks
+
 OPSET = 14  # LSTM-14 (the `layout` attribute; default 0: time-major X, as clstm's)
-# PyTorch's gate blocks (i, f, g, o) in ONNX's order (i, o, f, c).
-TORCH_TO_ONNX_GATES = (0, 3, 1, 2)
 
 
 def reorder_gates(w, hidden):
-    """Rows of PyTorch gate blocks (i, f, g, o; 4H leading) -> ONNX's (i, o, f, c)."""
-    blocks = [w[k * hidden:(k + 1) * hidden] for k in TORCH_TO_ONNX_GATES]
-    return np.ascontiguousarray(np.concatenate(blocks, axis=0))
+    """Rows of PyTorch gate blocks (i, f, g, o; 4H leading) -> ONNX's (i, o, f, c): the
+    conversion clstm.onnx.export does."""
+    return _gate_blocks(w, hidden, _TORCH_TO_ONNX_GATES)
 
 
 def onnx_weights(params, layer, hidden):
