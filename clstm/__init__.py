@@ -6,7 +6,8 @@ API with explicit forward and backward passes. See README.md for a tour.
 from ._threads import get_num_threads, set_num_threads, threads
 from ._version import __version__
 from .kernels import isa, supported_isas
-from .io import (from_torch_state_dict, load, lstm_from_keras, lstm_to_keras, save,
+from .io import (from_torch_state_dict, load, lstm_from_keras, lstm_from_keras_layers,
+                 lstm_to_keras, lstm_to_keras_layers, save,
                  to_torch_state_dict)
 from .layers import (Dense, Dropout, Embedding, last_valid_step, last_valid_step_backward,
                      lengths_to_mask)
@@ -25,6 +26,7 @@ __all__ = [
     "Adam", "AdamW", "SGD", "clip_grad_norm",
     "Sequential", "LastStep", "NonFiniteError", "LanguageModel", "Regressor", "Classifier",
     "batchify", "tbptt_chunks", "reset_state",
-    "save", "load", "lstm_from_keras", "lstm_to_keras", "to_torch_state_dict",
+    "save", "load", "lstm_from_keras", "lstm_to_keras", "lstm_from_keras_layers",
+    "lstm_to_keras_layers", "to_torch_state_dict",
     "from_torch_state_dict",
 ]

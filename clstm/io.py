@@ -47,7 +47,8 @@ from .lstm import LSTM
 from .module import Module
 
 __all__ = ["save", "load", "FORMAT_VERSION", "lstm_from_keras", "lstm_to_keras",
-           "to_torch_state_dict", "from_torch_state_dict"]
+           "lstm_from_keras_layers", "lstm_to_keras_layers", "to_torch_state_dict",
+           "from_torch_state_dict"]
 
 FORMAT_VERSION = 1
 CONFIG_KEY = "__clstm_config__"
@@ -414,17 +415,192 @@ def lstm_to_keras(net, layer=0):
     Raises
     ------
     ValueError
-        A peephole LSTM (Keras' LSTM has no peepholes) or a layer out of range.
+        A peephole, projected or bidirectional LSTM (see :func:`lstm_to_keras_layers`
+        for the last), or a layer out of range.
     """
     if net.peephole:
         raise ValueError("lstm_to_keras: expected an LSTM without peepholes, got "
                          "peephole=True")
+    if net.bidirectional:
+        raise ValueError("lstm_to_keras: expected a unidirectional LSTM, got "
+                         "bidirectional=True (lstm_to_keras_layers gives a Keras "
+                         "Bidirectional layer's weights)")
     if not 0 <= layer < net.num_layers:
         raise ValueError(f"lstm_to_keras: expected layer in [0, {net.num_layers}), got "
                          f"{layer}")
-    p = net.params
-    return [p[f"weight_ih_l{layer}"].T.copy(), p[f"weight_hh_l{layer}"].T.copy(),
-            p[f"bias_ih_l{layer}"] + p[f"bias_hh_l{layer}"]]
+    return lstm_to_keras_layers(net)[layer]
+
+
+# Keras' Bidirectional wrapper combines the two directions' outputs by its merge_mode;
+# a clstm.LSTM (as torch.nn.LSTM) concatenates them, forward direction first: "concat".
+_KERAS_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+
+
+def _check_merge_mode(merge_mode):
+    if merge_mode is not None and not isinstance(merge_mode, str):
+        raise TypeError(f"merge_mode: expected 'concat', got {type(merge_mode).__name__}")
+    if merge_mode != "concat":
+        why = ("one of Keras' modes, but " if merge_mode in _KERAS_MERGE_MODES
+               else "not a Keras merge mode; and ")
+        raise ValueError(
+            f"merge_mode: expected 'concat' (a clstm.LSTM concatenates the two directions' "
+            f"outputs, forward first, as Keras' default Bidirectional does), got "
+            f"{merge_mode!r}: {why}a bidirectional clstm.LSTM cannot represent it (build "
+            f"it as concat and combine the two halves of the output yourself)")
+
+
+def _keras_direction(weights, where, I, H, dtype):
+    """(w_ih, w_hh, b_ih, b_hh) in our layout from one Keras LSTM's [kernel,
+    recurrent_kernel(, bias)], checked against the input width I (None: any) and H
+    (None: taken from this kernel). Returns (arrays, I, H)."""
+    kernel, recurrent_kernel, bias = (list(weights) + [None])[:3]
+    kernel, recurrent_kernel = np.asarray(kernel), np.asarray(recurrent_kernel)
+    if kernel.ndim != 2 or kernel.shape[1] % 4 or kernel.shape[1] == 0:
+        raise ValueError(f"{where} kernel: expected shape (input_size, 4 * units), got "
+                         f"{kernel.shape}")
+    if H is None:
+        H = kernel.shape[1] // 4
+    if I is None:
+        I = kernel.shape[0]
+    if kernel.shape != (I, 4 * H):
+        raise ValueError(f"{where} kernel: expected shape {(I, 4 * H)}, got {kernel.shape}")
+    if recurrent_kernel.shape != (H, 4 * H):
+        raise ValueError(f"{where} recurrent_kernel: expected shape {(H, 4 * H)}, got "
+                         f"{recurrent_kernel.shape}")
+    bias = np.zeros(4 * H, dtype) if bias is None else np.asarray(bias)
+    if bias.shape != (4 * H,):
+        raise ValueError(f"{where} bias: expected shape {(4 * H,)}, got {bias.shape}")
+    return (kernel.T, recurrent_kernel.T, bias, np.zeros(4 * H, dtype)), I, H
+
+
+def lstm_from_keras_layers(*layers, bidirectional=False, merge_mode="concat", dtype=None):
+    """A clstm.LSTM with the weights of stacked Keras ``LSTM`` or ``Bidirectional(LSTM)``
+    layers, one after the other (every layer but the last built with
+    ``return_sequences=True``).
+
+    Each argument is one Keras layer's ``get_weights()`` list:
+
+    * ``LSTM``: ``[kernel, recurrent_kernel, bias]`` (``[kernel, recurrent_kernel]`` with
+      ``use_bias=False``), converted as in :func:`lstm_from_keras`;
+    * ``Bidirectional(LSTM(...))`` (with ``bidirectional=True``): the forward layer's
+      list followed by the backward layer's, 6 arrays (4 with ``use_bias=False``). The
+      forward layer becomes direction 0 of a layer and the backward layer direction 1
+      (``..._reverse``): Keras runs it over the reversed sequence and, with
+      ``return_sequences``, reverses its outputs back, so that output t holds both
+      directions at step t, as here.
+
+    ``clstm.lstm_from_keras_layers(bi.get_weights(), bidirectional=True)`` converts one
+    ``bi = Bidirectional(LSTM(H, return_sequences=True))``; two stacked LSTM layers:
+    ``lstm_from_keras_layers(l1.get_weights(), l2.get_weights())``.
+
+    Parameters
+    ----------
+    *layers : lists of arrays
+        One per Keras layer, in order; layer k > 0 reads what layer k-1 puts out
+        (``units`` features, or 2 * ``units`` for Bidirectional).
+    bidirectional : bool, default False
+        The layers are Keras ``Bidirectional`` wrappers around ``LSTM``.
+    merge_mode : "concat"
+        Keras' ``Bidirectional(merge_mode=...)`` of those layers. Only its default,
+        "concat", is what a bidirectional clstm.LSTM computes; "sum", "mul", "ave" and
+        None are refused with a ValueError (a stack of them would not even have the
+        same layer inputs).
+    dtype : {"float32", "float64"}, optional
+        Default: the first kernel's, if float64, else float32.
+
+    Returns
+    -------
+    LSTM
+        ``num_layers = len(layers)``, time-major (set ``net.batch_first = True`` for
+        Keras' batch-first layout), with ``bias_ih`` = Keras' bias and ``bias_hh`` zero.
+
+    Raises
+    ------
+    TypeError
+        A layer that is not a list of arrays, or a merge_mode or bidirectional of the
+        wrong type.
+    ValueError
+        No layer, a list of the wrong length, shapes that do not fit together (each
+        message names the layer, direction and array), or a merge_mode other than
+        "concat".
+    """
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
+    _check_merge_mode(merge_mode)
+    if not layers:
+        raise ValueError("lstm_from_keras_layers: expected at least one layer's "
+                         "get_weights() list, got none")
+    D = 2 if bidirectional else 1
+    counts = (2 * D, 3 * D)          # arrays per layer: without bias, with bias
+    first_len = None
+    for k, weights in enumerate(layers):
+        if not isinstance(weights, (list, tuple)):
+            raise TypeError(f"layer {k}: expected the list of arrays get_weights() returns, "
+                            f"got {type(weights).__name__}")
+        if len(weights) not in counts:
+            kind = "Bidirectional(LSTM)" if bidirectional else "LSTM"
+            raise ValueError(f"layer {k}: expected {counts[1]} arrays (a Keras {kind}'s "
+                             f"get_weights(); {counts[0]} with use_bias=False), got "
+                             f"{len(weights)}")
+        if first_len is None:
+            first_len = len(weights)
+        elif len(weights) != first_len:
+            raise ValueError(f"layer {k}: expected {first_len} arrays as layer 0 has (all "
+                             f"layers with bias or all without), got {len(weights)}")
+    has_bias = first_len == counts[1]
+    per = 3 if has_bias else 2
+    if dtype is None:
+        dtype = "float64" if np.asarray(layers[0][0]).dtype == np.float64 else "float32"
+    state, I, H, input_size = {}, None, None, None
+    for k, weights in enumerate(layers):
+        for d in range(D):
+            sfx = ("", "_reverse")[d]
+            where = (f"layer {k}" + ((" forward", " backward")[d] if D == 2 else ""))
+            arrays, I_k, H = _keras_direction(weights[d * per:(d + 1) * per], where,
+                                              I, H, dtype)
+            if input_size is None:
+                input_size = I_k
+            for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), arrays):
+                state[f"{name}_l{k}{sfx}"] = value
+        I = D * H                       # what the next layer reads
+    net = LSTM(input_size, H, len(layers), bidirectional=bool(bidirectional), dtype=dtype)
+    net.load_state_dict(state)
+    return net
+
+
+def lstm_to_keras_layers(net):
+    """Keras weights of every layer of a clstm.LSTM: one list per layer, for
+    ``keras_layer.set_weights`` of the matching ``LSTM`` (``[kernel, recurrent_kernel,
+    bias]``) or ``Bidirectional(LSTM(...))`` (the forward layer's three arrays, then the
+    backward layer's; merge_mode "concat"). The two biases are summed into Keras' single
+    one; a bias-free LSTM gives ``[kernel, recurrent_kernel]`` per direction
+    (``use_bias=False``). The inverse of :func:`lstm_from_keras_layers`.
+
+    Raises
+    ------
+    TypeError
+        Something that is not a clstm.LSTM.
+    ValueError
+        Peepholes or a projection (Keras' LSTM has neither).
+    """
+    if not isinstance(net, LSTM):
+        raise TypeError(f"lstm_to_keras_layers: expected a clstm.LSTM, got "
+                        f"{type(net).__name__}")
+    if net.peephole:
+        raise ValueError("lstm_to_keras_layers: expected an LSTM without peepholes (Keras' "
+                         "LSTM has none), got peephole=True")
+    if net.proj_size:
+        raise ValueError(f"lstm_to_keras_layers: expected an LSTM without projection "
+                         f"(Keras' LSTM has none), got proj_size={net.proj_size}")
+    p, out = net.params, []
+    for k in range(net.num_layers):
+        weights = []
+        for sfx in ("", "_reverse")[:net.num_directions]:
+            weights += [p[f"weight_ih_l{k}{sfx}"].T.copy(), p[f"weight_hh_l{k}{sfx}"].T.copy()]
+            if net.bias:
+                weights.append(p[f"bias_ih_l{k}{sfx}"] + p[f"bias_hh_l{k}{sfx}"])
+        out.append(weights)
+    return out
 
 
 # -------------------------------------------------------------------------- PyTorch

@@ -10,7 +10,8 @@ import pytest
 
 import clstm
 from clstm.io import (CONFIG_KEY, from_torch_state_dict, load, lstm_from_keras,
-                      lstm_to_keras, save, to_torch_state_dict)
+                      lstm_from_keras_layers, lstm_to_keras, lstm_to_keras_layers, save,
+                      to_torch_state_dict)
 from clstm.layers import Dense, Dropout, Embedding
 from clstm.models import Classifier, LanguageModel, LastStep, Regressor, Sequential
 
@@ -359,6 +360,139 @@ def test_keras_import_without_bias_and_bad_shapes():
         lstm_from_keras(np.ones((2, 7)), np.ones((2, 7)))
     with pytest.raises(ValueError, match=r"bias: expected shape \(8,\), got \(4,\)"):
         lstm_from_keras(np.ones((2, 8)), np.ones((2, 8)), np.ones(4))
+
+
+def keras_bidirectional(x, forward_weights, backward_weights):
+    """Keras' Bidirectional(LSTM(return_sequences=True)), merge_mode="concat", in NumPy:
+    the backward layer runs over the reversed sequence (go_backwards) and its outputs
+    are reversed back before the concatenation."""
+    fwd = keras_lstm(x, *forward_weights)
+    bwd = keras_lstm(x[:, ::-1], *backward_weights)[:, ::-1]
+    return np.concatenate([fwd, bwd], axis=2)
+
+
+def keras_layout(module):
+    """A torch.nn.LSTM's weights as Keras layers' get_weights() lists, by the documented
+    layout (kernel = W_ihᵀ, recurrent_kernel = W_hhᵀ, bias = b_ih + b_hh; a Bidirectional
+    layer's list is the forward layer's then the backward layer's)."""
+    sd = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    layers = []
+    for k in range(module.num_layers):
+        weights = []
+        for sfx in ("", "_reverse")[:2 if module.bidirectional else 1]:
+            weights += [sd[f"weight_ih_l{k}{sfx}"].T, sd[f"weight_hh_l{k}{sfx}"].T,
+                        sd[f"bias_ih_l{k}{sfx}"] + sd[f"bias_hh_l{k}{sfx}"]]
+        layers.append(weights)
+    return layers
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_keras_bidirectional_weights_give_keras_outputs_and_torch_outputs(num_layers):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(num_layers)
+    module = torch.nn.LSTM(3, 5, num_layers, bidirectional=True, dtype=torch.float64)
+    layers = keras_layout(module)
+    net = lstm_from_keras_layers(*layers, bidirectional=True)
+    assert (net.num_layers, net.bidirectional, net.dtype) == (num_layers, True, np.float64)
+    net.batch_first = True
+    x = np.random.default_rng(3).standard_normal((4, 7, 3))
+    expected = x
+    for weights in layers:                  # Keras' stack: each layer reads the last's
+        expected = keras_bidirectional(expected, weights[:3], weights[3:])
+    y, _ = net.forward(x)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-13)
+    with torch.no_grad():
+        y_torch, _ = module(torch.from_numpy(x).transpose(0, 1))
+    np.testing.assert_allclose(y, y_torch.transpose(0, 1).numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_keras_bidirectional_with_lengths_is_each_sequence_alone():
+    # A masked Keras batch runs each sequence over its own steps, both directions.
+    rng = np.random.default_rng(4)
+    H, I = 4, 3
+    weights = [rng.standard_normal(s) * 0.5 for s in [(I, 4 * H), (H, 4 * H), (4 * H,)] * 2]
+    net = lstm_from_keras_layers(weights, bidirectional=True)
+    net.batch_first = True
+    x = rng.standard_normal((3, 6, I))
+    lengths = np.array([2, 6, 4])
+    y, _ = net.forward(x, lengths=lengths)
+    for b, n in enumerate(lengths):
+        alone = keras_bidirectional(x[b:b + 1, :n], weights[:3], weights[3:])[0]
+        np.testing.assert_allclose(y[b, :n], alone, rtol=1e-12, atol=1e-13)
+        assert not y[b, n:].any()
+
+
+def test_keras_stacked_unidirectional_layers_make_one_multilayer_lstm():
+    rng = np.random.default_rng(5)
+    first = [rng.standard_normal(s) * 0.5 for s in [(3, 20), (5, 20), (20,)]]
+    second = [rng.standard_normal(s) * 0.5 for s in [(5, 20), (5, 20), (20,)]]
+    net = lstm_from_keras_layers(first, second)
+    assert (net.num_layers, net.hidden_size, net.bidirectional) == (2, 5, False)
+    net.batch_first = True
+    x = rng.standard_normal((2, 6, 3))
+    expected = keras_lstm(keras_lstm(x, *first), *second)
+    np.testing.assert_allclose(net.forward(x)[0], expected, rtol=1e-12, atol=1e-13)
+    # one clstm.LSTM has one hidden_size: Keras layers of other widths do not stack into it
+    narrow = [rng.standard_normal(s) for s in [(5, 16), (4, 16), (16,)]]
+    with pytest.raises(ValueError, match=r"layer 1 kernel: expected shape \(5, 20\), "
+                                         r"got \(5, 16\)"):
+        lstm_from_keras_layers(first, narrow)
+
+
+def test_keras_layers_export_inverts_import_and_bias_free_layers_round_trip():
+    for bias in (True, False):
+        net = clstm.LSTM(3, 4, num_layers=2, bidirectional=True, bias=bias,
+                         dtype="float64", seed=1)
+        layers = lstm_to_keras_layers(net)
+        assert [len(w) for w in layers] == [6 if bias else 4] * 2
+        assert layers[1][0].shape == (8, 16) and layers[1][1].shape == (4, 16)
+        back = lstm_from_keras_layers(*layers, bidirectional=True)
+        x = np.random.default_rng(2).standard_normal((5, 2, 3))
+        np.testing.assert_allclose(back.forward(x)[0], net.forward(x)[0], rtol=1e-13)
+        if bias:
+            for name in net.params:
+                if name.startswith("bias_hh"):
+                    assert not back.params[name].any()
+
+
+@pytest.mark.parametrize("merge_mode", ["sum", "mul", "ave", None])
+def test_keras_merge_modes_other_than_concat_are_refused(merge_mode):
+    weights = [np.ones((2, 8)), np.ones((2, 8)), np.ones(8)] * 2
+    with pytest.raises(ValueError, match=r"merge_mode: expected 'concat'.*got "
+                                         + repr(merge_mode) + ".*cannot represent"):
+        lstm_from_keras_layers(weights, bidirectional=True, merge_mode=merge_mode)
+    with pytest.raises(ValueError, match="not a Keras merge mode"):
+        lstm_from_keras_layers(weights, bidirectional=True, merge_mode="max")
+    with pytest.raises(TypeError, match="merge_mode: expected 'concat', got int"):
+        lstm_from_keras_layers(weights, bidirectional=True, merge_mode=1)
+
+
+def test_keras_layers_bad_input_names_layer_direction_and_array():
+    w = [np.ones((2, 8)), np.ones((2, 8)), np.ones(8)]
+    with pytest.raises(ValueError, match="at least one layer"):
+        lstm_from_keras_layers()
+    with pytest.raises(ValueError, match=r"layer 0: expected 6 arrays .*Bidirectional.*"
+                                         r"4 with use_bias=False\), got 3"):
+        lstm_from_keras_layers(w, bidirectional=True)
+    with pytest.raises(TypeError, match="layer 0: expected the list .* got ndarray"):
+        lstm_from_keras_layers(np.ones((2, 8)))
+    with pytest.raises(ValueError, match=r"layer 0 backward recurrent_kernel: expected "
+                                         r"shape \(2, 8\), got \(3, 8\)"):
+        lstm_from_keras_layers(w + [np.ones((2, 8)), np.ones((3, 8)), np.ones(8)],
+                               bidirectional=True)
+    with pytest.raises(ValueError, match=r"layer 1 kernel: expected shape \(2, 8\), "
+                                         r"got \(3, 8\)"):
+        lstm_from_keras_layers(w, [np.ones((3, 8)), np.ones((2, 8)), np.ones(8)])
+    with pytest.raises(ValueError, match=r"layer 1: expected 3 arrays as layer 0"):
+        lstm_from_keras_layers(w, w[:2])
+    with pytest.raises(TypeError, match="bidirectional: expected True or False"):
+        lstm_from_keras_layers(w, bidirectional="yes")
+    with pytest.raises(ValueError, match="lstm_to_keras_layers: .*without projection"):
+        lstm_to_keras_layers(clstm.LSTM(2, 4, proj_size=2))
+    with pytest.raises(ValueError, match="lstm_to_keras: expected a unidirectional"):
+        lstm_to_keras(clstm.LSTM(2, 4, bidirectional=True))
+    with pytest.raises(TypeError, match="expected a clstm.LSTM, got dict"):
+        lstm_to_keras_layers({})
 
 
 # ---------------------------------------------------------------------------- PyTorch
