@@ -481,14 +481,15 @@ class Distributed:
         state, bad), the loss, count and correct of the global batch, the same on every
         rank, as is every decision (skip, raise, clip)."""
         from .optim import clip_grad_norm
-        from .training import nonfinite_grads
+        from .training import nonfinite_grads, step_forward
 
         xt, yt, mask, lb, reset = step
         model.zero_grad()
         count, loss, correct, dout = 0, 0.0, 0, None
         if xt.shape[1]:                          # a rank may hold no row of a small batch
-            out, state = model.forward(xt, None if reset else state, lengths=lb)
-            loss, dout, count, correct = model._loss(out, yt, mask)
+            out, yt, mask, state = step_forward(model, step, state)
+            if out is not None:       # None: a chunk past the end of its rows' sequences
+                loss, dout, count, correct = model._loss(out, yt, mask)
         sums = np.array([count, loss * count if count else 0.0, correct or 0],
                         dtype=np.float64)
         self.comm.Allreduce(self.MPI.IN_PLACE, sums, op=self.MPI.SUM)

@@ -17,6 +17,7 @@ from . import distributed as _distributed
 from ._concurrency import inference_mode
 from .callbacks import History, as_callbacks
 from .optim import Adam, Optimizer, clip_grad_norm
+from .tbptt import forward_chunk
 
 _ON_NONFINITE = ("raise", "skip")
 
@@ -195,6 +196,31 @@ def nonfinite_grads(model):
     return worst
 
 
+def step_forward(model, step, state):
+    """The forward of one step of a model's data: (out, yt, mask, state).
+
+    A step is ``(xt, yt, mask, lengths, reset)``. A whole batch (lengths given, or no
+    mask and nothing carried in) runs as it is. A chunk of longer sequences (truncated
+    BPTT: a state carried in, or sequences whose lengths show only in the loss mask)
+    runs through :func:`clstm.tbptt.forward_chunk`: its rows that still have steps
+    only, each over its own steps, the others' state carried unchanged; ``yt`` and
+    ``mask`` are then those rows', and ``out`` is None when no row has a step.
+    """
+    xt, yt, mask, lb, reset = step
+    carried = None if reset else state
+    if lb is not None or (reset and mask is None):
+        out, state = model.forward(xt, carried, lengths=lb)
+        return out, yt, mask, state
+    # The steps give a chunk's mask (lengths_to_mask of the sequences' lengths, sliced
+    # to the chunk: a prefix of each column), not its lengths: they are its column sums.
+    lengths = (mask.sum(axis=0) if mask is not None
+               else np.full(xt.shape[1], xt.shape[0], dtype=np.int64))
+    out, state, rows = forward_chunk(model, xt, carried, lengths)
+    if rows is None:
+        return None, yt, mask, state
+    return out, yt[:, rows], None if mask is None else mask[:, rows], state
+
+
 def train_step(model, step, state, optimizer, clip_norm):
     """One optimisation step: (loss, count, correct, state, bad).
 
@@ -202,9 +228,10 @@ def train_step(model, step, state, optimizer, clip_norm):
     then no update is applied, since one NaN in the step would spread to every parameter
     (and through Adam's moments, to every later step).
     """
-    xt, yt, mask, lb, reset = step
     model.zero_grad()
-    out, state = model.forward(xt, None if reset else state, lengths=lb)
+    out, yt, mask, state = step_forward(model, step, state)
+    if out is None:  # a chunk past the end of every sequence of its batch
+        return 0.0, 0, None, state, None
     loss, dout, count, correct = model._loss(out, yt, mask)
     if not count:  # a chunk of padding only has nothing to learn from
         return loss, count, correct, state, None
@@ -254,10 +281,12 @@ def evaluate_steps(model, steps, reduce=None):
     with inference_mode():  # this thread only: others may be training
         tally = Tally()
         state = None
-        for xt, yt, mask, lb, reset in steps:
-            if not xt.shape[1]:    # a rank's empty shard of a small batch
+        for step in steps:
+            if not step[0].shape[1]:    # a rank's empty shard of a small batch
                 continue
-            out, state = model.forward(xt, None if reset else state, lengths=lb)
+            out, yt, mask, state = step_forward(model, step, state)
+            if out is None:
+                continue
             loss, _, count, correct = model._loss(out, yt, mask)
             tally.add(loss, count, correct)
         if reduce is not None:

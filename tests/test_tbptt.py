@@ -202,3 +202,210 @@ def test_chunk_gradient_is_the_full_gradient_minus_exactly_what_crosses_the_boun
         assert np.abs(crossing[name]).max() > 1e-6, "the test needs a real difference"
         np.testing.assert_allclose(grads[name] + crossing[name], full[name], rtol=1e-10,
                                    atol=1e-12, err_msg=name)
+
+
+# ------------------------------------------------------- sequences of their own lengths
+
+from clstm.tbptt import (chunk_lengths, forward_chunk, put_rows,  # noqa: E402
+                         take_rows)
+
+
+def test_chunk_lengths_are_each_rows_steps_inside_the_chunk():
+    lengths = np.array([10, 3, 7, 5])
+    np.testing.assert_array_equal(chunk_lengths(lengths, 0, 5), [5, 3, 5, 5])
+    np.testing.assert_array_equal(chunk_lengths(lengths, 5, 5), [5, 0, 2, 0])
+    x = np.zeros((10, 4, 1))
+    got = [lc for _, _, lc in tbptt_chunks(x, 4, targets=x, lengths=lengths)]
+    np.testing.assert_array_equal(got, [[4, 3, 4, 4], [4, 0, 3, 1], [2, 0, 0, 0]])
+    # without targets the last step of a sequence has no successor: n - 1 inputs count
+    got = [lc for _, _, lc in tbptt_chunks(x, 4, lengths=lengths)]
+    np.testing.assert_array_equal(got, [[4, 2, 4, 4], [4, 0, 2, 0], [1, 0, 0, 0]])
+
+
+def test_chunk_lengths_bad_input_is_refused_when_called():
+    x = np.zeros((6, 3, 1))
+    with pytest.raises(ValueError, match=r"lengths: expected shape \(3,\)"):
+        tbptt_chunks(x, 2, targets=x, lengths=[1, 2])
+    with pytest.raises(ValueError, match=r"lengths: expected integers in \[1, 6\], got "
+                                         r"min 0, max 7"):
+        tbptt_chunks(x, 2, targets=x, lengths=[0, 7, 3])
+    with pytest.raises(TypeError, match="lengths: expected integers, got dtype float64"):
+        tbptt_chunks(x, 2, targets=x, lengths=[1.0, 2.0, 3.0])
+    net = clstm.LSTM(1, 2)
+    with pytest.raises(ValueError, match=r"lengths: expected integers in \[0, 6\] \(steps "
+                                         r"in the chunk\), got min -1"):
+        forward_chunk(net, x, None, [-1, 2, 3])
+    with pytest.raises(TypeError, match="lengths: expected integers"):
+        forward_chunk(net, x, None, [True, True, False])
+
+
+def chunked_forward(net, x, lengths, k, state=None):
+    """forward_chunk over x in chunks of k (a unidirectional net), outputs scattered back
+    to all rows (zeros where a row has ended); returns (y, final state, each chunk's
+    start state)."""
+    T, B = x.shape[:2]
+    ys, starts = [], []
+    for t in range(0, T, k):
+        lc = chunk_lengths(lengths, t, k)
+        starts.append(state)
+        out, state, rows = forward_chunk(net, x[t:t + k], state, lc)
+        y = np.zeros((min(k, T - t), B, net.proj_size or net.hidden_size))
+        if rows is not None:
+            y[:, rows] = out
+        ys.append(y)
+    return np.concatenate(ys), state, starts
+
+
+LSTM_CASES = [dict(num_layers=1), dict(num_layers=2), dict(num_layers=3, peephole=True),
+              dict(num_layers=2, proj_size=3), dict(num_layers=2, bias=False)]
+
+
+@pytest.mark.parametrize("config", LSTM_CASES)
+def test_chunks_with_lengths_give_one_long_forwards_outputs_and_final_state(config):
+    rng = np.random.default_rng(len(config) + config["num_layers"])
+    net = clstm.LSTM(3, 5, dtype="float64", seed=1, **config)
+    T, B, k = 11, 6, 3
+    x = rng.standard_normal((T, B, 3))
+    lengths = np.array([11, 2, 3, 7, 1, 9])      # ends inside, at and before chunks' ends
+    h0 = rng.standard_normal((config["num_layers"], B, config.get("proj_size") or 5))
+    c0 = rng.standard_normal((config["num_layers"], B, 5))
+    y_long, (h_long, c_long) = net.forward(x, (h0, c0), lengths=lengths)
+    y, (h, c), _ = chunked_forward(net, x, lengths, k, (h0, c0))
+    np.testing.assert_allclose(y, y_long, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(h, h_long, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(c, c_long, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("config", LSTM_CASES)
+def test_chunked_backward_with_lengths_equals_one_long_backward(config):
+    """Back through the chunks in reverse, each chunk's (dh_0, dc_0) handed to the chunk
+    before as its dstate (rows that have ended pass it through unchanged): every
+    parameter gradient, dx, dh_0 and dc_0 equal one long backward with lengths.
+    Truncated BPTT is this with the handing-over left out."""
+    rng = np.random.default_rng(7 + config["num_layers"])
+    net = clstm.LSTM(3, 5, dtype="float64", seed=2, **config)
+    T, B, k = 10, 5, 4
+    L, P = config["num_layers"], config.get("proj_size") or 5
+    x = rng.standard_normal((T, B, 3))
+    lengths = np.array([10, 4, 3, 9, 1])
+    state0 = (rng.standard_normal((L, B, P)), rng.standard_normal((L, B, 5)))
+    dy = rng.standard_normal((T, B, P)) * clstm.lengths_to_mask(lengths, T)[..., None]
+    dstate = (rng.standard_normal((L, B, P)), rng.standard_normal((L, B, 5)))
+
+    net.zero_grad()
+    net.forward(x, state0, lengths=lengths)
+    dx_long, (dh0_long, dc0_long) = net.backward(dy, dstate)
+    grads_long = {n: g.copy() for n, g in net.grads.items()}
+
+    net.zero_grad()
+    _, _, starts = chunked_forward(net, x, lengths, k, state0)
+    dx = np.zeros_like(x)
+    carried = dstate
+    for c in reversed(range(len(starts))):
+        t = c * k
+        lc = chunk_lengths(lengths, t, k)
+        out, _, rows = forward_chunk(net, x[t:t + k], starts[c], lc)   # again, for backward
+        if rows is None:
+            continue
+        dxc, part = net.backward(dy[t:t + k][:, rows], take_rows(carried, rows))
+        dx[t:t + k][:, rows] = dxc
+        carried = put_rows(carried, rows, part, B)
+    for name, g in net.grads.items():
+        np.testing.assert_allclose(g, grads_long[name], rtol=1e-10, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(dx, dx_long, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(carried[0], dh0_long, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(carried[1], dc0_long, rtol=1e-10, atol=1e-12)
+
+
+def test_a_chunk_past_every_sequence_runs_nothing_and_keeps_the_state():
+    net = clstm.LSTM(2, 3, dtype="float64", seed=0)
+    state = (np.ones((1, 2, 3)), np.full((1, 2, 3), 2.0))
+    out, new, rows = forward_chunk(net, np.zeros((4, 2, 2)), state, [0, 0])
+    assert out is None and rows is None and new is state
+    # rows that ended before the chunk keep their state; from None they are zeros
+    x = np.random.default_rng(0).standard_normal((4, 2, 2))
+    out, (h, c), rows = forward_chunk(net, x, None, [0, 3])
+    np.testing.assert_array_equal(rows, [1])
+    assert out.shape == (4, 1, 3) and not h[:, 0].any() and not c[:, 0].any()
+    alone, (h1, _) = net.forward(x[:3, 1:])
+    np.testing.assert_allclose(h[:, 1], h1[:, 0], rtol=1e-13)
+
+
+def test_take_and_put_rows_walk_any_tuple_or_list_of_states():
+    rng = np.random.default_rng(3)
+    gru_like = (rng.standard_normal((2, 4, 3)),)                  # a one-array state
+    model_state = [None, (rng.standard_normal((1, 4, 2)), rng.standard_normal((1, 4, 2)))]
+    for state in (gru_like, model_state):
+        part = take_rows(state, [1, 3])
+        full = put_rows(state, [1, 3], part, 4)
+        for a, b in zip(np.concatenate([np.ravel(s) for s in _leaves(full)]),
+                        np.concatenate([np.ravel(s) for s in _leaves(state)])):
+            assert a == b
+    zeros = put_rows(None, [2], (np.ones((1, 1, 2)),), 3)
+    np.testing.assert_array_equal(zeros[0][0, :, 0], [0, 0, 1])
+    with pytest.raises(TypeError, match="state: expected None, an array"):
+        take_rows({"h": 1}, [0])
+    with pytest.raises(ValueError, match="state: expected 2 parts"):
+        put_rows((np.ones((1, 2, 1)),), [0], (np.ones((1, 1, 1)),) * 2, 2)
+
+
+def _leaves(state):
+    if state is None:
+        return []
+    if isinstance(state, np.ndarray):
+        return [state]
+    return [leaf for part in state for leaf in _leaves(part)]
+
+
+def test_bidirectional_models_cannot_run_in_chunks():
+    x = np.zeros((4, 2, 2))
+    bi = clstm.LSTM(2, 3, bidirectional=True)
+    with pytest.raises(ValueError, match="truncated BPTT: expected a model without "
+                                         "bidirectional layers.*got LSTM"):
+        forward_chunk(bi, x, None, [4, 2])
+    model = clstm.Sequential([clstm.LSTM(2, 3, bidirectional=True, dtype="float64"),
+                              clstm.Dense(6, 1, dtype="float64")], loss="mse")
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((8, 6, 2)), rng.standard_normal((8, 6, 1))
+    with pytest.raises(ValueError, match="truncated BPTT: expected a model without "
+                                         "bidirectional"):
+        model.fit(xs, ys, epochs=1, batch_size=4, bptt=3, lengths=np.full(8, 5), verbose=0)
+    with pytest.raises(ValueError, match="truncated BPTT: expected a model without "
+                                         "bidirectional"):
+        model.fit(xs, ys, epochs=1, batch_size=4, bptt=3, verbose=0)
+
+
+def test_fit_with_bptt_and_lengths_trains_the_live_rows_of_each_chunk():
+    """fit's chunks with lengths: each chunk runs its live rows only, over their own
+    steps; every update equals the masked update of the whole padded chunk (the loss
+    sees valid steps only and the LSTM is causal), so the trained weights are equal."""
+    rng = np.random.default_rng(4)
+    N, T, k = 12, 9, 3
+    x, y = rng.standard_normal((N, T, 2)), rng.standard_normal((N, T, 1))
+    lengths = rng.integers(1, T + 1, N)
+    lengths[:3] = [1, 3, 9]
+
+    def make():
+        return clstm.Sequential([clstm.LSTM(2, 4, num_layers=2, dtype="float64", seed=5),
+                                 clstm.Dense(4, 1, dtype="float64", seed=6)], loss="mse")
+    fitted = make()
+    fitted.fit(x, y, epochs=1, batch_size=4, bptt=k, lengths=lengths, shuffle=False,
+               optimizer=clstm.SGD(fitted, lr=0.1), verbose=0)
+    by_hand = make()
+    opt = clstm.SGD(by_hand, lr=0.1)
+    for start in range(0, N, 4):
+        xb = np.ascontiguousarray(x[start:start + 4].swapaxes(0, 1))
+        yb = y[start:start + 4].swapaxes(0, 1)
+        mask = clstm.lengths_to_mask(lengths[start:start + 4], T)
+        state = None
+        for t in range(0, T, k):          # the whole padded chunk, the loss masked
+            by_hand.zero_grad()
+            out, state = by_hand.forward(xb[t:t + k], state)
+            if not mask[t:t + k].any():
+                continue
+            _, dout = clstm.mse(out, yb[t:t + k], mask=mask[t:t + k])
+            by_hand.backward(dout)
+            opt.step()
+    for name, p in fitted.params.items():
+        np.testing.assert_allclose(p, by_hand.params[name], rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
