@@ -138,8 +138,17 @@ def markdown(results):
         "",
     ] + ([f"{isa}" + ("; under load (--busy)" if results.get("busy") else ""), ""]
          if isa else []) + [
-        grid_table(results),
+        grid_table(results) if results["cells"] else "(not run: --no-grid)",
     ]
+    if results.get("varlen"):
+        from bench.varlen import b1_table, describe, varlen_table
+        v = results["varlen"]
+        parts += ["", "## Variable lengths and bidirectional layers", "", describe(), "",
+                  varlen_table(v["rows"])]
+        if v.get("b1"):
+            parts += ["", "A bidirectional layer at B = 1 (one layer, the shape's T, I, H): "
+                      "the two directions run at once, one per thread.", "",
+                      b1_table(v["b1"])]
     if results.get("memory"):
         parts += ["", "## Peak memory of one training step (RSS delta, fresh process)", "",
                   memory_table(results)]

@@ -3,13 +3,17 @@
     python -m bench [--quick] [--shapes S1,S3] [--dtypes float32,float64] [--threads 1,2]
                     [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax,onnxruntime]
                     [--stream-threads 1] [--out DIR] [--no-memory] [--no-streaming] [--no-chart]
-                    [--no-serving] [--isa avx512|avx2|generic] [--busy]
+                    [--no-serving] [--no-varlen] [--no-grid] [--isa avx512|avx2|generic] [--busy]
 
 Writes DIR/results.json, DIR/results.md and (with matplotlib) DIR/chart.png, and prints the
 Markdown.  `--isa LEVEL` re-executes the run with clstm and OpenBLAS forced to that level
 (bench/isa.py); `--busy` runs everything beside a CPU hog and adds the table of clstm's
 n-thread / 1-thread time under that load (bench/busy.py); the serving table (1, 2, 4 Python
-threads sharing one model) comes from `python -m bench.serving`, run in a subprocess.  Every implementation runs in this process, interleaved; peak memory is measured
+threads sharing one model) comes from `python -m bench.serving`, run in a subprocess; the
+variable-length and bidirectional rows (torch.nn.LSTM on packed sequences and on the padded
+batch; a bidirectional layer at B = 1 on n threads against 1) from bench/varlen.py, on the
+grid's shapes with B > 1 (`--no-grid --no-memory --no-streaming --no-serving` runs those
+alone).  Every implementation runs in this process, interleaved; peak memory is measured
 in fresh processes (bench/memory.py), which import the same clstm as this process.  Which
 clstm that is (the source tree when built in place, else the installed package): see
 bench/__init__.py; results.json records its path under machine.clstm_file.
@@ -33,7 +37,7 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from bench import CLSTM_PATH_ENV, busy, isa, report, streaming  # noqa: E402
+from bench import CLSTM_PATH_ENV, busy, isa, report, streaming, varlen  # noqa: E402
 from bench.ceiling import GemmCeiling, blas_controller  # noqa: E402
 from bench.peers import (PEERS, REPO_ROOT, ClstmPeer, Skip, clstm_location,  # noqa: E402
                          clstm_module, make_input, make_params)
@@ -88,6 +92,12 @@ def parse_args(argv=None):
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument("--no-serving", action="store_true",
                     help="leave out the serving-from-threads table (python -m bench.serving)")
+    ap.add_argument("--no-varlen", action="store_true",
+                    help="leave out the variable-length and bidirectional rows "
+                         "(bench/varlen.py)")
+    ap.add_argument("--no-grid", action="store_true",
+                    help="leave out the whole-sequence grid (e.g. to run the variable-length "
+                         "rows alone)")
     ap.add_argument("--isa", choices=isa.LEVELS,
                     help="run clstm (CLSTM_ISA) and the BLAS ceiling (OPENBLAS_CORETYPE) at "
                          "this instruction-set level: the process re-executes itself with "
@@ -453,6 +463,22 @@ def run_streaming(args):
     return rows
 
 
+def run_varlen(args, peers):
+    """bench/varlen.py's rows on the grid's shapes with B > 1, dtypes, modes and thread
+    counts, torch as the peer when it is among the available peers; and the
+    bidirectional B = 1 rows at the largest thread count against 1."""
+    torch = (importlib.import_module("torch") if any(p.name == "torch" for p in peers)
+             else None)
+    threads = sorted(args.threads)
+    shapes = [s for s in args.shapes if s.B > 1]
+    rows = varlen.varlen_rows(shapes, args.dtypes, threads, args.modes, [0, 1],
+                              args.repeats, args.min_time, args.warmup, torch=torch, log=log)
+    b1 = (varlen.b1_scaling_rows(shapes, args.dtypes, args.modes, max(threads), args.repeats,
+                                 args.min_time, args.warmup, log=log)
+          if max(threads) > 1 else [])
+    return dict(rows=rows, b1=b1, torch=torch is not None)
+
+
 # --------------------------------------------------------------------------- notes
 
 
@@ -588,7 +614,7 @@ def _main(args, out, hog):
     cells = []
     # The largest thread count first: runtimes whose pool is sized once per process
     # (TensorFlow) are then sized to it.
-    for threads in args.threads:
+    for threads in ([] if args.no_grid else args.threads):
         for dtype in args.dtypes:
             log(f"grid: {threads} thread(s), {dtype}")
             for shape in args.shapes:
@@ -610,8 +636,12 @@ def _main(args, out, hog):
         isa=isa_record,
         gemm_peak_gflops={f"{d} {n}thr": ceiling.peak_gflops(d, n)
                           for d in args.dtypes for n in args.threads},
-        cells=cells, memory=[], streaming=[], busy=None, serving=None,
+        cells=cells, memory=[], streaming=[], busy=None, serving=None, varlen=None,
     )
+    if not args.no_varlen:
+        log("variable lengths and bidirectional layers (bench/varlen.py)")
+        results["varlen"] = run_varlen(args, peers)
+        phases["varlen"] = clock.lap()
     if hog:
         log(f"busy: clstm at {max(args.threads)} thread(s) against 1, under the hog's load")
         results["busy"] = dict(rows=busy.thread_ratio_table(args, clstm_peer, log),
@@ -639,7 +669,7 @@ def _main(args, out, hog):
         results["notes"].insert(0, f"--busy: every table ran beside a busy-loop process pinned "
                                 f"to core {h['core']} (it used {h['busy_fraction']} of a core "
                                 f"over {h['wall_s']} s).")
-    if not args.no_chart:
+    if not args.no_chart and cells:
         why = report.chart(results, out / "chart.png")
         if why:
             results["notes"].append(why)

@@ -1,27 +1,47 @@
 """Variable-length and bidirectional batches: clstm with ``lengths`` against the same
 padded batch without them, and against torch.nn.LSTM on packed sequences
-(pack_padded_sequence(enforce_sorted=False) / pad_packed_sequence) and on the padded batch.
+(pack_padded_sequence(enforce_sorted=False) / pad_packed_sequence) and on the padded
+batch; and a bidirectional layer at B = 1 on 2 threads against 1 thread.
 
     python -m bench.varlen [--shapes S2,S3] [--threads 1,2] [--modes fwd,train]
-                           [--bidirectional 0,1] [--repeats 7]
+                           [--bidirectional 0,1] [--dtypes float32] [--repeats 7]
+                           [--no-torch] [--no-b1]
 
-Lengths are drawn uniformly between T/4 and T (seed 0). The contenders run in turns,
-interleaved, within one process; the table gives the median of the repeats, in ms.
+The same rows run inside the main grid (``python -m bench``, table "Variable lengths
+and bidirectional layers"; ``--no-varlen`` leaves them out, ``--no-grid`` runs them
+alone). Lengths are drawn uniformly between T/4 and T (seed 0). The contenders run in
+turns, interleaved, within one process (bench/timing.py); the tables give medians of
+the repeats. Before timing, torch's packed output (fwd) is checked against clstm's.
 """
 import argparse
-import statistics
-import time
+import math
 
 import numpy as np
 
 import clstm
 
-from .shapes import SHAPES
+from .shapes import parse_shapes
+from .timing import interleaved
+
+#: The targets of issue 10: torch packed / clstm with lengths, torch padded / clstm with
+#: lengths, and a bidirectional layer's 1-thread / 2-thread time at B = 1.
+TARGET_VS_PACKED, TARGET_VS_PADDED, TARGET_B1_SCALING = 3.0, 1.0, 1.7
+
+
+def draw_lengths(shape, seed=0):
+    """B lengths uniform in [T/4, T]."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(max(1, shape.T // 4), shape.T + 1, size=shape.B)
+
+
+def _input(shape, dtype, B=None, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(shape.T, B or shape.B, shape.I)).astype(dtype)
 
 
 def _clstm_call(net, x, lengths, mode, dy):
     def call():
-        y, _ = net.forward(x, lengths=lengths)
+        net.forward(x, lengths=lengths)
         if mode == "train":
             net.backward(dy, input_grad=False)
     return call
@@ -40,6 +60,7 @@ def _torch_calls(torch, module, x, lengths, mode):
             y, _ = pad_packed_sequence(y, total_length=T)
             if mode == "train":
                 y.sum().backward()
+            return y
 
     def padded():
         with torch.set_grad_enabled(mode == "train"):
@@ -49,65 +70,179 @@ def _torch_calls(torch, module, x, lengths, mode):
     return packed, padded
 
 
-def _time(fn, min_time=0.05):
-    fn()
-    n, start = 0, time.perf_counter()
-    while True:
-        fn()
-        n += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / n
+def _with_threads(n, fn):
+    def call():
+        with clstm.threads(n):
+            fn()
+    return call
+
+
+def varlen_rows(shapes, dtypes, threads, modes, bidirectional, repeats, min_time=0.05,
+                warmup=1, torch=None, log=print):
+    """One row per (shape, dtype, bidirectional, mode, threads): medians in seconds of
+    clstm padded / with lengths and torch packed / padded, and their ratios."""
+    rows = []
+    for shape in shapes:
+        lengths = draw_lengths(shape)
+        for dtype in dtypes:
+            x = _input(shape, dtype)
+            for bid in bidirectional:
+                D = 2 if bid else 1
+                net = clstm.LSTM(shape.I, shape.H, shape.L, bidirectional=bool(bid),
+                                 dtype=dtype, seed=0)
+                dy = np.ones((shape.T, shape.B, D * shape.H), dtype)
+                module = net.to_torch() if torch is not None else None
+                for mode in modes:
+                    for n in threads:
+                        rows.append(_varlen_row(shape, dtype, bid, mode, n, net, module,
+                                                torch, x, lengths, dy, repeats, min_time,
+                                                warmup))
+                        log(_row_line(rows[-1]))
+    return rows
+
+
+def _varlen_row(shape, dtype, bid, mode, n, net, module, torch, x, lengths, dy, repeats,
+                min_time, warmup):
+    calls = {"clstm padded": _with_threads(n, _clstm_call(net, x, None, mode, dy)),
+             "clstm lengths": _with_threads(n, _clstm_call(net, x, lengths, mode, dy))}
+    row = dict(shape=shape.name, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
+               dtype=dtype, bidirectional=bool(bid), mode=mode, threads=n,
+               lengths_mean=float(np.mean(lengths)))
+    if torch is not None:
+        torch.set_num_threads(n)
+        packed, padded = _torch_calls(torch, module, x, lengths, mode)
+        calls["torch packed"], calls["torch padded"] = packed, padded
+        if mode == "fwd":   # the same work: torch's packed output against clstm's
+            got = packed().numpy()
+            want = net.forward(x, lengths=lengths)[0]
+            row["rel_error_vs_torch"] = float(np.max(np.abs(got - want))
+                                              / max(np.max(np.abs(want)), 1e-30))
+    timings = interleaved(calls, repeats, warmup, min_time)
+    row["median_s"] = {k: t.median for k, t in timings.items()}
+    row["errors"] = {k: t.error for k, t in timings.items() if t.error}
+    cl = row["median_s"]["clstm lengths"]
+    row["lengths_vs_padded"] = row["median_s"]["clstm padded"] / cl
+    row["torch_packed_vs_clstm"] = row["median_s"].get("torch packed", math.nan) / cl
+    row["torch_padded_vs_clstm"] = row["median_s"].get("torch padded", math.nan) / cl
+    return row
+
+
+def b1_scaling_rows(shapes, dtypes, modes, threads, repeats, min_time=0.05, warmup=1,
+                    log=print):
+    """A bidirectional layer at B = 1 (each shape's T, I, H, one layer), clstm at
+    ``threads`` threads against 1, interleaved: the two directions run at once, one per
+    thread. One row per (shape, dtype, mode)."""
+    rows = []
+    for shape in shapes:
+        for dtype in dtypes:
+            x = _input(shape, dtype, B=1)
+            net = clstm.LSTM(shape.I, shape.H, 1, bidirectional=True, dtype=dtype, seed=0)
+            dy = np.ones((shape.T, 1, 2 * shape.H), dtype)
+            for mode in modes:
+                call = _clstm_call(net, x, None, mode, dy)
+                timings = interleaved({1: _with_threads(1, call),
+                                       threads: _with_threads(threads, call)},
+                                      repeats, warmup, min_time)
+                row = dict(shape=shape.name, T=shape.T, I=shape.I, H=shape.H, dtype=dtype,
+                           mode=mode, threads=threads, one_thread_s=timings[1].median,
+                           n_threads_s=timings[threads].median)
+                row["speedup"] = row["one_thread_s"] / row["n_threads_s"]
+                rows.append(row)
+                log(f"  bidir B=1 {shape.name} {dtype} {mode}: 1 thr {row['one_thread_s'] * 1e3:.2f}"
+                    f" ms, {threads} thr {row['n_threads_s'] * 1e3:.2f} ms, "
+                    f"{row['speedup']:.2f}x")
+    return rows
+
+
+def _row_line(r):
+    m = r["median_s"]
+    return (f"  varlen {r['shape']} {r['dtype']} bidir={int(r['bidirectional'])} {r['mode']} "
+            f"{r['threads']}thr: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in m.items())
+            + f" ms | torch packed / clstm {r['torch_packed_vs_clstm']:.2f}x, torch padded "
+            f"/ clstm {r['torch_padded_vs_clstm']:.2f}x")
+
+
+def _ms(s):
+    return "—" if s is None or math.isnan(s) else (f"{s * 1e3:.3g}" if s < 0.1 else
+                                                   f"{s * 1e3:.0f}")
+
+
+def _x(ratio, target=None):
+    if ratio is None or math.isnan(ratio):
+        return "—"
+    miss = target is not None and ratio < target
+    return f"{ratio:.2f}×" + (" (below target)" if miss else "")
+
+
+def varlen_table(rows):
+    header = ["shape", "dtype", "bidir", "mode", "thr", "clstm padded ms",
+              "clstm lengths ms", "torch packed ms", "torch padded ms", "lengths vs padded",
+              f"torch packed / clstm (target {TARGET_VS_PACKED:g}×)",
+              "torch padded / clstm (target > 1×)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        m = r["median_s"]
+        lines.append("| " + " | ".join(str(c) for c in [
+            r["shape"], r["dtype"], "yes" if r["bidirectional"] else "no", r["mode"],
+            r["threads"], _ms(m["clstm padded"]), _ms(m["clstm lengths"]),
+            _ms(m.get("torch packed", math.nan)), _ms(m.get("torch padded", math.nan)),
+            _x(r["lengths_vs_padded"]), _x(r["torch_packed_vs_clstm"], TARGET_VS_PACKED),
+            _x(r["torch_padded_vs_clstm"], TARGET_VS_PADDED)]) + " |")
+    return "\n".join(lines)
+
+
+def b1_table(rows):
+    header = ["shape (T, I, H)", "dtype", "mode", "1 thread ms", "n threads ms",
+              f"1 thread / n threads (target {TARGET_B1_SCALING:g}×)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c) for c in [
+            f"{r['shape']} ({r['T']}, {r['I']}, {r['H']})", r["dtype"], r["mode"],
+            _ms(r["one_thread_s"]), f"{_ms(r['n_threads_s'])} ({r['threads']} thr)",
+            _x(r["speedup"], TARGET_B1_SCALING)]) + " |")
+    return "\n".join(lines)
+
+
+def describe():
+    return ("Lengths uniform in [T/4, T] (seed 0); clstm padded = the same batch without "
+            "lengths; torch packed = pack_padded_sequence(enforce_sorted=False) -> "
+            "nn.LSTM -> pad_packed_sequence; training = forward + backward of the sum of "
+            "the outputs (clstm: no input gradient). Ratios > 1: clstm with lengths faster.")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="S2,S3")
+    ap.add_argument("--dtypes", default="float32")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--modes", default="fwd,train")
     ap.add_argument("--bidirectional", default="0,1")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--min-time", type=float, default=0.05)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-b1", action="store_true",
+                    help="leave out the bidirectional B = 1 thread-scaling rows")
     args = ap.parse_args(argv)
     torch = None
     if not args.no_torch:
         import torch
-    print("| shape | bidir | mode | thr | clstm padded | clstm lengths | torch packed | "
-          "torch padded | lengths vs padded | torch packed / clstm | torch padded / clstm |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.shapes.split(","):
-        s = SHAPES[name]
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(s.T, s.B, s.I)).astype(np.float32)
-        lengths = rng.integers(max(1, s.T // 4), s.T + 1, size=s.B)
-        for bid in map(int, args.bidirectional.split(",")):
-            net = clstm.LSTM(s.I, s.H, s.L, bidirectional=bool(bid), seed=0)
-            dy = np.ones((s.T, s.B, s.H * (2 if bid else 1)), np.float32)
-            module = net.to_torch() if torch is not None else None
-            for mode in args.modes.split(","):
-                for thr in map(int, args.threads.split(",")):
-                    calls = {"clstm padded": _clstm_call(net, x, None, mode, dy),
-                             "clstm lengths": _clstm_call(net, x, lengths, mode, dy)}
-                    if torch is not None:
-                        torch.set_num_threads(thr)
-                        calls["torch packed"], calls["torch padded"] = _torch_calls(
-                            torch, module, x, lengths, mode)
-                    samples = {k: [] for k in calls}
-                    with clstm.threads(thr):
-                        for r in range(args.repeats):
-                            keys = list(calls)
-                            keys = keys[r % len(keys):] + keys[:r % len(keys)]
-                            for k in keys:
-                                samples[k].append(_time(calls[k]))
-                    med = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
-                    tp = med.get("torch packed", float("nan"))
-                    tq = med.get("torch padded", float("nan"))
-                    cl = med["clstm lengths"]
-                    print(f"| {name} | {bid} | {mode} | {thr} | {med['clstm padded']:.2f} | "
-                          f"{cl:.2f} | {tp:.2f} | {tq:.2f} | "
-                          f"{med['clstm padded'] / cl:.2f}x | {tp / cl:.2f}x | "
-                          f"{tq / cl:.2f}x |", flush=True)
+    shapes = parse_shapes(args.shapes)
+    dtypes = args.dtypes.split(",")
+    threads = [int(t) for t in args.threads.split(",")]
+    modes = args.modes.split(",")
+    rows = varlen_rows([s for s in shapes if s.B > 1], dtypes, threads, modes,
+                       [int(b) for b in args.bidirectional.split(",")], args.repeats,
+                       args.min_time, torch=torch)
+    print(describe())
+    print()
+    print(varlen_table(rows))
+    if not args.no_b1 and max(threads) > 1:
+        b1 = b1_scaling_rows(shapes, dtypes, modes, max(threads), args.repeats,
+                             args.min_time)
+        print()
+        print(b1_table(b1))
 
 
 if __name__ == "__main__":
     main()
+

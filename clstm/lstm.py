@@ -415,9 +415,13 @@ class LSTM(Layer):
                         kernels.forward_packed(*sizes, False, inp, *args[0], threads)
                     else:           # both directions in one call: at once with 2 threads
                         kernels.forward_packed_bidir(*sizes, inp, *zip(*args), threads)
-                    y = args[0][7] if D == 1 else np.concatenate([a[7] for a in args], axis=1)
+                    ys = [a[7] for a in args]
+                    if k == L - 1:
+                        break       # unpacked below straight from each direction's block
+                    # the next layer reads both directions side by side, (N, 2P)
+                    y = ys[0] if D == 1 else np.concatenate(ys, axis=1)
                     mask = None
-                    if self.training and self.dropout > 0 and k < L - 1:
+                    if self.training and self.dropout > 0:
                         keep = self._rng.random(y.shape) >= self.dropout
                         mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
                     masks.append(mask)
@@ -428,7 +432,7 @@ class LSTM(Layer):
             raise
         self._cache.set((T, B, unbatched, units, (pk, masks)))
 
-        out = pk.unpack(y)
+        out = pk.unpack(*ys)
         out.flags.writeable = False
         h_n, c_n = pk.unsort_state(h_n), pk.unsort_state(c_n)
         if unbatched:
@@ -607,8 +611,11 @@ class LSTM(Layer):
         P = self.proj_size or H
         W = (6 if self.proj_size else 5) * H
         N = pk.N
-        # packed (and so copied) in the model's dtype: padded positions are left out
-        dyp = pk.pack(dy, self.dtype, copy=True)
+        # packed (and so copied) in the model's dtype, padded positions left out; the top
+        # layer's directions each get their own block of dy's features, packed apart
+        dyps = [pk.pack(dy, self.dtype, copy=True,
+                        columns=None if D == 1 else slice(d * P, (d + 1) * P))
+                for d in range(D)]
         dh_n, dc_n = self._state_pair(dstate, B, unbatched, "dstate")
         dh_n, dc_n = pk.sort_state(dh_n), pk.sort_state(dc_n)
         self._cache.set(None)  # the workspaces are consumed below
@@ -627,7 +634,7 @@ class LSTM(Layer):
                     names = self._names[j]
                     w_ih, w_hh, _, _, peephole, w_hr = self._direction_weights(k, d)
                     I = inp.shape[1]
-                    dy_d = dyp if D == 1 else np.ascontiguousarray(dyp[:, d * P:(d + 1) * P])
+                    dy_d = dyps[d]
                     dx_d = (np.empty((N, I), dtype=self.dtype)
                             if (k > 0 or input_grad) else None)
                     dbias = np.zeros(4 * H, dtype=self.dtype)
@@ -656,6 +663,8 @@ class LSTM(Layer):
                     dyp = dx
                     if masks[k - 1] is not None:
                         dyp *= masks[k - 1]
+                    dyps = [dyp] if D == 1 else [np.ascontiguousarray(dyp[:, d * P:(d + 1) * P])
+                                                 for d in range(D)]
 
         if dx is not None:
             dx = pk.unpack(dx)
@@ -718,12 +727,18 @@ class _Packing:
     ordered by non-increasing length (stably), step t holding the batch_sizes[t] still
     running, one step after another. Packing and unpacking are one gather and one
     scatter over the valid positions; without lengths the padded batch already is the
-    packed one (reshaped, not copied)."""
+    packed one (reshaped, not copied).
+
+    The valid positions are kept as one flat row index into the (T * B, F) view of a
+    time-major batch (``self.rows``): a gather by ``np.take`` along axis 0 and a scatter
+    into a flat buffer move whole feature rows, about twice as fast as NumPy's
+    (time, batch) pair indexing, which walks the positions element by element (S2:
+    pack + unpack 0.15 ms of a 3.4 ms forward before, at 1 thread)."""
 
     def __init__(self, lengths, T, B):
         self.T, self.B = T, B
         if lengths is None:
-            self.order = None
+            self.order = self.rows = None
             self.steps, self.N = T, T * B
             self.batch_sizes = np.full(T, B, dtype=np.int32)
             return
@@ -731,28 +746,47 @@ class _Packing:
         self.order = None if np.array_equal(order, np.arange(B)) else order
         ordered = lengths[order]
         self.steps = int(ordered[0])
-        valid = np.arange(self.steps)[:, None] < ordered[None, :]        # (steps, B)
-        self.batch_sizes = valid.sum(axis=1).astype(np.int32)
-        t, b = np.nonzero(valid)          # time-major: the packed order
-        self.index = (t, order[b])
-        self.N = t.size
+        # batch_sizes[t] = how many sequences are longer than t (lengths sorted down)
+        self.batch_sizes = np.searchsorted(-ordered, -np.arange(self.steps),
+                                           side="left").astype(np.int32)
+        # row t * B + order[i] for i < batch_sizes[t], step after step: the packed order
+        counts = self.batch_sizes.astype(np.intp)
+        starts = np.arange(self.steps, dtype=np.intp) * B
+        within = np.arange(counts.sum(), dtype=np.intp) - np.repeat(np.cumsum(counts) - counts,
+                                                                    counts)
+        self.rows = np.repeat(starts, counts) + order[within]
+        self.N = self.rows.size
 
-    def pack(self, a, dtype=None, copy=False):
-        """(T, B, F) -> (N, F), C-contiguous."""
-        if self.order is None and not hasattr(self, "index"):
-            flat = a.reshape(self.N, a.shape[2])
+    def pack(self, a, dtype=None, copy=False, columns=None):
+        """(T, B, F) -> (N, F), or its feature columns ``columns`` (a slice) only,
+        C-contiguous."""
+        flat = a.reshape(self.T * self.B, a.shape[2])
+        if columns is not None:
+            flat = flat[:, columns]
+        if self.rows is None:
             return (np.array(flat, dtype=dtype, order="C") if copy
                     else np.ascontiguousarray(flat, dtype=dtype))
-        out = a[self.index]
+        out = np.take(flat, self.rows, axis=0)
         return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
-    def unpack(self, p):
-        """(N, F) -> (T, B, F), zeros at the padded positions."""
-        if self.order is None and not hasattr(self, "index"):
-            return p.reshape(self.T, self.B, p.shape[1])
-        out = np.zeros((self.T, self.B, p.shape[1]), dtype=p.dtype)
-        out[self.index] = p
-        return out
+    def unpack(self, *parts):
+        """(N, F_i) blocks -> (T, B, sum F_i), the blocks side by side in the feature
+        axis (a bidirectional layer's two directions: no concatenation first), zeros at
+        the padded positions."""
+        F = sum(p.shape[1] for p in parts)
+        if self.rows is None and len(parts) == 1:
+            return parts[0].reshape(self.T, self.B, F)
+        out = (np.empty if self.rows is None else np.zeros)((self.T * self.B, F),
+                                                           dtype=parts[0].dtype)
+        target = slice(None) if self.rows is None else self.rows
+        col = 0
+        for p in parts:
+            if len(parts) == 1:
+                out[target] = p
+            else:
+                out[target, col:col + p.shape[1]] = p
+            col += p.shape[1]
+        return out.reshape(self.T, self.B, F)
 
     def sort_state(self, s):
         """(L, B, H) in the caller's order -> the packed order (or None)."""
