@@ -66,3 +66,35 @@ def test_clstm_isa_falls_back_without_kernels_isa():
     assert isa.clstm_isa(Old)["level"] == "avx2"
     assert isa.clstm_isa(New) == dict(gates_isa="c", packed_gemm_isa="avx2", level="generic",
                                       source="kernels.isa()")
+
+
+def test_varlen_rows_check_torch_and_render_with_targets():
+    """The variable-length rows on a tiny shape: torch's packed output agrees with
+    clstm's (the timed work is the same), the ratios are what the medians give, and the
+    tables mark a miss of the targets."""
+    torch = pytest.importorskip("torch")
+    from bench import report, varlen
+    from bench.shapes import Shape
+    shape = Shape("tiny", B=3, T=6, I=4, H=5, L=1)
+    lengths = varlen.draw_lengths(shape)
+    assert lengths.min() >= 6 // 4 and lengths.max() <= 6
+    rows = varlen.varlen_rows([shape], ["float32"], [1], ["fwd", "train"], [0, 1], 1,
+                              min_time=0.0, warmup=0, torch=torch, log=lambda _: None)
+    assert len(rows) == 4
+    for r in rows:
+        m = r["median_s"]
+        assert set(m) == {"clstm padded", "clstm lengths", "torch packed", "torch padded"}
+        assert r["torch_packed_vs_clstm"] == m["torch packed"] / m["clstm lengths"]
+        if r["mode"] == "fwd":
+            assert r["rel_error_vs_torch"] < 1e-5
+    b1 = varlen.b1_scaling_rows([shape], ["float32"], ["fwd"], 2, 1, min_time=0.0,
+                                warmup=0, log=lambda _: None)
+    assert b1[0]["speedup"] == b1[0]["one_thread_s"] / b1[0]["n_threads_s"]
+    slow = dict(rows[0], torch_packed_vs_clstm=2.0, torch_padded_vs_clstm=0.9)
+    table = varlen.varlen_table([slow])
+    assert table.count("(below target)") == 2
+    text = report.markdown(dict(
+        machine=dict(cpu="cpu", cores=2, python="3", versions={}, blas=[]),
+        config={"peers": []}, cells=[], varlen=dict(rows=rows, b1=b1)))
+    assert "## Variable lengths and bidirectional layers" in text
+    assert "(not run: --no-grid)" in text and "bidirectional layer at B = 1" in text
