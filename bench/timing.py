@@ -41,32 +41,37 @@ class Timing:
 # after each multi-threaded call, on cores the next timed implementation needs.
 OPENBLAS_SPIN_PAUSE_S = 0.3
 
-def _calls_per_sample(fn, min_time, tries=3):
+def _calls_per_sample(fn, min_time, tries=3, clock=time.perf_counter):
     once = math.inf
     for _ in range(tries):  # the fastest of a few: one slow call must not set the count
-        start = time.perf_counter()
+        start = clock()
         fn()
-        once = min(once, time.perf_counter() - start)
+        once = min(once, clock() - start)
         if once > min_time:
             break
     return max(1, math.ceil(min_time / max(once, 1e-9)))
 
 
-def _sample(fn, number):
+def _sample(fn, number, clock=time.perf_counter):
     enabled = gc.isenabled()
     gc.disable()
     try:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(number):
             fn()
-        return (time.perf_counter() - start) / number
+        return (clock() - start) / number
     finally:
         if enabled:
             gc.enable()
 
 
-def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0, pause_after=None):
+def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0, pause_after=None,
+                clock=time.perf_counter):
     """Time each callable of `callables` (name -> zero-argument function).
+
+    `clock` is wall time by default; `time.process_time` (the CPU seconds of every
+    thread of this process) suits 1-thread runs on a machine shared with other jobs: the
+    time slices other processes take are not counted.
 
     Each runs `warmup` times first (compilation, caches, lazy allocation), then the
     calls per sample are calibrated, then `repeats` rounds run every implementation once
@@ -87,7 +92,8 @@ def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0, pause_a
         try:
             for _ in range(warmup):
                 callables[name]()
-            results[name].number = _calls_per_sample(callables[name], min_time)
+            results[name].number = _calls_per_sample(callables[name], min_time,
+                                                     clock=clock)
             live.append(name)
         except Exception as exc:  # a peer failing must not sink the whole grid
             results[name].error = f"{type(exc).__name__}: {exc}"
@@ -101,7 +107,8 @@ def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0, pause_a
             if settle:
                 time.sleep(settle)
             try:
-                results[name].samples.append(_sample(callables[name], results[name].number))
+                results[name].samples.append(_sample(callables[name], results[name].number,
+                                                     clock))
             except Exception as exc:
                 results[name].error = f"{type(exc).__name__}: {exc}"
             if pause_after.get(name):

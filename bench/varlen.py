@@ -15,6 +15,7 @@ the repeats. Before timing, torch's packed output (fwd) is checked against clstm
 """
 import argparse
 import math
+import time
 
 import numpy as np
 
@@ -78,9 +79,10 @@ def _with_threads(n, fn):
 
 
 def varlen_rows(shapes, dtypes, threads, modes, bidirectional, repeats, min_time=0.05,
-                warmup=1, torch=None, log=print):
+                warmup=1, torch=None, log=print, clock=time.perf_counter):
     """One row per (shape, dtype, bidirectional, mode, threads): medians in seconds of
-    clstm padded / with lengths and torch packed / padded, and their ratios."""
+    clstm padded / with lengths and torch packed / padded, and their ratios. ``clock``:
+    see bench.timing.interleaved (CPU time only makes sense at 1 thread)."""
     rows = []
     for shape in shapes:
         lengths = draw_lengths(shape)
@@ -96,13 +98,13 @@ def varlen_rows(shapes, dtypes, threads, modes, bidirectional, repeats, min_time
                     for n in threads:
                         rows.append(_varlen_row(shape, dtype, bid, mode, n, net, module,
                                                 torch, x, lengths, dy, repeats, min_time,
-                                                warmup))
+                                                warmup, clock))
                         log(_row_line(rows[-1]))
     return rows
 
 
 def _varlen_row(shape, dtype, bid, mode, n, net, module, torch, x, lengths, dy, repeats,
-                min_time, warmup):
+                min_time, warmup, clock):
     calls = {"clstm padded": _with_threads(n, _clstm_call(net, x, None, mode, dy)),
              "clstm lengths": _with_threads(n, _clstm_call(net, x, lengths, mode, dy))}
     row = dict(shape=shape.name, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
@@ -117,7 +119,8 @@ def _varlen_row(shape, dtype, bid, mode, n, net, module, torch, x, lengths, dy, 
             want = net.forward(x, lengths=lengths)[0]
             row["rel_error_vs_torch"] = float(np.max(np.abs(got - want))
                                               / max(np.max(np.abs(want)), 1e-30))
-    timings = interleaved(calls, repeats, warmup, min_time)
+    timings = interleaved(calls, repeats, warmup, min_time, clock=clock)
+    row["clock"] = "cpu" if clock is time.process_time else "wall"
     row["median_s"] = {k: t.median for k, t in timings.items()}
     row["errors"] = {k: t.error for k, t in timings.items() if t.error}
     cl = row["median_s"]["clstm lengths"]
@@ -222,7 +225,13 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-b1", action="store_true",
                     help="leave out the bidirectional B = 1 thread-scaling rows")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the process's CPU time instead of wall time, at 1 thread "
+                         "only (on a machine shared with other jobs, the time slices they "
+                         "take are then not counted; 2-thread and B = 1 rows are left out)")
     args = ap.parse_args(argv)
+    if args.cpu_time:
+        args.threads, args.no_b1 = "1", True
     torch = None
     if not args.no_torch:
         import torch
@@ -232,8 +241,10 @@ def main(argv=None):
     modes = args.modes.split(",")
     rows = varlen_rows([s for s in shapes if s.B > 1], dtypes, threads, modes,
                        [int(b) for b in args.bidirectional.split(",")], args.repeats,
-                       args.min_time, torch=torch)
-    print(describe())
+                       args.min_time, torch=torch,
+                       clock=time.process_time if args.cpu_time else time.perf_counter)
+    print(describe() + (" Timed in CPU seconds of this process (--cpu-time)."
+                        if args.cpu_time else ""))
     print()
     print(varlen_table(rows))
     if not args.no_b1 and max(threads) > 1:
