@@ -122,11 +122,20 @@ def _varlen_row(shape, dtype, bid, mode, n, net, module, torch, x, lengths, dy, 
     timings = interleaved(calls, repeats, warmup, min_time, clock=clock)
     row["clock"] = "cpu" if clock is time.process_time else "wall"
     row["median_s"] = {k: t.median for k, t in timings.items()}
+    row["best_s"] = {k: t.best for k, t in timings.items()}
     row["errors"] = {k: t.error for k, t in timings.items() if t.error}
-    cl = row["median_s"]["clstm lengths"]
-    row["lengths_vs_padded"] = row["median_s"]["clstm padded"] / cl
-    row["torch_packed_vs_clstm"] = row["median_s"].get("torch packed", math.nan) / cl
-    row["torch_padded_vs_clstm"] = row["median_s"].get("torch padded", math.nan) / cl
+    _ratios(row, "median")
+    return row
+
+
+def _ratios(row, stat):
+    """The row's ratios from its medians or from its best samples (``stat``)."""
+    m = row[f"{stat}_s"]
+    cl = m["clstm lengths"]
+    row["stat"] = stat
+    row["lengths_vs_padded"] = m["clstm padded"] / cl
+    row["torch_packed_vs_clstm"] = m.get("torch packed", math.nan) / cl
+    row["torch_padded_vs_clstm"] = m.get("torch padded", math.nan) / cl
     return row
 
 
@@ -148,12 +157,14 @@ def b1_scaling_rows(shapes, dtypes, modes, threads, repeats, min_time=0.05, warm
                                       repeats, warmup, min_time)
                 row = dict(shape=shape.name, T=shape.T, I=shape.I, H=shape.H, dtype=dtype,
                            mode=mode, threads=threads, one_thread_s=timings[1].median,
-                           n_threads_s=timings[threads].median)
+                           n_threads_s=timings[threads].median,
+                           best_s={1: timings[1].best, threads: timings[threads].best})
                 row["speedup"] = row["one_thread_s"] / row["n_threads_s"]
+                row["best_speedup"] = timings[1].best / timings[threads].best
                 rows.append(row)
                 log(f"  bidir B=1 {shape.name} {dtype} {mode}: 1 thr {row['one_thread_s'] * 1e3:.2f}"
                     f" ms, {threads} thr {row['n_threads_s'] * 1e3:.2f} ms, "
-                    f"{row['speedup']:.2f}x")
+                    f"{row['speedup']:.2f}x (best samples {row['best_speedup']:.2f}x)")
     return rows
 
 
@@ -177,14 +188,17 @@ def _x(ratio, target=None):
     return f"{ratio:.2f}×" + (" (below target)" if miss else "")
 
 
-def varlen_table(rows):
+def varlen_table(rows, stat="median"):
+    """Markdown of the rows, from their medians or (``stat="best"``) their best
+    samples."""
+    rows = [_ratios(dict(r), stat) for r in rows]
     header = ["shape", "dtype", "bidir", "mode", "thr", "clstm padded ms",
               "clstm lengths ms", "torch packed ms", "torch padded ms", "lengths vs padded",
               f"torch packed / clstm (target {TARGET_VS_PACKED:g}×)",
               "torch padded / clstm (target > 1×)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        m = r["median_s"]
+        m = r[f"{stat}_s"]
         lines.append("| " + " | ".join(str(c) for c in [
             r["shape"], r["dtype"], "yes" if r["bidirectional"] else "no", r["mode"],
             r["threads"], _ms(m["clstm padded"]), _ms(m["clstm lengths"]),
@@ -194,7 +208,10 @@ def varlen_table(rows):
     return "\n".join(lines)
 
 
-def b1_table(rows):
+def b1_table(rows, stat="median"):
+    if stat == "best":
+        rows = [dict(r, one_thread_s=r["best_s"][1], n_threads_s=r["best_s"][r["threads"]],
+                     speedup=r["best_speedup"]) for r in rows]
     header = ["shape (T, I, H)", "dtype", "mode", "1 thread ms", "n threads ms",
               f"1 thread / n threads (target {TARGET_B1_SCALING:g}×)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -225,6 +242,9 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-b1", action="store_true",
                     help="leave out the bidirectional B = 1 thread-scaling rows")
+    ap.add_argument("--stat", choices=("median", "best"), default="median",
+                    help="the tables from each contender's median sample (default) or its "
+                         "best one (on a shared machine: the least disturbed)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with the process's CPU time instead of wall time, at 1 thread "
                          "only (on a machine shared with other jobs, the time slices they "
@@ -244,14 +264,15 @@ def main(argv=None):
                        args.min_time, torch=torch,
                        clock=time.process_time if args.cpu_time else time.perf_counter)
     print(describe() + (" Timed in CPU seconds of this process (--cpu-time)."
-                        if args.cpu_time else ""))
+                        if args.cpu_time else "")
+          + (" Best samples (--stat best), not medians." if args.stat == "best" else ""))
     print()
-    print(varlen_table(rows))
+    print(varlen_table(rows, args.stat))
     if not args.no_b1 and max(threads) > 1:
         b1 = b1_scaling_rows(shapes, dtypes, modes, max(threads), args.repeats,
                              args.min_time)
         print()
-        print(b1_table(b1))
+        print(b1_table(b1, args.stat))
 
 
 if __name__ == "__main__":
