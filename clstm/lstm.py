@@ -730,10 +730,11 @@ class _Packing:
     packed one (reshaped, not copied).
 
     The valid positions are kept as one flat row index into the (T * B, F) view of a
-    time-major batch (``self.rows``): a gather by ``np.take`` along axis 0 and a scatter
-    into a flat buffer move whole feature rows, about twice as fast as NumPy's
-    (time, batch) pair indexing, which walks the positions element by element (S2:
-    pack + unpack 0.15 ms of a 3.4 ms forward before, at 1 thread)."""
+    time-major batch (``self.rows``): a gather by ``np.take`` along axis 0 moves whole
+    feature rows, 1.5-2.3x faster than NumPy's (time, batch) pair indexing (S2, S3);
+    the two directions of a bidirectional top layer are scattered side by side, 1.4-1.6x
+    faster than concatenating them first. Pack, unpack and plan are 3-5% of a
+    variable-length forward at 1 thread."""
 
     def __init__(self, lengths, T, B):
         self.T, self.B = T, B
