@@ -384,13 +384,27 @@ def test_fit_with_bptt_and_lengths_trains_the_live_rows_of_each_chunk():
     x, y = rng.standard_normal((N, T, 2)), rng.standard_normal((N, T, 1))
     lengths = rng.integers(1, T + 1, N)
     lengths[:3] = [1, 3, 9]
+    lengths[4:8] = [1, 2, 3, 2]       # a batch whose last two chunks have no live row
 
     def make():
         return clstm.Sequential([clstm.LSTM(2, 4, num_layers=2, dtype="float64", seed=5),
                                  clstm.Dense(4, 1, dtype="float64", seed=6)], loss="mse")
     fitted = make()
+    lstm, calls = fitted.layers[0], []
+    forward = lstm.forward
+
+    def spy(x, state=None, *, lengths=None):
+        calls.append((x.shape[1], None if lengths is None else list(lengths)))
+        return forward(x, state, lengths=lengths)
+    lstm.forward = spy
     fitted.fit(x, y, epochs=1, batch_size=4, bptt=k, lengths=lengths, shuffle=False,
                optimizer=clstm.SGD(fitted, lr=0.1), verbose=0)
+    # the chunks ran their live rows only, over their own steps (lengths by batch:
+    # [1, 3, 9, 7], [1, 2, 3, 2], [2, 9, 5, 1]); the second batch's later chunks not at all
+    assert calls == [(4, [1, 3, 3, 3]), (2, [3, 3]), (2, [3, 1]),
+                     (4, [1, 2, 3, 2]),
+                     (4, [2, 3, 3, 1]), (2, [3, 2]), (1, [3])]
+    lstm.forward = forward
     by_hand = make()
     opt = clstm.SGD(by_hand, lr=0.1)
     for start in range(0, N, 4):
