@@ -548,3 +548,70 @@ def test_non_finite_recurrent_weights_give_nan_from_a_zero_state_as_torch():
     net.params["weight_hh_l0"][0, 0] = np.nan
     y, h_n = net.forward(np.ones((2, 1, 2)))
     assert np.isnan(y[:, 0, 0]).all()          # 0 · NaN = NaN from step 0 on
+
+
+# -- the hidden-unit split (batches smaller than the thread team) -----------------------
+
+@pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("B, threads, H, lengths, bidirectional", [
+    (1, 2, 64, None, False),
+    (1, 2, 40, None, True),          # units 0:16, 16:40; a bidirectional stack
+    (2, 3, 56, [5, 2], False),       # more threads than rows, rows of their own lengths
+    (3, 4, 64, [1, 6, 3], True),     # reverse rows starting from h0 at their last step
+    (4, 2, 512, [6, 6, 2, 5], False),  # 2 rows per thread and W_hh >= 1 MiB: units
+])
+def test_hidden_unit_split_equals_the_reference(B, threads, H, lengths, bidirectional):
+    """With fewer rows than threads, forward and backward split the hidden units over the
+    team (a barrier per step): the results are the reference's, with and without h0."""
+    T, I, L = 6, 5, 2
+    D = 2 if bidirectional else 1
+    net = clstm.GRU(I, H, L, bidirectional=bidirectional, dtype="float64", seed=B + H)
+    rng = np.random.default_rng(H)
+    x = rng.normal(size=(T, B, I))
+    dy = rng.normal(size=(T, B, D * H))
+    dh_n = rng.normal(size=(D * L, B, H))
+    lengths = None if lengths is None else np.array(lengths)
+    cfg = dict(L=L, bidirectional=bidirectional)
+    for h0 in (rng.normal(size=(D * L, B, H)), None):
+        with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+                kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0), \
+                kernel_knob(kernels._set_parallel_directions, False), \
+                clstm.threads(threads):
+            net.zero_grad()
+            y, h_n = net.forward(x, h0, lengths=lengths)
+            assert kernels._last_forward_split_units()
+            dx, dh0 = net.backward(dy, dh_n)
+            # (more threads than the rows could use: the backward split the units too)
+            assert kernels._threads_used_by_last_call() == min(threads, H // 16)
+            ours = (np.array(y), np.array(h_n), dx, dh0,
+                    {k: g.copy() for k, g in net.grads.items()})
+        assert_matches_reference(net, cfg, x, h0, lengths, dy, dh_n, ours,
+                                 dict(rtol=1e-10, atol=1e-12))
+
+
+@pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("reverse_lengths", [False, True])
+def test_a_late_team_finishes_on_one_thread_with_the_same_result(reverse_lengths):
+    rng = np.random.default_rng(10)
+    T, B, I, H = 40, 1, 8, 160
+    net = clstm.GRU(I, H, bidirectional=reverse_lengths, seed=10, dtype="float64")
+    x = rng.normal(size=(T, B, I))
+    with clstm.threads(1):
+        want_y, _ = net.forward(x)
+        want_dx, want_dh0 = net.backward(np.ones_like(want_y))
+        want_g = net.flat_grads.copy()
+    net.zero_grad()
+    # A share of -1 counts every step as late: the team leaves after its 16 timed steps.
+    with clstm.threads(2), kernel_knob(kernels._set_max_late_share, -1.0), \
+            kernel_knob(kernels._set_parallel_directions, False), \
+            kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+        y, _ = net.forward(x)
+        assert kernels._last_forward_split_units()
+        assert kernels._team_left_at_last_call() == 17
+        dx, dh0 = net.backward(np.ones_like(y))
+        assert kernels._team_left_at_last_call() == 17
+    tol = dict(rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(y, want_y, **tol)
+    np.testing.assert_allclose(dx, want_dx, **tol)
+    np.testing.assert_allclose(dh0, want_dh0, **tol)
+    np.testing.assert_allclose(net.flat_grads, want_g, **tol)
