@@ -615,3 +615,69 @@ def test_a_late_team_finishes_on_one_thread_with_the_same_result(reverse_lengths
     np.testing.assert_allclose(dx, want_dx, **tol)
     np.testing.assert_allclose(dh0, want_dh0, **tol)
     np.testing.assert_allclose(net.flat_grads, want_g, **tol)
+
+
+# -- Ctrl-C, sizes, untrusted configs ------------------------------------------------------
+
+@pytest.mark.parametrize("B, H, threads", [(8, 64, 1), (8, 64, 2), (1, 256, 2)],
+                         ids=["rows-1thread", "rows-2threads", "units-2threads"])
+def test_ctrl_c_stops_a_long_forward_and_leaves_the_gru_usable(B, H, threads):
+    import os
+    import signal
+    T, I = 200_000 // B, 16
+    rng = np.random.default_rng(8)
+    net = clstm.GRU(I, H, seed=8)
+    x = rng.normal(size=(T * B, I)).astype(np.float32)
+    y = np.full((T * B, H), np.nan, np.float32)
+    workspace = np.empty(6 * T * B * H, np.float32)
+    w = net.params
+    small = x[:5 * B].reshape(5, B, I)
+    want_small = net.forward(small)[0].copy()
+    # A call is short once its workspace is paged in, and a SIGINT after the last one
+    # would escape pytest.raises: the signal comes soon and the kernel runs until it meets
+    # one (as the LSTM's test in test_serving_safety.py).
+    timer = threading.Timer(0.02, os.kill, args=(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+                for _ in range(500):
+                    y.fill(np.nan)
+                    kernels.gru_forward_packed(T, B, I, H, np.full(T, B, np.int32), False, x,
+                                               w["weight_ih_l0"], w["weight_hh_l0"],
+                                               w["bias_ih_l0"], w["bias_hh_l0"], None, y,
+                                               None, workspace, threads)
+    finally:
+        timer.join()
+    assert np.isnan(y[-1]).all()            # it stopped before the end
+    np.testing.assert_allclose(net.forward(small)[0], want_small, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((1, 2**30), r"hidden_size: expected at most 715827882 .*got 1073741824"),
+    ((2**31, 1), r"input_size: expected at most 2147483647 .*got 2147483648"),
+    ((1, 2**20), r"GRU: number of parameters: expected at most 68719476736"),
+    ((1, 1, 10**12), r"GRU: number of parameters"),   # refused before a list of names
+])
+def test_sizes_beyond_the_kernels_are_refused_before_allocating(args, match):
+    with pytest.raises(ValueError, match=match):
+        clstm.GRU(*args)
+
+
+@pytest.mark.parametrize("field, value", [("bias", "yes"), ("hidden_size", 0),
+                                          ("dropout", 1.5), ("bidirectional", None)])
+def test_a_saved_gru_with_a_bad_config_is_refused(tmp_path, field, value):
+    import json
+    from clstm.io import CONFIG_KEY
+    path = tmp_path / "gru.npz"
+    clstm.save(clstm.GRU(2, 3), path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays[CONFIG_KEY].tobytes())
+    assert header["class"] == "GRU"
+    header["config"][field] = value
+    arrays[CONFIG_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=field):
+        clstm.load(path)
