@@ -681,3 +681,34 @@ def test_a_saved_gru_with_a_bad_config_is_refused(tmp_path, field, value):
         np.savez(f, **arrays)
     with pytest.raises(ValueError, match=field):
         clstm.load(path)
+
+
+def test_dropout_between_layers_in_training_only_and_its_gradient():
+    rng = np.random.default_rng(12)
+    T, B, I, H = 4, 3, 2, 3
+    net = clstm.GRU(I, H, 2, bidirectional=True, dropout=0.5, dtype="float64", seed=1)
+    plain = clstm.GRU(I, H, 2, bidirectional=True, dtype="float64")
+    plain.load_state_dict(net.state_dict())
+    x, R = rng.normal(size=(T, B, I)), rng.normal(size=(T, B, 2 * H))
+    lengths = np.array([4, 2, 3])
+    net.eval()
+    np.testing.assert_array_equal(net.forward(x, lengths=lengths)[0],
+                                  plain.forward(x, lengths=lengths)[0])
+    net.train()
+    assert not np.allclose(net.forward(x, lengths=lengths)[0],
+                           plain.forward(x, lengths=lengths)[0])
+
+    def loss():
+        net._rng = np.random.default_rng(3)          # the same masks at every forward
+        return (net.forward(x, lengths=lengths)[0] * R).sum()
+
+    loss()
+    net.zero_grad()
+    dx, _ = net.backward(R)
+    for name in ("weight_ih_l0", "weight_hh_l1_reverse", "bias_hh_l0"):
+        p = net.params[name]
+        idx = rng.choice(p.size, size=5, replace=False)
+        np.testing.assert_allclose(net.grads[name].reshape(-1)[idx],
+                                   numerical_gradient(loss, p, indices=idx), rtol=1e-6,
+                                   atol=1e-8, err_msg=name)
+    np.testing.assert_allclose(dx, numerical_gradient(loss, x), rtol=1e-6, atol=1e-8)
