@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""One LSTM layer, forward and backward over a whole sequence, compiled.
+"""One LSTM or GRU layer, forward and backward over a whole sequence, compiled.
 
 The work per layer (T steps, B rows, I inputs, H hidden units):
 
@@ -17,6 +17,10 @@ backward_units.) The large GEMMs outside that loop (the input projection, the we
 input gradients) are cut into blocks of rows or columns over the same threads. There is one thread pool: SciPy's BLAS is switched to one thread
 for the duration of a call (through the setter registered by clstm._threads), because
 BLAS's own threads next to the OpenMP team oversubscribe the cores.
+
+The GRU (gru_layer_forward_packed and below) runs on the LSTM's packed driver with its
+own cell: 3H gate columns, its recurrent product kept apart from the input part
+(DEVELOPERS.md, "The GRU").
 
 Matrices are row-major; BLAS is column-major. ``gemm`` below swaps the operands:
 row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
