@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""One LSTM layer, forward and backward over a whole sequence, compiled.
+"""One LSTM or GRU layer, forward and backward over a whole sequence, compiled.
 
 The work per layer (T steps, B rows, I inputs, H hidden units):
 
@@ -17,6 +17,10 @@ backward_units.) The large GEMMs outside that loop (the input projection, the we
 input gradients) are cut into blocks of rows or columns over the same threads. There is one thread pool: SciPy's BLAS is switched to one thread
 for the duration of a call (through the setter registered by clstm._threads), because
 BLAS's own threads next to the OpenMP team oversubscribe the cores.
+
+The GRU (gru_layer_forward_packed and below) runs on the LSTM's packed driver with its
+own cell: 3H gate columns, its recurrent product kept apart from the input part
+(DEVELOPERS.md, "The GRU").
 
 Matrices are row-major; BLAS is column-major. ``gemm`` below swaps the operands:
 row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
@@ -62,6 +66,32 @@ cdef extern from "gates.h" nogil:
     void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
                                         const double *peephole, const double *c_prev,
                                         const double *c, const double *dh, double *dc)
+    void clstm_gru_gates_forward_f32(int rows, int H, float *gates, float *gh,
+                                     const float *b_ih, const float *b_hh,
+                                     const float *h_prev, float *h)
+    void clstm_gru_gates_forward_f64(int rows, int H, double *gates, double *gh,
+                                     const double *b_ih, const double *b_hh,
+                                     const double *h_prev, double *h)
+    void clstm_gru_gates_backward_f32(int rows, int H, float *gates, float *gh,
+                                      const float *h_prev, const float *dh, float *dh_prev,
+                                      int accumulate)
+    void clstm_gru_gates_backward_f64(int rows, int H, double *gates, double *gh,
+                                      const double *h_prev, const double *dh,
+                                      double *dh_prev, int accumulate)
+    void clstm_gru_gates_forward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                           float *gh, const float *b_ih, const float *b_hh,
+                                           const float *h_prev, float *h)
+    void clstm_gru_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                           double *gh, const double *b_ih,
+                                           const double *b_hh, const double *h_prev,
+                                           double *h)
+    void clstm_gru_gates_backward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                            float *gh, const float *h_prev, const float *dh,
+                                            float *dh_prev, int accumulate)
+    void clstm_gru_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                            double *gh, const double *h_prev,
+                                            const double *dh, double *dh_prev,
+                                            int accumulate)
     void clstm_column_sums_f32(long rows, int n, const float *da, int ld, float *db)
     void clstm_column_sums_f64(long rows, int n, const double *da, int ld, double *db)
     void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float *cells,
@@ -1353,7 +1383,7 @@ cdef int plan_make(packed_plan* plan, int T, int B, const int* batch_sizes,
 
 
 cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
-                              const Py_ssize_t* off, bint reverse, int b0, int b1,
+                              const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                               const floating* x, const floating* w_ih_packed,
                               const floating* w_hh, const floating* w_hh_packed,
                               const floating* w_hr, const floating* w_hr_packed,
@@ -1362,7 +1392,8 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               floating* gates, floating* cells, floating* hidden,
                               floating* h_n, floating* c_n, clstm_call* call) noexcept nogil:
     """Rows b0:b1 through their valid steps, in the packed layout (see above); h_n, c_n
-    (may be NULL) receive each row's state after its last step. The recurrent state is
+    (may be NULL) receive each row's state after its last step; the walk starts at
+    iteration it0 (0: the whole sequence). The recurrent state is
     P wide: h = o ⊙ tanh(c) itself (P = H, w_hr NULL, ``hidden`` is y), or its
     projection y = h·W_hrᵀ (LSTMP: h goes to ``hidden``, N×H)."""
     cdef int it, t, r1, m, nxt, b
@@ -1370,7 +1401,7 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
     cdef Py_ssize_t row0, prev0
     if b1 <= b0:
         return
-    for it in range(T):
+    for it in range(it0, T):
         if clstm_call_stopped(call):
             return
         t = T - 1 - it if reverse else it
@@ -1448,6 +1479,198 @@ cdef inline bint proj_ok(int H, int P) noexcept nogil:
     return P == 0 or 0 < P < H
 
 
+# The hidden-unit split on the packed layout for the LSTM without projection (as the
+# padded forward_units / backward_units, and the GRU's below): each thread owns units
+# u0:u1 of the four gates for every active row of a step; a barrier per step.
+
+cdef void forward_units_packed(int T, int B, int I, int H, const int* bs,
+                               const Py_ssize_t* off, bint reverse, const floating* x,
+                               const floating* w_ih, const floating* w_hh,
+                               const floating* bias, const floating* peephole,
+                               const floating* h0, const floating* c0, floating* y,
+                               floating* gates, floating* cells, int* failed,
+                               int* leave_step, clstm_call* call) noexcept nogil:
+    """One thread's share of an LSTM direction's packed forward split by hidden units
+    (forward_units' scheme on the packed walk); the team leaves together at iteration
+    leave_step[0] when late."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, g, it, t, rows, nxt, part, r0, r1
+    cdef int G = 4 * H
+    cdef Py_ssize_t N = off[T], row0, gate0, prev0
+    cdef floating* packed[4]
+    cdef floating* packed_ih
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef team_pace pace
+    for g in range(4):
+        packed[g] = NULL
+        if u > 0:
+            gate0 = <Py_ssize_t>g * H + u0
+            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
+            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
+            if packed_ih == NULL or packed[g] == NULL:
+                failed[0] = 1
+            else:
+                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
+                                    call)
+            free(packed_ih)
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
+    if failed[0] == 0:
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = T - 1 - it if reverse else it
+            rows = bs[t]
+            nxt = bs[t + 1] if reverse and t + 1 < T else 0
+            # forward: one part, rows 0:rows; reverse: rows 0:nxt continue from step t+1,
+            # rows nxt:rows start here from h0/c0
+            for part in range(2 if reverse else 1):
+                r0 = nxt if part == 1 else 0
+                r1 = nxt if (reverse and part == 0) else rows
+                if r1 <= r0 or u <= 0:
+                    continue
+                row0 = off[t] + r0
+                if (not reverse and t > 0) or (reverse and part == 0):
+                    prev0 = off[t + 1] if reverse else off[t - 1]
+                    h_prev = y + prev0 * H
+                    c_prev = cells + prev0 * H
+                else:
+                    h_prev = h0 + <Py_ssize_t>r0 * H if h0 != NULL else NULL
+                    c_prev = c0 + <Py_ssize_t>r0 * H if c0 != NULL else NULL
+                if h_prev != NULL:
+                    for g in range(4):
+                        weights_gemm(r1 - r0, u, H, h_prev, H, packed[g], NULL, True,
+                                     <floating>1, gates + row0 * G + <Py_ssize_t>g * H + u0,
+                                     G)
+                gates_forward_units(r1 - r0, H, u0, u1, gates + row0 * G, bias, peephole,
+                                    c_prev, cells + row0 * H, y + row0 * H)
+            clstm_omp_barrier()              # h_t complete before any thread reads it
+    for g in range(4):
+        free(packed[g])
+
+
+cdef void backward_units_packed(int T, int B, int H, const int* bs, const Py_ssize_t* off,
+                                bint reverse, const floating* w_hh,
+                                const floating* peephole, const floating* c0,
+                                floating* gates, const floating* cells, floating* dy,
+                                floating* dh0, floating* dc, int* failed, int* leave_step,
+                                clstm_call* call) noexcept nogil:
+    """One thread's share of an LSTM direction's packed backward time loop split by
+    hidden units (backward_units' scheme on the packed walk): its units' gates into da
+    and their dc, a barrier, then its columns of da · W_hh[:, u0:u1] into dL/dh_prev,
+    which only it reads at the next step."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, it, t, rows, nxt, part, r0, r1
+    cdef int G = 4 * H
+    cdef floating* packed = NULL
+    cdef Py_ssize_t row0, prev0
+    cdef bint from_state
+    cdef const floating* c_prev
+    cdef team_pace pace
+    if u > 0:
+        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (4H × u)
+        if packed == NULL:
+            failed[0] = 1
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
+    if failed[0] == 0:
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = it if reverse else T - 1 - it
+            rows = bs[t]
+            nxt = bs[t + 1] if reverse and t + 1 < T else 0
+            if u > 0:
+                for part in range(2 if reverse else 1):
+                    r0 = nxt if part == 1 else 0
+                    r1 = nxt if (reverse and part == 0) else rows
+                    if r1 <= r0:
+                        continue
+                    row0 = off[t] + r0
+                    from_state = not ((not reverse and t > 0) or (reverse and part == 0))
+                    if not from_state:
+                        c_prev = cells + (off[t + 1] if reverse else off[t - 1]) * H
+                    else:
+                        c_prev = c0 + <Py_ssize_t>r0 * H if c0 != NULL else NULL
+                    gates_backward_units(r1 - r0, H, u0, u1, gates + row0 * G, peephole,
+                                         c_prev, cells + row0 * H, dy + row0 * H,
+                                         dc + <Py_ssize_t>r0 * H)
+            clstm_omp_barrier()              # da_t complete before any thread reads it
+            if u > 0:
+                for part in range(2 if reverse else 1):
+                    r0 = nxt if part == 1 else 0
+                    r1 = nxt if (reverse and part == 0) else rows
+                    if r1 <= r0:
+                        continue
+                    row0 = off[t] + r0
+                    from_state = not ((not reverse and t > 0) or (reverse and part == 0))
+                    if not from_state:
+                        prev0 = off[t + 1] if reverse else off[t - 1]
+                        weights_gemm(r1 - r0, u, G, gates + row0 * G, G, packed, NULL, False,
+                                     <floating>1, dy + prev0 * H + u0, H)
+                    else:
+                        weights_gemm(r1 - r0, u, G, gates + row0 * G, G, packed, NULL, False,
+                                     <floating>0, dh0 + <Py_ssize_t>r0 * H + u0, H)
+    free(packed)
+
+
+cdef void gather_lstm_final_states(const packed_plan* plan, int B, int H, bint reverse,
+                                   const floating* y, const floating* cells, floating* h_n,
+                                   floating* c_n) noexcept nogil:
+    """h_n, c_n (B×H): each row's state at its last valid step (forward) or step 0."""
+    cdef int b
+    cdef Py_ssize_t row
+    for b in range(B):
+        row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
+        memcpy(h_n + <Py_ssize_t>b * H, y + row * H, H * sizeof(floating))
+        memcpy(c_n + <Py_ssize_t>b * H, cells + row * H, H * sizeof(floating))
+
+
+cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int B, int I,
+                               int P, int G, const floating* x, const floating* w_ih,
+                               const floating* w_hh, floating* gates, floating** packed_hh,
+                               floating** packed_ih, clstm_call* call) noexcept nogil:
+    """What the packed forward of every cell (G gate columns, a state P wide) does before
+    its time loop, by the ISA level's rule (as in layer_forward): W_hhᵀ packed when the
+    per-step products run packed (``packed_hh``, else NULL); the input projection x·W_ihᵀ
+    either step by step inside each thread's loop, with a few rows per thread and small
+    weights (W_ihᵀ packed into ``packed_ih``), or now, one GEMM over the N valid rows
+    into ``gates`` (``packed_ih`` NULL). Returns 0, or -2 when out of memory (nothing
+    left allocated)."""
+    cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
+    cdef bint per_step = (steps_packed
+                          and B // n_chunks >= _min_rows_per_step_projection
+                          and (<double>I + P) * G * sizeof(floating) <= _max_step_weights_bytes)
+    cdef bint ih_packed = per_step or (packed_bulk() and N > B)
+    packed_hh[0] = NULL
+    packed_ih[0] = NULL
+    if steps_packed:
+        packed_hh[0] = pack_weights(P, G, w_hh, P, True, num_threads)     # P = W_hhᵀ
+    if ih_packed:
+        packed_ih[0] = pack_weights(I, G, w_ih, I, True, num_threads)     # P = W_ihᵀ
+    if (steps_packed and packed_hh[0] == NULL) or (ih_packed and packed_ih[0] == NULL):
+        free(packed_hh[0])
+        free(packed_ih[0])
+        packed_hh[0] = NULL
+        packed_ih[0] = NULL
+        return -2
+    if not per_step:
+        if packed_ih[0] != NULL:
+            parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih[0], gates, G,
+                                 False, call)
+            free(packed_ih[0])
+            packed_ih[0] = NULL
+        else:
+            parallel_gemm(num_threads, False, True, <int>N, G, I, <floating>1, x, I, w_ih,
+                          I, <floating>0, gates, G)
+    return 0
+
+
 cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batch_sizes,
                               bint reverse, const floating* x, const floating* w_ih,
                               const floating* w_hh, const floating* w_hr,
@@ -1458,7 +1681,7 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     """The forward of one direction of a layer over a packed batch, projected to P
     (P = 0: none). Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call
     was asked to stop."""
-    global _units_split_last
+    global _units_split_last, _team_left_last
     cdef int chunk, n_chunks
     cdef int G = 4 * H
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
@@ -1483,51 +1706,63 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     num_threads = clstm_team_threads(num_threads)
     # The recurrent work of N rows, as thread_count counts it for T·B.
     n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    _units_split_last = False
+    # The hidden-unit split when the rows cannot occupy the team (not with a projection,
+    # whose y_t = h_t·W_hrᵀ would need every unit of h_t: a second barrier per step).
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if packed_steps(B) and N > B and w_hr == NULL else 1)
+    cdef int failed = 0
+    cdef int leave_step = T
+    _units_split_last = n_units > 1
     if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
         free(zero_h0)
         return -2
     clstm_blas_enter()
-    # Packed kernels or BLAS by the ISA level's rule, as in layer_forward; the input
-    # projection step by step inside each thread's loop with a few rows per thread and
-    # small weights, else one GEMM over the N valid rows.
-    cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
-    cdef bint per_step = (steps_packed
-                          and B // n_chunks >= _min_rows_per_step_projection
-                          and (<double>I + P) * G * sizeof(floating) <= _max_step_weights_bytes)
-    cdef bint ih_packed = per_step or (packed_bulk() and N > B)
-    if steps_packed:
-        packed = pack_weights(P, G, w_hh, P, True, num_threads)     # P = W_hhᵀ
-        if w_hr != NULL:
-            packed_hr = pack_weights(H, P, w_hr, H, True, num_threads)  # W_hrᵀ
-    if ih_packed:
-        packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
-    if ((steps_packed and (packed == NULL or (w_hr != NULL and packed_hr == NULL)))
-            or (ih_packed and packed_ih == NULL)):
+    if n_units > 1:
+        _team_left_last = -1
+        with parallel(num_threads=n_units):
+            forward_units_packed(T, B, I, H, batch_sizes, plan.off, reverse, x, w_ih, w_hh,
+                                 bias, peephole, h0, c0, y, gates, cells, &failed,
+                                 &leave_step, call)
+        if not failed and leave_step < T and not clstm_call_stopped(call):
+            # The team was late: this thread runs the remaining steps alone, on all
+            # units (the gates already hold their input projection).
+            _team_left_last = leave_step
+            packed = pack_weights(H, G, w_hh, H, True)
+            failed = packed == NULL
+            if not failed:
+                forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse, 0, B,
+                                    leave_step, x, NULL, w_hh, packed, NULL, NULL, bias,
+                                    peephole, h0, c0, y, gates, cells, y, NULL, NULL, call)
+            free(packed)
+        if not failed and h_n != NULL:
+            gather_lstm_final_states(&plan, B, H, reverse, y, cells, h_n, c_n)
+        clstm_blas_leave()
+        free(zero_h0)
+        plan_free(&plan)
+        if failed:
+            return -2
+        return -3 if clstm_call_stopped(call) else 0
+    cdef int status = packed_products_setup(num_threads, n_chunks, N, B, I, P, G, x, w_ih,
+                                            w_hh, gates, &packed, &packed_ih, call)
+    if status == 0 and packed != NULL and w_hr != NULL:   # W_hrᵀ, packed as W_hh is
+        packed_hr = pack_weights(H, P, w_hr, H, True, num_threads)
+        if packed_hr == NULL:
+            status = -2
+    if status != 0:
         free(packed)
         free(packed_ih)
-        free(packed_hr)
         free(zero_h0)
         plan_free(&plan)
         clstm_blas_leave()
         return -2
-    if not per_step:
-        if packed_ih != NULL:
-            parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih, gates, G, False,
-                                 call)
-            free(packed_ih)
-            packed_ih = NULL
-        else:
-            parallel_gemm(num_threads, False, True, <int>N, G, I, <floating>1, x, I, w_ih,
-                          I, <floating>0, gates, G)
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse,
-                                plan.bounds[chunk], plan.bounds[chunk + 1], x, packed_ih,
+                                plan.bounds[chunk], plan.bounds[chunk + 1], 0, x, packed_ih,
                                 w_hh, packed, w_hr, packed_hr, bias, peephole, h0, c0, y,
                                 gates, cells, hidden, h_n, c_n, call)
     else:
-        forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse, 0, B, x,
+        forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse, 0, B, 0, x,
                             packed_ih, w_hh, packed, w_hr, packed_hr, bias, peephole, h0,
                             c0, y, gates, cells, hidden, h_n, c_n, call)
     clstm_blas_leave()
@@ -1539,15 +1774,94 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     return -3 if clstm_call_stopped(call) else 0
 
 
+# What the packed backward of every cell shares (the LSTM's below, the GRU's after it).
+
+cdef void add_final_state_grads(const packed_plan* plan, int B, int P, bint reverse,
+                                floating* dy, const floating* dh_n) noexcept nogil:
+    """dL/dh_n into dL/dy at each row's final step (its last valid step forward, step 0
+    reverse); dh_n may be NULL."""
+    cdef int b, k
+    cdef Py_ssize_t row
+    if dh_n == NULL:
+        return
+    for b in range(B):
+        row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
+        for k in range(P):
+            dy[row * P + k] += dh_n[<Py_ssize_t>b * P + k]
+
+
+cdef void input_gradient(int num_threads, int N, int G, int I, const floating* da,
+                         const floating* w_ih, floating* dx, clstm_call* call) noexcept nogil:
+    """dX (N×I) = da (N×G) · W_ih (G×I): packed or BLAS by the level's rule for
+    whole-sequence products (a failed pack falls back to BLAS)."""
+    cdef floating* packed_ih = NULL
+    if packed_bulk():
+        packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
+    if packed_ih != NULL:
+        parallel_packed_gemm(num_threads, N, G, I, da, G, packed_ih, dx, I, False, call)
+        free(packed_ih)
+    else:
+        parallel_gemm(num_threads, False, False, N, I, G, <floating>1, da, G, w_ih, I,
+                      <floating>0, dx, I)
+
+
+cdef int recurrent_weight_gradient(int num_threads, int G, int T, int B, int P,
+                                   const int* batch_sizes, const Py_ssize_t* off,
+                                   bint reverse, const floating* da, const floating* y,
+                                   const floating* h0, floating* dw_hh,
+                                   clstm_call* call) noexcept nogil:
+    """dW_hh (G×P) += daᵀ · H_prev, over the N packed rows of da (N×G): H_prev is the state
+    each row read at its step, gathered into the packed layout (step t's rows read a
+    prefix of another step's rows of y, or h0; NULL h0: zeros). Forward, the rows of step
+    0 read h0 itself, so only the other N - B rows are gathered. Returns -2 when out of
+    memory."""
+    cdef int t, nxt
+    cdef int status = 0
+    cdef Py_ssize_t N = off[T], row
+    cdef void* buf = NULL
+    cdef floating* h_prev
+    if not reverse and h0 != NULL:
+        status |= weight_gradient(num_threads, G, B, P, da, h0, P, dw_hh, call)
+    if N <= B and not reverse:
+        return status
+    if posix_memalign(&buf, 64, <size_t>N * P * sizeof(floating)) != 0:
+        return -2
+    h_prev = <floating*>buf
+    for t in range(T):
+        row = off[t] * P
+        if not reverse:
+            if t > 0:
+                memcpy(h_prev + row, y + off[t - 1] * P,
+                       <size_t>batch_sizes[t] * P * sizeof(floating))
+        else:
+            nxt = batch_sizes[t + 1] if t + 1 < T else 0
+            if nxt > 0:
+                memcpy(h_prev + row, y + off[t + 1] * P, <size_t>nxt * P * sizeof(floating))
+            if h0 != NULL:
+                memcpy(h_prev + row + <Py_ssize_t>nxt * P, h0 + <Py_ssize_t>nxt * P,
+                       <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
+            else:
+                memset(h_prev + row + <Py_ssize_t>nxt * P, 0,
+                       <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
+    if reverse:
+        status |= weight_gradient(num_threads, G, <int>N, P, da, h_prev, P, dw_hh, call)
+    else:
+        status |= weight_gradient(num_threads, G, <int>(N - B), P, da + <Py_ssize_t>B * G,
+                                  h_prev + <Py_ssize_t>B * P, P, dw_hh, call)
+    free(h_prev)
+    return status
+
+
 cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
-                               const Py_ssize_t* off, bint reverse, int b0, int b1,
+                               const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                                const floating* w_hh, const floating* w_hh_packed,
                                const floating* w_hr, const floating* w_hr_packed,
                                const floating* peephole, const floating* c0,
                                floating* gates, const floating* cells, floating* dy,
                                floating* dhidden, floating* dh0, floating* dc,
                                clstm_call* call) noexcept nogil:
-    """Rows b0:b1 back through their valid steps (the forward's order reversed). dy
+    """Rows b0:b1 back through their valid steps (the forward's order reversed), from
+    iteration it0 on. dy
     (packed, P wide) receives each step's recurrent gradient before the step it belongs
     to reads it; dc (B×H) carries dL/dc of each row; dh0 receives dL/dh0 of each row at
     the step that read h0. With a projection, dL/dh = dy·W_hr goes through ``dhidden``
@@ -1558,7 +1872,7 @@ cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
     cdef floating* dh
     if b1 <= b0:
         return
-    for it in range(T):
+    for it in range(it0, T):
         if clstm_call_stopped(call):
             return
         t = it if reverse else T - 1 - it
@@ -1626,9 +1940,10 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
                                clstm_call* call) noexcept nogil:
     """The backward of one direction of a layer over a packed batch, after
     layer_forward_packed with the same arguments. Returns as layer_backward."""
-    cdef int chunk, n_chunks, t, b, nxt
+    global _team_left_last
+    cdef int chunk, n_chunks, t, nxt
     cdef int G = 4 * H
-    cdef Py_ssize_t k, row
+    cdef Py_ssize_t row
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
             or not proj_ok(H, P) or (P > 0) != (w_hr != NULL)
             or (w_hr != NULL and dw_hr == NULL)):
@@ -1644,11 +1959,7 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
     if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
         return -2
-    if dh_n != NULL:                     # into dL/dh at each row's final step
-        for b in range(B):
-            row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
-            for k in range(P):
-                dy[row * P + k] += dh_n[<Py_ssize_t>b * P + k]
+    add_final_state_grads(&plan, B, P, reverse, dy, dh_n)
     if dc_n != NULL:
         memcpy(dc0, dc_n, <size_t>B * H * sizeof(floating))
     else:
@@ -1659,26 +1970,43 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     cdef floating* dhidden = NULL
     cdef void* buf = NULL
     cdef int failed = 0
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if packed_steps(B) and N > B and w_hr == NULL else 1)
+    cdef int leave_step = T
     clstm_blas_enter()
-    if w_hr != NULL:
-        failed = posix_memalign(&buf, 64, <size_t>B * H * sizeof(floating)) != 0
-        dhidden = <floating*>buf
-    if not failed and packed_steps(B // n_chunks) and N > B:
-        packed = pack_weights(G, P, w_hh, P, False, num_threads)   # P = W_hh
-        failed = packed == NULL
-        if w_hr != NULL and not failed:
-            packed_hr = pack_weights(P, H, w_hr, H, False, num_threads)   # W_hr
-            failed = packed_hr == NULL
-    if not failed and n_chunks > 1:
-        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
-            backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse,
-                                 plan.bounds[chunk], plan.bounds[chunk + 1], w_hh, packed,
-                                 w_hr, packed_hr, peephole, c0, gates, cells, dy, dhidden,
-                                 dh0, dc0, call)
-    elif not failed:
-        backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse, 0, B, w_hh, packed,
-                             w_hr, packed_hr, peephole, c0, gates, cells, dy, dhidden, dh0,
-                             dc0, call)
+    if n_units > 1:                      # as the forward: units when rows cannot
+        _team_left_last = -1
+        with parallel(num_threads=n_units):
+            backward_units_packed(T, B, H, batch_sizes, plan.off, reverse, w_hh, peephole, c0,
+                                  gates, cells, dy, dh0, dc0, &failed, &leave_step, call)
+        if not failed and leave_step < T and not clstm_call_stopped(call):
+            _team_left_last = leave_step     # late: the remaining steps on this thread
+            packed = pack_weights(G, H, w_hh, H, False)              # P = W_hh
+            failed = packed == NULL
+            if not failed:
+                backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse, 0, B,
+                                     leave_step, w_hh, packed, NULL, NULL, peephole, c0,
+                                     gates, cells, dy, NULL, dh0, dc0, call)
+    else:
+        if w_hr != NULL:
+            failed = posix_memalign(&buf, 64, <size_t>B * H * sizeof(floating)) != 0
+            dhidden = <floating*>buf
+        if not failed and packed_steps(B // n_chunks) and N > B:
+            packed = pack_weights(G, P, w_hh, P, False, num_threads)   # P = W_hh
+            failed = packed == NULL
+            if w_hr != NULL and not failed:
+                packed_hr = pack_weights(P, H, w_hr, H, False, num_threads)   # W_hr
+                failed = packed_hr == NULL
+        if not failed and n_chunks > 1:
+            for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+                backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse,
+                                     plan.bounds[chunk], plan.bounds[chunk + 1], 0, w_hh,
+                                     packed, w_hr, packed_hr, peephole, c0, gates, cells, dy,
+                                     dhidden, dh0, dc0, call)
+        elif not failed:
+            backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse, 0, B, 0, w_hh,
+                                 packed, w_hr, packed_hr, peephole, c0, gates, cells, dy,
+                                 dhidden, dh0, dc0, call)
     free(packed)
     free(packed_hr)
     free(dhidden)
@@ -1690,59 +2018,17 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     # The gates buffer now holds da for the N valid rows, dy the whole dL/dy: the rest
     # is a few large GEMMs.
     cdef floating* da = gates
-    cdef floating* packed_ih = NULL
-    cdef floating* h_prev = NULL
     cdef int status = 0
     if dx != NULL:      # dX = da · W_ih
-        if packed_bulk():
-            packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
-        if packed_ih != NULL:
-            parallel_packed_gemm(num_threads, <int>N, G, I, da, G, packed_ih, dx, I, False,
-                                 call)
-            free(packed_ih)
-        else:
-            parallel_gemm(num_threads, False, False, <int>N, I, G, <floating>1, da, G, w_ih,
-                          I, <floating>0, dx, I)
+        input_gradient(num_threads, <int>N, G, I, da, w_ih, dx, call)
     # dW_ih += daᵀ · X
     status |= weight_gradient(num_threads, G, <int>N, I, da, x, I, dw_ih, call)
     # dW_hr += dYᵀ · Hidden (LSTMP)
     if w_hr != NULL:
         status |= weight_gradient(num_threads, P, <int>N, H, dy, hidden, H, dw_hr, call)
-    # dW_hh += daᵀ · H_prev: the state each row read at each step, gathered into the
-    # packed layout (step t's rows read a prefix of another step's rows, or h0).
-    if not reverse and h0 != NULL:
-        status |= weight_gradient(num_threads, G, B, P, da, h0, P, dw_hh, call)
-    if N > B or reverse:
-        buf = NULL
-        if posix_memalign(&buf, 64, <size_t>N * P * sizeof(floating)) != 0:
-            status = -2
-        else:
-            h_prev = <floating*>buf
-            for t in range(T):
-                row = plan.off[t] * P
-                if not reverse:
-                    if t > 0:
-                        memcpy(h_prev + row, y + plan.off[t - 1] * P,
-                               <size_t>batch_sizes[t] * P * sizeof(floating))
-                else:
-                    nxt = batch_sizes[t + 1] if t + 1 < T else 0
-                    if nxt > 0:
-                        memcpy(h_prev + row, y + plan.off[t + 1] * P,
-                               <size_t>nxt * P * sizeof(floating))
-                    if h0 != NULL:
-                        memcpy(h_prev + row + <Py_ssize_t>nxt * P, h0 + <Py_ssize_t>nxt * P,
-                               <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
-                    else:
-                        memset(h_prev + row + <Py_ssize_t>nxt * P, 0,
-                               <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
-            if reverse:
-                status |= weight_gradient(num_threads, G, <int>N, P, da, h_prev, P, dw_hh,
-                                          call)
-            else:
-                status |= weight_gradient(num_threads, G, <int>(N - B), P,
-                                          da + <Py_ssize_t>B * G, h_prev + <Py_ssize_t>B * P,
-                                          P, dw_hh, call)
-            free(h_prev)
+    # dW_hh += daᵀ · H_prev
+    status |= recurrent_weight_gradient(num_threads, G, T, B, P, batch_sizes, plan.off,
+                                        reverse, da, y, h0, dw_hh, call)
     clstm_blas_leave()
     if status != 0:
         plan_free(&plan)
@@ -1859,6 +2145,588 @@ cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const 
 
 
 # ---------------------------------------------------------------------------------------
+# The GRU on the packed driver (torch.nn.GRU; DEVELOPERS.md, "The GRU"). Everything but
+# the cell is the LSTM's: plan_make's row split, W_hh packed once per call, the
+# packed-vs-BLAS rule, the input projection per step or upfront, the weight-gradient
+# GEMMs over the N valid rows, the directions at once, the call's stop and status. What
+# differs: the recurrent product gh = h·W_hhᵀ (3H) is kept apart from the input part
+# (r multiplies W_hn h + b_hn, bias included), so each step writes it into its own rows
+# of a second (N, 3H) block; the workspace is 6·N·H (gates, gh), no cell states.
+
+cdef inline void gru_gates_forward(int rows, int H, floating* gates, floating* gh,
+                                   const floating* b_ih, const floating* b_hh,
+                                   const floating* h_prev, floating* h) noexcept nogil:
+    if floating is float:
+        clstm_gru_gates_forward_f32(rows, H, gates, gh, b_ih, b_hh, h_prev, h)
+    else:
+        clstm_gru_gates_forward_f64(rows, H, gates, gh, b_ih, b_hh, h_prev, h)
+
+
+cdef inline void gru_gates_backward(int rows, int H, floating* gates, floating* gh,
+                                    const floating* h_prev, const floating* dh,
+                                    floating* dh_prev, bint accumulate) noexcept nogil:
+    if floating is float:
+        clstm_gru_gates_backward_f32(rows, H, gates, gh, h_prev, dh, dh_prev, accumulate)
+    else:
+        clstm_gru_gates_backward_f64(rows, H, gates, gh, h_prev, dh, dh_prev, accumulate)
+
+
+cdef inline void gru_gates_forward_units(int rows, int H, int u0, int u1, floating* gates,
+                                         floating* gh, const floating* b_ih,
+                                         const floating* b_hh, const floating* h_prev,
+                                         floating* h) noexcept nogil:
+    if floating is float:
+        clstm_gru_gates_forward_units_f32(rows, H, u0, u1, gates, gh, b_ih, b_hh, h_prev, h)
+    else:
+        clstm_gru_gates_forward_units_f64(rows, H, u0, u1, gates, gh, b_ih, b_hh, h_prev, h)
+
+
+cdef inline void gru_gates_backward_units(int rows, int H, int u0, int u1, floating* gates,
+                                          floating* gh, const floating* h_prev,
+                                          const floating* dh, floating* dh_prev,
+                                          bint accumulate) noexcept nogil:
+    if floating is float:
+        clstm_gru_gates_backward_units_f32(rows, H, u0, u1, gates, gh, h_prev, dh, dh_prev,
+                                           accumulate)
+    else:
+        clstm_gru_gates_backward_units_f64(rows, H, u0, u1, gates, gh, h_prev, dh, dh_prev,
+                                           accumulate)
+
+
+cdef inline void gru_step_rows(int rows, int H, const floating* prev, const floating* w_hh,
+                               const floating* w_hh_packed, const floating* b_ih,
+                               const floating* b_hh, floating* gates, floating* gh,
+                               floating* h) noexcept nogil:
+    """One step of ``rows`` contiguous rows from their previous states (NULL: zeros):
+    gh = prev·W_hhᵀ, then the gate loop (gates holds x·W_ihᵀ already)."""
+    cdef int G = 3 * H
+    if prev != NULL:
+        weights_gemm(rows, G, H, prev, H, w_hh_packed, w_hh, True, <floating>0, gh, G)
+    else:
+        memset(gh, 0, <size_t>rows * G * sizeof(floating))
+    gru_gates_forward(rows, H, gates, gh, b_ih, b_hh, prev, h)
+
+
+cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
+                                  const Py_ssize_t* off, bint reverse, int b0, int b1,
+                                  int it0, const floating* x, const floating* w_ih_packed,
+                                  const floating* w_hh, const floating* w_hh_packed,
+                                  const floating* b_ih, const floating* b_hh,
+                                  const floating* h0, floating* y, floating* gates,
+                                  floating* gh, floating* h_n,
+                                  clstm_call* call) noexcept nogil:
+    """Rows b0:b1 through their valid steps (forward_rows_packed's walk), from iteration
+    it0 on (0: the whole sequence); h_n (may be NULL) receives each row's state after its
+    last step."""
+    cdef int it, t, r1, m, nxt, b
+    cdef int G = 3 * H
+    cdef Py_ssize_t row0, rowm
+    cdef const floating* prev
+    if b1 <= b0:
+        return
+    for it in range(it0, T):
+        if clstm_call_stopped(call):
+            return
+        t = T - 1 - it if reverse else it
+        if bs[t] <= b0:
+            if reverse:
+                continue
+            return                       # forward: no row of this slice runs any more
+        r1 = b1 if b1 < bs[t] else bs[t]
+        row0 = off[t] + b0
+        if w_ih_packed != NULL:
+            weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
+                         <floating>0, gates + row0 * G, G)
+        if not reverse:
+            if t > 0:
+                prev = y + (off[t - 1] + b0) * H
+            elif h0 != NULL:
+                prev = h0 + <Py_ssize_t>b0 * H
+            else:
+                prev = NULL
+            gru_step_rows(r1 - b0, H, prev, w_hh, w_hh_packed, b_ih, b_hh, gates + row0 * G,
+                          gh + row0 * G, y + row0 * H)
+        else:
+            nxt = bs[t + 1] if t + 1 < T else 0
+            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            if m > b0:                   # rows b0:m continue from step t+1
+                gru_step_rows(m - b0, H, y + (off[t + 1] + b0) * H, w_hh, w_hh_packed, b_ih,
+                              b_hh, gates + row0 * G, gh + row0 * G, y + row0 * H)
+            if r1 > m:                   # rows m:r1 start here, from h0
+                rowm = off[t] + m
+                gru_step_rows(r1 - m, H, h0 + <Py_ssize_t>m * H if h0 != NULL else NULL,
+                              w_hh, w_hh_packed, b_ih, b_hh, gates + rowm * G, gh + rowm * G,
+                              y + rowm * H)
+        if h_n != NULL:
+            if not reverse:              # rows whose last step this is
+                nxt = bs[t + 1] if t + 1 < T else 0
+                for b in range(nxt if nxt > b0 else b0, r1):
+                    memcpy(h_n + <Py_ssize_t>b * H, y + (off[t] + b) * H, H * sizeof(floating))
+            elif t == 0:                 # every row ends at step 0
+                memcpy(h_n + <Py_ssize_t>b0 * H, y + row0 * H,
+                       <size_t>(b1 - b0) * H * sizeof(floating))
+
+
+# The hidden-unit split (forward_units / backward_units for the GRU on the packed layout):
+# when the rows cannot keep the threads busy (a batch smaller than the team, or at most 2
+# rows per thread with a large W_hh: unit_split_threads's rule), each thread owns units
+# u0:u1 of the three gates for every active row, and the team meets at a barrier per step.
+
+cdef inline void gru_units_step(int rows, int H, int u0, int u1, const floating* prev,
+                                floating** packed, const floating* b_ih,
+                                const floating* b_hh, floating* gates, floating* gh,
+                                floating* h) noexcept nogil:
+    """This thread's units of one step of ``rows`` rows from their previous states
+    (NULL: zeros): its columns of gh = prev·W_hhᵀ (three packed slices of W_hh), then
+    the gate loop on its units."""
+    cdef int g, r
+    cdef int G = 3 * H, u = u1 - u0
+    if u <= 0:
+        return
+    for g in range(3):
+        if prev != NULL:
+            weights_gemm(rows, u, H, prev, H, packed[g], NULL, True, <floating>0,
+                         gh + <Py_ssize_t>g * H + u0, G)
+        else:
+            for r in range(rows):
+                memset(gh + <Py_ssize_t>r * G + g * H + u0, 0, u * sizeof(floating))
+    gru_gates_forward_units(rows, H, u0, u1, gates, gh, b_ih, b_hh, prev, h)
+
+
+cdef void gru_forward_units_packed(int T, int B, int I, int H, const int* bs,
+                                   const Py_ssize_t* off, bint reverse, const floating* x,
+                                   const floating* w_ih, const floating* w_hh,
+                                   const floating* b_ih, const floating* b_hh,
+                                   const floating* h0, floating* y, floating* gates,
+                                   floating* gh, int* failed, int* leave_step,
+                                   clstm_call* call) noexcept nogil:
+    """One thread's share of a GRU direction's forward split by hidden units (called
+    inside a parallel region by every thread of it), as forward_units: the thread packs
+    its three slices of W_ih and W_hh (rows g·H+u0 : g·H+u1), computes its gate columns
+    of the input projection for all N rows, then at each step its columns of the
+    recurrent product and its units of h for the step's active rows; a barrier per step
+    makes h_t whole. The team leaves together at iteration leave_step[0] when late."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, g, it, t, rows, nxt
+    cdef int G = 3 * H
+    cdef Py_ssize_t N = off[T], row0, gate0
+    cdef floating* packed[3]
+    cdef floating* packed_ih
+    cdef const floating* prev
+    cdef team_pace pace
+    for g in range(3):
+        packed[g] = NULL
+        if u > 0:
+            gate0 = <Py_ssize_t>g * H + u0
+            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
+            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
+            if packed_ih == NULL or packed[g] == NULL:
+                failed[0] = 1
+            else:
+                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
+                                    call)
+            free(packed_ih)
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
+    if failed[0] == 0:
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = T - 1 - it if reverse else it
+            rows = bs[t]
+            row0 = off[t]
+            if not reverse:
+                if t > 0:
+                    prev = y + off[t - 1] * H
+                else:
+                    prev = h0
+                gru_units_step(rows, H, u0, u1, prev, packed, b_ih, b_hh, gates + row0 * G,
+                               gh + row0 * G, y + row0 * H)
+            else:
+                nxt = bs[t + 1] if t + 1 < T else 0
+                if nxt > 0:                  # rows 0:nxt continue from step t+1
+                    gru_units_step(nxt, H, u0, u1, y + off[t + 1] * H, packed, b_ih, b_hh,
+                                   gates + row0 * G, gh + row0 * G, y + row0 * H)
+                if rows > nxt:               # rows nxt:rows start here, from h0
+                    gru_units_step(rows - nxt, H, u0, u1,
+                                   h0 + <Py_ssize_t>nxt * H if h0 != NULL else NULL, packed,
+                                   b_ih, b_hh, gates + (row0 + nxt) * G,
+                                   gh + (row0 + nxt) * G, y + (row0 + nxt) * H)
+            clstm_omp_barrier()              # h_t complete before any thread reads it
+    for g in range(3):
+        free(packed[g])
+
+
+cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
+                                    const Py_ssize_t* off, bint reverse,
+                                    const floating* w_hh, const floating* h0,
+                                    const floating* y, floating* gates, floating* gh,
+                                    floating* dy, floating* dh0, int* failed,
+                                    int* leave_step, clstm_call* call) noexcept nogil:
+    """One thread's share of a GRU direction's backward time loop split by hidden units,
+    as backward_units: the thread turns its units of the step's gates into their
+    gradients (and puts dh ⊙ z of its units into dL/dh_prev), and after a barrier (dgh of
+    all units is needed) adds its columns of dgh · W_hh[:, u0:u1] there; only it reads
+    those columns at the next step. The team leaves together at iteration leave_step[0]
+    when late."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, it, t, rows, nxt
+    cdef int G = 3 * H
+    cdef floating* packed = NULL
+    cdef Py_ssize_t row0
+    cdef team_pace pace
+    if u > 0:
+        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (3H × u)
+        if packed == NULL:
+            failed[0] = 1
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
+    if failed[0] == 0:
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = it if reverse else T - 1 - it
+            rows = bs[t]
+            row0 = off[t]
+            if not reverse:
+                if u > 0:
+                    if t > 0:
+                        gru_gates_backward_units(rows, H, u0, u1, gates + row0 * G,
+                                                 gh + row0 * G, y + off[t - 1] * H,
+                                                 dy + row0 * H, dy + off[t - 1] * H, True)
+                    else:
+                        gru_gates_backward_units(rows, H, u0, u1, gates + row0 * G,
+                                                 gh + row0 * G, h0, dy + row0 * H, dh0, False)
+                clstm_omp_barrier()          # dgh_t complete before any thread reads it
+                if u > 0:
+                    weights_gemm(rows, u, G, gh + row0 * G, G, packed, NULL, False,
+                                 <floating>1, (dy + off[t - 1] * H if t > 0 else dh0) + u0, H)
+            else:
+                nxt = bs[t + 1] if t + 1 < T else 0
+                if u > 0:
+                    if nxt > 0:
+                        gru_gates_backward_units(nxt, H, u0, u1, gates + row0 * G,
+                                                 gh + row0 * G, y + off[t + 1] * H,
+                                                 dy + row0 * H, dy + off[t + 1] * H, True)
+                    if rows > nxt:
+                        gru_gates_backward_units(
+                            rows - nxt, H, u0, u1, gates + (row0 + nxt) * G,
+                            gh + (row0 + nxt) * G,
+                            h0 + <Py_ssize_t>nxt * H if h0 != NULL else NULL,
+                            dy + (row0 + nxt) * H, dh0 + <Py_ssize_t>nxt * H, False)
+                clstm_omp_barrier()
+                if u > 0:
+                    if nxt > 0:
+                        weights_gemm(nxt, u, G, gh + row0 * G, G, packed, NULL, False,
+                                     <floating>1, dy + off[t + 1] * H + u0, H)
+                    if rows > nxt:
+                        weights_gemm(rows - nxt, u, G, gh + (row0 + nxt) * G, G, packed, NULL,
+                                     False, <floating>1, dh0 + <Py_ssize_t>nxt * H + u0, H)
+    free(packed)
+
+
+cdef void gather_final_states(const packed_plan* plan, int B, int H, bint reverse,
+                              const floating* y, floating* h_n) noexcept nogil:
+    """h_n (B×H): each row's output at its last valid step (forward) or step 0."""
+    cdef int b
+    cdef Py_ssize_t row
+    for b in range(B):
+        row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
+        memcpy(h_n + <Py_ssize_t>b * H, y + row * H, H * sizeof(floating))
+
+
+
+cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
+                                  bint reverse, const floating* x, const floating* w_ih,
+                                  const floating* w_hh, const floating* b_ih,
+                                  const floating* b_hh, const floating* h0, floating* y,
+                                  floating* h_n, floating* workspace, int num_threads,
+                                  clstm_call* call) noexcept nogil:
+    """The forward of one GRU direction over a packed batch; b_ih and b_hh both NULL for
+    no bias. Returns 0, -1 for bad sizes, -2 when out of memory, -3 when stopped."""
+    global _units_split_last, _team_left_last
+    cdef int chunk, n_chunks
+    cdef int G = 3 * H
+    if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
+            or (b_ih == NULL) != (b_hh == NULL)):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    cdef floating* gates = workspace
+    cdef floating* gh = workspace + N * G
+    cdef floating* packed = NULL
+    cdef floating* packed_ih = NULL
+    cdef packed_plan plan
+    cdef bint no_memory = False
+    # A zero h0 as a buffer when W_hh holds NaN or inf, so that 0·NaN = NaN as in PyTorch
+    cdef floating* zero_h0 = zero_state_if_needed(h0, B, H, G, w_hh, &no_memory)
+    if no_memory:
+        return -2
+    if zero_h0 != NULL:
+        h0 = zero_h0
+    num_threads = clstm_team_threads(num_threads)
+    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
+    # The LSTM's rule for the unit split (its 4H sized thresholds: close enough for 3H).
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if packed_steps(B) and N > B else 1)
+    cdef int failed = 0
+    cdef int leave_step = T
+    _units_split_last = n_units > 1
+    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+        free(zero_h0)
+        return -2
+    clstm_blas_enter()
+    if n_units > 1:
+        _team_left_last = -1
+        with parallel(num_threads=n_units):
+            gru_forward_units_packed(T, B, I, H, batch_sizes, plan.off, reverse, x, w_ih,
+                                     w_hh, b_ih, b_hh, h0, y, gates, gh, &failed,
+                                     &leave_step, call)
+        if not failed and leave_step < T and not clstm_call_stopped(call):
+            # The team was late: this thread runs the remaining steps alone, on all
+            # units (the gates already hold their input projection).
+            _team_left_last = leave_step
+            packed = pack_weights(H, G, w_hh, H, True)
+            failed = packed == NULL
+            if not failed:
+                gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse, 0, B,
+                                        leave_step, x, NULL, w_hh, packed, b_ih, b_hh, h0, y,
+                                        gates, gh, NULL, call)
+            free(packed)
+        if not failed and h_n != NULL:
+            gather_final_states(&plan, B, H, reverse, y, h_n)
+        clstm_blas_leave()
+        free(zero_h0)
+        plan_free(&plan)
+        if failed:
+            return -2
+        return -3 if clstm_call_stopped(call) else 0
+    if packed_products_setup(num_threads, n_chunks, N, B, I, H, G, x, w_ih, w_hh, gates,
+                             &packed, &packed_ih, call) != 0:
+        free(zero_h0)
+        plan_free(&plan)
+        clstm_blas_leave()
+        return -2
+    if n_chunks > 1:
+        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+            gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse,
+                                    plan.bounds[chunk], plan.bounds[chunk + 1], 0, x, packed_ih,
+                                    w_hh, packed, b_ih, b_hh, h0, y, gates, gh, h_n, call)
+    else:
+        gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse, 0, B, 0, x,
+                                packed_ih, w_hh, packed, b_ih, b_hh, h0, y, gates, gh, h_n,
+                                call)
+    clstm_blas_leave()
+    free(packed_ih)
+    free(packed)
+    free(zero_h0)
+    plan_free(&plan)
+    return -3 if clstm_call_stopped(call) else 0
+
+
+cdef inline void gru_step_back(int rows, int H, const floating* prev, floating* gates,
+                               floating* gh, const floating* dh, floating* dprev,
+                               bint accumulate, const floating* w_hh,
+                               const floating* w_hh_packed) noexcept nogil:
+    """One step of ``rows`` rows back: the gate loop turns gates and gh into their
+    gradients and puts dh ⊙ z into dprev (added or written), then dprev += dgh · W_hh."""
+    gru_gates_backward(rows, H, gates, gh, prev, dh, dprev, accumulate)
+    weights_gemm(rows, H, 3 * H, gh, 3 * H, w_hh_packed, w_hh, False, <floating>1, dprev, H)
+
+
+cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_ssize_t* off,
+                                   bint reverse, int b0, int b1, int it0,
+                                   const floating* w_hh,
+                                   const floating* w_hh_packed, const floating* h0,
+                                   const floating* y, floating* gates, floating* gh,
+                                   floating* dy, floating* dh0,
+                                   clstm_call* call) noexcept nogil:
+    """Rows b0:b1 back through their valid steps (backward_rows_packed's walk), from
+    iteration it0 on. dy (packed) receives each step's recurrent gradient before the step
+    it belongs to reads it; dh0 receives dL/dh0 of each row at the step that read h0."""
+    cdef int it, t, r1, m, nxt
+    cdef int G = 3 * H
+    cdef Py_ssize_t row0, prev0, rowm
+    if b1 <= b0:
+        return
+    for it in range(it0, T):
+        if clstm_call_stopped(call):
+            return
+        t = it if reverse else T - 1 - it
+        if bs[t] <= b0:
+            if reverse:
+                return                   # reverse, backward: no row runs any more
+            continue
+        r1 = b1 if b1 < bs[t] else bs[t]
+        row0 = off[t] + b0
+        if not reverse:
+            if t > 0:
+                prev0 = off[t - 1] + b0
+                gru_step_back(r1 - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
+                              dy + row0 * H, dy + prev0 * H, True, w_hh, w_hh_packed)
+            else:
+                gru_step_back(r1 - b0, H, h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL,
+                              gates + row0 * G, gh + row0 * G, dy + row0 * H,
+                              dh0 + <Py_ssize_t>b0 * H, False, w_hh, w_hh_packed)
+        else:
+            nxt = bs[t + 1] if t + 1 < T else 0
+            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            if m > b0:
+                prev0 = off[t + 1] + b0
+                gru_step_back(m - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
+                              dy + row0 * H, dy + prev0 * H, True, w_hh, w_hh_packed)
+            if r1 > m:
+                rowm = off[t] + m
+                gru_step_back(r1 - m, H, h0 + <Py_ssize_t>m * H if h0 != NULL else NULL,
+                              gates + rowm * G, gh + rowm * G, dy + rowm * H,
+                              dh0 + <Py_ssize_t>m * H, False, w_hh, w_hh_packed)
+
+
+cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_sizes,
+                                   bint reverse, const floating* x, const floating* w_ih,
+                                   const floating* w_hh, const floating* h0,
+                                   const floating* y, floating* workspace, floating* dy,
+                                   const floating* dh_n, floating* dx, floating* dh0,
+                                   floating* dw_ih, floating* dw_hh, floating* db_ih,
+                                   floating* db_hh, int num_threads,
+                                   clstm_call* call) noexcept nogil:
+    """The backward of one GRU direction after gru_layer_forward_packed with the same
+    arguments; dw_ih, dw_hh, db_ih, db_hh are added into (the biases both NULL without
+    bias). Returns as layer_backward_packed."""
+    global _team_left_last
+    cdef int chunk, n_chunks
+    cdef int G = 3 * H
+    if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
+            or (db_ih == NULL) != (db_hh == NULL)):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    cdef floating* gates = workspace
+    cdef floating* gh = workspace + N * G
+    cdef floating* packed = NULL
+    cdef bint failed = False
+    cdef int status = 0
+    cdef packed_plan plan
+    num_threads = clstm_team_threads(num_threads)
+    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
+    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+        return -2
+    add_final_state_grads(&plan, B, H, reverse, dy, dh_n)
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if packed_steps(B) and N > B else 1)
+    cdef int units_failed = 0
+    cdef int leave_step = T
+    clstm_blas_enter()
+    if n_units > 1:
+        _team_left_last = -1
+        with parallel(num_threads=n_units):
+            gru_backward_units_packed(T, B, H, batch_sizes, plan.off, reverse, w_hh, h0, y,
+                                      gates, gh, dy, dh0, &units_failed, &leave_step, call)
+        failed = units_failed != 0
+        if not failed and leave_step < T and not clstm_call_stopped(call):
+            _team_left_last = leave_step     # late: the remaining steps on this thread
+            packed = pack_weights(G, H, w_hh, H, False)              # P = W_hh
+            failed = packed == NULL
+            if not failed:
+                gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, 0, B,
+                                         leave_step, w_hh, packed, h0, y, gates, gh, dy, dh0,
+                                         call)
+            free(packed)
+            packed = NULL
+    else:
+        if packed_steps(B // n_chunks) and N > B:
+            packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
+            failed = packed == NULL
+        if not failed and n_chunks > 1:
+            for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+                gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse,
+                                         plan.bounds[chunk], plan.bounds[chunk + 1], 0, w_hh,
+                                         packed, h0, y, gates, gh, dy, dh0, call)
+        elif not failed:
+            gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, 0, B, 0, w_hh,
+                                     packed, h0, y, gates, gh, dy, dh0, call)
+    free(packed)
+    if failed or clstm_call_stopped(call):
+        clstm_blas_leave()
+        plan_free(&plan)
+        return -2 if failed else -3
+    # gates now holds dL/d(x·W_ihᵀ + b_ih) and gh dL/d(h·W_hhᵀ + b_hh) for the N valid
+    # rows: the rest is the LSTM's large GEMMs, twice.
+    if dx != NULL:      # dX = dgi · W_ih
+        input_gradient(num_threads, <int>N, G, I, gates, w_ih, dx, call)
+    status |= weight_gradient(num_threads, G, <int>N, I, gates, x, I, dw_ih, call)
+    status |= recurrent_weight_gradient(num_threads, G, T, B, H, batch_sizes, plan.off,
+                                        reverse, gh, y, h0, dw_hh, call)
+    clstm_blas_leave()
+    plan_free(&plan)
+    if status != 0:
+        return -2
+    if clstm_call_stopped(call):
+        return -3
+    if db_ih != NULL:
+        parallel_column_sums(num_threads, N, G, gates, db_ih)
+        parallel_column_sums(num_threads, N, G, gh, db_hh)
+    return 0
+
+
+cdef int gru_bidir_forward(int T, int B, int I, int H, const int* bs, const floating* x,
+                           const floating** w_ih, const floating** w_hh,
+                           const floating** b_ih, const floating** b_hh,
+                           const floating** h0, floating** y, floating** h_n,
+                           floating** workspace, int num_threads,
+                           clstm_call* call) noexcept nogil:
+    """Both directions of a GRU layer (bidir_forward's rule: at once, a thread each, or
+    one after the other with the rows split)."""
+    global _threads_used_last
+    cdef int st[2]
+    cdef int d
+    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
+    num_threads = clstm_team_threads(num_threads)
+    if directions_in_parallel(num_threads, B, H, H, N):
+        for d in prange(2, num_threads=2, schedule="static"):
+            st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
+                                             b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
+                                             workspace[d], 1, call)
+        _threads_used_last = 2
+    else:
+        for d in range(2):
+            st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
+                                             b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
+                                             workspace[d], num_threads, call)
+    return st[0] if st[0] != 0 else st[1]
+
+
+cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const floating* x,
+                            const floating** w_ih, const floating** w_hh,
+                            const floating** h0, const floating** y, floating** workspace,
+                            floating** dy, const floating** dh_n, floating** dx,
+                            floating** dh0, floating** dw_ih, floating** dw_hh,
+                            floating** db_ih, floating** db_hh, int num_threads,
+                            clstm_call* call) noexcept nogil:
+    """Both directions' backward; dx[d] is each direction's own share of dL/dx."""
+    global _threads_used_last
+    cdef int st[2]
+    cdef int d
+    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
+    num_threads = clstm_team_threads(num_threads)
+    if directions_in_parallel(num_threads, B, H, H, N):
+        for d in prange(2, num_threads=2, schedule="static"):
+            st[d] = gru_layer_backward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
+                                              h0[d], y[d], workspace[d], dy[d], dh_n[d],
+                                              dx[d], dh0[d], dw_ih[d], dw_hh[d], db_ih[d],
+                                              db_hh[d], 1, call)
+        _threads_used_last = 2
+    else:
+        for d in range(2):
+            st[d] = gru_layer_backward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
+                                              h0[d], y[d], workspace[d], dy[d], dh_n[d],
+                                              dx[d], dh0[d], dw_ih[d], dw_hh[d], db_ih[d],
+                                              db_hh[d], num_threads, call)
+    return st[0] if st[0] != 0 else st[1]
+
+# ---------------------------------------------------------------------------------------
 # The public C API (declared in clstm/kernels.pxd)
 
 cdef Py_ssize_t lstm_workspace_size(int T, int B, int H) noexcept nogil:
@@ -1967,6 +2835,55 @@ cdef int lstm_backward_packed_f64(int T, int B, int I, int H, int P, const int* 
                                  num_threads, NULL)
 
 
+cdef Py_ssize_t gru_packed_workspace_size(int T, int B, int H,
+                                          const int* batch_sizes) noexcept nogil:
+    if H <= 0 or not batch_sizes_ok(T, B, batch_sizes):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    if 6.0 * N * H > _max_buffer_elements:
+        return -1
+    return 6 * N * H
+
+
+cdef int gru_forward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+                                int reverse, const float* x, const float* w_ih,
+                                const float* w_hh, const float* b_ih, const float* b_hh,
+                                const float* h0, float* y, float* h_n, float* workspace,
+                                int num_threads) noexcept nogil:
+    return gru_layer_forward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                    b_ih, b_hh, h0, y, h_n, workspace, num_threads, NULL)
+
+
+cdef int gru_forward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                int reverse, const double* x, const double* w_ih,
+                                const double* w_hh, const double* b_ih, const double* b_hh,
+                                const double* h0, double* y, double* h_n, double* workspace,
+                                int num_threads) noexcept nogil:
+    return gru_layer_forward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                    b_ih, b_hh, h0, y, h_n, workspace, num_threads, NULL)
+
+
+cdef int gru_backward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+                                 int reverse, const float* x, const float* w_ih,
+                                 const float* w_hh, const float* h0, const float* y,
+                                 float* workspace, float* dy, const float* dh_n, float* dx,
+                                 float* dh0, float* dw_ih, float* dw_hh, float* db_ih,
+                                 float* db_hh, int num_threads) noexcept nogil:
+    return gru_layer_backward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                     h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh,
+                                     db_ih, db_hh, num_threads, NULL)
+
+
+cdef int gru_backward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                 int reverse, const double* x, const double* w_ih,
+                                 const double* w_hh, const double* h0, const double* y,
+                                 double* workspace, double* dy, const double* dh_n,
+                                 double* dx, double* dh0, double* dw_ih, double* dw_hh,
+                                 double* db_ih, double* db_hh, int num_threads) noexcept nogil:
+    return gru_layer_backward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                     h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh,
+                                     db_ih, db_hh, num_threads, NULL)
+
 # ---------------------------------------------------------------------------------------
 # Python entry points. clstm.lstm validates user input and allocates; these re-check
 # every buffer cheaply anyway, so a wrong call raises instead of reading out of bounds.
@@ -2032,14 +2949,14 @@ cdef int raise_pending(clstm_call* call) except -1:
     return -1
 
 
-cdef check_status(int status, str what, clstm_call* call):
+cdef check_status(int status, str what, clstm_call* call, str cell="lstm"):
     raise_pending(call)
     if status == -2:
-        raise MemoryError(f"lstm {what}: out of memory for the packed weights")
+        raise MemoryError(f"{cell} {what}: out of memory for the packed weights")
     if status == -3:
-        raise KeyboardInterrupt(f"lstm {what}: interrupted")
+        raise KeyboardInterrupt(f"{cell} {what}: interrupted")
     if status != 0:
-        raise ValueError(f"lstm {what}: invalid sizes")
+        raise ValueError(f"{cell} {what}: invalid sizes")
 
 
 def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y,
@@ -2417,6 +3334,197 @@ def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_i
                                     num_threads, &call)
     check_status(status, "backward", &call)
 
+
+# The GRU's entry points: one direction (gru_forward_packed, gru_backward_packed) or both
+# (..._bidir, every per-direction argument a pair), checked by one function each.
+
+cdef list _directions(object arrays, str name, int D):
+    """[arrays] for one direction, the pair's items for two."""
+    if D == 1:
+        return [arrays]
+    return list(pair_of(arrays, name))
+
+
+cdef _gru_forward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, x, w_ih,
+                  w_hh, b_ih, b_hh, h0, y, h_n, workspace, int num_threads):
+    if not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t N = packed_rows(T, pbs), G = 3 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, N * I)
+    cdef void* pwi[2]
+    cdef void* pwh[2]
+    cdef void* pbi[2]
+    cdef void* pbh[2]
+    cdef void* ph0[2]
+    cdef void* py[2]
+    cdef void* phn[2]
+    cdef void* pw[2]
+    cdef int d
+    args = [_directions(a, n, D) for a, n in (
+        (w_ih, "w_ih"), (w_hh, "w_hh"), (b_ih, "b_ih"), (b_hh, "b_hh"), (h0, "h0"),
+        (y, "y"), (h_n, "h_n"), (workspace, "workspace"))]
+    for d in range(D):
+        pwi[d] = buffer_of(args[0][d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(args[1][d], "w_hh", tn, G * H)
+        pbi[d] = buffer_of(args[2][d], "b_ih", tn, G, True)
+        pbh[d] = buffer_of(args[3][d], "b_hh", tn, G, True)
+        if (pbi[d] == NULL) != (pbh[d] == NULL):
+            raise ValueError("b_ih, b_hh: expected two arrays or two None (no bias)")
+        ph0[d] = buffer_of(args[4][d], "h0", tn, B * H, True)
+        py[d] = writable_buffer_of(args[5][d], "y", tn, N * H)
+        phn[d] = writable_buffer_of(args[6][d], "h_n", tn, B * H, True)
+        pw[d] = writable_buffer_of(args[7][d], "workspace", tn, 6 * N * H)
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            if D == 1:
+                status = gru_layer_forward_packed(T, B, I, H, pbs, reverse, <float*>px,
+                                                  <float*>pwi[0], <float*>pwh[0],
+                                                  <float*>pbi[0], <float*>pbh[0],
+                                                  <float*>ph0[0], <float*>py[0],
+                                                  <float*>phn[0], <float*>pw[0], num_threads,
+                                                  &call)
+            else:
+                status = gru_bidir_forward(T, B, I, H, pbs, <float*>px, <const float**>pwi,
+                                           <const float**>pwh, <const float**>pbi,
+                                           <const float**>pbh, <const float**>ph0,
+                                           <float**>py, <float**>phn, <float**>pw,
+                                           num_threads, &call)
+        else:
+            if D == 1:
+                status = gru_layer_forward_packed(T, B, I, H, pbs, reverse, <double*>px,
+                                                  <double*>pwi[0], <double*>pwh[0],
+                                                  <double*>pbi[0], <double*>pbh[0],
+                                                  <double*>ph0[0], <double*>py[0],
+                                                  <double*>phn[0], <double*>pw[0],
+                                                  num_threads, &call)
+            else:
+                status = gru_bidir_forward(T, B, I, H, pbs, <double*>px, <const double**>pwi,
+                                           <const double**>pwh, <const double**>pbi,
+                                           <const double**>pbh, <const double**>ph0,
+                                           <double**>py, <double**>phn, <double**>pw,
+                                           num_threads, &call)
+    check_status(status, "forward", &call, "gru")
+
+
+cdef _gru_backward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, x, w_ih,
+                   w_hh, h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
+                   int num_threads):
+    if not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t N = packed_rows(T, pbs), G = 3 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, N * I)
+    cdef void* pwi[2]
+    cdef void* pwh[2]
+    cdef void* ph0[2]
+    cdef void* py[2]
+    cdef void* pw[2]
+    cdef void* pdy[2]
+    cdef void* pdhn[2]
+    cdef void* pdx[2]
+    cdef void* pdh0[2]
+    cdef void* pdwi[2]
+    cdef void* pdwh[2]
+    cdef void* pdbi[2]
+    cdef void* pdbh[2]
+    cdef int d
+    args = [_directions(a, n, D) for a, n in (
+        (w_ih, "w_ih"), (w_hh, "w_hh"), (h0, "h0"), (y, "y"), (workspace, "workspace"),
+        (dy, "dy"), (dh_n, "dh_n"), (dx, "dx"), (dh0, "dh0"), (dw_ih, "dw_ih"),
+        (dw_hh, "dw_hh"), (db_ih, "db_ih"), (db_hh, "db_hh"))]
+    for d in range(D):
+        pwi[d] = buffer_of(args[0][d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(args[1][d], "w_hh", tn, G * H)
+        ph0[d] = buffer_of(args[2][d], "h0", tn, B * H, True)
+        py[d] = buffer_of(args[3][d], "y", tn, N * H)
+        pw[d] = writable_buffer_of(args[4][d], "workspace", tn, 6 * N * H)
+        pdy[d] = writable_buffer_of(args[5][d], "dy", tn, N * H)
+        pdhn[d] = buffer_of(args[6][d], "dh_n", tn, B * H, True)
+        pdx[d] = writable_buffer_of(args[7][d], "dx", tn, N * I, True)
+        pdh0[d] = writable_buffer_of(args[8][d], "dh0", tn, B * H)
+        pdwi[d] = writable_buffer_of(args[9][d], "dw_ih", tn, G * I)
+        pdwh[d] = writable_buffer_of(args[10][d], "dw_hh", tn, G * H)
+        pdbi[d] = writable_buffer_of(args[11][d], "db_ih", tn, G, True)
+        pdbh[d] = writable_buffer_of(args[12][d], "db_hh", tn, G, True)
+        if (pdbi[d] == NULL) != (pdbh[d] == NULL):
+            raise ValueError("db_ih, db_hh: expected two arrays or two None (no bias)")
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            if D == 1:
+                status = gru_layer_backward_packed(
+                    T, B, I, H, pbs, reverse, <float*>px, <float*>pwi[0], <float*>pwh[0],
+                    <float*>ph0[0], <float*>py[0], <float*>pw[0], <float*>pdy[0],
+                    <float*>pdhn[0], <float*>pdx[0], <float*>pdh0[0], <float*>pdwi[0],
+                    <float*>pdwh[0], <float*>pdbi[0], <float*>pdbh[0], num_threads, &call)
+            else:
+                status = gru_bidir_backward(
+                    T, B, I, H, pbs, <float*>px, <const float**>pwi, <const float**>pwh,
+                    <const float**>ph0, <const float**>py, <float**>pw, <float**>pdy,
+                    <const float**>pdhn, <float**>pdx, <float**>pdh0, <float**>pdwi,
+                    <float**>pdwh, <float**>pdbi, <float**>pdbh, num_threads, &call)
+        else:
+            if D == 1:
+                status = gru_layer_backward_packed(
+                    T, B, I, H, pbs, reverse, <double*>px, <double*>pwi[0], <double*>pwh[0],
+                    <double*>ph0[0], <double*>py[0], <double*>pw[0], <double*>pdy[0],
+                    <double*>pdhn[0], <double*>pdx[0], <double*>pdh0[0], <double*>pdwi[0],
+                    <double*>pdwh[0], <double*>pdbi[0], <double*>pdbh[0], num_threads, &call)
+            else:
+                status = gru_bidir_backward(
+                    T, B, I, H, pbs, <double*>px, <const double**>pwi, <const double**>pwh,
+                    <const double**>ph0, <const double**>py, <double**>pw, <double**>pdy,
+                    <const double**>pdhn, <double**>pdx, <double**>pdh0, <double**>pdwi,
+                    <double**>pdwh, <double**>pdbi, <double**>pdbh, num_threads, &call)
+    check_status(status, "backward", &call, "gru")
+
+
+def gru_forward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_ih, w_hh,
+                       b_ih, b_hh, h0, y, h_n, workspace, int num_threads=1):
+    """Forward of one GRU direction over a packed batch (see "the packed layout" above):
+    x (N, I), y (N, H), h0 and h_n (B, H) (None: zeros / skip), workspace 6·N·H with N =
+    sum(batch_sizes); b_ih, b_hh (3H,) or both None (no bias)."""
+    _gru_forward(T, B, I, H, batch_sizes, 1, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, y, h_n,
+                 workspace, num_threads)
+
+
+def gru_backward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_ih,
+                        w_hh, h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih,
+                        db_hh, int num_threads=1):
+    """Backward of one GRU direction after :func:`gru_forward_packed` with the same
+    arrays: dy (N, H) is overwritten, dh_n (B, H) may be None, dx (N, I) (None: skipped)
+    and dh0 (B, H) are written, dw_ih, dw_hh, db_ih, db_hh added into (the biases both
+    None without bias)."""
+    _gru_backward(T, B, I, H, batch_sizes, 1, reverse, x, w_ih, w_hh, h0, y, workspace, dy,
+                  dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, num_threads)
+
+
+def gru_forward_packed_bidir(int T, int B, int I, int H, batch_sizes, x, w_ih, w_hh, b_ih,
+                             b_hh, h0, y, h_n, workspace, int num_threads=1):
+    """Both directions of a bidirectional GRU layer, as :func:`gru_forward_packed` with
+    ``reverse`` False then True; every argument but the sizes, ``batch_sizes`` and ``x``
+    is a pair (forward, reverse). With 2 threads the directions run at once."""
+    _gru_forward(T, B, I, H, batch_sizes, 2, False, x, w_ih, w_hh, b_ih, b_hh, h0, y, h_n,
+                 workspace, num_threads)
+
+
+def gru_backward_packed_bidir(int T, int B, int I, int H, batch_sizes, x, w_ih, w_hh, h0, y,
+                              workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
+                              int num_threads=1):
+    """Both directions' backward after :func:`gru_forward_packed_bidir`, every
+    per-direction argument a pair; dx[d] receives direction d's share of dL/dx."""
+    _gru_backward(T, B, I, H, batch_sizes, 2, False, x, w_ih, w_hh, h0, y, workspace, dy,
+                  dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, num_threads)
 
 def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, c_out,
          gates):
