@@ -16,7 +16,8 @@ returns `hT_l{k}`, `cT_l{k}`: what a streaming caller feeds back at the next ste
 `build_model(..., cell="gru")` makes one `GRU` node per layer instead, with
 `linear_before_reset=1` (PyTorch's GRU: the reset gate multiplies W_hn h + b_hn), gate
 blocks in ONNX's order z, r, h (PyTorch's r, z, n with the first two swapped), B =
-[W_b; R_b] of 6H; no state inputs.
+[W_b; R_b] of 6H; with `with_state=True` it takes `h0_l{k}` and returns `hT_l{k}` alone
+(a GRU has no cell state).
 """
 
 import numpy as np
@@ -57,8 +58,7 @@ def build_model(params, num_layers, hidden, dtype, with_state=False, cell="lstm"
     from onnx import TensorProto, helper, numpy_helper
 
     gru = cell == "gru"
-    if gru and with_state:
-        raise ValueError("build_model: with_state is for the LSTM only, got cell='gru'")
+    states = "h" if gru else "hc"   # the state inputs and outputs of each layer
     elem = {np.dtype(np.float32): TensorProto.FLOAT,
             np.dtype(np.float64): TensorProto.DOUBLE}[np.dtype(dtype)]
     in_size = params["weight_ih_l0"].shape[1]
@@ -76,11 +76,11 @@ def build_model(params, num_layers, hidden, dtype, with_state=False, cell="lstm"
         lstm_out = [f"Y4_l{k}"]
         if with_state:
             # the optional sequence_lens input stays empty ("")
-            lstm_in += ["", f"h0_l{k}", f"c0_l{k}"]
-            lstm_out += [f"hT_l{k}", f"cT_l{k}"]
-            for name in (f"h0_l{k}", f"c0_l{k}"):
+            lstm_in += [""] + [f"{v}0_l{k}" for v in states]
+            lstm_out += [f"{v}T_l{k}" for v in states]
+            for name in [f"{v}0_l{k}" for v in states]:
                 inputs.append(helper.make_tensor_value_info(name, elem, [1, "B", hidden]))
-            for name in (f"hT_l{k}", f"cT_l{k}"):
+            for name in [f"{v}T_l{k}" for v in states]:
                 outputs.append(helper.make_tensor_value_info(name, elem, [1, "B", hidden]))
         if gru:
             nodes.append(helper.make_node("GRU", lstm_in, lstm_out, name=f"gru_l{k}",

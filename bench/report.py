@@ -73,16 +73,18 @@ def memory_table(results):
 
 
 def streaming_table(results):
+    name_cells = any(s.get("cell", "lstm") != "lstm" for s in results["streaming"])
     with_onnx = any("onnxruntime" in s.get("impls", {}) or "onnxruntime" in s.get("skipped", {})
                     for s in results["streaming"])
     rows = []
     for s in results["streaming"]:
+        cell = [s.get("cell", "lstm")] if name_cells else []
         if "error" in s:
-            rows.append([s["layers"], s["dtype"], s["threads"], s["error"]]
+            rows.append(cell + [s["layers"], s["dtype"], s["threads"], s["error"]]
                         + [""] * (6 if with_onnx else 4))
             continue
         imp = s["impls"]
-        row = [s["layers"], s["dtype"], s["threads"],
+        row = cell + [s["layers"], s["dtype"], s["threads"],
                f"{imp['clstm']['median_us']:.1f} ({s['clstm_call']})",
                f"{imp['torch']['median_us']:.1f}",
                f"{imp['torch-nodnnl']['median_us']:.1f}" if "torch-nodnnl" in imp else "—"]
@@ -93,7 +95,8 @@ def streaming_table(results):
         if with_onnx:
             row.append(_x(s.get("ratio_vs_onnxruntime")))
         rows.append(row)
-    header = ["layers", "dtype", "thr", "clstm µs/step", "torch µs/step", "torch-nodnnl µs/step"]
+    header = (["cell"] if name_cells else []) + ["layers", "dtype", "thr", "clstm µs/step",
+                                                 "torch µs/step", "torch-nodnnl µs/step"]
     header += ["onnxruntime µs/step"] if with_onnx else []
     header += ["torch / clstm", "best torch / clstm"]
     header += ["onnxruntime / clstm"] if with_onnx else []

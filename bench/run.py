@@ -8,7 +8,7 @@
 Writes DIR/results.json, DIR/results.md and (with matplotlib) DIR/chart.png, and prints the
 Markdown.  `--cell gru` times clstm.GRU against torch.nn.GRU (and the other peers' GRUs) on
 the same shapes, `--cell both` both cells (each shape's LSTM cell, then its GRU cell); the
-memory, streaming, busy and serving tables stay the LSTM's.  `--isa LEVEL` re-executes the run with clstm and OpenBLAS forced to that level
+streaming table follows `--cell` too; the memory, busy and serving tables stay the LSTM's.  `--isa LEVEL` re-executes the run with clstm and OpenBLAS forced to that level
 (bench/isa.py); `--busy` runs everything beside a CPU hog and adds the table of clstm's
 n-thread / 1-thread time under that load (bench/busy.py); the serving table (1, 2, 4 Python
 threads sharing one model) comes from `python -m bench.serving`, run in a subprocess.  Every implementation runs in this process, interleaved; peak memory is measured
@@ -446,17 +446,18 @@ def run_streaming(args):
     rows = []
     for threads in args.stream_threads:
         for dtype in args.dtypes:
-            for layers in (1, 2):
+            for cell, layers in [(c, n) for c in args.cells for n in (1, 2)]:
                 try:
                     row = streaming.run(layers, dtype, threads, steps=args.stream_steps,
                                         with_nodnnl="torch-nodnnl" in args.peers,
                                         with_onnx="onnxruntime" in args.peers
                                         and PEERS["onnxruntime"]().available() is None,
-                                        settle=args.settle if threads > 1 else 0.0)
+                                        settle=args.settle if threads > 1 else 0.0,
+                                        cell=cell)
                 except Exception as exc:
-                    row = dict(layers=layers, dtype=dtype, threads=threads,
+                    row = dict(layers=layers, cell=cell, dtype=dtype, threads=threads,
                                error=f"{type(exc).__name__}: {exc}")
-                log(f"  streaming L={layers} {dtype} {threads}thr: "
+                log(f"  streaming {cell.upper()} L={layers} {dtype} {threads}thr: "
                     + (", ".join(f"{k} {v['median_us']:.1f} us" for k, v in row["impls"].items())
                        if "impls" in row else row["error"]))
                 rows.append(row)
@@ -512,7 +513,7 @@ def grid_notes(cells, args, unavailable):
                      "its generic path), Keras' GRU(reset_after=True), a lax.scan GRU in JAX "
                      "and ONNX Runtime's GRU node (linear_before_reset=1), all with the same "
                      "weights; GFLOP/s and the ceiling count 3H gate rows instead of 4H. "
-                     "Memory, streaming, busy and serving tables: LSTM only.")
+                     "Memory, busy and serving tables: LSTM only.")
     noisy = [f"{c['shape']} {c['dtype']} {c['threads']}thr {c['mode']}" for c in cells
              if c["impls"]["clstm"]["spread"] > 0.25]
     if noisy:

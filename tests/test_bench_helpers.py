@@ -181,3 +181,18 @@ def test_the_grid_and_varlen_take_a_cell_argument():
         run.parse_args(["--cell", "rnn"])
     with pytest.raises(SystemExit, match="unknown cell"):
         varlen.main(["--cell", "rnn"])
+
+
+def test_streaming_times_a_gru_step_against_torch_and_the_table_names_the_cell():
+    pytest.importorskip("torch")
+    from bench import report, streaming
+
+    row = streaming.run(1, "float64", 1, steps=20, with_nodnnl=False, cell="gru")
+    assert row["cell"] == "gru" and row["clstm_call"] == "step"
+    assert row["max_abs_diff_vs_torch"] < 1e-12      # the same GRU, step after step
+    assert set(row["impls"]) == {"clstm", "torch"}
+    lstm = dict(row, cell="lstm")
+    table = report.streaming_table(dict(streaming=[lstm, row]))
+    assert table.splitlines()[0].startswith("| cell | layers | dtype")
+    assert table.splitlines()[3].startswith("| gru | 1 | float64 | 1 | ")
+    assert "| cell |" not in report.streaming_table(dict(streaming=[lstm]))
