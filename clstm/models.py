@@ -14,10 +14,10 @@ time-major arrays directly.
 
 Variable-length sequences
 -------------------------
-Pass ``lengths`` (N,) with sequences padded **at the end**. The LSTM (or GRU) is causal, so padded
-steps after a sequence's end cannot change its earlier outputs; :class:`LastStep` reads
-``y[length - 1]``, and per-step losses mask the padded steps out, so padding changes
-neither predictions nor gradients. Padding at the start would be read as input: it is not
+Pass ``lengths`` (N,) with sequences padded **at the end**. The LSTM (or GRU) is causal,
+so padded steps after a sequence's end cannot change its earlier outputs;
+:class:`LastStep` reads ``y[length - 1]``, and per-step losses mask the padded steps out,
+so padding changes neither predictions nor gradients. Padding at the start would be read as input: it is not
 supported. ``fit``/``evaluate``/``predict`` also overwrite padded inputs with zeros, so
 padding may hold anything (NaN, or token ids out of range).
 
@@ -164,7 +164,7 @@ class Sequential(Module):
                                 f"{', '.join(missing)}")
             if _is_recurrent(layer) and getattr(layer, "batch_first", False):
                 kind = type(layer).__name__
-                raise ValueError(f"Sequential: layer {i} is an {kind} with batch_first=True; "
+                raise ValueError(f"Sequential: layer {i} ({kind}) has batch_first=True; "
                                  f"expected a time-major {kind} (batch_first=False)")
         if loss not in _LOSSES:
             raise ValueError(f"Sequential: expected loss in {_LOSSES}, got {loss!r}")

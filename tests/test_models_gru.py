@@ -99,9 +99,11 @@ def test_set_params_switches_the_cell_with_fresh_layers():
 
 
 def test_sequential_refuses_a_batch_first_gru():
-    with pytest.raises(ValueError, match="layer 0 is an GRU with batch_first=True; "
+    with pytest.raises(ValueError, match=r"layer 0 \(GRU\) has batch_first=True; "
                                          r"expected a time-major GRU"):
         Sequential([GRU(2, 3, batch_first=True), LastStep()])
+    with pytest.raises(ValueError, match=r"layer 1 \(LSTM\) has batch_first=True"):
+        Sequential([Embedding(4, 2), clstm.LSTM(2, 3, batch_first=True)])
 
 
 def test_a_state_list_of_the_wrong_length_names_both_kinds_of_state():
