@@ -9,8 +9,8 @@
 
 Every peer receives the same weights (`make_params`, PyTorch names and layout) and the same
 input x (T, B, I), for the cell the shape names (`shape.cell`: an LSTM, or a GRU with
-PyTorch's gates r, z, n and its reset gate applied after the recurrent product); a peer that wants batch-major input gets it transposed at setup, outside
-the timing.  A training step is forward plus backward with every weight gradient, loss =
+PyTorch's gates r, z, n and its reset gate applied after the recurrent product); a peer
+that wants batch-major input gets it transposed at setup, outside the timing.  A training step is forward plus backward with every weight gradient, loss =
 sum of the outputs (dy = ones), no optimizer update.  `setup` raises `Skip` when the peer
 cannot run that cell (for instance a thread count its runtime cannot switch to).
 """

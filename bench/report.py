@@ -141,7 +141,8 @@ def markdown(results):
         "",
         "Times are medians of interleaved repeats (every implementation once per repeat, in "
         "rotating order), after warm-up.  GFLOP/s: forward 2·T·B·(I+H)·4H per layer "
-        "(3H for a GRU), training 3× that.  *vs best peer* = best peer time / clstm time (>1: clstm faster).  "
+        "(3H for a GRU), training 3× that.  *vs best peer* = best peer time / clstm time "
+        "(>1: clstm faster).  "
         "*of ceiling* = time SciPy's BLAS needs for the GEMMs an ideal LSTM must run / clstm "
         "time (see bench/ceiling.py).",
         "",

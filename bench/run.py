@@ -297,7 +297,8 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
         best = min(peer_times, key=peer_times.get) if peer_times else None
         flops = step_flops(shape, mode)
         cells.append(dict(
-            shape=shape.name, cell=shape.cell, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
+            shape=shape.name, cell=shape.cell, B=shape.B, T=shape.T, I=shape.I, H=shape.H,
+            L=shape.L,
             dtype=dtype, threads=threads, mode=mode, flops=flops,
             impls=impls, skipped=mode_skipped,
             clstm_gflops=flops / clstm_s / 1e9,
@@ -535,10 +536,10 @@ def grid_notes(cells, args, unavailable):
                   if "onnxruntime" in c["impls"]]
     onnx_diffs = [d for d in onnx_diffs if isinstance(d, float)]
     if onnx_diffs:
-        notes.append("onnxruntime: one ONNX LSTM (or GRU) node per layer, intra_op_num_threads = the "
-                     "cell's threads, inter_op 1, sequential execution; its output checked "
-                     "against clstm's before timing in every inference cell (max abs "
-                     f"difference {max(onnx_diffs):.2g}).")
+        notes.append("onnxruntime: one ONNX LSTM (or GRU) node per layer, "
+                     "intra_op_num_threads = the cell's threads, inter_op 1, sequential "
+                     "execution; its output checked against clstm's before timing in every "
+                     f"inference cell (max abs difference {max(onnx_diffs):.2g}).")
     if "keras" in args.peers and any("keras" in c["impls"] for c in cells):
         notes.append("keras: batch-major input (transposed at setup), forward and gradient "
                      "inside tf.function, no optimizer step.")

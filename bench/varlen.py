@@ -117,8 +117,8 @@ def main(argv=None):
                     tp = med.get("torch packed", float("nan"))
                     tq = med.get("torch padded", float("nan"))
                     cl = med["clstm lengths"]
-                    print(f"| {name} | {cell} | {bid} | {mode} | {thr} | {med['clstm padded']:.2f} | "
-                          f"{cl:.2f} | {tp:.2f} | {tq:.2f} | "
+                    print(f"| {name} | {cell} | {bid} | {mode} | {thr} | "
+                          f"{med['clstm padded']:.2f} | {cl:.2f} | {tp:.2f} | {tq:.2f} | "
                           f"{med['clstm padded'] / cl:.2f}x | {tp / cl:.2f}x | "
                           f"{tq / cl:.2f}x |", flush=True)
 

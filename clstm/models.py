@@ -17,9 +17,9 @@ Variable-length sequences
 Pass ``lengths`` (N,) with sequences padded **at the end**. The LSTM (or GRU) is causal,
 so padded steps after a sequence's end cannot change its earlier outputs;
 :class:`LastStep` reads ``y[length - 1]``, and per-step losses mask the padded steps out,
-so padding changes neither predictions nor gradients. Padding at the start would be read as input: it is not
-supported. ``fit``/``evaluate``/``predict`` also overwrite padded inputs with zeros, so
-padding may hold anything (NaN, or token ids out of range).
+so padding changes neither predictions nor gradients. Padding at the start would be read
+as input: it is not supported. ``fit``/``evaluate``/``predict`` also overwrite padded
+inputs with zeros, so padding may hold anything (NaN, or token ids out of range).
 
 Parameters
 ----------
@@ -315,8 +315,9 @@ class Sequential(Module):
         """Advance the model by one time step, for serving (no gradient, no dropout).
 
         Each recurrent layer takes one kernel step (:meth:`clstm.LSTM.step`,
-        :meth:`clstm.GRU.step`) with its carried state; the other layers run on the step's (B, ...) slice, and
-        :class:`LastStep` passes it through (the current step is the last one).
+        :meth:`clstm.GRU.step`) with its carried state; the other layers run on the
+        step's (B, ...) slice, and :class:`LastStep` passes it through (the current step
+        is the last one).
 
         Parameters
         ----------
@@ -1197,8 +1198,8 @@ class Classifier(_Ready):
                         "num_classes": num_classes, "vocab_size": vocab_size,
                         "embed_dim": embed_dim, "num_layers": num_layers,
                         "bidirectional": bidirectional, "cell": _check_cell(cell),
-                        "dropout": dropout, "padding_idx": padding_idx, "dtype": np.dtype(dtype).name,
-                        "seed": _config_seed(seed)}
+                        "dropout": dropout, "padding_idx": padding_idx,
+                        "dtype": np.dtype(dtype).name, "seed": _config_seed(seed)}
         layers = self._build_layers(dict(self._config, dtype=dtype), seed)
         super().__init__(layers, loss="cross_entropy")
 

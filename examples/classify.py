@@ -14,9 +14,10 @@ word ends, so the class is read at its last letter and the padding changes nothi
 
 A fixed 20 % of the words (the same for every ``--seed``) is held out for the final test;
 10 % of the rest is a validation set whose accuracy is printed after every epoch. The
-LSTM (or the GRU, ``--cell gru``) is compared with the majority class and with two bag-of-n-grams baselines that
-ignore letter order beyond n: multinomial logistic regression on letter frequencies and
-on letter-bigram frequencies (word boundaries included), trained with NumPy.
+LSTM (or the GRU, ``--cell gru``) is compared with the majority class and with two
+bag-of-n-grams baselines that ignore letter order beyond n: multinomial logistic
+regression on letter frequencies and on letter-bigram frequencies (word boundaries
+included), trained with NumPy.
 """
 import argparse
 import os
@@ -168,7 +169,8 @@ def main(argv=None):
           f"{baselines['letter bigrams']:.3f} vs letter LR {baselines['letters']:.3f} vs "
           f"majority {majority:.3f} (seed {args.seed}, {elapsed:.0f} s, of which "
           f"{args.cell.upper()} training {fit_seconds:.1f} s)")
-    return {"cell": args.cell, "accuracy": accuracy, "loss": float(result["loss"]), "majority": majority,
+    return {"cell": args.cell, "accuracy": accuracy, "loss": float(result["loss"]),
+            "majority": majority,
             "letter_lr": baselines["letters"], "bigram_lr": baselines["letter bigrams"],
             "confusion": confusion, "seconds": elapsed, "fit_seconds": fit_seconds}
 

@@ -169,9 +169,11 @@ def main(argv=None):
         print(f"  {label:<30} {value:7.2f}   {note}".rstrip())
     print(f"forecast: sunspots {years[n_train]}-{years[-1]}, one year ahead, RMSE "
           f"{name} {rnn:.2f} vs AR({p}) {ar:.2f} vs persistence {persistence:.2f} "
-          f"(seed {args.seed}, {elapsed:.0f} s, of which {name} training {fit_seconds:.1f} s)")
+          f"(seed {args.seed}, {elapsed:.0f} s, of which {name} training "
+          f"{fit_seconds:.1f} s)")
     # "lstm_rmse" is the network's RMSE whichever the cell (the key predates --cell)
-    return {"cell": args.cell, "rnn_rmse": rnn, "lstm_rmse": rnn, "ar_rmse": ar, "persistence_rmse": persistence,
+    return {"cell": args.cell, "rnn_rmse": rnn, "lstm_rmse": rnn, "ar_rmse": ar,
+            "persistence_rmse": persistence,
             "cycle_persistence_rmse": cycle, "ar_raw_rmse": ar_raw,
             "member_rmse": members, "epochs": epochs, "seconds": elapsed,
             "fit_seconds": fit_seconds}
