@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""One LSTM layer, forward and backward over a whole sequence, compiled.
+"""One LSTM or GRU layer, forward and backward over a whole sequence, compiled.
 
 The work per layer (T steps, B rows, I inputs, H hidden units):
 
@@ -17,6 +17,10 @@ backward_units.) The large GEMMs outside that loop (the input projection, the we
 input gradients) are cut into blocks of rows or columns over the same threads. There is one thread pool: SciPy's BLAS is switched to one thread
 for the duration of a call (through the setter registered by clstm._threads), because
 BLAS's own threads next to the OpenMP team oversubscribe the cores.
+
+The GRU (gru_layer_forward_packed and below) runs on the LSTM's packed driver with its
+own cell: 3H gate columns, its recurrent product kept apart from the input part
+(DEVELOPERS.md, "The GRU").
 
 Matrices are row-major; BLAS is column-major. ``gemm`` below swaps the operands:
 row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
@@ -1474,6 +1478,46 @@ cdef inline bint proj_ok(int H, int P) noexcept nogil:
     return P == 0 or 0 < P < H
 
 
+cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int B, int I,
+                               int P, int G, const floating* x, const floating* w_ih,
+                               const floating* w_hh, floating* gates, floating** packed_hh,
+                               floating** packed_ih, clstm_call* call) noexcept nogil:
+    """What the packed forward of every cell (G gate columns, a state P wide) does before
+    its time loop, by the ISA level's rule (as in layer_forward): W_hhᵀ packed when the
+    per-step products run packed (``packed_hh``, else NULL); the input projection x·W_ihᵀ
+    either step by step inside each thread's loop, with a few rows per thread and small
+    weights (W_ihᵀ packed into ``packed_ih``), or now, one GEMM over the N valid rows
+    into ``gates`` (``packed_ih`` NULL). Returns 0, or -2 when out of memory (nothing
+    left allocated)."""
+    cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
+    cdef bint per_step = (steps_packed
+                          and B // n_chunks >= _min_rows_per_step_projection
+                          and (<double>I + P) * G * sizeof(floating) <= _max_step_weights_bytes)
+    cdef bint ih_packed = per_step or (packed_bulk() and N > B)
+    packed_hh[0] = NULL
+    packed_ih[0] = NULL
+    if steps_packed:
+        packed_hh[0] = pack_weights(P, G, w_hh, P, True, num_threads)     # P = W_hhᵀ
+    if ih_packed:
+        packed_ih[0] = pack_weights(I, G, w_ih, I, True, num_threads)     # P = W_ihᵀ
+    if (steps_packed and packed_hh[0] == NULL) or (ih_packed and packed_ih[0] == NULL):
+        free(packed_hh[0])
+        free(packed_ih[0])
+        packed_hh[0] = NULL
+        packed_ih[0] = NULL
+        return -2
+    if not per_step:
+        if packed_ih[0] != NULL:
+            parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih[0], gates, G,
+                                 False, call)
+            free(packed_ih[0])
+            packed_ih[0] = NULL
+        else:
+            parallel_gemm(num_threads, False, True, <int>N, G, I, <floating>1, x, I, w_ih,
+                          I, <floating>0, gates, G)
+    return 0
+
+
 cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batch_sizes,
                               bint reverse, const floating* x, const floating* w_ih,
                               const floating* w_hh, const floating* w_hr,
@@ -1514,38 +1558,19 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
         free(zero_h0)
         return -2
     clstm_blas_enter()
-    # Packed kernels or BLAS by the ISA level's rule, as in layer_forward; the input
-    # projection step by step inside each thread's loop with a few rows per thread and
-    # small weights, else one GEMM over the N valid rows.
-    cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
-    cdef bint per_step = (steps_packed
-                          and B // n_chunks >= _min_rows_per_step_projection
-                          and (<double>I + P) * G * sizeof(floating) <= _max_step_weights_bytes)
-    cdef bint ih_packed = per_step or (packed_bulk() and N > B)
-    if steps_packed:
-        packed = pack_weights(P, G, w_hh, P, True, num_threads)     # P = W_hhᵀ
-        if w_hr != NULL:
-            packed_hr = pack_weights(H, P, w_hr, H, True, num_threads)  # W_hrᵀ
-    if ih_packed:
-        packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
-    if ((steps_packed and (packed == NULL or (w_hr != NULL and packed_hr == NULL)))
-            or (ih_packed and packed_ih == NULL)):
+    cdef int status = packed_products_setup(num_threads, n_chunks, N, B, I, P, G, x, w_ih,
+                                            w_hh, gates, &packed, &packed_ih, call)
+    if status == 0 and packed != NULL and w_hr != NULL:   # W_hrᵀ, packed as W_hh is
+        packed_hr = pack_weights(H, P, w_hr, H, True, num_threads)
+        if packed_hr == NULL:
+            status = -2
+    if status != 0:
         free(packed)
         free(packed_ih)
-        free(packed_hr)
         free(zero_h0)
         plan_free(&plan)
         clstm_blas_leave()
         return -2
-    if not per_step:
-        if packed_ih != NULL:
-            parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih, gates, G, False,
-                                 call)
-            free(packed_ih)
-            packed_ih = NULL
-        else:
-            parallel_gemm(num_threads, False, True, <int>N, G, I, <floating>1, x, I, w_ih,
-                          I, <floating>0, gates, G)
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse,
@@ -2276,33 +2301,12 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         if failed:
             return -2
         return -3 if clstm_call_stopped(call) else 0
-    # The LSTM's rule (layer_forward_packed): packed kernels or BLAS by the ISA level,
-    # the input projection per step with a few rows per thread and small weights.
-    cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
-    cdef bint per_step = (steps_packed
-                          and B // n_chunks >= _min_rows_per_step_projection
-                          and (<double>I + H) * G * sizeof(floating) <= _max_step_weights_bytes)
-    cdef bint ih_packed = per_step or (packed_bulk() and N > B)
-    if steps_packed:
-        packed = pack_weights(H, G, w_hh, H, True, num_threads)      # P = W_hhᵀ
-    if ih_packed:
-        packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)   # P = W_ihᵀ
-    if (steps_packed and packed == NULL) or (ih_packed and packed_ih == NULL):
-        free(packed)
-        free(packed_ih)
+    if packed_products_setup(num_threads, n_chunks, N, B, I, H, G, x, w_ih, w_hh, gates,
+                             &packed, &packed_ih, call) != 0:
         free(zero_h0)
         plan_free(&plan)
         clstm_blas_leave()
         return -2
-    if not per_step:
-        if packed_ih != NULL:
-            parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih, gates, G, False,
-                                 call)
-            free(packed_ih)
-            packed_ih = NULL
-        else:
-            parallel_gemm(num_threads, False, True, <int>N, G, I, <floating>1, x, I, w_ih,
-                          I, <floating>0, gates, G)
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse,
