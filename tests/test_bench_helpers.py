@@ -196,3 +196,22 @@ def test_streaming_times_a_gru_step_against_torch_and_the_table_names_the_cell()
     assert table.splitlines()[0].startswith("| cell | layers | dtype")
     assert table.splitlines()[3].startswith("| gru | 1 | float64 | 1 | ")
     assert "| cell |" not in report.streaming_table(dict(streaming=[lstm]))
+
+
+def test_cells_examples_times_both_cells_interleaved_on_the_forecast_workload(capsys):
+    from bench import cells_examples
+
+    calls = []
+    times = cells_examples.compare(lambda cell: (cell, None),
+                                   lambda model, opt: calls.append(model), 2, rounds=3)
+    # a warm-up call each, then rounds alternating which cell goes first
+    assert calls == ["lstm", "gru", "lstm", "gru", "gru", "lstm", "lstm", "gru"]
+    assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
+    threads = cells_examples.clstm.get_num_threads()
+    try:
+        rows = cells_examples.main(["--rounds", "1", "--workloads", "forecast",
+                                    "--threads", "1"])
+    finally:
+        cells_examples.clstm.set_num_threads(threads)   # as the tests after this expect
+    assert set(rows) == {"forecast"} and rows["forecast"]["ratio"] > 0
+    assert "| forecast | " in capsys.readouterr().out
