@@ -1383,7 +1383,7 @@ cdef int plan_make(packed_plan* plan, int T, int B, const int* batch_sizes,
 
 
 cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
-                              const Py_ssize_t* off, bint reverse, int b0, int b1,
+                              const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                               const floating* x, const floating* w_ih_packed,
                               const floating* w_hh, const floating* w_hh_packed,
                               const floating* w_hr, const floating* w_hr_packed,
@@ -1392,7 +1392,8 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               floating* gates, floating* cells, floating* hidden,
                               floating* h_n, floating* c_n, clstm_call* call) noexcept nogil:
     """Rows b0:b1 through their valid steps, in the packed layout (see above); h_n, c_n
-    (may be NULL) receive each row's state after its last step. The recurrent state is
+    (may be NULL) receive each row's state after its last step; the walk starts at
+    iteration it0 (0: the whole sequence). The recurrent state is
     P wide: h = o ⊙ tanh(c) itself (P = H, w_hr NULL, ``hidden`` is y), or its
     projection y = h·W_hrᵀ (LSTMP: h goes to ``hidden``, N×H)."""
     cdef int it, t, r1, m, nxt, b
@@ -1400,7 +1401,7 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
     cdef Py_ssize_t row0, prev0
     if b1 <= b0:
         return
-    for it in range(T):
+    for it in range(it0, T):
         if clstm_call_stopped(call):
             return
         t = T - 1 - it if reverse else it
@@ -1478,6 +1479,158 @@ cdef inline bint proj_ok(int H, int P) noexcept nogil:
     return P == 0 or 0 < P < H
 
 
+# The hidden-unit split on the packed layout for the LSTM without projection (as the
+# padded forward_units / backward_units, and the GRU's below): each thread owns units
+# u0:u1 of the four gates for every active row of a step; a barrier per step.
+
+cdef void forward_units_packed(int T, int B, int I, int H, const int* bs,
+                               const Py_ssize_t* off, bint reverse, const floating* x,
+                               const floating* w_ih, const floating* w_hh,
+                               const floating* bias, const floating* peephole,
+                               const floating* h0, const floating* c0, floating* y,
+                               floating* gates, floating* cells, int* failed,
+                               int* leave_step, clstm_call* call) noexcept nogil:
+    """One thread's share of an LSTM direction's packed forward split by hidden units
+    (forward_units' scheme on the packed walk); the team leaves together at iteration
+    leave_step[0] when late."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, g, it, t, rows, nxt, part, r0, r1
+    cdef int G = 4 * H
+    cdef Py_ssize_t N = off[T], row0, gate0, prev0
+    cdef floating* packed[4]
+    cdef floating* packed_ih
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef team_pace pace
+    for g in range(4):
+        packed[g] = NULL
+        if u > 0:
+            gate0 = <Py_ssize_t>g * H + u0
+            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
+            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
+            if packed_ih == NULL or packed[g] == NULL:
+                failed[0] = 1
+            else:
+                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
+                                    call)
+            free(packed_ih)
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
+    if failed[0] == 0:
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = T - 1 - it if reverse else it
+            rows = bs[t]
+            nxt = bs[t + 1] if reverse and t + 1 < T else 0
+            # forward: one part, rows 0:rows; reverse: rows 0:nxt continue from step t+1,
+            # rows nxt:rows start here from h0/c0
+            for part in range(2 if reverse else 1):
+                r0 = nxt if part == 1 else 0
+                r1 = nxt if (reverse and part == 0) else rows
+                if r1 <= r0 or u <= 0:
+                    continue
+                row0 = off[t] + r0
+                if (not reverse and t > 0) or (reverse and part == 0):
+                    prev0 = off[t + 1] if reverse else off[t - 1]
+                    h_prev = y + prev0 * H
+                    c_prev = cells + prev0 * H
+                else:
+                    h_prev = h0 + <Py_ssize_t>r0 * H if h0 != NULL else NULL
+                    c_prev = c0 + <Py_ssize_t>r0 * H if c0 != NULL else NULL
+                if h_prev != NULL:
+                    for g in range(4):
+                        weights_gemm(r1 - r0, u, H, h_prev, H, packed[g], NULL, True,
+                                     <floating>1, gates + row0 * G + <Py_ssize_t>g * H + u0,
+                                     G)
+                gates_forward_units(r1 - r0, H, u0, u1, gates + row0 * G, bias, peephole,
+                                    c_prev, cells + row0 * H, y + row0 * H)
+            clstm_omp_barrier()              # h_t complete before any thread reads it
+    for g in range(4):
+        free(packed[g])
+
+
+cdef void backward_units_packed(int T, int B, int H, const int* bs, const Py_ssize_t* off,
+                                bint reverse, const floating* w_hh,
+                                const floating* peephole, const floating* c0,
+                                floating* gates, const floating* cells, floating* dy,
+                                floating* dh0, floating* dc, int* failed, int* leave_step,
+                                clstm_call* call) noexcept nogil:
+    """One thread's share of an LSTM direction's packed backward time loop split by
+    hidden units (backward_units' scheme on the packed walk): its units' gates into da
+    and their dc, a barrier, then its columns of da · W_hh[:, u0:u1] into dL/dh_prev,
+    which only it reads at the next step."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, it, t, rows, nxt, part, r0, r1
+    cdef int G = 4 * H
+    cdef floating* packed = NULL
+    cdef Py_ssize_t row0, prev0
+    cdef bint from_state
+    cdef const floating* c_prev
+    cdef team_pace pace
+    if u > 0:
+        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (4H × u)
+        if packed == NULL:
+            failed[0] = 1
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
+    if failed[0] == 0:
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = it if reverse else T - 1 - it
+            rows = bs[t]
+            nxt = bs[t + 1] if reverse and t + 1 < T else 0
+            if u > 0:
+                for part in range(2 if reverse else 1):
+                    r0 = nxt if part == 1 else 0
+                    r1 = nxt if (reverse and part == 0) else rows
+                    if r1 <= r0:
+                        continue
+                    row0 = off[t] + r0
+                    from_state = not ((not reverse and t > 0) or (reverse and part == 0))
+                    if not from_state:
+                        c_prev = cells + (off[t + 1] if reverse else off[t - 1]) * H
+                    else:
+                        c_prev = c0 + <Py_ssize_t>r0 * H if c0 != NULL else NULL
+                    gates_backward_units(r1 - r0, H, u0, u1, gates + row0 * G, peephole,
+                                         c_prev, cells + row0 * H, dy + row0 * H,
+                                         dc + <Py_ssize_t>r0 * H)
+            clstm_omp_barrier()              # da_t complete before any thread reads it
+            if u > 0:
+                for part in range(2 if reverse else 1):
+                    r0 = nxt if part == 1 else 0
+                    r1 = nxt if (reverse and part == 0) else rows
+                    if r1 <= r0:
+                        continue
+                    row0 = off[t] + r0
+                    from_state = not ((not reverse and t > 0) or (reverse and part == 0))
+                    if not from_state:
+                        prev0 = off[t + 1] if reverse else off[t - 1]
+                        weights_gemm(r1 - r0, u, G, gates + row0 * G, G, packed, NULL, False,
+                                     <floating>1, dy + prev0 * H + u0, H)
+                    else:
+                        weights_gemm(r1 - r0, u, G, gates + row0 * G, G, packed, NULL, False,
+                                     <floating>0, dh0 + <Py_ssize_t>r0 * H + u0, H)
+    free(packed)
+
+
+cdef void gather_lstm_final_states(const packed_plan* plan, int B, int H, bint reverse,
+                                   const floating* y, const floating* cells, floating* h_n,
+                                   floating* c_n) noexcept nogil:
+    """h_n, c_n (B×H): each row's state at its last valid step (forward) or step 0."""
+    cdef int b
+    cdef Py_ssize_t row
+    for b in range(B):
+        row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
+        memcpy(h_n + <Py_ssize_t>b * H, y + row * H, H * sizeof(floating))
+        memcpy(c_n + <Py_ssize_t>b * H, cells + row * H, H * sizeof(floating))
+
+
 cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int B, int I,
                                int P, int G, const floating* x, const floating* w_ih,
                                const floating* w_hh, floating* gates, floating** packed_hh,
@@ -1528,7 +1681,7 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     """The forward of one direction of a layer over a packed batch, projected to P
     (P = 0: none). Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call
     was asked to stop."""
-    global _units_split_last
+    global _units_split_last, _team_left_last
     cdef int chunk, n_chunks
     cdef int G = 4 * H
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
@@ -1553,11 +1706,42 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     num_threads = clstm_team_threads(num_threads)
     # The recurrent work of N rows, as thread_count counts it for T·B.
     n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    _units_split_last = False
+    # The hidden-unit split when the rows cannot occupy the team (not with a projection,
+    # whose y_t = h_t·W_hrᵀ would need every unit of h_t: a second barrier per step).
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if packed_steps(B) and N > B and w_hr == NULL else 1)
+    cdef int failed = 0
+    cdef int leave_step = T
+    _units_split_last = n_units > 1
     if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
         free(zero_h0)
         return -2
     clstm_blas_enter()
+    if n_units > 1:
+        _team_left_last = -1
+        with parallel(num_threads=n_units):
+            forward_units_packed(T, B, I, H, batch_sizes, plan.off, reverse, x, w_ih, w_hh,
+                                 bias, peephole, h0, c0, y, gates, cells, &failed,
+                                 &leave_step, call)
+        if not failed and leave_step < T and not clstm_call_stopped(call):
+            # The team was late: this thread runs the remaining steps alone, on all
+            # units (the gates already hold their input projection).
+            _team_left_last = leave_step
+            packed = pack_weights(H, G, w_hh, H, True)
+            failed = packed == NULL
+            if not failed:
+                forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse, 0, B,
+                                    leave_step, x, NULL, w_hh, packed, NULL, NULL, bias,
+                                    peephole, h0, c0, y, gates, cells, y, NULL, NULL, call)
+            free(packed)
+        if not failed and h_n != NULL:
+            gather_lstm_final_states(&plan, B, H, reverse, y, cells, h_n, c_n)
+        clstm_blas_leave()
+        free(zero_h0)
+        plan_free(&plan)
+        if failed:
+            return -2
+        return -3 if clstm_call_stopped(call) else 0
     cdef int status = packed_products_setup(num_threads, n_chunks, N, B, I, P, G, x, w_ih,
                                             w_hh, gates, &packed, &packed_ih, call)
     if status == 0 and packed != NULL and w_hr != NULL:   # W_hrᵀ, packed as W_hh is
@@ -1574,11 +1758,11 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse,
-                                plan.bounds[chunk], plan.bounds[chunk + 1], x, packed_ih,
+                                plan.bounds[chunk], plan.bounds[chunk + 1], 0, x, packed_ih,
                                 w_hh, packed, w_hr, packed_hr, bias, peephole, h0, c0, y,
                                 gates, cells, hidden, h_n, c_n, call)
     else:
-        forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse, 0, B, x,
+        forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse, 0, B, 0, x,
                             packed_ih, w_hh, packed, w_hr, packed_hr, bias, peephole, h0,
                             c0, y, gates, cells, hidden, h_n, c_n, call)
     clstm_blas_leave()
@@ -1669,14 +1853,15 @@ cdef int recurrent_weight_gradient(int num_threads, int G, int T, int B, int P,
 
 
 cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
-                               const Py_ssize_t* off, bint reverse, int b0, int b1,
+                               const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                                const floating* w_hh, const floating* w_hh_packed,
                                const floating* w_hr, const floating* w_hr_packed,
                                const floating* peephole, const floating* c0,
                                floating* gates, const floating* cells, floating* dy,
                                floating* dhidden, floating* dh0, floating* dc,
                                clstm_call* call) noexcept nogil:
-    """Rows b0:b1 back through their valid steps (the forward's order reversed). dy
+    """Rows b0:b1 back through their valid steps (the forward's order reversed), from
+    iteration it0 on. dy
     (packed, P wide) receives each step's recurrent gradient before the step it belongs
     to reads it; dc (B×H) carries dL/dc of each row; dh0 receives dL/dh0 of each row at
     the step that read h0. With a projection, dL/dh = dy·W_hr goes through ``dhidden``
@@ -1687,7 +1872,7 @@ cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
     cdef floating* dh
     if b1 <= b0:
         return
-    for it in range(T):
+    for it in range(it0, T):
         if clstm_call_stopped(call):
             return
         t = it if reverse else T - 1 - it
@@ -1755,6 +1940,7 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
                                clstm_call* call) noexcept nogil:
     """The backward of one direction of a layer over a packed batch, after
     layer_forward_packed with the same arguments. Returns as layer_backward."""
+    global _team_left_last
     cdef int chunk, n_chunks, t, nxt
     cdef int G = 4 * H
     cdef Py_ssize_t row
@@ -1784,26 +1970,43 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     cdef floating* dhidden = NULL
     cdef void* buf = NULL
     cdef int failed = 0
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if packed_steps(B) and N > B and w_hr == NULL else 1)
+    cdef int leave_step = T
     clstm_blas_enter()
-    if w_hr != NULL:
-        failed = posix_memalign(&buf, 64, <size_t>B * H * sizeof(floating)) != 0
-        dhidden = <floating*>buf
-    if not failed and packed_steps(B // n_chunks) and N > B:
-        packed = pack_weights(G, P, w_hh, P, False, num_threads)   # P = W_hh
-        failed = packed == NULL
-        if w_hr != NULL and not failed:
-            packed_hr = pack_weights(P, H, w_hr, H, False, num_threads)   # W_hr
-            failed = packed_hr == NULL
-    if not failed and n_chunks > 1:
-        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
-            backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse,
-                                 plan.bounds[chunk], plan.bounds[chunk + 1], w_hh, packed,
-                                 w_hr, packed_hr, peephole, c0, gates, cells, dy, dhidden,
-                                 dh0, dc0, call)
-    elif not failed:
-        backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse, 0, B, w_hh, packed,
-                             w_hr, packed_hr, peephole, c0, gates, cells, dy, dhidden, dh0,
-                             dc0, call)
+    if n_units > 1:                      # as the forward: units when rows cannot
+        _team_left_last = -1
+        with parallel(num_threads=n_units):
+            backward_units_packed(T, B, H, batch_sizes, plan.off, reverse, w_hh, peephole, c0,
+                                  gates, cells, dy, dh0, dc0, &failed, &leave_step, call)
+        if not failed and leave_step < T and not clstm_call_stopped(call):
+            _team_left_last = leave_step     # late: the remaining steps on this thread
+            packed = pack_weights(G, H, w_hh, H, False)              # P = W_hh
+            failed = packed == NULL
+            if not failed:
+                backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse, 0, B,
+                                     leave_step, w_hh, packed, NULL, NULL, peephole, c0,
+                                     gates, cells, dy, NULL, dh0, dc0, call)
+    else:
+        if w_hr != NULL:
+            failed = posix_memalign(&buf, 64, <size_t>B * H * sizeof(floating)) != 0
+            dhidden = <floating*>buf
+        if not failed and packed_steps(B // n_chunks) and N > B:
+            packed = pack_weights(G, P, w_hh, P, False, num_threads)   # P = W_hh
+            failed = packed == NULL
+            if w_hr != NULL and not failed:
+                packed_hr = pack_weights(P, H, w_hr, H, False, num_threads)   # W_hr
+                failed = packed_hr == NULL
+        if not failed and n_chunks > 1:
+            for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+                backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse,
+                                     plan.bounds[chunk], plan.bounds[chunk + 1], 0, w_hh,
+                                     packed, w_hr, packed_hr, peephole, c0, gates, cells, dy,
+                                     dhidden, dh0, dc0, call)
+        elif not failed:
+            backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse, 0, B, 0, w_hh,
+                                 packed, w_hr, packed_hr, peephole, c0, gates, cells, dy,
+                                 dhidden, dh0, dc0, call)
     free(packed)
     free(packed_hr)
     free(dhidden)

@@ -15,7 +15,9 @@ from reference import (numerical_gradient, reference_gru_backward, reference_gru
 
 TOL = {"float32": dict(rtol=3e-4, atol=3e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
 
-pytestmark = pytest.mark.usefixtures("isa_level")
+# The kernel correctness tests run at every ISA level the CPU runs (conftest's isa_level:
+# the gate loops, the packed GEMM kernel and the packed-vs-BLAS rule of each level).
+at_every_isa_level = pytest.mark.usefixtures("isa_level")
 
 
 def random_lengths(rng, T, B, kind):
@@ -83,6 +85,7 @@ def assert_matches_reference(net, cfg, x, h0, lengths, dy, dh_n, ours, tol):
 KNOBS = [(True, 4, True), (True, 0, True), (True, 1 << 30, False), (False, 4, True)]
 
 
+@at_every_isa_level
 @pytest.mark.parametrize("knobs", KNOBS, ids=str)
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cfg", list(configurations(12, 1)), ids=str)
@@ -102,6 +105,7 @@ def test_matches_reference_each_sequence_alone(cfg, threads, knobs):
     assert_matches_reference(net, cfg, x, h0, lengths, dy, dh_n, ours, TOL["float64"])
 
 
+@at_every_isa_level
 @pytest.mark.parametrize("cfg", list(configurations(6, 7)), ids=str)
 def test_float32_matches_the_float64_reference(cfg):
     x, h0, lengths, dy, dh_n = data(cfg, "float32")
@@ -117,6 +121,7 @@ def test_float32_matches_the_float64_reference(cfg):
                              dict(rtol=2e-4, atol=2e-5))
 
 
+@at_every_isa_level
 @pytest.mark.parametrize("cfg", list(configurations(6, 11)), ids=str)
 def test_two_threads_give_what_one_gives(cfg):
     x, h0, lengths, dy, dh_n = data(cfg, "float32")
@@ -132,6 +137,7 @@ def test_two_threads_give_what_one_gives(cfg):
                                    atol=1e-6, err_msg=name)
 
 
+@at_every_isa_level
 def test_each_sequence_alone_equals_its_row_in_the_batch():
     rng = np.random.default_rng(3)
     T, B, I, H = 6, 5, 3, 7
@@ -162,6 +168,7 @@ def test_padded_steps_change_nothing():
     np.testing.assert_array_equal(ha, hb)
 
 
+@at_every_isa_level
 @pytest.mark.parametrize("bidirectional, bias", [(True, True), (False, False), (True, False)])
 def test_finite_differences_float64(bidirectional, bias):
     """The analytic gradient of a 2-layer GRU with lengths equals central differences,
@@ -193,6 +200,7 @@ def test_finite_differences_float64(bidirectional, bias):
         np.testing.assert_allclose(grad, numerical_gradient(loss, arr), rtol=1e-6, atol=1e-8)
 
 
+@at_every_isa_level
 def test_step_equals_forward():
     rng = np.random.default_rng(6)
     net = clstm.GRU(3, 5, 3, dtype="float64", seed=3)
@@ -543,6 +551,7 @@ def test_kernel_bidir_wants_pairs():
                                          (a["workspace"], a["workspace"].copy()))
 
 
+@at_every_isa_level
 def test_non_finite_recurrent_weights_give_nan_from_a_zero_state_as_torch():
     net = clstm.GRU(2, 3, dtype="float64")
     net.params["weight_hh_l0"][0, 0] = np.nan
@@ -560,6 +569,7 @@ def test_non_finite_recurrent_weights_give_nan_from_a_zero_state_as_torch():
     (3, 4, 64, [1, 6, 3], True),     # reverse rows starting from h0 at their last step
     (4, 2, 512, [6, 6, 2, 5], False),  # 2 rows per thread and W_hh >= 1 MiB: units
 ])
+@at_every_isa_level
 def test_hidden_unit_split_equals_the_reference(B, threads, H, lengths, bidirectional):
     """With fewer rows than threads, forward and backward split the hidden units over the
     team (a barrier per step): the results are the reference's, with and without h0."""
@@ -589,6 +599,7 @@ def test_hidden_unit_split_equals_the_reference(B, threads, H, lengths, bidirect
                                  dict(rtol=1e-10, atol=1e-12))
 
 
+@at_every_isa_level
 @pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
 @pytest.mark.parametrize("reverse_lengths", [False, True])
 def test_a_late_team_finishes_on_one_thread_with_the_same_result(reverse_lengths):
@@ -683,6 +694,7 @@ def test_a_saved_gru_with_a_bad_config_is_refused(tmp_path, field, value):
         clstm.load(path)
 
 
+@at_every_isa_level
 def test_dropout_between_layers_in_training_only_and_its_gradient():
     rng = np.random.default_rng(12)
     T, B, I, H = 4, 3, 2, 3

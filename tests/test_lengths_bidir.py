@@ -545,3 +545,80 @@ def test_onnx_export_bias_free_and_refusals(tmp_path):
     for lstm in (clstm.LSTM(3, 4, bidirectional=True), clstm.LSTM(3, 4, proj_size=2)):
         with pytest.raises(ValueError, match="export: expected a unidirectional LSTM"):
             clstm.onnx.export(clstm.Sequential([lstm]), path)
+
+
+# -- the hidden-unit split on the packed layout (no projection) ---------------------------
+
+@pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("isa", kernels.supported_isas())
+@pytest.mark.parametrize("B, threads, H, lengths, bidirectional, peephole", [
+    (1, 2, 64, [6], True, False),
+    (2, 3, 56, [5, 2], False, True),        # more threads than rows, own lengths
+    (3, 4, 64, [1, 6, 3], True, True),      # reverse rows starting from h0/c0
+    (4, 2, 512, [6, 6, 2, 5], False, False),  # 2 rows per thread and W_hh >= 1 MiB
+])
+def test_hidden_unit_split_on_the_packed_layout(isa, B, threads, H, lengths, bidirectional,
+                                                peephole):
+    """With fewer rows than threads, the packed forward and backward of an LSTM without
+    projection split the hidden units (a barrier per step): the reference's results, with
+    and without an initial state."""
+    T, I, L = 6, 5, 2
+    D = 2 if bidirectional else 1
+    net = clstm.LSTM(I, H, L, bidirectional=bidirectional, peephole=peephole,
+                     dtype="float64", seed=H + B)
+    rng = np.random.default_rng(H)
+    x = rng.normal(size=(T, B, I))
+    dy = rng.normal(size=(T, B, D * H))
+    dstate = (rng.normal(size=(D * L, B, H)), rng.normal(size=(D * L, B, H)))
+    lengths = np.array(lengths)
+    for state in ((rng.normal(size=(D * L, B, H)), rng.normal(size=(D * L, B, H))), None):
+        with kernel_knob(kernels._set_isa, isa), \
+                kernel_knob(kernels._set_min_flops_per_thread, 0), \
+                kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0), \
+                kernel_knob(kernels._set_parallel_directions, False), \
+                clstm.threads(threads):
+            net.zero_grad()
+            y, (h_n, c_n) = net.forward(x, state, lengths=lengths)
+            assert kernels._last_forward_split_units()
+            dx, (dh0, dc0) = net.backward(dy, dstate)
+            assert kernels._threads_used_by_last_call() == min(threads, H // 16)
+            grads = {k: g.copy() for k, g in net.grads.items()}
+        yr, (hr, cr), cache = reference_lstm_forward(
+            x, net.params, L, bidirectional=bidirectional, peephole=peephole,
+            lengths=lengths, h0=None if state is None else state[0],
+            c0=None if state is None else state[1])
+        dxr, (dh0r, dc0r), gr = reference_lstm_backward(dy, cache, *dstate)
+        for a, b in ((y, yr), (h_n, hr), (c_n, cr), (dx, dxr), (dh0, dh0r), (dc0, dc0r)):
+            np.testing.assert_allclose(a, b, **TOL["float64"])
+        for name, g in grads.items():
+            np.testing.assert_allclose(g, gr[name], **TOL["float64"], err_msg=name)
+
+
+@pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
+def test_packed_unit_split_late_team_and_projection():
+    """A late team finishes on one thread with one thread's result; a projected LSTM keeps
+    the row split (its projection would need all units of h at every step)."""
+    rng = np.random.default_rng(10)
+    T, B, I, H = 40, 1, 8, 160
+    net = clstm.LSTM(I, H, bidirectional=True, peephole=True, seed=10, dtype="float64")
+    x = rng.normal(size=(T, B, I))
+    with clstm.threads(1):
+        want_y, _ = net.forward(x)
+        want_dx, _ = net.backward(np.ones_like(want_y))
+        want_g = net.flat_grads.copy()
+    net.zero_grad()
+    with clstm.threads(2), kernel_knob(kernels._set_max_late_share, -1.0), \
+            kernel_knob(kernels._set_parallel_directions, False), \
+            kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+        y, _ = net.forward(x)
+        assert kernels._last_forward_split_units()
+        assert kernels._team_left_at_last_call() == 17
+        dx, _ = net.backward(np.ones_like(y))
+        assert kernels._team_left_at_last_call() == 17
+        projected = clstm.LSTM(I, H, proj_size=32, seed=1)
+        projected.forward(x.astype(np.float32))
+        assert not kernels._last_forward_split_units()
+    tol = dict(rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(y, want_y, **tol)
+    np.testing.assert_allclose(dx, want_dx, **tol)
+    np.testing.assert_allclose(net.flat_grads, want_g, **tol)
