@@ -8,6 +8,8 @@ LSTM has no float64) runs a T = 1 graph per step, `session.run` with the previou
 h and c of every layer fed back as inputs (bench/onnx_lstm.py).
 Each implementation sees the same sequence of inputs and the same weights; per-step latency
 is timed call by call, blocks of calls alternating between implementations.
+`run(..., cell="gru")` does the same for clstm.GRU, torch.nn.GRU and ONNX Runtime's GRU
+(h alone fed back).
 """
 
 import itertools
@@ -15,7 +17,7 @@ import statistics
 
 import numpy as np
 
-from bench.peers import clstm_module, make_params
+from bench.peers import clstm_class, clstm_module, make_params
 from bench.shapes import Shape
 from bench.timing import per_call_latencies
 
@@ -23,7 +25,7 @@ N_INPUTS = 256  # distinct inputs, cycled
 
 
 def _clstm_stepper(mod, shape, dtype, params, xs):
-    net = mod.LSTM(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
+    net = clstm_class(mod, shape.cell)(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
     for name, value in params.items():
         net.params[name][...] = value
     net.eval()
@@ -42,7 +44,8 @@ def _clstm_stepper(mod, shape, dtype, params, xs):
 
 def _torch_stepper(shape, dtype, params, xs):
     import torch
-    module = torch.nn.LSTM(shape.I, shape.H, shape.L, dtype=getattr(torch, dtype))
+    kind = torch.nn.GRU if shape.cell == "gru" else torch.nn.LSTM
+    module = kind(shape.I, shape.H, shape.L, dtype=getattr(torch, dtype))
     module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()})
     module.eval()
     inputs = itertools.cycle([torch.from_numpy(x) for x in xs])
@@ -55,17 +58,20 @@ def _torch_stepper(shape, dtype, params, xs):
 
 
 def _onnx_stepper(shape, dtype, params, xs, threads):
-    """ONNX Runtime called one step at a time: a T = 1 graph whose final h, c per layer are
-    fed back as the next call's initial state (bench/onnx_lstm.py, with_state=True)."""
+    """ONNX Runtime called one step at a time: a T = 1 graph whose final h, c (a GRU's h)
+    per layer are fed back as the next call's initial state (bench/onnx_lstm.py,
+    with_state=True)."""
     from bench import onnx_lstm
-    model = onnx_lstm.build_model(params, shape.L, shape.H, dtype, with_state=True)
+    model = onnx_lstm.build_model(params, shape.L, shape.H, dtype, with_state=True,
+                                  cell=shape.cell)
     session = onnx_lstm.make_session(model, threads)
-    out_names = ["Y"] + [f"{v}T_l{k}" for k in range(shape.L) for v in "hc"]
+    states = "h" if shape.cell == "gru" else "hc"
+    out_names = ["Y"] + [f"{v}T_l{k}" for k in range(shape.L) for v in states]
     zeros = np.zeros((1, 1, shape.H), dtype=dtype)
-    feed = {f"{v}0_l{k}": zeros for k in range(shape.L) for v in "hc"}
+    feed = {f"{v}0_l{k}": zeros for k in range(shape.L) for v in states}
     inputs = itertools.cycle(xs)
     state_names = out_names[1:]
-    feed_names = [f"{v}0_l{k}" for k in range(shape.L) for v in "hc"]
+    feed_names = [f"{v}0_l{k}" for k in range(shape.L) for v in states]
 
     def advance():
         feed["X"] = next(inputs)
@@ -87,11 +93,11 @@ def _agreement(a, b, steps=50):
 
 
 def run(layers, dtype, threads, steps=2000, hidden=64, with_nodnnl=True, settle=0.0,
-        with_onnx=False):
+        with_onnx=False, cell="lstm"):
     """Per-step latency of clstm and PyTorch (and, with `with_onnx`, ONNX Runtime where it
-    runs `dtype`) for one streaming configuration (a dict)."""
+    runs `dtype`) for one streaming configuration (a dict) of an LSTM or a GRU."""
     import torch
-    shape = Shape(f"stream-L{layers}", B=1, T=1, I=hidden, H=hidden, L=layers)
+    shape = Shape(f"stream-L{layers}", B=1, T=1, I=hidden, H=hidden, L=layers, cell=cell)
     params = make_params(shape, dtype)
     rng = np.random.default_rng(2)
     xs = [rng.standard_normal((1, 1, shape.I)).astype(dtype) for _ in range(N_INPUTS)]
@@ -109,7 +115,7 @@ def run(layers, dtype, threads, steps=2000, hidden=64, with_nodnnl=True, settle=
         skipped = {}
         if with_onnx:
             from bench import onnx_lstm
-            why = onnx_lstm.dtype_unsupported(dtype)
+            why = onnx_lstm.dtype_unsupported(dtype, cell)
             if why:
                 skipped["onnxruntime"] = why
             else:
@@ -132,7 +138,8 @@ def run(layers, dtype, threads, steps=2000, hidden=64, with_nodnnl=True, settle=
     per_impl = {name: summary(lat) for name, lat in latencies.items()}
     clstm_us = per_impl["clstm"]["median_us"]
     out = dict(
-        layers=layers, dtype=dtype, threads=threads, hidden=hidden, input=hidden, batch=1,
+        layers=layers, cell=cell, dtype=dtype, threads=threads, hidden=hidden, input=hidden,
+        batch=1,
         clstm_call=clstm_call, max_abs_diff_vs_torch=max_diff,
         impls=per_impl,
         ratio_vs_torch=per_impl["torch"]["median_us"] / clstm_us,

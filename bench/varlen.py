@@ -1,11 +1,12 @@
 """Variable-length and bidirectional batches: clstm with ``lengths`` against the same
 padded batch without them, and against torch.nn.LSTM on packed sequences
 (pack_padded_sequence(enforce_sorted=False) / pad_packed_sequence) and on the padded
-batch; and a bidirectional layer at B = 1 on 2 threads against 1 thread.
+batch; and a bidirectional layer at B = 1 on 2 threads against 1 thread. ``--cell gru``
+(or ``both``): clstm.GRU against torch.nn.GRU, the same way.
 
-    python -m bench.varlen [--shapes S2,S3] [--threads 1,2] [--modes fwd,train]
-                           [--bidirectional 0,1] [--dtypes float32] [--repeats 7]
-                           [--no-torch] [--no-b1]
+    python -m bench.varlen [--shapes S2,S3] [--cell lstm|gru|both] [--threads 1,2]
+                           [--modes fwd,train] [--bidirectional 0,1] [--dtypes float32]
+                           [--repeats 7] [--no-torch] [--no-b1]
 
 The same rows run inside the main grid (``python -m bench``, table "Variable lengths
 and bidirectional layers"; ``--no-varlen`` leaves them out, ``--no-grid`` runs them
@@ -21,7 +22,7 @@ import numpy as np
 
 import clstm
 
-from .shapes import parse_shapes
+from .shapes import parse_cells, parse_shapes
 from .timing import interleaved
 
 #: The targets of issue 10: torch packed / clstm with lengths, torch padded / clstm with
@@ -78,20 +79,25 @@ def _with_threads(n, fn):
     return call
 
 
+def _cell_class(cell):
+    return {"lstm": clstm.LSTM, "gru": clstm.GRU}[cell]
+
+
 def varlen_rows(shapes, dtypes, threads, modes, bidirectional, repeats, min_time=0.05,
-                warmup=1, torch=None, log=print, clock=time.perf_counter):
-    """One row per (shape, dtype, bidirectional, mode, threads): medians in seconds of
-    clstm padded / with lengths and torch packed / padded, and their ratios. ``clock``:
-    see bench.timing.interleaved (CPU time only makes sense at 1 thread)."""
+                warmup=1, torch=None, log=print, clock=time.perf_counter, cells=("lstm",)):
+    """One row per (shape, dtype, cell, bidirectional, mode, threads): medians in seconds
+    of clstm padded / with lengths and torch packed / padded (torch.nn.LSTM or GRU), and
+    their ratios. ``clock``: see bench.timing.interleaved (CPU time only makes sense at 1
+    thread)."""
     rows = []
     for shape in shapes:
         lengths = draw_lengths(shape)
         for dtype in dtypes:
             x = _input(shape, dtype)
-            for bid in bidirectional:
+            for cell, bid in [(c, b) for c in cells for b in bidirectional]:
                 D = 2 if bid else 1
-                net = clstm.LSTM(shape.I, shape.H, shape.L, bidirectional=bool(bid),
-                                 dtype=dtype, seed=0)
+                net = _cell_class(cell)(shape.I, shape.H, shape.L, bidirectional=bool(bid),
+                                        dtype=dtype, seed=0)
                 dy = np.ones((shape.T, shape.B, D * shape.H), dtype)
                 module = net.to_torch() if torch is not None else None
                 for mode in modes:
@@ -108,7 +114,7 @@ def _varlen_row(shape, dtype, bid, mode, n, net, module, torch, x, lengths, dy, 
     calls = {"clstm padded": _with_threads(n, _clstm_call(net, x, None, mode, dy)),
              "clstm lengths": _with_threads(n, _clstm_call(net, x, lengths, mode, dy))}
     row = dict(shape=shape.name, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
-               dtype=dtype, bidirectional=bool(bid), mode=mode, threads=n,
+               dtype=dtype, cell=type(net).__name__.lower(), bidirectional=bool(bid), mode=mode, threads=n,
                lengths_mean=float(np.mean(lengths)))
     if torch is not None:
         torch.set_num_threads(n)
@@ -170,7 +176,7 @@ def b1_scaling_rows(shapes, dtypes, modes, threads, repeats, min_time=0.05, warm
 
 def _row_line(r):
     m = r["median_s"]
-    return (f"  varlen {r['shape']} {r['dtype']} bidir={int(r['bidirectional'])} {r['mode']} "
+    return (f"  varlen {r['shape']} {r.get('cell', 'lstm')} {r['dtype']} bidir={int(r['bidirectional'])} {r['mode']} "
             f"{r['threads']}thr: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in m.items())
             + f" ms | torch packed / clstm {r['torch_packed_vs_clstm']:.2f}x, torch padded "
             f"/ clstm {r['torch_padded_vs_clstm']:.2f}x")
@@ -192,7 +198,7 @@ def varlen_table(rows, stat="median"):
     """Markdown of the rows, from their medians or (``stat="best"``) their best
     samples."""
     rows = [_ratios(dict(r), stat) for r in rows]
-    header = ["shape", "dtype", "bidir", "mode", "thr", "clstm padded ms",
+    header = ["shape", "cell", "dtype", "bidir", "mode", "thr", "clstm padded ms",
               "clstm lengths ms", "torch packed ms", "torch padded ms", "lengths vs padded",
               f"torch packed / clstm (target {TARGET_VS_PACKED:g}×)",
               "torch padded / clstm (target > 1×)"]
@@ -200,7 +206,7 @@ def varlen_table(rows, stat="median"):
     for r in rows:
         m = r[f"{stat}_s"]
         lines.append("| " + " | ".join(str(c) for c in [
-            r["shape"], r["dtype"], "yes" if r["bidirectional"] else "no", r["mode"],
+            r["shape"], r.get("cell", "lstm"), r["dtype"], "yes" if r["bidirectional"] else "no", r["mode"],
             r["threads"], _ms(m["clstm padded"]), _ms(m["clstm lengths"]),
             _ms(m.get("torch packed", math.nan)), _ms(m.get("torch padded", math.nan)),
             _x(r["lengths_vs_padded"]), _x(r["torch_packed_vs_clstm"], TARGET_VS_PACKED),
@@ -234,6 +240,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="S2,S3")
     ap.add_argument("--dtypes", default="float32")
+    ap.add_argument("--cell", default="lstm", help="lstm (default), gru or both")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--modes", default="fwd,train")
     ap.add_argument("--bidirectional", default="0,1")
@@ -250,6 +257,10 @@ def main(argv=None):
                          "only (on a machine shared with other jobs, the time slices they "
                          "take are then not counted; 2-thread and B = 1 rows are left out)")
     args = ap.parse_args(argv)
+    try:
+        cells = parse_cells(args.cell)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     if args.cpu_time:
         args.threads, args.no_b1 = "1", True
     torch = None
@@ -262,7 +273,8 @@ def main(argv=None):
     rows = varlen_rows([s for s in shapes if s.B > 1], dtypes, threads, modes,
                        [int(b) for b in args.bidirectional.split(",")], args.repeats,
                        args.min_time, torch=torch,
-                       clock=time.process_time if args.cpu_time else time.perf_counter)
+                       clock=time.process_time if args.cpu_time else time.perf_counter,
+                       cells=cells)
     print(describe() + (" Timed in CPU seconds of this process (--cpu-time)."
                         if args.cpu_time else "")
           + (" Best samples (--stat best), not medians." if args.stat == "best" else ""))
