@@ -373,31 +373,130 @@ def test_torch_exported_classifier_on_the_final_state_loads(tmp_path):
 
 
 @needs_torch
-def test_torch_bidirectional_lstm_is_refused_naming_the_node(tmp_path):
-    module = torch.nn.LSTM(3, 4, bidirectional=True).eval()
-    _torch_export(module, (torch.randn(2, 1, 3),), tmp_path / "b.onnx", ["x"], None)
-    with pytest.raises(ValueError, match=r"node '[^']*LSTM[^']*' \(op LSTM\): "
-                                         r"direction='bidirectional' is not supported"):
-        clstm_onnx.load(tmp_path / "b.onnx")
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_torch_exported_bidirectional_lstm_loads_and_equals_pytorch(tmp_path, batch_first):
+    """Two bidirectional layers: ONNX LSTM nodes with direction="bidirectional", their
+    Y (T, 2, B, H) transposed and reshaped to (T, B, 2H) for the next layer; initial
+    states as graph inputs, rows 2k, 2k+1 for layer k."""
+    class WithState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True,
+                                      batch_first=batch_first)
+
+        def forward(self, x, h0, c0):
+            return self.lstm(x, (h0, c0))
+
+    torch.manual_seed(4)
+    module = WithState().eval()
+    x = torch.randn(*((2, 5, 3) if batch_first else (5, 2, 3)))
+    h0, c0 = torch.randn(4, 2, 4), torch.randn(4, 2, 4)
+    _torch_export(module, (x, h0, c0), tmp_path / "b.onnx", ["x", "h0", "c0"],
+                  {"x": {0: "a", 1: "b"}, "h0": {1: "batch"}, "c0": {1: "batch"}})
+    net = clstm_onnx.load(tmp_path / "b.onnx")
+    assert isinstance(net, clstm.LSTM) and net.bidirectional and net.num_layers == 2
+    x = torch.randn(*((3, 7, 3) if batch_first else (7, 3, 3)))
+    h0, c0 = torch.randn(4, 3, 4), torch.randn(4, 3, 4)
+    with torch.no_grad():
+        y, (h, c) = module(x, h0, c0)
+    got_y, (got_h, got_c) = net.forward(x.numpy(), (h0.numpy(), c0.numpy()))
+    for a, b in ((got_y, y), (got_h, h), (got_c, c)):
+        np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=ATOL32)
+
+
+@needs_torch
+def test_torch_exported_bidirectional_classifier_on_both_final_states_loads(tmp_path):
+    """torch.cat((h[-2], h[-1]), 1): the last layer's two directions, clstm's
+    LastStep(bidirectional=True)."""
+    class Clf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True,
+                                      batch_first=True)
+            self.fc = torch.nn.Linear(10, 2)
+
+        def forward(self, x):
+            _, (h, _) = self.lstm(x)
+            return torch.softmax(self.fc(torch.cat((h[-2], h[-1]), dim=1)), dim=-1)
+
+    torch.manual_seed(5)
+    module = Clf().eval()
+    _torch_export(module, (torch.randn(2, 4, 3),), tmp_path / "t.onnx", ["x"],
+                  {"x": {0: "batch", 1: "time"}})
+    model = clstm_onnx.load(tmp_path / "t.onnx")
+    assert [type(l).__name__ for l in model.layers] == ["LSTM", "LastStep", "Dense"]
+    assert model.layers[1].bidirectional and model.loss == "cross_entropy"
+    x = torch.randn(4, 6, 3)
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(model.predict(x.numpy()), want, rtol=0, atol=ATOL32)
+
+
+@needs_torch
+def test_torch_reverse_direction_alone_is_refused_naming_the_node(tmp_path):
+    """h[-1] alone of a bidirectional layer is its reverse direction: no clstm layer."""
+    class Rev(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 4, bidirectional=True)
+
+        def forward(self, x):
+            return self.lstm(x)[1][0][-1]
+
+    _torch_export(Rev().eval(), (torch.randn(2, 1, 3),), tmp_path / "r.onnx", ["x"], None)
+    with pytest.raises(ValueError, match=r"expected the final h of the last recurrent "
+                                         r"layer \(both directions"):
+        clstm_onnx.load(tmp_path / "r.onnx")
+
+
+def test_dynamo_exporter_is_offered_only_with_onnxscript():
+    """torch 2.13's dynamo exporter (torch.onnx.export(..., dynamo=True)) needs
+    onnxscript; where it is missing (as here, offline) the TorchScript exporter
+    (dynamo=False) is what the tests above load. Where it is installed, this checks that
+    its bidirectional LSTM loads too."""
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        pytest.skip("onnxscript is not installed: torch.onnx.export(dynamo=True) cannot run")
+    import tempfile
+    module = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/d.onnx"
+        torch.onnx.export(module, (torch.randn(5, 2, 3),), path, dynamo=True)
+        net = clstm_onnx.load(path)
+        x = torch.randn(5, 2, 3)
+        with torch.no_grad():
+            y, _ = module(x)
+        np.testing.assert_allclose(net.forward(x.numpy())[0], y.numpy(), rtol=0,
+                                   atol=ATOL32)
 
 
 # --------------------------------------------------------------------------- refusals
 
-def _lstm_graph(tmp_path, *, direction="forward", seq_lens=False, after=None):
-    """A one-node LSTM graph built by hand, with an optional op after it."""
+def _lstm_graph(tmp_path, *, op="LSTM", direction="forward", seq_lens=False, after=None,
+                layout=0, peephole=False, name="g.onnx", **attrs):
+    """A one-node LSTM (or GRU) graph built by hand, with an optional op after it;
+    ``seq_lens="input"`` takes an int32 graph input ``len``."""
     from onnx import TensorProto, helper, numpy_helper
 
     H, I = 2, 3
+    G = 4 if op == "LSTM" else 3
     dirs = 2 if direction == "bidirectional" else 1
-    weights = np.random.default_rng(5).standard_normal((dirs, 4 * H, I + H)) / 2
+    r = np.random.default_rng(5)
+    weights = r.standard_normal((dirs, G * H, I + H)) / 2
     inits = [numpy_helper.from_array(weights[..., :I].astype(np.float32), "W"),
-             numpy_helper.from_array(weights[..., I:].astype(np.float32), "R")]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])]
-    lstm_in = ["x", "W", "R"]
+             numpy_helper.from_array(weights[..., I:].astype(np.float32), "R"),
+             numpy_helper.from_array((r.standard_normal((dirs, 2 * G * H)) / 2)
+                                     .astype(np.float32), "B")]
+    lead = ["B", "T"] if layout else ["T", "B"]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, lead + [I])]
+    lstm_in = ["x", "W", "R", "B"]
     nodes = []
     if seq_lens == "input":
         inputs.append(helper.make_tensor_value_info("len", TensorProto.INT32, ["B"]))
-        lstm_in += ["", "len"]
+        lstm_in += ["len"]
     elif seq_lens:           # the size of axis 0 (time) or 1 (batch), for every row
         axis = {"time": 0, "batch": 1}[seq_lens]
         inits += [numpy_helper.from_array(np.array(axis, np.int64), "which"),
@@ -408,27 +507,42 @@ def _lstm_graph(tmp_path, *, direction="forward", seq_lens=False, after=None):
                   helper.make_node("Expand", ["n", "b"], ["lens64"], name="expand"),
                   helper.make_node("Cast", ["lens64"], ["lens"], name="cast",
                                    to=TensorProto.INT32)]
-        lstm_in += ["", "lens"]
-    nodes.append(helper.make_node("LSTM", lstm_in, ["y4"], name="my_lstm", hidden_size=H,
-                                  direction=direction))
+        lstm_in += ["lens"]
+    if peephole:
+        inits.append(numpy_helper.from_array((r.standard_normal((dirs, 3 * H)) / 2)
+                                             .astype(np.float32), "P"))
+        lstm_in += [""] * (7 - len(lstm_in)) + ["P"]
+    if layout:
+        attrs["layout"] = 1
+    nodes.append(helper.make_node(op, lstm_in, ["y4"], name="my_" + op.lower(),
+                                  hidden_size=H, direction=direction, **attrs))
     out = "y4"
     if after:
         nodes.append(helper.make_node(after, ["y4"], ["z"], name="my_" + after.lower()))
         out = "z"
+    y_dims = ["B", "T", dirs, H] if layout else ["T", dirs, "B", H]
     graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(
-        out, TensorProto.FLOAT, ["T", dirs, "B", H])], inits)
+        out, TensorProto.FLOAT, y_dims)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    path = tmp_path / "g.onnx"
+    path = tmp_path / name
     onnx.save(model, str(path))
     return path
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"direction": "bidirectional"}, r"'my_lstm' \(op LSTM\): direction='bidirectional'"),
-    ({"direction": "reverse"}, r"'my_lstm' \(op LSTM\): direction='reverse'"),
-    ({"seq_lens": "input"}, r"'my_lstm' \(op LSTM\): a sequence_lens input other than"),
-    ({"seq_lens": "batch"}, r"'my_lstm' \(op LSTM\): a sequence_lens input other than"),
+    ({"direction": "reverse"}, r"'my_lstm' \(op LSTM\): direction='reverse' is not "
+                               r"supported .*reverse-only"),
+    ({"seq_lens": "batch"}, r"'my_lstm' \(op LSTM\): expected sequence_lens to be a graph "
+                            r"input"),
     ({"after": "Relu"}, r"'my_relu' \(op Relu\): not supported"),
+    ({"clip": 3.0}, r"'my_lstm' \(op LSTM\): attribute 'clip' is not supported"),
+    ({"input_forget": 1}, r"'my_lstm' \(op LSTM\): input_forget=1"),
+    ({"activations": ["Relu", "Tanh", "Tanh"]}, r"'my_lstm' \(op LSTM\): activations"),
+    ({"op": "GRU", "linear_before_reset": 0}, r"'my_gru' \(op GRU\): "
+                                              r"linear_before_reset=0 is not supported"),
+    ({"op": "GRU"}, r"'my_gru' \(op GRU\): linear_before_reset=0"),   # the default, 0
+    ({"op": "GRU", "direction": "reverse", "linear_before_reset": 1},
+     r"'my_gru' \(op GRU\): direction='reverse'"),
 ])
 def test_load_refuses_what_clstm_cannot_run(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -443,6 +557,44 @@ def test_hand_built_graph_loads(tmp_path, seq_lens):
     assert isinstance(net, clstm.LSTM) and (net.input_size, net.hidden_size) == (3, 2)
     x = rng.standard_normal((4, 3, 3)).astype(np.float32)
     np.testing.assert_allclose(net.forward(x)[0], _run(path, {"x": x})[0][:, 0], rtol=0,
+                               atol=ATOL32)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("peephole", [False, True])
+def test_sequence_lens_input_loads_as_lengths(tmp_path, direction, peephole):
+    """A graph input as sequence_lens: clstm runs with ``lengths`` (each row its own
+    steps, the reverse direction from its last valid step, zeros beyond)."""
+    path = _lstm_graph(tmp_path, direction=direction, seq_lens="input", peephole=peephole)
+    net = clstm_onnx.load(path)
+    assert net.bidirectional == (direction == "bidirectional") and net.peephole == peephole
+    x = rng.standard_normal((6, 4, 3)).astype(np.float32)
+    lengths = np.array([6, 2, 1, 4], dtype=np.int32)
+    want = _run(path, {"x": x, "len": lengths})[0]              # (T, D, B, H)
+    y, _ = net.forward(x, lengths=lengths)
+    np.testing.assert_allclose(y, want.transpose(0, 2, 1, 3).reshape(6, 4, -1), rtol=0,
+                               atol=ATOL32)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_batch_first_layout_loads(tmp_path, direction):
+    """layout=1 (opset 14): X (batch, time, I), Y (batch, time, D, H). ONNX Runtime's
+    CPU LSTM refuses layout=1, so the same weights in a layout=0 graph are run there."""
+    path1 = _lstm_graph(tmp_path, direction=direction, seq_lens="input", peephole=True,
+                        layout=1, name="l1.onnx")
+    path0 = _lstm_graph(tmp_path, direction=direction, seq_lens="input", peephole=True,
+                        name="l0.onnx")
+    net = clstm_onnx.load(path1)
+    assert net.batch_first
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    lengths = np.array([6, 2, 1, 4], dtype=np.int32)
+    want = _run(path0, {"x": x.transpose(1, 0, 2).copy(), "len": lengths})[0]
+    y, _ = net.forward(x, lengths=lengths)
+    np.testing.assert_allclose(y, want.transpose(2, 0, 1, 3).reshape(4, 6, -1), rtol=0,
+                               atol=ATOL32)
+    from onnx.reference import ReferenceEvaluator   # without lengths: layout=1 itself
+    want = ReferenceEvaluator(str(path1)).run(None, {"x": x, "len": np.full(4, 6, np.int32)})
+    np.testing.assert_allclose(net.forward(x)[0], want[0].reshape(4, 6, -1), rtol=0,
                                atol=ATOL32)
 
 
