@@ -43,10 +43,12 @@ from . import models as _models  # noqa: F401  (registers the model classes)
 from ._config import BadConfig as _BadConfig
 from ._config import read_module_config as _read_module_config
 from ._config import what as _what
+from .gru import GRU
 from .lstm import LSTM
 from .module import Module
 
 __all__ = ["save", "load", "FORMAT_VERSION", "lstm_from_keras", "lstm_to_keras",
+           "gru_from_keras", "gru_to_keras",
            "to_torch_state_dict", "from_torch_state_dict"]
 
 FORMAT_VERSION = 1
@@ -425,6 +427,107 @@ def lstm_to_keras(net, layer=0):
     p = net.params
     return [p[f"weight_ih_l{layer}"].T.copy(), p[f"weight_hh_l{layer}"].T.copy(),
             p[f"bias_ih_l{layer}"] + p[f"bias_hh_l{layer}"]]
+
+
+# Keras' GRU stores its gates z, r, h (our z, r, n); ours are r, z, n. Column blocks of
+# Keras' kernels in our order:
+_KERAS_GRU_BLOCKS = (1, 0, 2)
+
+
+def _keras_gru_reorder(a, H):
+    """Keras' gate blocks z, r, h along the last axis -> PyTorch's r, z, n (the
+    permutation is its own inverse)."""
+    return np.concatenate([a[..., b * H:(b + 1) * H] for b in _KERAS_GRU_BLOCKS], axis=-1)
+
+
+def gru_from_keras(kernel, recurrent_kernel, bias=None, *, dtype=None):
+    """A one-layer clstm.GRU with the weights of a Keras ``GRU(reset_after=True)`` layer.
+
+    Keras computes the input part ``x @ kernel + bias[0]`` and the recurrent part
+    ``h @ recurrent_kernel + bias[1]`` and splits each into the gates z, r, h; with
+    ``reset_after=True`` (Keras 2's and 3's default) r multiplies the recurrent part of
+    h *with* its bias, which is PyTorch's GRU. So the weights are transposed and their
+    gate blocks reordered to r, z, n; ``bias[0]`` becomes ``bias_ih_l0`` and
+    ``bias[1]`` ``bias_hh_l0``. ``gru_from_keras(*layer.get_weights())`` converts a
+    layer directly. Only Keras' default activations (tanh, sigmoid) match our cell.
+    Keras layers are batch-first; the returned GRU is time-major unless you set
+    ``net.batch_first = True``.
+
+    Parameters
+    ----------
+    kernel : array_like, shape (input_size, 3 * H)
+    recurrent_kernel : array_like, shape (H, 3 * H)
+    bias : array_like, shape (2, 3 * H), optional
+        None for a layer built with ``use_bias=False`` (the GRU then has no biases).
+    dtype : {"float32", "float64"}, optional
+        Default: the kernel's, if float64, else float32.
+
+    Returns
+    -------
+    GRU
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit together, and the weights of a ``reset_after=False``
+        layer (a bias of shape (3 * H,)): that GRU applies r before the recurrent
+        product, a different cell that clstm does not have.
+    """
+    kernel = np.asarray(kernel)
+    recurrent_kernel = np.asarray(recurrent_kernel)
+    if kernel.ndim != 2 or kernel.shape[1] % 3 or kernel.shape[1] == 0:
+        raise ValueError(f"kernel: expected shape (input_size, 3 * units), got "
+                         f"{kernel.shape}")
+    I, H = kernel.shape[0], kernel.shape[1] // 3
+    if recurrent_kernel.shape != (H, 3 * H):
+        raise ValueError(f"recurrent_kernel: expected shape {(H, 3 * H)} (from the kernel's "
+                         f"{3 * H} columns), got {recurrent_kernel.shape}")
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape == (3 * H,):
+            raise ValueError(f"bias: expected shape {(2, 3 * H)} (a Keras GRU with "
+                             f"reset_after=True), got {bias.shape}: the weights of a GRU "
+                             f"with reset_after=False, which applies the reset gate before "
+                             f"the recurrent product; clstm's GRU (PyTorch's) cannot run it")
+        if bias.shape != (2, 3 * H):
+            raise ValueError(f"bias: expected shape {(2, 3 * H)}, got {bias.shape}")
+    if dtype is None:
+        dtype = "float64" if kernel.dtype == np.float64 else "float32"
+    net = GRU(I, H, bias=bias is not None, dtype=dtype)
+    state = {"weight_ih_l0": _keras_gru_reorder(kernel, H).T,
+             "weight_hh_l0": _keras_gru_reorder(recurrent_kernel, H).T}
+    if bias is not None:
+        state["bias_ih_l0"] = _keras_gru_reorder(bias[0], H)
+        state["bias_hh_l0"] = _keras_gru_reorder(bias[1], H)
+    net.load_state_dict(state)
+    return net
+
+
+def gru_to_keras(net, layer=0, *, reverse=False):
+    """Keras ``GRU(reset_after=True)`` weights of one layer and direction:
+    ``[kernel, recurrent_kernel, bias]`` with bias (2, 3 * H), or ``[kernel,
+    recurrent_kernel]`` for a GRU without bias (Keras' ``use_bias=False``); pass the
+    list to ``keras_layer.set_weights``.
+
+    Raises
+    ------
+    ValueError
+        A layer out of range, or ``reverse`` for a unidirectional GRU.
+    """
+    if not 0 <= layer < net.num_layers:
+        raise ValueError(f"gru_to_keras: expected layer in [0, {net.num_layers}), got "
+                         f"{layer}")
+    if reverse and not net.bidirectional:
+        raise ValueError("gru_to_keras: expected reverse=False for a unidirectional GRU, "
+                         "got reverse=True")
+    p, H = net.params, net.hidden_size
+    sfx = f"l{layer}{'_reverse' if reverse else ''}"
+    weights = [_keras_gru_reorder(p[f"weight_ih_{sfx}"].T, H),
+               _keras_gru_reorder(p[f"weight_hh_{sfx}"].T, H)]
+    if net.bias:
+        weights.append(np.stack([_keras_gru_reorder(p[f"bias_ih_{sfx}"], H),
+                                 _keras_gru_reorder(p[f"bias_hh_{sfx}"], H)]))
+    return weights
 
 
 # -------------------------------------------------------------------------- PyTorch

@@ -316,3 +316,139 @@ def reference_lstm_backward(dy, cache, dh_n=None, dc_n=None):
             d_out = d_in
         dx[:n, b] = d_out[:, 0]
     return dx, (dh0, dc0), grads
+
+
+# --------------------------------------------------------------------------
+# GRU: torch.nn.GRU's semantics, one sequence at a time (the oracle of clstm.GRU)
+#
+#   r  = σ(W_ir x + b_ir + W_hr h + b_hr)
+#   z  = σ(W_iz x + b_iz + W_hz h + b_hz)
+#   n  = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))       ("linear before reset")
+#   h' = (1 - z) ⊙ n + z ⊙ h
+#
+# Gate blocks r, z, n in PyTorch's order in weight_ih (3H, I), weight_hh (3H, H),
+# bias_ih and bias_hh (3H,).
+
+
+def _gru_layer_forward(x, p, h):
+    """One GRU direction over a whole sequence. x (T, B, I), h (B, H)."""
+    W_ih, W_hh, b_ih, b_hh = p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]
+    T = x.shape[0]
+    H = W_hh.shape[1]
+    y = np.empty((T, x.shape[1], H), dtype=np.result_type(x, h, W_ih))
+    steps = []
+    for t in range(T):
+        gi = x[t] @ W_ih.T + b_ih                    # (B, 3H), the input's part
+        gh = h @ W_hh.T + b_hh                       # (B, 3H), the recurrent part
+        r = sigmoid(gi[:, :H] + gh[:, :H])
+        z = sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+        hn = gh[:, 2 * H:]                           # W_hn h + b_hn, which r multiplies
+        n = np.tanh(gi[:, 2 * H:] + r * hn)
+        h_new = (1 - z) * n + z * h
+        steps.append(dict(x=x[t], h_prev=h, r=r, z=z, n=n, hn=hn))
+        y[t] = h_new
+        h = h_new
+    return y, h, steps
+
+
+def _gru_layer_backward(dy, p, layer_cache, dh):
+    """Back-propagation through time for one GRU direction: dy (T, B, H), dh (B, H) the
+    gradient of its final state. Returns dx, dh0, grads."""
+    W_ih, W_hh = p["weight_ih"], p["weight_hh"]
+    steps = layer_cache["steps"]
+    grads = {key: np.zeros_like(value, dtype=dy.dtype) for key, value in p.items()}
+    dx = np.zeros(layer_cache["input_shape"], dtype=dy.dtype)
+    for t in reversed(range(len(steps))):
+        s = steps[t]
+        r, z, n, hn, h_prev = s["r"], s["z"], s["n"], s["hn"], s["h_prev"]
+        dh_new = dy[t] + dh
+        da_n = dh_new * (1 - z) * (1 - n ** 2)       # through n = tanh(a_n)
+        da_z = dh_new * (h_prev - n) * z * (1 - z)
+        da_r = da_n * hn * r * (1 - r)
+        dgi = np.concatenate([da_r, da_z, da_n], axis=1)          # d(W_i x + b_i)
+        dgh = np.concatenate([da_r, da_z, da_n * r], axis=1)      # d(W_h h + b_h)
+        dh = dh_new * z + dgh @ W_hh
+        dx[t] = dgi @ W_ih
+        grads["weight_ih"] += dgi.T @ s["x"]
+        grads["weight_hh"] += dgh.T @ h_prev
+        grads["bias_ih"] += dgi.sum(axis=0)
+        grads["bias_hh"] += dgh.sum(axis=0)
+    return dx, dh, grads
+
+
+def _gru_direction_params(params, k, suffix, H, dtype):
+    p = {key: params[f"{key}_l{k}{suffix}"] for key in ("weight_ih", "weight_hh")}
+    for key in ("bias_ih", "bias_hh"):       # bias=False: zeros that are not parameters
+        p[key] = params.get(f"{key}_l{k}{suffix}", np.zeros(3 * H, dtype=dtype))
+    return p
+
+
+def reference_gru_forward(x, params, num_layers, *, bidirectional=False, lengths=None,
+                          h0=None):
+    """torch.nn.GRU with packed sequences, the plainest way: each sequence b runs alone
+    over its first lengths[b] steps, the reverse direction over the flipped sequence,
+    outputs past a sequence's length are zero.
+
+    x (T, B, I); params: PyTorch's names (no bias entries for a bias-free GRU); h0
+    (D·L, B, H) or None. Returns ``y (T, B, D·H), h_n (D·L, B, H), cache``.
+    """
+    x = np.asarray(x)
+    T, B, _ = x.shape
+    D = 2 if bidirectional else 1
+    H = params["weight_hh_l0"].shape[1]
+    dtype = np.result_type(x, *params.values())
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    h0 = np.zeros((D * num_layers, B, H), dtype) if h0 is None else np.asarray(h0, dtype)
+    y = np.zeros((T, B, D * H), dtype)
+    h_n = np.empty((D * num_layers, B, H), dtype)
+    caches = []
+    for b in range(B):
+        n = int(lengths[b])
+        inp = x[:n, b:b + 1].astype(dtype)
+        seq = []
+        for k in range(num_layers):
+            outs = []
+            for d in range(D):
+                j = k * D + d
+                p = _gru_direction_params(params, k, ("", "_reverse")[d], H, dtype)
+                xin = inp[::-1] if d else inp
+                yd, h_n[j, b], steps = _gru_layer_forward(xin, p, h0[j, b:b + 1])
+                seq.append(dict(p=p, input_shape=xin.shape, steps=steps))
+                outs.append(yd[::-1] if d else yd)
+            inp = np.concatenate(outs, axis=2)
+        y[:n, b] = inp[:, 0]
+        caches.append(seq)
+    cache = dict(caches=caches, lengths=lengths, D=D, L=num_layers, H=H, dtype=dtype,
+                 shape=x.shape)
+    return y, h_n, cache
+
+
+def reference_gru_backward(dy, cache, dh_n=None):
+    """Gradients of sum(y*dy) + sum(h_n*dh_n) after :func:`reference_gru_forward`; dy at
+    padded positions is ignored. Returns ``dx, dh0, grads`` with grads keyed by
+    PyTorch's names (biases included even for a bias-free GRU: the caller ignores them)."""
+    D, L, H, dtype = cache["D"], cache["L"], cache["H"], cache["dtype"]
+    T, B, I = cache["shape"]
+    dy = np.asarray(dy, dtype)
+    dh_n = np.zeros((D * L, B, H), dtype) if dh_n is None else np.asarray(dh_n, dtype)
+    dx = np.zeros((T, B, I), dtype)
+    dh0 = np.empty((D * L, B, H), dtype)
+    grads = {}
+    for b, seq in enumerate(cache["caches"]):
+        n = int(cache["lengths"][b])
+        d_out = dy[:n, b:b + 1]
+        for k in reversed(range(L)):
+            d_in = 0
+            for d in range(D):
+                j = k * D + d
+                c = seq[j]
+                part = d_out[:, :, d * H:(d + 1) * H]
+                g_dx, dh0[j, b], g = _gru_layer_backward(part[::-1] if d else part, c["p"],
+                                                         c, dh_n[j, b:b + 1])
+                d_in = d_in + (g_dx[::-1] if d else g_dx)
+                for key, value in g.items():
+                    name = f"{key}_l{k}{('', '_reverse')[d]}"
+                    grads[name] = grads.get(name, 0) + value
+            d_out = d_in
+        dx[:n, b] = d_out[:, 0]
+    return dx, dh0, grads
