@@ -79,7 +79,10 @@ class Fields:
             self.refuse(key, "a number in [0, 1)")
         return value
 
-    def choice(self, key, options):
+    def choice(self, key, options, *, default=None):
+        """One of ``options``; with a default, a field that may be missing."""
+        if default is not None and key not in self.data:
+            return default
         value = self.value(key)
         if type(value) not in (str, type(None)) or value not in options:
             self.refuse(key, "one of " + ", ".join(json.dumps(o) for o in options))

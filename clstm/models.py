@@ -9,12 +9,12 @@ Data layout
 -----------
 Users pass **batch-first** arrays, as in Keras: features ``(N, T, F)`` or token ids
 ``(N, T)``. Internally everything is time-major, ``(T, B, ...)``, which is what the LSTM
-kernels take; :meth:`Sequential.forward` and :meth:`Sequential.backward` work on
+and GRU kernels take; :meth:`Sequential.forward` and :meth:`Sequential.backward` work on
 time-major arrays directly.
 
 Variable-length sequences
 -------------------------
-Pass ``lengths`` (N,) with sequences padded **at the end**. The LSTM is causal, so padded
+Pass ``lengths`` (N,) with sequences padded **at the end**. The LSTM (or GRU) is causal, so padded
 steps after a sequence's end cannot change its earlier outputs; :class:`LastStep` reads
 ``y[length - 1]``, and per-step losses mask the padded steps out, so padding changes
 neither predictions nor gradients. Padding at the start would be read as input: it is not
@@ -42,6 +42,7 @@ from .layers import (Embedding, LastStep, Layer,  # noqa: F401 (LastStep re-expo
                      _describe, lengths_to_mask)
 from .losses import mse, softmax, softmax_cross_entropy
 from ._validate import positive_int
+from .gru import GRU
 from .lstm import LSTM
 from ._config import MAX_SIZE as _MAX_SIZE
 from ._config import BadConfig, read_module_config
@@ -54,6 +55,10 @@ __all__ = ["LastStep", "Sequential", "LanguageModel", "Regressor", "Classifier",
            "NonFiniteError"]
 
 _LOSSES = (None, "mse", "cross_entropy")
+
+#: The recurrent cells a ready model can be built with (its ``cell`` argument), and the
+#: layer class each one names in the model's layer plan.
+CELLS = {"lstm": "LSTM", "gru": "GRU"}
 
 
 # ------------------------------------------------------------------------- adapters
@@ -100,7 +105,7 @@ def _layer_class(config):
 
 
 def _is_recurrent(layer):
-    return isinstance(layer, LSTM) or getattr(layer, "recurrent", False)
+    return isinstance(layer, (LSTM, GRU)) or getattr(layer, "recurrent", False)
 
 
 def _takes_keyword(method, name):
@@ -119,8 +124,8 @@ class Sequential(Module):
     ----------
     layers : sequence of layers
         Objects with ``forward``, ``backward``, ``params`` and ``grads`` (``LSTM``,
-        ``Embedding``, ``Dense``, ``Dropout``, :class:`LastStep`, or your own). LSTMs
-        must be time-major (``batch_first=False``).
+        ``GRU``, ``Embedding``, ``Dense``, ``Dropout``, :class:`LastStep`, or your own).
+        LSTMs and GRUs must be time-major (``batch_first=False``).
     loss : {None, "mse", "cross_entropy"}
         The loss ``fit`` and ``evaluate`` use; "cross_entropy" is softmax cross-entropy
         on the last axis (``predict`` then returns probabilities).
@@ -157,9 +162,10 @@ class Sequential(Module):
             if missing:
                 raise TypeError(f"Sequential: layer {i} ({type(layer).__name__}) lacks "
                                 f"{', '.join(missing)}")
-            if isinstance(layer, LSTM) and layer.batch_first:
-                raise ValueError(f"Sequential: layer {i} is an LSTM with batch_first=True; "
-                                 "expected a time-major LSTM (batch_first=False)")
+            if _is_recurrent(layer) and getattr(layer, "batch_first", False):
+                kind = type(layer).__name__
+                raise ValueError(f"Sequential: layer {i} is an {kind} with batch_first=True; "
+                                 f"expected a time-major {kind} (batch_first=False)")
         if loss not in _LOSSES:
             raise ValueError(f"Sequential: expected loss in {_LOSSES}, got {loss!r}")
         self.loss = loss
@@ -252,6 +258,17 @@ class Sequential(Module):
 
     # -- forward / backward -------------------------------------------------------------
 
+    def _state_list(self, state):
+        """One state (or None) per recurrent layer: what forward and step carry."""
+        count = sum(1 for layer in self.layers if _is_recurrent(layer))
+        if state is None:
+            return [None] * count
+        if not isinstance(state, (list, tuple)) or len(state) != count:
+            raise ValueError(f"state: expected a list of {count} states (one per recurrent "
+                             f"layer: (h, c) for an LSTM, h for a GRU), got "
+                             f"{_describe_state(state)}")
+        return state
+
     def forward(self, x, state=None, *, lengths=None):
         """Run the layers in order on time-major input.
 
@@ -260,32 +277,28 @@ class Sequential(Module):
         x : ndarray
             (T, B, F) features or (T, B) token ids, whatever the first layer takes.
         state : list, optional
-            One initial ``(h, c)`` (or None, meaning zeros) per recurrent layer, in
-            order; e.g. the state a previous call returned, to continue a sequence.
+            One initial state (or None, meaning zeros) per recurrent layer, in order:
+            ``(h, c)`` for an LSTM, ``h`` for a GRU; e.g. the state a previous call
+            returned, to continue a sequence.
         lengths : array_like of int, shape (B,), optional
             Valid steps per sequence, for lengths-aware layers (:class:`LastStep`, and
-            recurrent layers whose ``forward`` takes ``lengths``, as :class:`clstm.LSTM`:
-            they run each sequence over its own steps only).
+            recurrent layers whose ``forward`` takes ``lengths``, as :class:`clstm.LSTM`
+            and :class:`clstm.GRU`: they run each sequence over its own steps only).
 
         Returns
         -------
         out : ndarray
             The last layer's output.
         state : list
-            The final ``(h, c)`` of each recurrent layer.
+            The final state of each recurrent layer: ``(h, c)`` for an LSTM, ``h`` for a
+            GRU.
         """
-        recurrent = [i for i, layer in enumerate(self.layers) if _is_recurrent(layer)]
-        if state is None:
-            state = [None] * len(recurrent)
-        elif not isinstance(state, (list, tuple)) or len(state) != len(recurrent):
-            raise ValueError(f"state: expected a list of {len(recurrent)} (h, c) pairs (one "
-                             f"per recurrent layer), got {_describe_state(state)}")
-        states = iter(state)
+        states = iter(self._state_list(state))
         new_state = []
         for layer in self.layers:
             if _is_recurrent(layer):
                 if lengths is not None and _takes_keyword(layer.forward, "lengths"):
-                    # each sequence runs its own steps only (clstm.LSTM's lengths)
+                    # each sequence runs its own steps only (LSTM's and GRU's lengths)
                     x, s = layer.forward(x, next(states), lengths=lengths)
                 else:
                     x, s = layer.forward(x, next(states))
@@ -301,8 +314,8 @@ class Sequential(Module):
     def step(self, x, state=None):
         """Advance the model by one time step, for serving (no gradient, no dropout).
 
-        Each recurrent layer takes one kernel step (:meth:`clstm.LSTM.step`) with its
-        carried state; the other layers run on the step's (B, ...) slice, and
+        Each recurrent layer takes one kernel step (:meth:`clstm.LSTM.step`,
+        :meth:`clstm.GRU.step`) with its carried state; the other layers run on the step's (B, ...) slice, and
         :class:`LastStep` passes it through (the current step is the last one).
 
         Parameters
@@ -310,22 +323,17 @@ class Sequential(Module):
         x : ndarray
             One step: (B, F) features or (B,) token ids.
         state : list, optional
-            One ``(h, c)`` (or None) per recurrent layer, as returned by the last call.
+            One state (or None) per recurrent layer, as returned by the last call:
+            ``(h, c)`` for an LSTM, ``h`` for a GRU.
 
         Returns
         -------
         out : ndarray
             The last layer's output for this step, (B, out).
         state : list
-            The new ``(h, c)`` of each recurrent layer.
+            The new state of each recurrent layer.
         """
-        recurrent = [i for i, layer in enumerate(self.layers) if _is_recurrent(layer)]
-        if state is None:
-            state = [None] * len(recurrent)
-        elif not isinstance(state, (list, tuple)) or len(state) != len(recurrent):
-            raise ValueError(f"state: expected a list of {len(recurrent)} (h, c) pairs (one "
-                             f"per recurrent layer), got {_describe_state(state)}")
-        states = iter(state)
+        states = iter(self._state_list(state))
         new_state = []
         with inference_mode():
             for layer in self.layers:
@@ -511,7 +519,7 @@ class Sequential(Module):
             yt = np.ascontiguousarray(np.swapaxes(y[idx], 0, 1))
             mask = None if lb is None else lengths_to_mask(lb, xt.shape[0])
             k = bptt or xt.shape[0]
-            if k >= xt.shape[0]:        # one chunk: the LSTM runs each sequence's steps only
+            if k >= xt.shape[0]:        # one chunk: the RNN runs each sequence's steps only
                 yield xt, yt, mask, lb, True
                 continue
             for t in range(0, xt.shape[0], k):
@@ -831,7 +839,7 @@ class _Ready(Sequential):
 
 
 def _head(c, inputs, outputs, *, last_step, dropout_slot, dense_slot):
-    """The plan's LSTM -> (LastStep) -> (Dropout) -> Dense part, from the arguments c."""
+    """The plan's RNN -> (LastStep) -> (Dropout) -> Dense part, from the arguments c."""
     bidirectional = c.get("bidirectional", False)
     plan = ([(None, {"type": "LastStep", "bidirectional": True} if bidirectional
               else {"type": "LastStep"})] if last_step else [])
@@ -843,16 +851,35 @@ def _head(c, inputs, outputs, *, last_step, dropout_slot, dense_slot):
     return plan
 
 
-def _lstm(c, inputs):
-    lstm = {"type": "LSTM", "input_size": inputs, "hidden_size": c["hidden_size"],
-            "num_layers": c["num_layers"], "dropout": c["dropout"], "dtype": c["dtype"]}
+def _recurrent(c, inputs):
+    """The plan's recurrent layer: an LSTM or a GRU (``c["cell"]``; configs saved before
+    the cell could be chosen have none and are LSTMs)."""
+    rnn = {"type": CELLS[c.get("cell", "lstm")], "input_size": inputs,
+           "hidden_size": c["hidden_size"], "num_layers": c["num_layers"],
+           "dropout": c["dropout"], "dtype": c["dtype"]}
     if c.get("bidirectional", False):
-        lstm["bidirectional"] = True
-    return lstm
+        rnn["bidirectional"] = True
+    return rnn
+
+
+def _check_cell(cell):
+    """The ``cell`` argument of a ready model: "lstm" or "gru"."""
+    if not isinstance(cell, str):
+        raise TypeError(f"cell: expected one of {', '.join(map(repr, CELLS))}, got "
+                        f"{type(cell).__name__} {cell!r}")
+    if cell not in CELLS:
+        raise ValueError(f"cell: expected one of {', '.join(map(repr, CELLS))}, got {cell!r}")
+    return cell
+
+
+def _read_cell(f):
+    # files saved before the cell could be chosen have no "cell": they hold LSTMs
+    return f.choice("cell", tuple(CELLS), default="lstm")
 
 
 class LanguageModel(_Ready):
-    """Next-token model: Embedding -> LSTM -> (Dropout) -> Dense, softmax cross-entropy.
+    """Next-token model: Embedding -> LSTM (or GRU) -> (Dropout) -> Dense, softmax
+    cross-entropy.
 
     Parameters
     ----------
@@ -861,7 +888,9 @@ class LanguageModel(_Ready):
     hidden_size : int
     num_layers : int, default 1
     dropout : float, default 0.0
-        Between stacked LSTM layers and before the output layer (training only).
+        Between stacked recurrent layers and before the output layer (training only).
+    cell : {"lstm", "gru"}, default "lstm"
+        The recurrent layer: :class:`clstm.LSTM` or :class:`clstm.GRU`.
     dtype : {"float32", "float64"}
     seed : int, optional
         Seeds the initialisation and the dropout masks.
@@ -875,11 +904,11 @@ class LanguageModel(_Ready):
     """
 
     def __init__(self, vocab_size, embed_dim, hidden_size, num_layers=1, dropout=0.0, *,
-                 dtype="float32", seed=None):
+                 cell="lstm", dtype="float32", seed=None):
         self._config = {"vocab_size": vocab_size, "embed_dim": embed_dim,
                         "hidden_size": hidden_size, "num_layers": num_layers,
-                        "dropout": dropout, "dtype": np.dtype(dtype).name,
-                        "seed": _config_seed(seed)}
+                        "dropout": dropout, "cell": _check_cell(cell),
+                        "dtype": np.dtype(dtype).name, "seed": _config_seed(seed)}
         layers = self._build_layers(dict(self._config, dtype=dtype), seed)
         super().__init__(layers, loss="cross_entropy")
         self.vocab_size = vocab_size
@@ -888,7 +917,7 @@ class LanguageModel(_Ready):
     def _layer_plan(cls, c):
         return [(0, {"type": "Embedding", "num_embeddings": c["vocab_size"],
                      "embedding_dim": c["embed_dim"], "dtype": c["dtype"]}),
-                (1, _lstm(c, c["embed_dim"]))] + \
+                (1, _recurrent(c, c["embed_dim"]))] + \
             _head(c, c["hidden_size"], c["vocab_size"], last_step=False, dropout_slot=2,
                   dense_slot=3)
 
@@ -896,7 +925,8 @@ class LanguageModel(_Ready):
     def read_config(cls, f):
         return {"vocab_size": f.int("vocab_size"), "embed_dim": f.int("embed_dim"),
                 "hidden_size": f.int("hidden_size"), "num_layers": f.int("num_layers"),
-                "dropout": f.probability("dropout"), "dtype": f.dtype(), "seed": f.seed()}
+                "dropout": f.probability("dropout"), "cell": _read_cell(f),
+                "dtype": f.dtype(), "seed": f.seed()}
 
     def _check_stream(self, stream, name):
         stream = np.asarray(stream)
@@ -1065,9 +1095,10 @@ def _sample(logits, temperature, rng):
 
 
 class Regressor(_Ready):
-    """LSTM -> last step -> (Dropout) -> Dense, mean squared error.
+    """LSTM (or GRU) -> last step -> (Dropout) -> Dense, mean squared error.
 
-    Keras' ``Sequential([LSTM(hidden_size), Dense(output_size)])``.
+    Keras' ``Sequential([LSTM(hidden_size), Dense(output_size)])`` (``GRU`` with
+    ``cell="gru"``).
 
     Parameters
     ----------
@@ -1077,20 +1108,23 @@ class Regressor(_Ready):
     output_size : int, default 1
     num_layers : int, default 1
     dropout : float, default 0.0
-        Between stacked LSTM layers and before the output layer (training only).
+        Between stacked recurrent layers and before the output layer (training only).
     bidirectional : bool, default False
-        A bidirectional LSTM, read at each sequence's last valid step (forward direction)
-        and at step 0 (reverse direction).
+        A bidirectional LSTM (or GRU), read at each sequence's last valid step (forward
+        direction) and at step 0 (reverse direction).
+    cell : {"lstm", "gru"}, default "lstm"
+        The recurrent layer: :class:`clstm.LSTM` or :class:`clstm.GRU`.
     dtype : {"float32", "float64"}
     seed : int, optional
     """
 
     def __init__(self, input_size, hidden_size, output_size=1, num_layers=1, dropout=0.0,
-                 *, bidirectional=False, dtype="float32", seed=None):
+                 *, bidirectional=False, cell="lstm", dtype="float32", seed=None):
         self._config = {"input_size": input_size, "hidden_size": hidden_size,
                         "output_size": output_size, "num_layers": num_layers,
                         "dropout": dropout, "bidirectional": bidirectional,
-                        "dtype": np.dtype(dtype).name, "seed": _config_seed(seed)}
+                        "cell": _check_cell(cell), "dtype": np.dtype(dtype).name,
+                        "seed": _config_seed(seed)}
         layers = self._build_layers(dict(self._config, dtype=dtype), seed)
         super().__init__(layers, loss="mse")
 
@@ -1098,7 +1132,7 @@ class Regressor(_Ready):
 
     @classmethod
     def _layer_plan(cls, c):
-        return [(0, _lstm(c, c["input_size"]))] + \
+        return [(0, _recurrent(c, c["input_size"]))] + \
             _head(c, c["hidden_size"], c["output_size"], last_step=True, dropout_slot=1,
                   dense_slot=2)
 
@@ -1107,8 +1141,8 @@ class Regressor(_Ready):
         return {"input_size": f.int("input_size"), "hidden_size": f.int("hidden_size"),
                 "output_size": f.int("output_size"), "num_layers": f.int("num_layers"),
                 "dropout": f.probability("dropout"),
-                "bidirectional": f.bool("bidirectional", default=False), "dtype": f.dtype(),
-                "seed": f.seed()}
+                "bidirectional": f.bool("bidirectional", default=False),
+                "cell": _read_cell(f), "dtype": f.dtype(), "seed": f.seed()}
 
     _estimator_type = "regressor"
 
@@ -1123,7 +1157,7 @@ class Regressor(_Ready):
 
 
 class Classifier(_Ready):
-    """(Embedding) -> LSTM -> last valid step -> (Dropout) -> Dense, cross-entropy.
+    """(Embedding) -> LSTM (or GRU) -> last valid step -> (Dropout) -> Dense, cross-entropy.
 
     Give ``input_size`` for (N, T, F) feature input, or ``vocab_size`` for (N, T) token
     ids. With ``lengths``, the class is read at each sequence's last valid step (pad at
@@ -1140,9 +1174,11 @@ class Classifier(_Ready):
     embed_dim : int, optional
     num_layers : int, default 1
     bidirectional : bool, default False
-        A bidirectional LSTM, read at each sequence's last valid step (forward direction)
-        and at step 0 (reverse direction); with ``lengths`` both directions run each
-        sequence over its own steps only.
+        A bidirectional LSTM (or GRU), read at each sequence's last valid step (forward
+        direction) and at step 0 (reverse direction); with ``lengths`` both directions
+        run each sequence over its own steps only.
+    cell : {"lstm", "gru"}, default "lstm"
+        The recurrent layer: :class:`clstm.LSTM` or :class:`clstm.GRU`.
     dropout : float, default 0.0
     padding_idx : int, optional
         Embedding row kept at zero.
@@ -1151,7 +1187,7 @@ class Classifier(_Ready):
     """
 
     def __init__(self, input_size=None, hidden_size=64, num_classes=2, *, vocab_size=None,
-                 embed_dim=None, num_layers=1, bidirectional=False, dropout=0.0,
+                 embed_dim=None, num_layers=1, bidirectional=False, cell="lstm", dropout=0.0,
                  padding_idx=None, dtype="float32", seed=None):
         if (input_size is None) == (vocab_size is None):
             raise ValueError(f"Classifier: expected exactly one of input_size (features) "
@@ -1160,8 +1196,8 @@ class Classifier(_Ready):
         self._config = {"input_size": input_size, "hidden_size": hidden_size,
                         "num_classes": num_classes, "vocab_size": vocab_size,
                         "embed_dim": embed_dim, "num_layers": num_layers,
-                        "bidirectional": bidirectional, "dropout": dropout,
-                        "padding_idx": padding_idx, "dtype": np.dtype(dtype).name,
+                        "bidirectional": bidirectional, "cell": _check_cell(cell),
+                        "dropout": dropout, "padding_idx": padding_idx, "dtype": np.dtype(dtype).name,
                         "seed": _config_seed(seed)}
         layers = self._build_layers(dict(self._config, dtype=dtype), seed)
         super().__init__(layers, loss="cross_entropy")
@@ -1174,7 +1210,7 @@ class Classifier(_Ready):
             plan.append((0, {"type": "Embedding", "num_embeddings": c["vocab_size"],
                              "embedding_dim": inputs, "padding_idx": c["padding_idx"],
                              "dtype": c["dtype"]}))
-        return plan + [(1, _lstm(c, inputs))] + \
+        return plan + [(1, _recurrent(c, inputs))] + \
             _head(c, c["hidden_size"], c["num_classes"], last_step=True, dropout_slot=2,
                   dense_slot=3)
 
@@ -1186,7 +1222,7 @@ class Classifier(_Ready):
                   "embed_dim": f.int("embed_dim", optional=True),
                   "num_layers": f.int("num_layers"),
                   "bidirectional": f.bool("bidirectional", default=False),
-                  "dropout": f.probability("dropout"),
+                  "cell": _read_cell(f), "dropout": f.probability("dropout"),
                   "padding_idx": f.int("padding_idx", -_MAX_SIZE, _MAX_SIZE, optional=True),
                   "dtype": f.dtype(), "seed": f.seed()}
         inputs, vocab, padding = config["input_size"], config["vocab_size"], \

@@ -2,14 +2,15 @@
 
 A sequence too long to back-propagate through in one piece is cut into chunks of ``k``
 steps. Each chunk is one forward, one backward and (usually) one optimiser step; the
-final ``(h, c)`` of a chunk is the initial state of the next, so the forward pass sees
-the whole history, while gradients stop at chunk boundaries (``k1 = k2 = k``). Nothing
-has to be "detached" here: ``backward`` of one chunk never reaches the forward pass of an
-earlier chunk, and the returned ``(dh_0, dc_0)`` are simply not used.
+final state of a chunk (``(h, c)`` of an LSTM, ``h`` of a GRU) is the initial state of
+the next, so the forward pass sees the whole history, while gradients stop at chunk
+boundaries (``k1 = k2 = k``). Nothing has to be "detached" here: ``backward`` of one
+chunk never reaches the forward pass of an earlier chunk, and the returned gradient of
+the initial state (``(dh_0, dc_0)``, or ``dh_0``) is simply not used.
 
 A typical language-model loop, with ``model`` an ``Embedding -> LSTM -> Dense``
-:class:`clstm.Sequential` (whose state is a list of one ``(h, c)`` per LSTM), which is
-what ``LanguageModel.fit`` does on a token stream::
+:class:`clstm.Sequential` (whose state is a list of one ``(h, c)`` per LSTM, one ``h``
+per GRU), which is what ``LanguageModel.fit`` does on a token stream::
 
     data = batchify(token_ids, batch_size)          # (N // B, B)
     for epoch in range(epochs):
@@ -145,18 +146,19 @@ def reset_state(state, rows):
 
     Parameters
     ----------
-    state : pair (h, c) of ndarray, each (num_layers, B, H), list of such pairs, or None
-        A state as returned by ``LSTM.forward`` (a tuple), or a model's state as
-        returned by ``Sequential.forward`` (a list with one tuple or None per recurrent
-        layer, each reset). None (meaning zeros) is returned as is.
+    state : pair (h, c), ndarray h, list of those, or None
+        A state as returned by ``LSTM.forward`` (a tuple ``(h, c)``, each
+        (num_layers, B, H)) or ``GRU.forward`` (``h`` alone, an ndarray), or a model's
+        state as returned by ``Sequential.forward`` (a list with one state or None per
+        recurrent layer, each reset). None (meaning zeros) is returned as is.
     rows : int, sequence of int, or boolean array of shape (B,)
         The batch rows to reset.
 
     Returns
     -------
-    pair of ndarray, list, or None
+    pair of ndarray, ndarray, list, or None
         Of the input's form, in new arrays (the input is not modified), with
-        ``h[:, rows]`` and ``c[:, rows]`` zero and every other row unchanged.
+        ``h[:, rows]`` (and ``c[:, rows]``) zero and every other row unchanged.
 
     Raises
     ------
@@ -165,16 +167,33 @@ def reset_state(state, rows):
     """
     if state is None:
         return None
-    if isinstance(state, list) and all(s is None or isinstance(s, tuple) for s in state):
-        # A model's state: one (h, c) pair (or None) per recurrent layer.
+    if isinstance(state, list) and all(s is None or isinstance(s, (tuple, np.ndarray))
+                                       for s in state):
+        # A model's state: one (h, c) pair, h, or None per recurrent layer.
         return [reset_state(s, rows) for s in state]
+    if isinstance(state, np.ndarray):
+        # A GRU's state: h alone.
+        if state.ndim != 3:
+            raise ValueError(f"reset_state: expected h of shape (num_layers, B, H), got "
+                             f"{state.shape}")
+        h = np.array(state, copy=True)
+        h[:, _rows(rows, h.shape[1])] = 0
+        return h
     if not isinstance(state, (tuple, list)) or len(state) != 2:
-        raise ValueError(f"reset_state: expected a pair (h, c), got {type(state).__name__}")
+        raise ValueError(f"reset_state: expected a pair (h, c) or an array h, got "
+                         f"{type(state).__name__}")
     h, c = (np.array(part, copy=True) for part in state)
     if h.shape != c.shape or h.ndim != 3:
         raise ValueError(f"reset_state: expected h and c of one shape (num_layers, B, H), "
                          f"got {h.shape} and {c.shape}")
-    B = h.shape[1]
+    rows = _rows(rows, h.shape[1])
+    h[:, rows] = 0
+    c[:, rows] = 0
+    return h, c
+
+
+def _rows(rows, B):
+    """``rows`` of reset_state, checked against B rows: an index array or a mask."""
     rows = np.asarray(rows)
     if rows.dtype == np.bool_:
         if rows.shape != (B,):
@@ -189,6 +208,4 @@ def reset_state(state, rows):
                          f"got dtype {rows.dtype}")
     else:
         rows = rows.astype(np.intp)
-    h[:, rows] = 0
-    c[:, rows] = 0
-    return h, c
+    return rows

@@ -38,11 +38,15 @@ def summary_line(out, prefix):
     return lines[0]
 
 
-def test_forecast_runs(capsys):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_forecast_runs(capsys, cell):
     forecast = load_example("forecast")
-    result = forecast.main(["--members", "2", "--max-epochs", "3", "--seed", "1"])
-    summary_line(capsys.readouterr().out, "forecast")
-    for key in ("lstm_rmse", "ar_rmse", "persistence_rmse", "cycle_persistence_rmse"):
+    result = forecast.main(["--members", "2", "--max-epochs", "3", "--seed", "1",
+                            "--cell", cell])
+    line = summary_line(capsys.readouterr().out, "forecast")
+    assert f"RMSE {cell.upper()} " in line and result["cell"] == cell
+    assert result["rnn_rmse"] == result["lstm_rmse"]
+    for key in ("rnn_rmse", "ar_rmse", "persistence_rmse", "cycle_persistence_rmse"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert 1 <= result["epochs"] <= 3
     # The baselines do not depend on the network: AR(12) on the held-out years is far
@@ -60,11 +64,13 @@ def test_forecast_data_and_windows():
     assert targets[0] == 3 and idx[0] == 3 and targets[-1] == 9
 
 
-def test_classify_runs(capsys):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_classify_runs(capsys, cell):
     classify = load_example("classify")
     result = classify.main(["--limit", "1200", "--epochs", "2", "--hidden", "32",
-                            "--quiet"])
-    summary_line(capsys.readouterr().out, "classify")
+                            "--quiet", "--cell", cell])
+    line = summary_line(capsys.readouterr().out, "classify")
+    assert f"accuracy {cell.upper()} " in line and result["cell"] == cell
     for key in ("accuracy", "loss", "majority", "letter_lr", "bigram_lr"):
         assert math.isfinite(result[key]), key
     assert result["confusion"].sum() == 240
