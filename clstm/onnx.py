@@ -26,6 +26,7 @@ import os
 
 import numpy as np
 
+from .gru import GRU
 from .layers import Dense, Dropout, Embedding, LastStep
 from .lstm import LSTM
 from .models import Sequential
@@ -178,6 +179,26 @@ def _export_lstm(ctx, lstm, x):
     return _export_recurrent(ctx, lstm, x, "LSTM", weights, ("h", "c"), {})
 
 
+def _export_gru(ctx, gru, x):
+    """One ONNX GRU node per layer (gates z, r, h; linear_before_reset=1, PyTorch's
+    reset gate on R_h h + Rb_h); returns y (T, B, D*H)."""
+    H, D = gru.hidden_size, gru.num_directions
+    order = _TORCH_TO_ONNX_GRU_GATES
+
+    def weights(k):
+        dirs = [gru._direction_weights(k, d) for d in range(D)]
+        zeros = np.zeros(3 * H, dtype=ctx.dtype)
+        B = [np.concatenate([_gate_blocks(zeros if b_ih is None else b_ih, H, order),
+                             _gate_blocks(zeros if b_hh is None else b_hh, H, order)])
+             for _, _, b_ih, b_hh in dirs]
+        return {"W": _stack_directions([w[0] for w in dirs], order, H, ctx.dtype),
+                "R": _stack_directions([w[1] for w in dirs], order, H, ctx.dtype),
+                "B": np.stack(B).astype(ctx.dtype)}
+
+    return _export_recurrent(ctx, gru, x, "GRU", weights, ("h",),
+                             {"linear_before_reset": 1})
+
+
 def _export_recurrent(ctx, net, x, op, weights, states, attrs):
     """One ONNX ``op`` node (LSTM or GRU) per layer of ``net`` on time-major x (T, B, I);
     returns y (T, B, D*H). ``weights(k)`` gives layer k's W, R, B (and P) in ONNX's
@@ -282,7 +303,8 @@ def _export_last_step(ctx, layer, y):
 
 
 #: clstm layer class -> function(ctx, layer, value) emitting its nodes on a time-major value
-_EXPORTERS = {LSTM: _export_lstm, Embedding: _export_embedding, Dense: _export_dense,
+_EXPORTERS = {LSTM: _export_lstm, GRU: _export_gru, Embedding: _export_embedding,
+              Dense: _export_dense,
               Dropout: _export_dropout, LastStep: _export_last_step}
 
 
@@ -343,13 +365,13 @@ def export(model, path, *, opset=DEFAULT_OPSET, batch_first=None, probabilities=
     onnx = _require_onnx()
     from onnx import TensorProto, helper
 
-    if isinstance(model, LSTM) and type(model) is LSTM:
+    if type(model) in (LSTM, GRU):
         layers, lstm_alone = [model], True
     elif isinstance(model, Sequential):
         layers, lstm_alone = list(model.layers), False
     else:
-        raise TypeError(f"export: expected a clstm.LSTM or clstm.Sequential, got "
-                        f"{type(model).__name__}")
+        raise TypeError(f"export: expected a clstm.LSTM, clstm.GRU or clstm.Sequential, "
+                        f"got {type(model).__name__}")
     for i, layer in enumerate(layers):
         if type(layer) not in _EXPORTERS:
             raise ValueError(f"export: layer {i} is a {type(layer).__name__}; ONNX export "
@@ -380,7 +402,8 @@ def export(model, path, *, opset=DEFAULT_OPSET, batch_first=None, probabilities=
     tokens = isinstance(layers[0], Embedding)
     x_elem = TensorProto.INT64 if tokens else elem
     lead = ["batch", "time"] if batch_first else ["time", "batch"]
-    x_dims = lead if tokens else lead + [layers[0].input_size if isinstance(layers[0], LSTM)
+    x_dims = lead if tokens else lead + [layers[0].input_size
+                                         if isinstance(layers[0], (LSTM, GRU))
                                          else layers[0].in_features
                                          if isinstance(layers[0], Dense) else "features"]
     x = graph.add_input("x", x_elem, x_dims)
@@ -391,7 +414,7 @@ def export(model, path, *, opset=DEFAULT_OPSET, batch_first=None, probabilities=
     per_step = True
     recurrent = 0
     for i, layer in enumerate(layers):
-        if isinstance(layer, LSTM) and not lstm_alone:
+        if isinstance(layer, (LSTM, GRU)) and not lstm_alone:
             ctx.state_prefix = f"{i}."
             recurrent += 1
         x = _EXPORTERS[type(layer)](ctx, layer, x)
@@ -1234,9 +1257,6 @@ def _build_recurrent(stage, dtype):
         net = LSTM(I, H, L, dtype=dtype, peephole=peephole, bidirectional=D == 2)
         order, G = _ONNX_TO_TORCH_GATES, 4
     else:
-        GRU = _gru_class()
-        if GRU is None:
-            raise _Refused(f"GRU node {layers[0]['name']!r}: this clstm has no GRU")
         net, peephole = GRU(I, H, L, dtype=dtype, bidirectional=D == 2), False
         order, G = _ONNX_TO_TORCH_GRU_GATES, 3
     state = {}
@@ -1263,14 +1283,6 @@ def _build_recurrent(stage, dtype):
                            f"expected the initial {'hc'[which]} of all {L} layers as zeros "
                            f"or as rows 0..{D * L - 1} of one graph input, {D} per layer")
     return net
-
-
-def _gru_class():
-    try:
-        from .gru import GRU
-    except ImportError:
-        return None
-    return GRU
 
 
 def _out_features(layer):

@@ -196,6 +196,162 @@ def test_sequential_of_two_lstms_exports_and_loads_with_their_states(tmp_path):
     np.testing.assert_array_equal(back.forward(x, state)[0], y)
 
 
+def _export(model, path, **kwargs):
+    """export, then onnx's full check of the file as written."""
+    clstm_onnx.export(model, path, **kwargs)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    return path
+
+
+def _make_recurrent(cell, layers, bidirectional, peephole, batch_first, dtype="float32"):
+    kwargs = dict(bidirectional=bidirectional, batch_first=batch_first, seed=layers,
+                  dtype=dtype, dropout=0.3 if layers > 1 else 0.0)
+    if cell == "lstm":
+        return clstm.LSTM(5, 6, layers, peephole=peephole, **kwargs).eval()
+    return clstm.GRU(5, 6, layers, **kwargs).eval()
+
+
+@pytest.mark.parametrize("cell,layers,bidirectional,peephole,batch_first", [
+    ("lstm", 1, True, False, False), ("lstm", 2, True, True, True),
+    ("lstm", 2, False, True, False), ("gru", 1, False, False, True),
+    ("gru", 2, False, False, False), ("gru", 2, True, False, False),
+    ("gru", 3, True, False, True)])
+def test_exported_recurrent_with_lengths_and_states_runs_as_in_clstm(
+        tmp_path, cell, layers, bidirectional, peephole, batch_first):
+    """Every output (y, and h_n (and c_n) of all D * num_layers rows) equals clstm's
+    forward with the same lengths and initial state, in ONNX Runtime."""
+    net = _make_recurrent(cell, layers, bidirectional, peephole, batch_first)
+    D = 2 if bidirectional else 1
+    states = "hc" if cell == "lstm" else "h"
+    path = _export(net, tmp_path / "r.onnx", initial_state=True, final_state=True,
+                   lengths=True)
+    assert _names(path) == (["x", "lengths"] + [f"{s}0" for s in states],
+                            ["y"] + [f"{s}_n" for s in states])
+    for T, B in ((7, 4), (3, 1)):               # batch and time are dynamic
+        x = rng.standard_normal((B, T, 5) if batch_first else (T, B, 5)).astype(np.float32)
+        lengths = rng.integers(1, T + 1, B)
+        lengths[0] = T
+        init = rng.standard_normal((len(states), D * layers, B, 6)).astype(np.float32)
+        state = tuple(init) if cell == "lstm" else init[0]
+        y, final = net.forward(x, state, lengths=lengths)
+        want = [y] + (list(final) if cell == "lstm" else [final])
+        got = _run(path, {"x": x, "lengths": lengths,
+                          **{f"{s}0": v for s, v in zip(states, init)}})
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=0, atol=ATOL32)
+        if T > 3:             # the lengths matter: the graph without them differs
+            _export(net, tmp_path / "nolen.onnx", initial_state=True)
+            full = _run(tmp_path / "nolen.onnx",
+                        {"x": x, **{f"{s}0": v for s, v in zip(states, init)}})[0]
+            np.testing.assert_allclose(full, net.forward(x, state)[0], rtol=0, atol=ATOL32)
+            assert np.abs(full - y).max() > 1e-3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_float64_bidirectional_graphs_compute_clstm_in_the_onnx_reference(tmp_path, cell):
+    """ONNX Runtime has no float64 LSTM/GRU kernel; onnx.reference runs them (it ignores
+    sequence_lens, so these run every step: lengths are checked in float32 above)."""
+    from onnx.reference import ReferenceEvaluator
+
+    net = _make_recurrent(cell, 2, True, cell == "lstm", False, dtype="float64")
+    path = _export(net, tmp_path / "d.onnx", final_state=True)
+    x = rng.standard_normal((5, 3, 5))
+    y, final = net.forward(x)
+    got = ReferenceEvaluator(str(path)).run(None, {"x": x})
+    for a, b in zip(got, [y] + (list(final) if cell == "lstm" else [final])):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def _ready_models():
+    for cell in ("lstm", "gru"):
+        for bidirectional in (False, True):
+            yield pytest.param(
+                lambda c=cell, b=bidirectional: clstm.Classifier(
+                    hidden_size=6, num_classes=3, vocab_size=15, embed_dim=4, num_layers=2,
+                    bidirectional=b, cell=c, dropout=0.2, seed=3),
+                id=f"classifier-{cell}-{'bi' if bidirectional else 'uni'}")
+            yield pytest.param(
+                lambda c=cell, b=bidirectional: clstm.Regressor(
+                    input_size=3, hidden_size=5, output_size=2, bidirectional=b, cell=c,
+                    seed=4),
+                id=f"regressor-{cell}-{'bi' if bidirectional else 'uni'}")
+        yield pytest.param(lambda c=cell: clstm.LanguageModel(
+            9, embed_dim=3, hidden_size=4, num_layers=2, cell=c, seed=5),
+            id=f"language_model-{cell}")
+
+
+def _ready_input(model, B=4, T=7):
+    if isinstance(model.layers[0], clstm.Embedding):
+        x = rng.integers(0, model.layers[0].num_embeddings, (B, T))
+    else:
+        x = rng.standard_normal((B, T, model.layers[0].input_size)).astype(np.float32)
+    lengths = np.array([T, 2, 1, T - 2])[:B] if model._seq2one else None
+    return x, lengths
+
+
+def _ready_prediction(model, x, lengths):
+    return getattr(model, "predict_proba", model.predict)(x, lengths=lengths)
+
+
+@pytest.mark.parametrize("make", _ready_models())
+def test_exported_ready_models_run_as_their_predict(tmp_path, make):
+    """Classifier (predict_proba), Regressor (predict) with lengths, LanguageModel (the
+    next-token distribution at every step), with LSTM and GRU, one and two directions."""
+    model = make().eval()
+    path = _export(model, tmp_path / "m.onnx")
+    x, lengths = _ready_input(model)
+    want = _ready_prediction(model, x, lengths)
+    feed = {"x": x} if lengths is None else {"x": x, "lengths": lengths}
+    assert _names(path)[0] == list(feed)
+    np.testing.assert_allclose(_run(path, feed)[0], want, rtol=0, atol=ATOL32)
+    assert np.ptp(want) > 1e-3
+
+
+@pytest.mark.parametrize("make", _ready_models())
+def test_round_trip_ready_models_of_both_cells(tmp_path, make):
+    model = make().eval()
+    clstm_onnx.export(model, tmp_path / "m.onnx")
+    back = clstm_onnx.load(tmp_path / "m.onnx")
+    assert [type(l).__name__ for l in back.layers] == [
+        type(l).__name__ for l in model.layers if not isinstance(l, clstm.Dropout)]
+    x, lengths = _ready_input(model)
+    np.testing.assert_array_equal(_ready_prediction(back, x, lengths),
+                                  _ready_prediction(model, x, lengths))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_round_trip_bidirectional_stack_with_states_and_lengths(tmp_path, cell):
+    net = _make_recurrent(cell, 3, True, True, True)
+    clstm_onnx.export(net, tmp_path / "a.onnx", initial_state=True, final_state=True,
+                      lengths=True)
+    back = clstm_onnx.load(tmp_path / "a.onnx")
+    assert type(back) is type(net) and back.get_config() == {**net.get_config(),
+                                                             "dropout": 0.0}
+    for name, value in net.params.items():
+        np.testing.assert_array_equal(back.params[name], value)
+    x = rng.standard_normal((3, 6, 5)).astype(np.float32)
+    lengths = np.array([6, 1, 4])
+    init = rng.standard_normal((2, 6, 3, 6)).astype(np.float32)
+    state = tuple(init) if cell == "lstm" else init[0]
+    a, b = back.forward(x, state, lengths=lengths), net.forward(x, state, lengths=lengths)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_export_refuses_projected_lstms_and_misplaced_bidirectional_last_steps(tmp_path):
+    with pytest.raises(ValueError, match=r"proj_size=2: ONNX's LSTM operator has no "
+                                         r"projection"):
+        clstm_onnx.export(clstm.LSTM(3, 4, proj_size=2), tmp_path / "p.onnx")
+    model = clstm.Sequential([clstm.LSTM(3, 4, bidirectional=True), clstm.Dense(8, 8),
+                              clstm.LastStep(bidirectional=True)])
+    with pytest.raises(ValueError, match=r"LastStep\(bidirectional=True\) right after a "
+                                         r"bidirectional recurrent layer"):
+        clstm_onnx.export(model, tmp_path / "l.onnx")
+    with pytest.raises(TypeError, match=r"export: lengths: expected True or False"):
+        clstm_onnx.export(clstm.LSTM(3, 4), tmp_path / "l.onnx", lengths="yes")
+
+
 def test_export_refuses_what_it_cannot_write(tmp_path):
     class Custom(clstm.Dense):
         pass
@@ -208,7 +364,7 @@ def test_export_refuses_what_it_cannot_write(tmp_path):
                           tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="opset"):
         clstm_onnx.export(clstm.LSTM(2, 3), tmp_path / "x.onnx", opset=9)
-    with pytest.raises(TypeError, match="clstm.LSTM or clstm.Sequential"):
+    with pytest.raises(TypeError, match="clstm.LSTM, clstm.GRU or clstm.Sequential"):
         clstm_onnx.export(object(), tmp_path / "x.onnx")
 
 
@@ -316,11 +472,68 @@ def test_torch_exported_lstm_with_initial_state_inputs_loads(tmp_path):
 
 
 @needs_torch
-def test_torch_gru_is_refused_naming_the_node(tmp_path):
-    _torch_export(torch.nn.GRU(3, 4).eval(), (torch.randn(2, 1, 3),), tmp_path / "g.onnx",
-                  ["x"], None)
-    with pytest.raises(ValueError, match=r"\(op GRU\): not supported by clstm.onnx.load"):
-        clstm_onnx.load(tmp_path / "g.onnx")
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_torch_exported_gru_loads_and_equals_pytorch(tmp_path, batch_first, bidirectional):
+    """torch.nn.GRU, two layers: ONNX GRU nodes with linear_before_reset=1 (gates z, r,
+    h), initial state as a graph input."""
+    class WithState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(3, 4, num_layers=2, bidirectional=bidirectional,
+                                    batch_first=batch_first)
+
+        def forward(self, x, h0):
+            return self.gru(x, h0)
+
+    torch.manual_seed(6)
+    D = 2 if bidirectional else 1
+    module = WithState().eval()
+    x = torch.randn(*((2, 5, 3) if batch_first else (5, 2, 3)))
+    _torch_export(module, (x, torch.randn(2 * D, 2, 4)), tmp_path / "g.onnx", ["x", "h0"],
+                  {"x": {0: "a", 1: "b"}, "h0": {1: "batch"}})
+    net = clstm_onnx.load(tmp_path / "g.onnx")
+    assert isinstance(net, clstm.GRU) and net.num_layers == 2
+    assert net.bidirectional == bidirectional and net.batch_first == batch_first
+    x = torch.randn(*((3, 7, 3) if batch_first else (7, 3, 3)))
+    h0 = torch.randn(2 * D, 3, 4)
+    with torch.no_grad():
+        y, h = module(x, h0)
+    got_y, got_h = net.forward(x.numpy(), h0.numpy())
+    np.testing.assert_allclose(got_y, y.numpy(), rtol=0, atol=ATOL32)
+    np.testing.assert_allclose(got_h, h.numpy(), rtol=0, atol=ATOL32)
+    # the zero initial state torch writes without h0 (Shape/ConstantOfShape) loads too
+    _torch_export(module.gru, (x,), tmp_path / "z.onnx", ["x"], {"x": {0: "a", 1: "b"}})
+    with torch.no_grad():
+        y, _ = module.gru(x)
+    np.testing.assert_allclose(clstm_onnx.load(tmp_path / "z.onnx").forward(x.numpy())[0],
+                               y.numpy(), rtol=0, atol=ATOL32)
+
+
+@needs_torch
+def test_torch_exported_gru_classifier_on_the_final_state_loads(tmp_path):
+    class Clf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.gru = torch.nn.GRU(4, 5, batch_first=True, bidirectional=True)
+            self.fc = torch.nn.Linear(10, 3)
+
+        def forward(self, ids):
+            _, h = self.gru(self.embed(ids))
+            return self.fc(torch.cat((h[0], h[1]), dim=-1))
+
+    torch.manual_seed(7)
+    module = Clf().eval()
+    _torch_export(module, (torch.randint(0, 10, (2, 5)),), tmp_path / "c.onnx", ["ids"],
+                  {"ids": {0: "batch", 1: "time"}})
+    model = clstm_onnx.load(tmp_path / "c.onnx")
+    assert [type(l).__name__ for l in model.layers] == ["Embedding", "GRU", "LastStep",
+                                                        "Dense"]
+    ids = torch.randint(0, 10, (4, 6))
+    with torch.no_grad():
+        want = module(ids).numpy()
+    np.testing.assert_allclose(model.predict(ids.numpy()), want, rtol=0, atol=ATOL32)
 
 
 @needs_torch
