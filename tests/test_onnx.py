@@ -774,13 +774,16 @@ def test_hand_built_graph_loads(tmp_path, seq_lens):
 
 
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
-@pytest.mark.parametrize("peephole", [False, True])
-def test_sequence_lens_input_loads_as_lengths(tmp_path, direction, peephole):
+@pytest.mark.parametrize("op,peephole", [("LSTM", False), ("LSTM", True), ("GRU", False)])
+def test_sequence_lens_input_loads_as_lengths(tmp_path, direction, op, peephole):
     """A graph input as sequence_lens: clstm runs with ``lengths`` (each row its own
     steps, the reverse direction from its last valid step, zeros beyond)."""
-    path = _lstm_graph(tmp_path, direction=direction, seq_lens="input", peephole=peephole)
+    extra = {"linear_before_reset": 1} if op == "GRU" else {}
+    path = _lstm_graph(tmp_path, op=op, direction=direction, seq_lens="input",
+                       peephole=peephole, **extra)
     net = clstm_onnx.load(path)
-    assert net.bidirectional == (direction == "bidirectional") and net.peephole == peephole
+    assert type(net).__name__ == op and net.bidirectional == (direction == "bidirectional")
+    assert getattr(net, "peephole", False) == peephole
     x = rng.standard_normal((6, 4, 3)).astype(np.float32)
     lengths = np.array([6, 2, 1, 4], dtype=np.int32)
     want = _run(path, {"x": x, "len": lengths})[0]              # (T, D, B, H)
@@ -790,13 +793,15 @@ def test_sequence_lens_input_loads_as_lengths(tmp_path, direction, peephole):
 
 
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
-def test_batch_first_layout_loads(tmp_path, direction):
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_batch_first_layout_loads(tmp_path, direction, op):
     """layout=1 (opset 14): X (batch, time, I), Y (batch, time, D, H). ONNX Runtime's
-    CPU LSTM refuses layout=1, so the same weights in a layout=0 graph are run there."""
-    path1 = _lstm_graph(tmp_path, direction=direction, seq_lens="input", peephole=True,
-                        layout=1, name="l1.onnx")
-    path0 = _lstm_graph(tmp_path, direction=direction, seq_lens="input", peephole=True,
-                        name="l0.onnx")
+    CPU LSTM/GRU refuse layout=1, so the same weights in a layout=0 graph run there."""
+    extra = {"linear_before_reset": 1} if op == "GRU" else {"peephole": True}
+    path1 = _lstm_graph(tmp_path, op=op, direction=direction, seq_lens="input", layout=1,
+                        name="l1.onnx", **extra)
+    path0 = _lstm_graph(tmp_path, op=op, direction=direction, seq_lens="input",
+                        name="l0.onnx", **extra)
     net = clstm_onnx.load(path1)
     assert net.batch_first
     x = rng.standard_normal((4, 6, 3)).astype(np.float32)
@@ -809,6 +814,33 @@ def test_batch_first_layout_loads(tmp_path, direction):
     want = ReferenceEvaluator(str(path1)).run(None, {"x": x, "len": np.full(4, 6, np.int32)})
     np.testing.assert_allclose(net.forward(x)[0], want[0].reshape(4, 6, -1), rtol=0,
                                atol=ATOL32)
+
+
+def test_load_refuses_recurrent_nodes_with_different_lengths(tmp_path):
+    """clstm runs one model with one lengths: a stack whose second node has no
+    sequence_lens (while the first has) is refused, naming that node."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    H = 2
+    r = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(r.standard_normal((1, 4 * H, n)).astype(np.float32),
+                                     name) for n, name in ((3, "W0"), (H, "R0"), (H, "W1"),
+                                                           (H, "R1"))]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    nodes = [helper.make_node("LSTM", ["x", "W0", "R0", "", "len"], ["y0"], name="first",
+                              hidden_size=H),
+             helper.make_node("Squeeze", ["y0", "axis1"], ["x1"], name="squeeze"),
+             helper.make_node("LSTM", ["x1", "W1", "R1"], ["y1"], name="second",
+                              hidden_size=H)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", 3]),
+                     helper.make_tensor_value_info("len", TensorProto.INT32, ["B"])],
+        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["T", 1, "B", H])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]),
+              str(tmp_path / "mixed.onnx"))
+    with pytest.raises(ValueError, match=r"node 'second' \(op LSTM\): expected every "
+                                         r"recurrent node to take the same sequence_lens"):
+        clstm_onnx.load(tmp_path / "mixed.onnx")
 
 
 def test_load_refuses_damaged_and_hostile_files(tmp_path):
