@@ -2,25 +2,43 @@
 
 ``export(model, path)`` writes one ONNX graph that ONNX Runtime (or any ONNX runtime) runs
 to the same outputs as clstm; ``load(path)`` reads a graph whose recurrent nodes are ONNX
-``LSTM`` nodes, with the glue exporters put around them, into a clstm model. The ``onnx``
-package is imported only inside these two functions (``pip install clstm-cpu[onnx]``).
+``LSTM`` or ``GRU`` nodes, with the glue exporters put around them, into a clstm model.
+The ``onnx`` package is imported only inside these two functions
+(``pip install clstm-cpu[onnx]``).
 
 Gate orders and layouts
 -----------------------
-clstm keeps PyTorch's layout: per layer ``weight_ih`` (4H, I) and ``weight_hh`` (4H, H)
-in gate blocks i, f, g, o, two biases ``bias_ih`` and ``bias_hh`` (4H,), and peepholes
-(3, H) in rows w_ci, w_cf, w_co. ONNX's ``LSTM`` takes ``W`` (1, 4H, I), ``R`` (1, 4H, H)
-in gate blocks i, o, f, c (c is PyTorch's g), ``B`` (1, 8H) = [W_b; R_b] and ``P``
-(1, 3H) in the order i, o, f. The peephole semantics agree: i and f read c_{t-1}, o reads
-the new c_t.
+clstm keeps PyTorch's layout: per layer and direction (``_reverse`` names the second)
+``weight_ih`` (4H, I) and ``weight_hh`` (4H, H) in gate blocks i, f, g, o, two biases
+``bias_ih`` and ``bias_hh`` (4H,), and peepholes (3, H) in rows w_ci, w_cf, w_co. ONNX's
+``LSTM`` takes ``W`` (D, 4H, I), ``R`` (D, 4H, H) in gate blocks i, o, f, c (c is
+PyTorch's g), ``B`` (D, 8H) = [W_b; R_b] and ``P`` (D, 3H) in the order i, o, f,
+direction 0 forward, 1 reverse. The peephole semantics agree: i and f read c_{t-1}, o
+reads the new c_t. A GRU (PyTorch's r, z, n, 3H rows) is ONNX's ``GRU`` with blocks z, r,
+h, ``B`` (D, 6H) = [W_b; R_b] and ``linear_before_reset=1`` (PyTorch's n = tanh(W_n x +
+b_in + r * (W_hn h + b_hn)); ONNX's default 0 puts r inside the product and is refused).
+Y is (T, D, B, H): a bidirectional layer's output goes to the next one (and out) as
+(T, B, 2H) through Transpose(0, 2, 1, 3) and Reshape(0, 0, -1), as torch.onnx writes it.
+
+Lengths
+-------
+clstm's ``lengths`` is ONNX's ``sequence_lens`` (int32): each row runs its own steps,
+the reverse direction starts at the row's last valid step, Y is zero beyond it and Y_h
+is taken there (forward) or at step 0 (reverse), which is clstm's packed driver. One
+graph input ``lengths`` (int64) feeds every recurrent node through one Cast and the
+last valid step (GatherND); a bidirectional LastStep reads the last node's Y_h. On
+import, the one graph input that every recurrent node takes as sequence_lens is the
+model's ``lengths``; nodes that disagree are refused.
 
 Extending
 ---------
 Both directions are driven by tables: ``_EXPORTERS`` maps a clstm layer class to the
-function that emits its nodes, ``_IMPORTERS`` maps an ONNX op type to the function that
-reads it into clstm layers. A new layer (a GRU, a bidirectional LSTM) adds one entry to
-each; the refusals of what clstm cannot run yet (``direction`` other than forward,
-``sequence_lens`` other than the time length) are in ``_import_lstm``.
+function that emits its nodes (the recurrent ones share ``_export_recurrent``),
+``_IMPORTERS`` maps an ONNX op type to the function that reads it into clstm layers, and
+``_RECURRENT_OPS`` describes the recurrent ops that ``_import_recurrent`` reads (gates,
+state inputs, default activations); the refusals of what clstm cannot run
+(``direction="reverse"``, other activations, ``clip``, ``linear_before_reset=0``) are in
+``_import_recurrent``.
 """
 import os
 
@@ -1374,15 +1392,19 @@ class _NamedNode:
 
 
 def load(path):
-    """A clstm model computing what an ONNX graph of LSTM nodes computes.
+    """A clstm model computing what an ONNX graph of LSTM or GRU nodes computes.
 
-    Reads graphs whose recurrent nodes are ONNX ``LSTM`` nodes (forward direction,
-    default activations, ``sequence_lens`` absent or the time length of every row; stacked
-    nodes become one ``clstm.LSTM``) with the glue exporters put around them: ``Gather`` of a constant table (an
-    Embedding), ``MatMul``/``Gemm`` with ``Add`` (a Dense), ``Squeeze``, ``Unsqueeze``,
-    ``Transpose``, ``Concat``, ``Slice``, ``Gather`` of the last step, ``Shape`` and the
-    ops that build a zero initial state from it, ``Identity``/``Dropout``/``Cast``, a
-    ``GatherND`` of the last valid step (what :func:`export` writes for ``lengths``) and a
+    Reads graphs whose recurrent nodes are ONNX ``LSTM`` or ``GRU`` nodes (forward or
+    bidirectional, default activations, ``layout`` 0 or 1, LSTM peepholes, a GRU's
+    ``linear_before_reset=1``, ``sequence_lens`` absent, the time length of every row, or
+    a graph input: clstm's ``lengths``; stacked nodes become one ``clstm.LSTM`` or
+    ``clstm.GRU``) with the glue exporters put around them: ``Gather`` of a constant
+    table (an Embedding), ``MatMul``/``Gemm`` with ``Add`` (a Dense), ``Squeeze``,
+    ``Unsqueeze``, ``Transpose``, the ``Reshape`` merging two directions, ``Concat``,
+    ``Slice``, ``Gather`` of the last step, ``Shape`` and the ops that build a zero
+    initial state from it, ``Identity``/``Dropout``/``Cast``, a ``GatherND`` of the last
+    valid step (what :func:`export` writes for ``lengths``), the final h of the last
+    layer (both directions side by side for a bidirectional one: ``LastStep``) and a
     ``Softmax`` at the end.
 
     Parameters
@@ -1390,17 +1412,20 @@ def load(path):
     path : str or os.PathLike
         An ``.onnx`` file (its weights inside it: external data is not read). The
         graph's first input (not an initializer) is the data: float features, or
-        integer token ids read by a Gather; other inputs may be initial states (layer k
-        of an (L, batch, H) input, as PyTorch and :func:`export` write them) or the
-        ``lengths`` of a last valid step.
+        integer token ids read by a Gather; other inputs may be initial states (rows
+        D*k .. D*k+D-1 of a (D*L, batch, H) input for layer k, as PyTorch and
+        :func:`export` write them) or the ``lengths`` (sequence_lens, or the index of a
+        last valid step).
 
     Returns
     -------
-    clstm.LSTM or clstm.Sequential
-        In eval mode. An LSTM alone comes back as ``clstm.LSTM`` (``batch_first`` as the
-        graph's input); anything else as a ``Sequential`` whose ``forward`` computes a
-        time-major graph and ``predict`` a batch-first one (axes of size one that the
-        graph's output keeps, an LSTM node's num_directions, are dropped). A graph ending in Softmax
+    clstm.LSTM, clstm.GRU or clstm.Sequential
+        In eval mode. An LSTM or GRU alone comes back as ``clstm.LSTM``/``clstm.GRU``
+        (``batch_first`` as the graph's input); anything else as a ``Sequential`` whose
+        ``forward`` computes a time-major graph and ``predict`` a batch-first one (axes
+        of size one that the graph's output keeps, a unidirectional node's
+        num_directions, are dropped; a bidirectional node's Y read as the output is
+        clstm's y, the two directions side by side: (T, B, 2H)). A graph ending in Softmax
         gives a Sequential with ``loss="cross_entropy"``: ``predict`` returns the
         probabilities, ``forward`` the logits. Initial states that the graph takes as
         inputs are ``forward``'s ``state``; a graph input read as ``lengths`` is
@@ -1410,8 +1435,9 @@ def load(path):
     ------
     ValueError
         A file that is not a valid ONNX model, or a node clstm cannot run, naming the
-        node, its op and what is not supported (``direction="bidirectional"``,
-        ``sequence_lens`` that may differ from the time length, an unknown op, ...).
+        node, its op and what is not supported (``direction="reverse"``, a GRU's
+        ``linear_before_reset=0``, recurrent nodes with different ``sequence_lens``, an
+        unknown op, ...).
     """
     onnx = _require_onnx()
     if not isinstance(path, (str, os.PathLike)):
