@@ -339,6 +339,47 @@ def test_round_trip_bidirectional_stack_with_states_and_lengths(tmp_path, cell):
     np.testing.assert_array_equal(a[0], b[0])
 
 
+def test_sequential_of_gru_and_bidirectional_lstm_exports_and_loads_with_states(tmp_path):
+    """Each recurrent layer's own state inputs and outputs: h for a GRU, h and c for an
+    LSTM, D * num_layers rows each; with lengths."""
+    model = clstm.Sequential([clstm.GRU(3, 4, 2, seed=0), clstm.Dense(4, 5, seed=1),
+                              clstm.LSTM(5, 3, bidirectional=True, peephole=True,
+                                         seed=2)]).eval()
+    path = _export(model, tmp_path / "s.onnx", batch_first=False, initial_state=True,
+                   final_state=True, lengths=True)
+    inputs, outputs = _names(path)
+    assert inputs == ["x", "lengths", "0.h0", "2.h0", "2.c0"]
+    assert outputs == ["y", "0.h_n", "2.h_n", "2.c_n"]
+    x = rng.standard_normal((6, 3, 3)).astype(np.float32)
+    lengths = np.array([6, 2, 4])
+    state = [rng.standard_normal((2, 3, 4)).astype(np.float32),
+             tuple(rng.standard_normal((2, 2, 3, 3)).astype(np.float32))]
+    y, (h_gru, (h, c)) = model.forward(x, state, lengths=lengths)
+    got = _run(path, {"x": x, "lengths": lengths, "0.h0": state[0], "2.h0": state[1][0],
+                      "2.c0": state[1][1]})
+    for a, b in zip(got, (y, h_gru, h, c)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=ATOL32)
+    back = clstm_onnx.load(path)
+    assert [type(l).__name__ for l in back.layers] == ["GRU", "Dense", "LSTM"]
+    np.testing.assert_array_equal(back.forward(x, state, lengths=lengths)[0], y)
+
+
+def test_exported_gru_language_model_carries_its_state(tmp_path):
+    lm = clstm.LanguageModel(11, embed_dim=4, hidden_size=6, num_layers=2, cell="gru",
+                             seed=0).eval()
+    path = _export(lm, tmp_path / "lm.onnx", initial_state=True, final_state=True)
+    assert _names(path) == (["x", "1.h0"], ["y", "1.h_n"])
+    ids = rng.integers(0, 11, (2, 5))
+    probs, h = _run(path, {"x": ids, "1.h0": np.zeros((2, 2, 6), np.float32)})
+    np.testing.assert_allclose(probs, lm.predict(ids), rtol=0, atol=ATOL32)
+    _, state = lm.forward(np.ascontiguousarray(ids.T))
+    np.testing.assert_allclose(h, state[0], rtol=0, atol=ATOL32)
+    nxt = rng.integers(0, 11, (2, 1))
+    logits, _ = lm.step(nxt[:, 0], state)
+    got = _run(path, {"x": nxt, "1.h0": h})[0][:, 0]
+    np.testing.assert_allclose(got, clstm.softmax(logits), rtol=0, atol=ATOL32)
+
+
 def test_export_refuses_projected_lstms_and_misplaced_bidirectional_last_steps(tmp_path):
     with pytest.raises(ValueError, match=r"proj_size=2: ONNX's LSTM operator has no "
                                          r"projection"):
