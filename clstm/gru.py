@@ -14,11 +14,6 @@ from .lstm import LSTM, _GiveBack, _Packing
 from ._validate import as_float_array, as_real_array, check_shape, positive_int
 from ._validate import C_INT_MAX, at_most, parameter_count
 
-if hasattr(kernels, "gru_forward_packed"):
-    _kernels = kernels
-else:                                   # until the compiled GRU lands
-    from . import _gru_numpy as _kernels
-
 #: Workspace elements per packed row and hidden unit: the gates (r, z, n; 3H) and the
 #: recurrent products W_hh h + b_hh (3H), which backward turns into their gradients.
 _WORKSPACE_PER_ROW = 6
@@ -261,9 +256,9 @@ class GRU(Layer):
                         args.append((*self._direction_weights(k, d), h0_j, y, h_n[j], buffer))
                     sizes = (pk.steps, B, inp.shape[1], H, pk.batch_sizes)
                     if D == 1:
-                        _kernels.gru_forward_packed(*sizes, False, inp, *args[0], threads)
+                        kernels.gru_forward_packed(*sizes, False, inp, *args[0], threads)
                     else:           # both directions in one call: at once with 2 threads
-                        _kernels.gru_forward_packed_bidir(*sizes, inp, *zip(*args), threads)
+                        kernels.gru_forward_packed_bidir(*sizes, inp, *zip(*args), threads)
                     y = args[0][5] if D == 1 else np.concatenate([a[5] for a in args], axis=1)
                     mask = None
                     if self.training and self.dropout > 0 and k < L - 1:
@@ -329,7 +324,7 @@ class GRU(Layer):
         y = np.empty((B, H), dtype=self.dtype)
         inp = np.ascontiguousarray(x)
         for k in range(L):
-            _kernels.gru_forward_packed(1, B, inp.shape[1], H, batch_sizes, False, inp,
+            kernels.gru_forward_packed(1, B, inp.shape[1], H, batch_sizes, False, inp,
                                         *self._direction_weights(k),
                                         None if h0 is None else h0[k], y, h_n[k],
                                         workspace, 1)
@@ -406,9 +401,9 @@ class GRU(Layer):
                                  g[names[3]] if self.bias else None))
                 sizes = (pk.steps, B, I, H, pk.batch_sizes)
                 if D == 1:
-                    _kernels.gru_backward_packed(*sizes, False, inp, *args[0], threads)
+                    kernels.gru_backward_packed(*sizes, False, inp, *args[0], threads)
                 else:
-                    _kernels.gru_backward_packed_bidir(*sizes, inp, *zip(*args), threads)
+                    kernels.gru_backward_packed_bidir(*sizes, inp, *zip(*args), threads)
                 dx = dxs[0]
                 if dx is not None and D == 2:
                     dx += dxs[1]

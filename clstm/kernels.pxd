@@ -1,4 +1,4 @@
-# The public C-level API of clstm: one LSTM layer over raw, C-contiguous buffers.
+# The public C-level API of clstm: one LSTM or GRU layer over raw, C-contiguous buffers.
 #
 #     from clstm.kernels cimport lstm_forward_f64, lstm_workspace_size
 #
@@ -113,3 +113,52 @@ cdef int lstm_backward_packed_f64(int T, int B, int I, int H, int P, const int* 
                                   double* dh0, double* dc0, double* dw_ih, double* dw_hh,
                                   double* dw_hr, double* dbias, double* dpeephole,
                                   int num_threads) noexcept nogil
+
+# The GRU (torch.nn.GRU: gates r, z, n in PyTorch's order; n = tanh(W_in x + b_in +
+# r ⊙ (W_hn h + b_hn))): one direction of a layer over a batch in the packed layout
+# above, any lengths (every row running all T steps is batch_sizes = [B] * T).
+#     x          (N, I); y (N, H) the outputs, packed
+#     w_ih       (3H, I) weight_ih_l{k}; w_hh (3H, H) weight_hh_l{k}
+#     b_ih, b_hh (3H,) bias_ih_l{k} and bias_hh_l{k} (not summable: r multiplies b_hn),
+#                or both NULL for a bias-free layer
+#     h0         (B, H) the rows' initial states, or NULL for zeros
+#     h_n        (B, H) out: each row's state after its last step (forward) or after
+#                step 0 (reverse); NULL to skip
+#     workspace  gru_packed_workspace_size(...) elements, 6·N·H: the gates r, z, n
+#                (N, 3H) and the recurrent products W_hh h + b_hh (N, 3H) that backward
+#                needs (r multiplied their n block)
+# Return values and num_threads as for the LSTM's; -1 also for invalid batch_sizes or
+# one bias without the other.
+cdef Py_ssize_t gru_packed_workspace_size(int T, int B, int H,
+                                          const int* batch_sizes) noexcept nogil
+
+cdef int gru_forward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+                                int reverse, const float* x, const float* w_ih,
+                                const float* w_hh, const float* b_ih, const float* b_hh,
+                                const float* h0, float* y, float* h_n, float* workspace,
+                                int num_threads) noexcept nogil
+cdef int gru_forward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                int reverse, const double* x, const double* w_ih,
+                                const double* w_hh, const double* b_ih, const double* b_hh,
+                                const double* h0, double* y, double* h_n, double* workspace,
+                                int num_threads) noexcept nogil
+
+# Backward after gru_forward_packed with the same arguments.
+#     workspace  in: as forward left it; destroyed
+#     dy         (N, H) in: dL/dy; destroyed (used as the running dL/dh)
+#     dh_n       (B, H) gradient flowing into each row's final state, or NULL for zeros
+#     dx         (N, I) out: dL/dx (overwritten), or NULL to skip that GEMM
+#     dh0        (B, H) out: dL/dh0 (overwritten)
+#     dw_ih, dw_hh, db_ih, db_hh: ADDED INTO (+=); db_ih and db_hh both NULL without bias
+cdef int gru_backward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+                                 int reverse, const float* x, const float* w_ih,
+                                 const float* w_hh, const float* h0, const float* y,
+                                 float* workspace, float* dy, const float* dh_n, float* dx,
+                                 float* dh0, float* dw_ih, float* dw_hh, float* db_ih,
+                                 float* db_hh, int num_threads) noexcept nogil
+cdef int gru_backward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                 int reverse, const double* x, const double* w_ih,
+                                 const double* w_hh, const double* h0, const double* y,
+                                 double* workspace, double* dy, const double* dh_n,
+                                 double* dx, double* dh0, double* dw_ih, double* dw_hh,
+                                 double* db_ih, double* db_hh, int num_threads) noexcept nogil

@@ -49,6 +49,31 @@ void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gat
                                     const double *peephole, const double *c_prev,
                                     const double *c, const double *dh, double *dc);
 
+/* The GRU's element-wise work (torch.nn.GRU: gates r, z, n, "linear before reset"), fused
+ * the same way. `gates` and `gh` are (rows, 3H) with the blocks r, z, n; `h_prev`, `h`,
+ * `dh`, `dh_prev` are (rows, H). `b_ih`, `b_hh` are (3H,) or both NULL (no bias);
+ * `h_prev` NULL means a zero state.
+ *
+ * Forward:  gates holds x W_ihᵀ, gh holds h_prev W_hhᵀ (neither with its bias). On return
+ *           gates holds r, z, n and gh's n block holds W_hn h_prev + b_hn (what r
+ *           multiplied: backward needs it); h = (1 - z) ⊙ n + z ⊙ h_prev.
+ * Backward: gates and gh as forward left them, dh = dL/dh (read only). On return gates
+ *           holds dL/d(W_i x + b_i) = (da_r, da_z, da_n) and gh holds dL/d(W_h h + b_h)
+ *           = (da_r, da_z, da_n ⊙ r); dh_prev receives the direct part dh ⊙ z of
+ *           dL/dh_prev (added into it when `accumulate`, else written): the caller adds
+ *           gh · W_hh. */
+void clstm_gru_gates_forward_f32(int rows, int H, float *gates, float *gh, const float *b_ih,
+                                 const float *b_hh, const float *h_prev, float *h);
+void clstm_gru_gates_forward_f64(int rows, int H, double *gates, double *gh,
+                                 const double *b_ih, const double *b_hh,
+                                 const double *h_prev, double *h);
+void clstm_gru_gates_backward_f32(int rows, int H, float *gates, float *gh,
+                                  const float *h_prev, const float *dh, float *dh_prev,
+                                  int accumulate);
+void clstm_gru_gates_backward_f64(int rows, int H, double *gates, double *gh,
+                                  const double *h_prev, const double *dh, double *dh_prev,
+                                  int accumulate);
+
 /* db[j] += sum over rows of da[r, j], for a (rows, n) block with row stride ld. */
 void clstm_column_sums_f32(long rows, int n, const float *da, int ld, float *db);
 void clstm_column_sums_f64(long rows, int n, const double *da, int ld, double *db);

@@ -199,6 +199,109 @@ SIMD_FN void ISA_SUF(clstm_gates_backward_units)(int rows, int H, int u0, int u1
                           peephole, c_prev, c, dh, dc);
 }
 
+/* The GRU's gate loops (gates_impl.h's gru_forward_body / gru_backward_body), LANES
+ * hidden units at a time. */
+SIMD_INLINE void SUF(gru_forward_vec)(int H, int j, REAL *gr, REAL *hr, const REAL *b_ih,
+                                      const REAL *b_hh, const REAL *hp, REAL *ho,
+                                      const int use_bias, const int use_hprev, const int full,
+                                      MASK m)
+{
+    V ar = VOP(add)(SIMD_LOAD(full, m, gr + j), SIMD_LOAD(full, m, hr + j));
+    V az = VOP(add)(SIMD_LOAD(full, m, gr + H + j), SIMD_LOAD(full, m, hr + H + j));
+    V an = SIMD_LOAD(full, m, gr + 2 * H + j);
+    V nh = SIMD_LOAD(full, m, hr + 2 * H + j);
+    if (use_bias) {
+        ar = VOP(add)(ar, VOP(add)(SIMD_LOAD(full, m, b_ih + j), SIMD_LOAD(full, m, b_hh + j)));
+        az = VOP(add)(az, VOP(add)(SIMD_LOAD(full, m, b_ih + H + j),
+                                   SIMD_LOAD(full, m, b_hh + H + j)));
+        an = VOP(add)(an, SIMD_LOAD(full, m, b_ih + 2 * H + j));
+        nh = VOP(add)(nh, SIMD_LOAD(full, m, b_hh + 2 * H + j));
+    }
+    V r = SUF(sigmoid_v)(ar), z = SUF(sigmoid_v)(az);
+    V n = SUF(tanh_v)(VOP(fmadd)(r, nh, an));
+    V hpj = use_hprev ? SIMD_LOAD(full, m, hp + j) : VOP(setzero)();
+    SIMD_STORE(full, m, gr + j, r);
+    SIMD_STORE(full, m, gr + H + j, z);
+    SIMD_STORE(full, m, gr + 2 * H + j, n);
+    SIMD_STORE(full, m, hr + 2 * H + j, nh);
+    SIMD_STORE(full, m, ho + j, VOP(fmadd)(z, VOP(sub)(hpj, n), n));
+}
+
+SIMD_INLINE void SUF(gru_forward_body)(int rows, int H, REAL *gates, REAL *gh,
+                                       const REAL *b_ih, const REAL *b_hh, const REAL *h_prev,
+                                       REAL *h, const int use_bias, const int use_hprev)
+{
+    const MASK m = SUF(tail_mask)(H % LANES);
+    for (int r = 0; r < rows; r++) {
+        REAL *gr = gates + (size_t)r * 3 * H, *hr = gh + (size_t)r * 3 * H;
+        const REAL *hp = use_hprev ? h_prev + (size_t)r * H : h_prev;
+        REAL *ho = h + (size_t)r * H;
+        int j = 0;
+        for (; j + LANES <= H; j += LANES)
+            SUF(gru_forward_vec)(H, j, gr, hr, b_ih, b_hh, hp, ho, use_bias, use_hprev, 1, m);
+        if (j < H)
+            SUF(gru_forward_vec)(H, j, gr, hr, b_ih, b_hh, hp, ho, use_bias, use_hprev, 0, m);
+    }
+}
+
+SIMD_FN void ISA_SUF(clstm_gru_gates_forward)(int rows, int H, REAL *gates, REAL *gh,
+                                               const REAL *b_ih, const REAL *b_hh,
+                                               const REAL *h_prev, REAL *h)
+{
+    CLSTM_WITH_GATE_FLAGS(SUF(gru_forward_body), b_ih, h_prev, rows, H, gates, gh, b_ih, b_hh,
+                          h_prev, h);
+}
+
+SIMD_INLINE void SUF(gru_backward_vec)(int H, int j, REAL *gr, REAL *hr, const REAL *hp,
+                                       const REAL *dhr, REAL *dp, const int use_hprev,
+                                       const int accumulate, const int full, MASK m)
+{
+    const V one = VOP(set1)(1);
+    V r = SIMD_LOAD(full, m, gr + j), z = SIMD_LOAD(full, m, gr + H + j);
+    V n = SIMD_LOAD(full, m, gr + 2 * H + j), nh = SIMD_LOAD(full, m, hr + 2 * H + j);
+    V d = SIMD_LOAD(full, m, dhr + j);
+    V hpj = use_hprev ? SIMD_LOAD(full, m, hp + j) : VOP(setzero)();
+    V dan = VOP(mul)(VOP(mul)(d, VOP(sub)(one, z)), VOP(fnmadd)(n, n, one));
+    V daz = VOP(mul)(VOP(mul)(d, VOP(sub)(hpj, n)), VOP(mul)(z, VOP(sub)(one, z)));
+    V dar = VOP(mul)(VOP(mul)(dan, nh), VOP(mul)(r, VOP(sub)(one, r)));
+    V dz = VOP(mul)(d, z);
+    if (accumulate)
+        dz = VOP(add)(SIMD_LOAD(full, m, dp + j), dz);
+    SIMD_STORE(full, m, gr + j, dar);
+    SIMD_STORE(full, m, gr + H + j, daz);
+    SIMD_STORE(full, m, gr + 2 * H + j, dan);
+    SIMD_STORE(full, m, hr + j, dar);
+    SIMD_STORE(full, m, hr + H + j, daz);
+    SIMD_STORE(full, m, hr + 2 * H + j, VOP(mul)(dan, r));
+    SIMD_STORE(full, m, dp + j, dz);
+}
+
+SIMD_INLINE void SUF(gru_backward_body)(int rows, int H, REAL *gates, REAL *gh,
+                                        const REAL *h_prev, const REAL *dh, REAL *dh_prev,
+                                        const int use_hprev, const int accumulate)
+{
+    const MASK m = SUF(tail_mask)(H % LANES);
+    for (int r = 0; r < rows; r++) {
+        REAL *gr = gates + (size_t)r * 3 * H, *hr = gh + (size_t)r * 3 * H;
+        const REAL *hp = use_hprev ? h_prev + (size_t)r * H : h_prev;
+        const REAL *dhr = dh + (size_t)r * H;
+        REAL *dp = dh_prev + (size_t)r * H;
+        int j = 0;
+        for (; j + LANES <= H; j += LANES)
+            SUF(gru_backward_vec)(H, j, gr, hr, hp, dhr, dp, use_hprev, accumulate, 1, m);
+        if (j < H)
+            SUF(gru_backward_vec)(H, j, gr, hr, hp, dhr, dp, use_hprev, accumulate, 0, m);
+    }
+}
+
+SIMD_FN void ISA_SUF(clstm_gru_gates_backward)(int rows, int H, REAL *gates, REAL *gh,
+                                                const REAL *h_prev, const REAL *dh,
+                                                REAL *dh_prev, int accumulate)
+{
+    CLSTM_WITH_GATE_FLAGS(SUF(gru_backward_body), h_prev, accumulate, rows, H, gates, gh,
+                          h_prev, dh, dh_prev);
+}
+
 SIMD_FN void ISA_SUF(clstm_sigmoid)(long n, const REAL *x, REAL *y)
 {
     const MASK m = SUF(tail_mask)((int)(n % LANES));

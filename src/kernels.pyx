@@ -62,6 +62,18 @@ cdef extern from "gates.h" nogil:
     void clstm_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
                                         const double *peephole, const double *c_prev,
                                         const double *c, const double *dh, double *dc)
+    void clstm_gru_gates_forward_f32(int rows, int H, float *gates, float *gh,
+                                     const float *b_ih, const float *b_hh,
+                                     const float *h_prev, float *h)
+    void clstm_gru_gates_forward_f64(int rows, int H, double *gates, double *gh,
+                                     const double *b_ih, const double *b_hh,
+                                     const double *h_prev, double *h)
+    void clstm_gru_gates_backward_f32(int rows, int H, float *gates, float *gh,
+                                      const float *h_prev, const float *dh, float *dh_prev,
+                                      int accumulate)
+    void clstm_gru_gates_backward_f64(int rows, int H, double *gates, double *gh,
+                                      const double *h_prev, const double *dh,
+                                      double *dh_prev, int accumulate)
     void clstm_column_sums_f32(long rows, int n, const float *da, int ld, float *db)
     void clstm_column_sums_f64(long rows, int n, const double *da, int ld, double *db)
     void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float *cells,
@@ -1539,6 +1551,84 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     return -3 if clstm_call_stopped(call) else 0
 
 
+# What the packed backward of every cell shares (the LSTM's below, the GRU's after it).
+
+cdef void add_final_state_grads(const packed_plan* plan, int B, int P, bint reverse,
+                                floating* dy, const floating* dh_n) noexcept nogil:
+    """dL/dh_n into dL/dy at each row's final step (its last valid step forward, step 0
+    reverse); dh_n may be NULL."""
+    cdef int b, k
+    cdef Py_ssize_t row
+    if dh_n == NULL:
+        return
+    for b in range(B):
+        row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
+        for k in range(P):
+            dy[row * P + k] += dh_n[<Py_ssize_t>b * P + k]
+
+
+cdef void input_gradient(int num_threads, int N, int G, int I, const floating* da,
+                         const floating* w_ih, floating* dx, clstm_call* call) noexcept nogil:
+    """dX (N×I) = da (N×G) · W_ih (G×I): packed or BLAS by the level's rule for
+    whole-sequence products (a failed pack falls back to BLAS)."""
+    cdef floating* packed_ih = NULL
+    if packed_bulk():
+        packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
+    if packed_ih != NULL:
+        parallel_packed_gemm(num_threads, N, G, I, da, G, packed_ih, dx, I, False, call)
+        free(packed_ih)
+    else:
+        parallel_gemm(num_threads, False, False, N, I, G, <floating>1, da, G, w_ih, I,
+                      <floating>0, dx, I)
+
+
+cdef int recurrent_weight_gradient(int num_threads, int G, int T, int B, int P,
+                                   const int* batch_sizes, const Py_ssize_t* off,
+                                   bint reverse, const floating* da, const floating* y,
+                                   const floating* h0, floating* dw_hh,
+                                   clstm_call* call) noexcept nogil:
+    """dW_hh (G×P) += daᵀ · H_prev, over the N packed rows of da (N×G): H_prev is the state
+    each row read at its step, gathered into the packed layout (step t's rows read a
+    prefix of another step's rows of y, or h0; NULL h0: zeros). Forward, the rows of step
+    0 read h0 itself, so only the other N - B rows are gathered. Returns -2 when out of
+    memory."""
+    cdef int t, nxt
+    cdef int status = 0
+    cdef Py_ssize_t N = off[T], row
+    cdef void* buf = NULL
+    cdef floating* h_prev
+    if not reverse and h0 != NULL:
+        status |= weight_gradient(num_threads, G, B, P, da, h0, P, dw_hh, call)
+    if N <= B and not reverse:
+        return status
+    if posix_memalign(&buf, 64, <size_t>N * P * sizeof(floating)) != 0:
+        return -2
+    h_prev = <floating*>buf
+    for t in range(T):
+        row = off[t] * P
+        if not reverse:
+            if t > 0:
+                memcpy(h_prev + row, y + off[t - 1] * P,
+                       <size_t>batch_sizes[t] * P * sizeof(floating))
+        else:
+            nxt = batch_sizes[t + 1] if t + 1 < T else 0
+            if nxt > 0:
+                memcpy(h_prev + row, y + off[t + 1] * P, <size_t>nxt * P * sizeof(floating))
+            if h0 != NULL:
+                memcpy(h_prev + row + <Py_ssize_t>nxt * P, h0 + <Py_ssize_t>nxt * P,
+                       <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
+            else:
+                memset(h_prev + row + <Py_ssize_t>nxt * P, 0,
+                       <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
+    if reverse:
+        status |= weight_gradient(num_threads, G, <int>N, P, da, h_prev, P, dw_hh, call)
+    else:
+        status |= weight_gradient(num_threads, G, <int>(N - B), P, da + <Py_ssize_t>B * G,
+                                  h_prev + <Py_ssize_t>B * P, P, dw_hh, call)
+    free(h_prev)
+    return status
+
+
 cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
                                const Py_ssize_t* off, bint reverse, int b0, int b1,
                                const floating* w_hh, const floating* w_hh_packed,
@@ -1626,9 +1716,9 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
                                clstm_call* call) noexcept nogil:
     """The backward of one direction of a layer over a packed batch, after
     layer_forward_packed with the same arguments. Returns as layer_backward."""
-    cdef int chunk, n_chunks, t, b, nxt
+    cdef int chunk, n_chunks, t, nxt
     cdef int G = 4 * H
-    cdef Py_ssize_t k, row
+    cdef Py_ssize_t row
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
             or not proj_ok(H, P) or (P > 0) != (w_hr != NULL)
             or (w_hr != NULL and dw_hr == NULL)):
@@ -1644,11 +1734,7 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
     if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
         return -2
-    if dh_n != NULL:                     # into dL/dh at each row's final step
-        for b in range(B):
-            row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
-            for k in range(P):
-                dy[row * P + k] += dh_n[<Py_ssize_t>b * P + k]
+    add_final_state_grads(&plan, B, P, reverse, dy, dh_n)
     if dc_n != NULL:
         memcpy(dc0, dc_n, <size_t>B * H * sizeof(floating))
     else:
@@ -1690,59 +1776,17 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     # The gates buffer now holds da for the N valid rows, dy the whole dL/dy: the rest
     # is a few large GEMMs.
     cdef floating* da = gates
-    cdef floating* packed_ih = NULL
-    cdef floating* h_prev = NULL
     cdef int status = 0
     if dx != NULL:      # dX = da · W_ih
-        if packed_bulk():
-            packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
-        if packed_ih != NULL:
-            parallel_packed_gemm(num_threads, <int>N, G, I, da, G, packed_ih, dx, I, False,
-                                 call)
-            free(packed_ih)
-        else:
-            parallel_gemm(num_threads, False, False, <int>N, I, G, <floating>1, da, G, w_ih,
-                          I, <floating>0, dx, I)
+        input_gradient(num_threads, <int>N, G, I, da, w_ih, dx, call)
     # dW_ih += daᵀ · X
     status |= weight_gradient(num_threads, G, <int>N, I, da, x, I, dw_ih, call)
     # dW_hr += dYᵀ · Hidden (LSTMP)
     if w_hr != NULL:
         status |= weight_gradient(num_threads, P, <int>N, H, dy, hidden, H, dw_hr, call)
-    # dW_hh += daᵀ · H_prev: the state each row read at each step, gathered into the
-    # packed layout (step t's rows read a prefix of another step's rows, or h0).
-    if not reverse and h0 != NULL:
-        status |= weight_gradient(num_threads, G, B, P, da, h0, P, dw_hh, call)
-    if N > B or reverse:
-        buf = NULL
-        if posix_memalign(&buf, 64, <size_t>N * P * sizeof(floating)) != 0:
-            status = -2
-        else:
-            h_prev = <floating*>buf
-            for t in range(T):
-                row = plan.off[t] * P
-                if not reverse:
-                    if t > 0:
-                        memcpy(h_prev + row, y + plan.off[t - 1] * P,
-                               <size_t>batch_sizes[t] * P * sizeof(floating))
-                else:
-                    nxt = batch_sizes[t + 1] if t + 1 < T else 0
-                    if nxt > 0:
-                        memcpy(h_prev + row, y + plan.off[t + 1] * P,
-                               <size_t>nxt * P * sizeof(floating))
-                    if h0 != NULL:
-                        memcpy(h_prev + row + <Py_ssize_t>nxt * P, h0 + <Py_ssize_t>nxt * P,
-                               <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
-                    else:
-                        memset(h_prev + row + <Py_ssize_t>nxt * P, 0,
-                               <size_t>(batch_sizes[t] - nxt) * P * sizeof(floating))
-            if reverse:
-                status |= weight_gradient(num_threads, G, <int>N, P, da, h_prev, P, dw_hh,
-                                          call)
-            else:
-                status |= weight_gradient(num_threads, G, <int>(N - B), P,
-                                          da + <Py_ssize_t>B * G, h_prev + <Py_ssize_t>B * P,
-                                          P, dw_hh, call)
-            free(h_prev)
+    # dW_hh += daᵀ · H_prev
+    status |= recurrent_weight_gradient(num_threads, G, T, B, P, batch_sizes, plan.off,
+                                        reverse, da, y, h0, dw_hh, call)
     clstm_blas_leave()
     if status != 0:
         plan_free(&plan)
@@ -1859,6 +1903,360 @@ cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const 
 
 
 # ---------------------------------------------------------------------------------------
+# The GRU on the packed driver (torch.nn.GRU; DEVELOPERS.md, "The GRU"). Everything but
+# the cell is the LSTM's: plan_make's row split, W_hh packed once per call, the
+# packed-vs-BLAS rule, the input projection per step or upfront, the weight-gradient
+# GEMMs over the N valid rows, the directions at once, the call's stop and status. What
+# differs: the recurrent product gh = h·W_hhᵀ (3H) is kept apart from the input part
+# (r multiplies W_hn h + b_hn, bias included), so each step writes it into its own rows
+# of a second (N, 3H) block; the workspace is 6·N·H (gates, gh), no cell states.
+
+cdef inline void gru_gates_forward(int rows, int H, floating* gates, floating* gh,
+                                   const floating* b_ih, const floating* b_hh,
+                                   const floating* h_prev, floating* h) noexcept nogil:
+    if floating is float:
+        clstm_gru_gates_forward_f32(rows, H, gates, gh, b_ih, b_hh, h_prev, h)
+    else:
+        clstm_gru_gates_forward_f64(rows, H, gates, gh, b_ih, b_hh, h_prev, h)
+
+
+cdef inline void gru_gates_backward(int rows, int H, floating* gates, floating* gh,
+                                    const floating* h_prev, const floating* dh,
+                                    floating* dh_prev, bint accumulate) noexcept nogil:
+    if floating is float:
+        clstm_gru_gates_backward_f32(rows, H, gates, gh, h_prev, dh, dh_prev, accumulate)
+    else:
+        clstm_gru_gates_backward_f64(rows, H, gates, gh, h_prev, dh, dh_prev, accumulate)
+
+
+cdef inline void gru_step_rows(int rows, int H, const floating* prev, const floating* w_hh,
+                               const floating* w_hh_packed, const floating* b_ih,
+                               const floating* b_hh, floating* gates, floating* gh,
+                               floating* h) noexcept nogil:
+    """One step of ``rows`` contiguous rows from their previous states (NULL: zeros):
+    gh = prev·W_hhᵀ, then the gate loop (gates holds x·W_ihᵀ already)."""
+    cdef int G = 3 * H
+    if prev != NULL:
+        weights_gemm(rows, G, H, prev, H, w_hh_packed, w_hh, True, <floating>0, gh, G)
+    else:
+        memset(gh, 0, <size_t>rows * G * sizeof(floating))
+    gru_gates_forward(rows, H, gates, gh, b_ih, b_hh, prev, h)
+
+
+cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
+                                  const Py_ssize_t* off, bint reverse, int b0, int b1,
+                                  const floating* x, const floating* w_ih_packed,
+                                  const floating* w_hh, const floating* w_hh_packed,
+                                  const floating* b_ih, const floating* b_hh,
+                                  const floating* h0, floating* y, floating* gates,
+                                  floating* gh, floating* h_n,
+                                  clstm_call* call) noexcept nogil:
+    """Rows b0:b1 through their valid steps (forward_rows_packed's walk); h_n (may be
+    NULL) receives each row's state after its last step."""
+    cdef int it, t, r1, m, nxt, b
+    cdef int G = 3 * H
+    cdef Py_ssize_t row0, rowm
+    cdef const floating* prev
+    if b1 <= b0:
+        return
+    for it in range(T):
+        if clstm_call_stopped(call):
+            return
+        t = T - 1 - it if reverse else it
+        if bs[t] <= b0:
+            if reverse:
+                continue
+            return                       # forward: no row of this slice runs any more
+        r1 = b1 if b1 < bs[t] else bs[t]
+        row0 = off[t] + b0
+        if w_ih_packed != NULL:
+            weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
+                         <floating>0, gates + row0 * G, G)
+        if not reverse:
+            if t > 0:
+                prev = y + (off[t - 1] + b0) * H
+            elif h0 != NULL:
+                prev = h0 + <Py_ssize_t>b0 * H
+            else:
+                prev = NULL
+            gru_step_rows(r1 - b0, H, prev, w_hh, w_hh_packed, b_ih, b_hh, gates + row0 * G,
+                          gh + row0 * G, y + row0 * H)
+        else:
+            nxt = bs[t + 1] if t + 1 < T else 0
+            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            if m > b0:                   # rows b0:m continue from step t+1
+                gru_step_rows(m - b0, H, y + (off[t + 1] + b0) * H, w_hh, w_hh_packed, b_ih,
+                              b_hh, gates + row0 * G, gh + row0 * G, y + row0 * H)
+            if r1 > m:                   # rows m:r1 start here, from h0
+                rowm = off[t] + m
+                gru_step_rows(r1 - m, H, h0 + <Py_ssize_t>m * H if h0 != NULL else NULL,
+                              w_hh, w_hh_packed, b_ih, b_hh, gates + rowm * G, gh + rowm * G,
+                              y + rowm * H)
+        if h_n != NULL:
+            if not reverse:              # rows whose last step this is
+                nxt = bs[t + 1] if t + 1 < T else 0
+                for b in range(nxt if nxt > b0 else b0, r1):
+                    memcpy(h_n + <Py_ssize_t>b * H, y + (off[t] + b) * H, H * sizeof(floating))
+            elif t == 0:                 # every row ends at step 0
+                memcpy(h_n + <Py_ssize_t>b0 * H, y + row0 * H,
+                       <size_t>(b1 - b0) * H * sizeof(floating))
+
+
+cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
+                                  bint reverse, const floating* x, const floating* w_ih,
+                                  const floating* w_hh, const floating* b_ih,
+                                  const floating* b_hh, const floating* h0, floating* y,
+                                  floating* h_n, floating* workspace, int num_threads,
+                                  clstm_call* call) noexcept nogil:
+    """The forward of one GRU direction over a packed batch; b_ih and b_hh both NULL for
+    no bias. Returns 0, -1 for bad sizes, -2 when out of memory, -3 when stopped."""
+    global _units_split_last
+    cdef int chunk, n_chunks
+    cdef int G = 3 * H
+    if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
+            or (b_ih == NULL) != (b_hh == NULL)):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    cdef floating* gates = workspace
+    cdef floating* gh = workspace + N * G
+    cdef floating* packed = NULL
+    cdef floating* packed_ih = NULL
+    cdef packed_plan plan
+    cdef bint no_memory = False
+    # A zero h0 as a buffer when W_hh holds NaN or inf, so that 0·NaN = NaN as in PyTorch
+    cdef floating* zero_h0 = zero_state_if_needed(h0, B, H, G, w_hh, &no_memory)
+    if no_memory:
+        return -2
+    if zero_h0 != NULL:
+        h0 = zero_h0
+    num_threads = clstm_team_threads(num_threads)
+    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
+    _units_split_last = False
+    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+        free(zero_h0)
+        return -2
+    clstm_blas_enter()
+    # The LSTM's rule (layer_forward_packed): packed kernels or BLAS by the ISA level,
+    # the input projection per step with a few rows per thread and small weights.
+    cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
+    cdef bint per_step = (steps_packed
+                          and B // n_chunks >= _min_rows_per_step_projection
+                          and (<double>I + H) * G * sizeof(floating) <= _max_step_weights_bytes)
+    cdef bint ih_packed = per_step or (packed_bulk() and N > B)
+    if steps_packed:
+        packed = pack_weights(H, G, w_hh, H, True, num_threads)      # P = W_hhᵀ
+    if ih_packed:
+        packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)   # P = W_ihᵀ
+    if (steps_packed and packed == NULL) or (ih_packed and packed_ih == NULL):
+        free(packed)
+        free(packed_ih)
+        free(zero_h0)
+        plan_free(&plan)
+        clstm_blas_leave()
+        return -2
+    if not per_step:
+        if packed_ih != NULL:
+            parallel_packed_gemm(num_threads, <int>N, I, G, x, I, packed_ih, gates, G, False,
+                                 call)
+            free(packed_ih)
+            packed_ih = NULL
+        else:
+            parallel_gemm(num_threads, False, True, <int>N, G, I, <floating>1, x, I, w_ih,
+                          I, <floating>0, gates, G)
+    if n_chunks > 1:
+        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+            gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse,
+                                    plan.bounds[chunk], plan.bounds[chunk + 1], x, packed_ih,
+                                    w_hh, packed, b_ih, b_hh, h0, y, gates, gh, h_n, call)
+    else:
+        gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse, 0, B, x,
+                                packed_ih, w_hh, packed, b_ih, b_hh, h0, y, gates, gh, h_n,
+                                call)
+    clstm_blas_leave()
+    free(packed_ih)
+    free(packed)
+    free(zero_h0)
+    plan_free(&plan)
+    return -3 if clstm_call_stopped(call) else 0
+
+
+cdef inline void gru_step_back(int rows, int H, const floating* prev, floating* gates,
+                               floating* gh, const floating* dh, floating* dprev,
+                               bint accumulate, const floating* w_hh,
+                               const floating* w_hh_packed) noexcept nogil:
+    """One step of ``rows`` rows back: the gate loop turns gates and gh into their
+    gradients and puts dh ⊙ z into dprev (added or written), then dprev += dgh · W_hh."""
+    gru_gates_backward(rows, H, gates, gh, prev, dh, dprev, accumulate)
+    weights_gemm(rows, H, 3 * H, gh, 3 * H, w_hh_packed, w_hh, False, <floating>1, dprev, H)
+
+
+cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_ssize_t* off,
+                                   bint reverse, int b0, int b1, const floating* w_hh,
+                                   const floating* w_hh_packed, const floating* h0,
+                                   const floating* y, floating* gates, floating* gh,
+                                   floating* dy, floating* dh0,
+                                   clstm_call* call) noexcept nogil:
+    """Rows b0:b1 back through their valid steps (backward_rows_packed's walk). dy
+    (packed) receives each step's recurrent gradient before the step it belongs to reads
+    it; dh0 receives dL/dh0 of each row at the step that read h0."""
+    cdef int it, t, r1, m, nxt
+    cdef int G = 3 * H
+    cdef Py_ssize_t row0, prev0, rowm
+    if b1 <= b0:
+        return
+    for it in range(T):
+        if clstm_call_stopped(call):
+            return
+        t = it if reverse else T - 1 - it
+        if bs[t] <= b0:
+            if reverse:
+                return                   # reverse, backward: no row runs any more
+            continue
+        r1 = b1 if b1 < bs[t] else bs[t]
+        row0 = off[t] + b0
+        if not reverse:
+            if t > 0:
+                prev0 = off[t - 1] + b0
+                gru_step_back(r1 - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
+                              dy + row0 * H, dy + prev0 * H, True, w_hh, w_hh_packed)
+            else:
+                gru_step_back(r1 - b0, H, h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL,
+                              gates + row0 * G, gh + row0 * G, dy + row0 * H,
+                              dh0 + <Py_ssize_t>b0 * H, False, w_hh, w_hh_packed)
+        else:
+            nxt = bs[t + 1] if t + 1 < T else 0
+            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            if m > b0:
+                prev0 = off[t + 1] + b0
+                gru_step_back(m - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
+                              dy + row0 * H, dy + prev0 * H, True, w_hh, w_hh_packed)
+            if r1 > m:
+                rowm = off[t] + m
+                gru_step_back(r1 - m, H, h0 + <Py_ssize_t>m * H if h0 != NULL else NULL,
+                              gates + rowm * G, gh + rowm * G, dy + rowm * H,
+                              dh0 + <Py_ssize_t>m * H, False, w_hh, w_hh_packed)
+
+
+cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_sizes,
+                                   bint reverse, const floating* x, const floating* w_ih,
+                                   const floating* w_hh, const floating* h0,
+                                   const floating* y, floating* workspace, floating* dy,
+                                   const floating* dh_n, floating* dx, floating* dh0,
+                                   floating* dw_ih, floating* dw_hh, floating* db_ih,
+                                   floating* db_hh, int num_threads,
+                                   clstm_call* call) noexcept nogil:
+    """The backward of one GRU direction after gru_layer_forward_packed with the same
+    arguments; dw_ih, dw_hh, db_ih, db_hh are added into (the biases both NULL without
+    bias). Returns as layer_backward_packed."""
+    cdef int chunk, n_chunks
+    cdef int G = 3 * H
+    if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
+            or (db_ih == NULL) != (db_hh == NULL)):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    cdef floating* gates = workspace
+    cdef floating* gh = workspace + N * G
+    cdef floating* packed = NULL
+    cdef bint failed = False
+    cdef int status = 0
+    cdef packed_plan plan
+    num_threads = clstm_team_threads(num_threads)
+    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
+    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+        return -2
+    add_final_state_grads(&plan, B, H, reverse, dy, dh_n)
+    clstm_blas_enter()
+    if packed_steps(B // n_chunks) and N > B:
+        packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
+        failed = packed == NULL
+    if not failed and n_chunks > 1:
+        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+            gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse,
+                                     plan.bounds[chunk], plan.bounds[chunk + 1], w_hh, packed,
+                                     h0, y, gates, gh, dy, dh0, call)
+    elif not failed:
+        gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, 0, B, w_hh, packed,
+                                 h0, y, gates, gh, dy, dh0, call)
+    free(packed)
+    if failed or clstm_call_stopped(call):
+        clstm_blas_leave()
+        plan_free(&plan)
+        return -2 if failed else -3
+    # gates now holds dL/d(x·W_ihᵀ + b_ih) and gh dL/d(h·W_hhᵀ + b_hh) for the N valid
+    # rows: the rest is the LSTM's large GEMMs, twice.
+    if dx != NULL:      # dX = dgi · W_ih
+        input_gradient(num_threads, <int>N, G, I, gates, w_ih, dx, call)
+    status |= weight_gradient(num_threads, G, <int>N, I, gates, x, I, dw_ih, call)
+    status |= recurrent_weight_gradient(num_threads, G, T, B, H, batch_sizes, plan.off,
+                                        reverse, gh, y, h0, dw_hh, call)
+    clstm_blas_leave()
+    plan_free(&plan)
+    if status != 0:
+        return -2
+    if clstm_call_stopped(call):
+        return -3
+    if db_ih != NULL:
+        parallel_column_sums(num_threads, N, G, gates, db_ih)
+        parallel_column_sums(num_threads, N, G, gh, db_hh)
+    return 0
+
+
+cdef int gru_bidir_forward(int T, int B, int I, int H, const int* bs, const floating* x,
+                           const floating** w_ih, const floating** w_hh,
+                           const floating** b_ih, const floating** b_hh,
+                           const floating** h0, floating** y, floating** h_n,
+                           floating** workspace, int num_threads,
+                           clstm_call* call) noexcept nogil:
+    """Both directions of a GRU layer (bidir_forward's rule: at once, a thread each, or
+    one after the other with the rows split)."""
+    global _threads_used_last
+    cdef int st[2]
+    cdef int d
+    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
+    num_threads = clstm_team_threads(num_threads)
+    if directions_in_parallel(num_threads, B, H, H, N):
+        for d in prange(2, num_threads=2, schedule="static"):
+            st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
+                                             b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
+                                             workspace[d], 1, call)
+        _threads_used_last = 2
+    else:
+        for d in range(2):
+            st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
+                                             b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
+                                             workspace[d], num_threads, call)
+    return st[0] if st[0] != 0 else st[1]
+
+
+cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const floating* x,
+                            const floating** w_ih, const floating** w_hh,
+                            const floating** h0, const floating** y, floating** workspace,
+                            floating** dy, const floating** dh_n, floating** dx,
+                            floating** dh0, floating** dw_ih, floating** dw_hh,
+                            floating** db_ih, floating** db_hh, int num_threads,
+                            clstm_call* call) noexcept nogil:
+    """Both directions' backward; dx[d] is each direction's own share of dL/dx."""
+    global _threads_used_last
+    cdef int st[2]
+    cdef int d
+    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
+    num_threads = clstm_team_threads(num_threads)
+    if directions_in_parallel(num_threads, B, H, H, N):
+        for d in prange(2, num_threads=2, schedule="static"):
+            st[d] = gru_layer_backward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
+                                              h0[d], y[d], workspace[d], dy[d], dh_n[d],
+                                              dx[d], dh0[d], dw_ih[d], dw_hh[d], db_ih[d],
+                                              db_hh[d], 1, call)
+        _threads_used_last = 2
+    else:
+        for d in range(2):
+            st[d] = gru_layer_backward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
+                                              h0[d], y[d], workspace[d], dy[d], dh_n[d],
+                                              dx[d], dh0[d], dw_ih[d], dw_hh[d], db_ih[d],
+                                              db_hh[d], num_threads, call)
+    return st[0] if st[0] != 0 else st[1]
+
+# ---------------------------------------------------------------------------------------
 # The public C API (declared in clstm/kernels.pxd)
 
 cdef Py_ssize_t lstm_workspace_size(int T, int B, int H) noexcept nogil:
@@ -1967,6 +2365,55 @@ cdef int lstm_backward_packed_f64(int T, int B, int I, int H, int P, const int* 
                                  num_threads, NULL)
 
 
+cdef Py_ssize_t gru_packed_workspace_size(int T, int B, int H,
+                                          const int* batch_sizes) noexcept nogil:
+    if H <= 0 or not batch_sizes_ok(T, B, batch_sizes):
+        return -1
+    cdef Py_ssize_t N = packed_rows(T, batch_sizes)
+    if 6.0 * N * H > _max_buffer_elements:
+        return -1
+    return 6 * N * H
+
+
+cdef int gru_forward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+                                int reverse, const float* x, const float* w_ih,
+                                const float* w_hh, const float* b_ih, const float* b_hh,
+                                const float* h0, float* y, float* h_n, float* workspace,
+                                int num_threads) noexcept nogil:
+    return gru_layer_forward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                    b_ih, b_hh, h0, y, h_n, workspace, num_threads, NULL)
+
+
+cdef int gru_forward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                int reverse, const double* x, const double* w_ih,
+                                const double* w_hh, const double* b_ih, const double* b_hh,
+                                const double* h0, double* y, double* h_n, double* workspace,
+                                int num_threads) noexcept nogil:
+    return gru_layer_forward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                    b_ih, b_hh, h0, y, h_n, workspace, num_threads, NULL)
+
+
+cdef int gru_backward_packed_f32(int T, int B, int I, int H, const int* batch_sizes,
+                                 int reverse, const float* x, const float* w_ih,
+                                 const float* w_hh, const float* h0, const float* y,
+                                 float* workspace, float* dy, const float* dh_n, float* dx,
+                                 float* dh0, float* dw_ih, float* dw_hh, float* db_ih,
+                                 float* db_hh, int num_threads) noexcept nogil:
+    return gru_layer_backward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                     h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh,
+                                     db_ih, db_hh, num_threads, NULL)
+
+
+cdef int gru_backward_packed_f64(int T, int B, int I, int H, const int* batch_sizes,
+                                 int reverse, const double* x, const double* w_ih,
+                                 const double* w_hh, const double* h0, const double* y,
+                                 double* workspace, double* dy, const double* dh_n,
+                                 double* dx, double* dh0, double* dw_ih, double* dw_hh,
+                                 double* db_ih, double* db_hh, int num_threads) noexcept nogil:
+    return gru_layer_backward_packed(T, B, I, H, batch_sizes, reverse != 0, x, w_ih, w_hh,
+                                     h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh,
+                                     db_ih, db_hh, num_threads, NULL)
+
 # ---------------------------------------------------------------------------------------
 # Python entry points. clstm.lstm validates user input and allocates; these re-check
 # every buffer cheaply anyway, so a wrong call raises instead of reading out of bounds.
@@ -2032,14 +2479,14 @@ cdef int raise_pending(clstm_call* call) except -1:
     return -1
 
 
-cdef check_status(int status, str what, clstm_call* call):
+cdef check_status(int status, str what, clstm_call* call, str cell="lstm"):
     raise_pending(call)
     if status == -2:
-        raise MemoryError(f"lstm {what}: out of memory for the packed weights")
+        raise MemoryError(f"{cell} {what}: out of memory for the packed weights")
     if status == -3:
-        raise KeyboardInterrupt(f"lstm {what}: interrupted")
+        raise KeyboardInterrupt(f"{cell} {what}: interrupted")
     if status != 0:
-        raise ValueError(f"lstm {what}: invalid sizes")
+        raise ValueError(f"{cell} {what}: invalid sizes")
 
 
 def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y,
@@ -2417,6 +2864,197 @@ def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_i
                                     num_threads, &call)
     check_status(status, "backward", &call)
 
+
+# The GRU's entry points: one direction (gru_forward_packed, gru_backward_packed) or both
+# (..._bidir, every per-direction argument a pair), checked by one function each.
+
+cdef list _directions(object arrays, str name, int D):
+    """[arrays] for one direction, the pair's items for two."""
+    if D == 1:
+        return [arrays]
+    return list(pair_of(arrays, name))
+
+
+cdef _gru_forward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, x, w_ih,
+                  w_hh, b_ih, b_hh, h0, y, h_n, workspace, int num_threads):
+    if not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t N = packed_rows(T, pbs), G = 3 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, N * I)
+    cdef void* pwi[2]
+    cdef void* pwh[2]
+    cdef void* pbi[2]
+    cdef void* pbh[2]
+    cdef void* ph0[2]
+    cdef void* py[2]
+    cdef void* phn[2]
+    cdef void* pw[2]
+    cdef int d
+    args = [_directions(a, n, D) for a, n in (
+        (w_ih, "w_ih"), (w_hh, "w_hh"), (b_ih, "b_ih"), (b_hh, "b_hh"), (h0, "h0"),
+        (y, "y"), (h_n, "h_n"), (workspace, "workspace"))]
+    for d in range(D):
+        pwi[d] = buffer_of(args[0][d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(args[1][d], "w_hh", tn, G * H)
+        pbi[d] = buffer_of(args[2][d], "b_ih", tn, G, True)
+        pbh[d] = buffer_of(args[3][d], "b_hh", tn, G, True)
+        if (pbi[d] == NULL) != (pbh[d] == NULL):
+            raise ValueError("b_ih, b_hh: expected two arrays or two None (no bias)")
+        ph0[d] = buffer_of(args[4][d], "h0", tn, B * H, True)
+        py[d] = writable_buffer_of(args[5][d], "y", tn, N * H)
+        phn[d] = writable_buffer_of(args[6][d], "h_n", tn, B * H, True)
+        pw[d] = writable_buffer_of(args[7][d], "workspace", tn, 6 * N * H)
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            if D == 1:
+                status = gru_layer_forward_packed(T, B, I, H, pbs, reverse, <float*>px,
+                                                  <float*>pwi[0], <float*>pwh[0],
+                                                  <float*>pbi[0], <float*>pbh[0],
+                                                  <float*>ph0[0], <float*>py[0],
+                                                  <float*>phn[0], <float*>pw[0], num_threads,
+                                                  &call)
+            else:
+                status = gru_bidir_forward(T, B, I, H, pbs, <float*>px, <const float**>pwi,
+                                           <const float**>pwh, <const float**>pbi,
+                                           <const float**>pbh, <const float**>ph0,
+                                           <float**>py, <float**>phn, <float**>pw,
+                                           num_threads, &call)
+        else:
+            if D == 1:
+                status = gru_layer_forward_packed(T, B, I, H, pbs, reverse, <double*>px,
+                                                  <double*>pwi[0], <double*>pwh[0],
+                                                  <double*>pbi[0], <double*>pbh[0],
+                                                  <double*>ph0[0], <double*>py[0],
+                                                  <double*>phn[0], <double*>pw[0],
+                                                  num_threads, &call)
+            else:
+                status = gru_bidir_forward(T, B, I, H, pbs, <double*>px, <const double**>pwi,
+                                           <const double**>pwh, <const double**>pbi,
+                                           <const double**>pbh, <const double**>ph0,
+                                           <double**>py, <double**>phn, <double**>pw,
+                                           num_threads, &call)
+    check_status(status, "forward", &call, "gru")
+
+
+cdef _gru_backward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, x, w_ih,
+                   w_hh, h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
+                   int num_threads):
+    if not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t N = packed_rows(T, pbs), G = 3 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, N * I)
+    cdef void* pwi[2]
+    cdef void* pwh[2]
+    cdef void* ph0[2]
+    cdef void* py[2]
+    cdef void* pw[2]
+    cdef void* pdy[2]
+    cdef void* pdhn[2]
+    cdef void* pdx[2]
+    cdef void* pdh0[2]
+    cdef void* pdwi[2]
+    cdef void* pdwh[2]
+    cdef void* pdbi[2]
+    cdef void* pdbh[2]
+    cdef int d
+    args = [_directions(a, n, D) for a, n in (
+        (w_ih, "w_ih"), (w_hh, "w_hh"), (h0, "h0"), (y, "y"), (workspace, "workspace"),
+        (dy, "dy"), (dh_n, "dh_n"), (dx, "dx"), (dh0, "dh0"), (dw_ih, "dw_ih"),
+        (dw_hh, "dw_hh"), (db_ih, "db_ih"), (db_hh, "db_hh"))]
+    for d in range(D):
+        pwi[d] = buffer_of(args[0][d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(args[1][d], "w_hh", tn, G * H)
+        ph0[d] = buffer_of(args[2][d], "h0", tn, B * H, True)
+        py[d] = buffer_of(args[3][d], "y", tn, N * H)
+        pw[d] = writable_buffer_of(args[4][d], "workspace", tn, 6 * N * H)
+        pdy[d] = writable_buffer_of(args[5][d], "dy", tn, N * H)
+        pdhn[d] = buffer_of(args[6][d], "dh_n", tn, B * H, True)
+        pdx[d] = writable_buffer_of(args[7][d], "dx", tn, N * I, True)
+        pdh0[d] = writable_buffer_of(args[8][d], "dh0", tn, B * H)
+        pdwi[d] = writable_buffer_of(args[9][d], "dw_ih", tn, G * I)
+        pdwh[d] = writable_buffer_of(args[10][d], "dw_hh", tn, G * H)
+        pdbi[d] = writable_buffer_of(args[11][d], "db_ih", tn, G, True)
+        pdbh[d] = writable_buffer_of(args[12][d], "db_hh", tn, G, True)
+        if (pdbi[d] == NULL) != (pdbh[d] == NULL):
+            raise ValueError("db_ih, db_hh: expected two arrays or two None (no bias)")
+    cdef int status
+    cdef clstm_call call
+    start_call(&call)
+    with nogil:
+        if tn == cnp.NPY_FLOAT32:
+            if D == 1:
+                status = gru_layer_backward_packed(
+                    T, B, I, H, pbs, reverse, <float*>px, <float*>pwi[0], <float*>pwh[0],
+                    <float*>ph0[0], <float*>py[0], <float*>pw[0], <float*>pdy[0],
+                    <float*>pdhn[0], <float*>pdx[0], <float*>pdh0[0], <float*>pdwi[0],
+                    <float*>pdwh[0], <float*>pdbi[0], <float*>pdbh[0], num_threads, &call)
+            else:
+                status = gru_bidir_backward(
+                    T, B, I, H, pbs, <float*>px, <const float**>pwi, <const float**>pwh,
+                    <const float**>ph0, <const float**>py, <float**>pw, <float**>pdy,
+                    <const float**>pdhn, <float**>pdx, <float**>pdh0, <float**>pdwi,
+                    <float**>pdwh, <float**>pdbi, <float**>pdbh, num_threads, &call)
+        else:
+            if D == 1:
+                status = gru_layer_backward_packed(
+                    T, B, I, H, pbs, reverse, <double*>px, <double*>pwi[0], <double*>pwh[0],
+                    <double*>ph0[0], <double*>py[0], <double*>pw[0], <double*>pdy[0],
+                    <double*>pdhn[0], <double*>pdx[0], <double*>pdh0[0], <double*>pdwi[0],
+                    <double*>pdwh[0], <double*>pdbi[0], <double*>pdbh[0], num_threads, &call)
+            else:
+                status = gru_bidir_backward(
+                    T, B, I, H, pbs, <double*>px, <const double**>pwi, <const double**>pwh,
+                    <const double**>ph0, <const double**>py, <double**>pw, <double**>pdy,
+                    <const double**>pdhn, <double**>pdx, <double**>pdh0, <double**>pdwi,
+                    <double**>pdwh, <double**>pdbi, <double**>pdbh, num_threads, &call)
+    check_status(status, "backward", &call, "gru")
+
+
+def gru_forward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_ih, w_hh,
+                       b_ih, b_hh, h0, y, h_n, workspace, int num_threads=1):
+    """Forward of one GRU direction over a packed batch (see "the packed layout" above):
+    x (N, I), y (N, H), h0 and h_n (B, H) (None: zeros / skip), workspace 6·N·H with N =
+    sum(batch_sizes); b_ih, b_hh (3H,) or both None (no bias)."""
+    _gru_forward(T, B, I, H, batch_sizes, 1, reverse, x, w_ih, w_hh, b_ih, b_hh, h0, y, h_n,
+                 workspace, num_threads)
+
+
+def gru_backward_packed(int T, int B, int I, int H, batch_sizes, bint reverse, x, w_ih,
+                        w_hh, h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih,
+                        db_hh, int num_threads=1):
+    """Backward of one GRU direction after :func:`gru_forward_packed` with the same
+    arrays: dy (N, H) is overwritten, dh_n (B, H) may be None, dx (N, I) (None: skipped)
+    and dh0 (B, H) are written, dw_ih, dw_hh, db_ih, db_hh added into (the biases both
+    None without bias)."""
+    _gru_backward(T, B, I, H, batch_sizes, 1, reverse, x, w_ih, w_hh, h0, y, workspace, dy,
+                  dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, num_threads)
+
+
+def gru_forward_packed_bidir(int T, int B, int I, int H, batch_sizes, x, w_ih, w_hh, b_ih,
+                             b_hh, h0, y, h_n, workspace, int num_threads=1):
+    """Both directions of a bidirectional GRU layer, as :func:`gru_forward_packed` with
+    ``reverse`` False then True; every argument but the sizes, ``batch_sizes`` and ``x``
+    is a pair (forward, reverse). With 2 threads the directions run at once."""
+    _gru_forward(T, B, I, H, batch_sizes, 2, False, x, w_ih, w_hh, b_ih, b_hh, h0, y, h_n,
+                 workspace, num_threads)
+
+
+def gru_backward_packed_bidir(int T, int B, int I, int H, batch_sizes, x, w_ih, w_hh, h0, y,
+                              workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
+                              int num_threads=1):
+    """Both directions' backward after :func:`gru_forward_packed_bidir`, every
+    per-direction argument a pair; dx[d] receives direction d's share of dL/dx."""
+    _gru_backward(T, B, I, H, batch_sizes, 2, False, x, w_ih, w_hh, h0, y, workspace, dy,
+                  dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, num_threads)
 
 def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, c_out,
          gates):

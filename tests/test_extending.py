@@ -203,3 +203,20 @@ def test_encode_bidirectional_matches_lstm_with_lengths(lstm_embed, num_threads)
                 p[f"bias_ih_l0{s}"] + p[f"bias_hh_l0{s}"]) for s in ("", "_reverse")]
     h_n = lstm_embed.encode_bidirectional(x, lengths, *weights, num_threads=num_threads)
     assert_allclose(h_n, h_ref, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_gru_encode_matches_gru_with_lengths(lstm_embed, num_threads, bias):
+    """The GRU's packed-layout C API against clstm.GRU with lengths."""
+    I, H = 3, 5
+    net = clstm.GRU(I, H, bias=bias, dtype="float64", seed=5)
+    p = net.params
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(6, 4, I))
+    lengths = np.array([2, 6, 1, 4])
+    _, h_ref = net.forward(x, lengths=lengths)
+    biases = (p["bias_ih_l0"], p["bias_hh_l0"]) if bias else ()
+    h_n = lstm_embed.gru_encode(x, lengths, p["weight_ih_l0"], p["weight_hh_l0"], *biases,
+                                num_threads=num_threads)
+    assert_allclose(h_n, h_ref[0], rtol=1e-13, atol=1e-14)

@@ -501,3 +501,50 @@ def test_keras_refuses_reset_after_false_and_bad_shapes():
         clstm.gru_from_keras(np.ones((3, 6)), np.ones((2, 6)), np.ones((2, 5)))
     with pytest.raises(ValueError, match=r"gru_to_keras: expected layer in \[0, 1\)"):
         clstm.gru_to_keras(clstm.GRU(2, 2), layer=1)
+
+
+# -- the kernels' own entry points -------------------------------------------------------
+
+def kernel_args(dtype=np.float32, T=3, B=2, I=2, H=4):
+    bs = np.full(T, B, dtype=np.int32)
+    N = T * B
+    return dict(T=T, B=B, I=I, H=H, batch_sizes=bs, reverse=False,
+                x=np.zeros((N, I), dtype), w_ih=np.zeros((3 * H, I), dtype),
+                w_hh=np.zeros((3 * H, H), dtype), b_ih=np.zeros(3 * H, dtype),
+                b_hh=np.zeros(3 * H, dtype), h0=None, y=np.empty((N, H), dtype),
+                h_n=np.empty((B, H), dtype), workspace=np.empty(6 * N * H, dtype))
+
+
+@pytest.mark.parametrize("change, exc, message", [
+    (dict(x=np.zeros((6, 2), np.float16)), TypeError, r"x: expected float32 or float64"),
+    (dict(w_hh=np.zeros((12, 4), np.float64)), TypeError, r"w_hh: expected dtype float32"),
+    (dict(w_hh=np.zeros((12, 3), np.float32)), ValueError, r"w_hh: expected 48 elements"),
+    (dict(workspace=np.empty(5 * 6 * 4, np.float32)), ValueError,
+     r"workspace: expected 144 elements"),
+    (dict(b_hh=None), ValueError, r"b_ih, b_hh: expected two arrays or two None"),
+    (dict(batch_sizes=np.array([2, 3, 1], np.int32)), ValueError,
+     r"batch_sizes: expected 3 non-increasing counts from 2"),
+    (dict(H=0), ValueError, r"expected positive sizes"),
+    (dict(x=[[0.0] * 2] * 6), TypeError, r"x: expected a NumPy array, got list"),
+])
+def test_kernel_refuses_bad_buffers(change, exc, message):
+    args = {**kernel_args(), **change}
+    with pytest.raises(exc, match=message):
+        kernels.gru_forward_packed(**args)
+
+
+def test_kernel_bidir_wants_pairs():
+    a = kernel_args()
+    with pytest.raises(TypeError, match=r"w_ih: expected a pair \(forward, reverse\)"):
+        kernels.gru_forward_packed_bidir(a["T"], a["B"], a["I"], a["H"], a["batch_sizes"],
+                                         a["x"], a["w_ih"], *[(a[k], a[k]) for k in (
+                                             "w_hh", "b_ih", "b_hh")], (None, None),
+                                         (a["y"], a["y"].copy()), (None, None),
+                                         (a["workspace"], a["workspace"].copy()))
+
+
+def test_non_finite_recurrent_weights_give_nan_from_a_zero_state_as_torch():
+    net = clstm.GRU(2, 3, dtype="float64")
+    net.params["weight_hh_l0"][0, 0] = np.nan
+    y, h_n = net.forward(np.ones((2, 1, 2)))
+    assert np.isnan(y[:, 0, 0]).all()          # 0 · NaN = NaN from step 0 on

@@ -25,6 +25,13 @@ _BP = "int, int, int, int, int, int const *, int, {t} const *, {t} const *, {t} 
       "{t} const *, {t} const *, {t} const *, {t} const *, {t} const *, {t} *, {t} *, " \
       "{t} const *, {t} const *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, {t} *, int"
 
+# The GRU's packed layer, added after the LSTM's.
+_GF = "int, int, int, int, int const *, int, {t} const *, {t} const *, {t} const *, " \
+      "{t} const *, {t} const *, {t} const *, {t} *, {t} *, {t} *, int"
+_GB = "int, int, int, int, int const *, int, {t} const *, {t} const *, {t} const *, " \
+      "{t} const *, {t} const *, {t} *, {t} *, {t} const *, {t} *, {t} *, {t} *, {t} *, " \
+      "{t} *, {t} *, int"
+
 EXPECTED = {
     "lstm_workspace_size": "Py_ssize_t (int, int, int)",
     "lstm_packed_workspace_size": "Py_ssize_t (int, int, int, int, int const *)",
@@ -36,6 +43,11 @@ EXPECTED = {
     "lstm_forward_f64": f"int ({_F.format(t='double')})",
     "lstm_backward_f32": f"int ({_B.format(t='float')})",
     "lstm_backward_f64": f"int ({_B.format(t='double')})",
+    "gru_packed_workspace_size": "Py_ssize_t (int, int, int, int const *)",
+    "gru_forward_packed_f32": f"int ({_GF.format(t='float')})",
+    "gru_forward_packed_f64": f"int ({_GF.format(t='double')})",
+    "gru_backward_packed_f32": f"int ({_GB.format(t='float')})",
+    "gru_backward_packed_f64": f"int ({_GB.format(t='double')})",
 }
 
 _get_name = ctypes.pythonapi.PyCapsule_GetName
@@ -70,4 +82,7 @@ def test_signature_arity():
                      "lstm_forward_f64": 14, "lstm_backward_f32": 23,
                      "lstm_backward_f64": 23, "lstm_packed_workspace_size": 5,
                      "lstm_forward_packed_f32": 20, "lstm_forward_packed_f64": 20,
-                     "lstm_backward_packed_f32": 28, "lstm_backward_packed_f64": 28}
+                     "lstm_backward_packed_f32": 28, "lstm_backward_packed_f64": 28,
+                     "gru_packed_workspace_size": 4, "gru_forward_packed_f32": 16,
+                     "gru_forward_packed_f64": 16, "gru_backward_packed_f32": 21,
+                     "gru_backward_packed_f64": 21}

@@ -25,6 +25,18 @@ def test_short_example_runs():
     assert namespace["dx"].shape == (50, 16, 8)
 
 
+def test_gru_example_runs_after_the_short_example():
+    if not README.exists():
+        pytest.skip("README.md is not next to the tests (installed elsewhere)")
+    namespace = {}
+    for heading in ("## A short example", "### GRU"):
+        exec(compile(python_block_after(heading), "README.md", "exec"), namespace)
+    assert namespace["y"].shape == (50, 16, 64)
+    assert namespace["h_n"].shape == (4, 16, 32)
+    assert namespace["dx"].shape == (50, 16, 8)
+    assert namespace["dh0"].shape == (4, 16, 32)
+
+
 def test_onnx_example_runs(tmp_path, monkeypatch):
     """The ONNX section's code, as printed (it writes its .onnx files to the current
     directory: a temporary one here)."""

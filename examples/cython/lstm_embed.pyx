@@ -11,6 +11,8 @@ Three functions:
 * :func:`encode_bidirectional` encodes a padded batch of sequences of different lengths
   with a bidirectional layer (float64), through the packed-layout API: each sequence
   runs its own steps only, both directions.
+* :func:`gru_encode` does the same with one GRU layer (float64, one direction), through
+  the GRU's packed-layout API.
 
 Weights are in PyTorch's layout, as in ``clstm.LSTM.params``: ``w_ih`` is
 ``weight_ih_l0`` (4H, I), ``w_hh`` is ``weight_hh_l0`` (4H, H), and ``bias`` is
@@ -28,7 +30,8 @@ from threadpoolctl import threadpool_limits
 # installed package at build time; at import time this module imports clstm.kernels and
 # takes the function pointers from its __pyx_capi__, checking each C signature, so a
 # clstm built with a different signature fails loudly at import instead of crashing.
-from clstm.kernels cimport (lstm_backward_f64, lstm_forward_f32, lstm_forward_f64,
+from clstm.kernels cimport (gru_forward_packed_f64, gru_packed_workspace_size,
+                            lstm_backward_f64, lstm_forward_f32, lstm_forward_f64,
                             lstm_forward_packed_f64, lstm_packed_workspace_size,
                             lstm_workspace_size)
 
@@ -316,6 +319,79 @@ def encode_bidirectional(x, lengths, forward_weights, reverse_weights, int num_t
             raise ValueError("lstm forward: invalid sizes")
     out = np.empty_like(h_sorted)
     out[:, order] = h_sorted             # back to the caller's order of sequences
+    return out
+
+
+def _packed(x, lengths):
+    """(rows of x in the packed layout, batch_sizes as C ints, the rows' order)."""
+    T, B = x.shape[:2]
+    _check_shape(lengths, (B,), "lengths")
+    if lengths.min() < 1 or lengths.max() > T:
+        raise ValueError(f"lengths: expected integers in [1, {T}]")
+    order = np.argsort(-lengths, kind="stable")
+    valid = np.arange(int(lengths[order[0]]))[:, None] < lengths[order][None, :]
+    t_idx, b_idx = np.nonzero(valid)
+    return (np.ascontiguousarray(x[t_idx, order[b_idx]]),
+            np.ascontiguousarray(valid.sum(axis=1), dtype=np.intc), order)
+
+
+def gru_encode(x, lengths, w_ih, w_hh, b_ih=None, b_hh=None, int num_threads=1):
+    """The final states of one GRU layer over a padded batch, in float64.
+
+    Parameters
+    ----------
+    x : array_like
+        (T, B, I) time-major input, sequence b padded after its ``lengths[b]`` steps.
+    lengths : array_like of int
+        (B,) valid steps per sequence, in [1, T].
+    w_ih, w_hh, b_ih, b_hh : array_like
+        ``weight_ih_l0`` (3H, I), ``weight_hh_l0`` (3H, H), ``bias_ih_l0`` and
+        ``bias_hh_l0`` (3H,) of a ``clstm.GRU`` or ``torch.nn.GRU``: the GRU takes its
+        two biases apart (the reset gate multiplies b_hn). Both None: no bias.
+    num_threads : int, default 1
+
+    Returns
+    -------
+    h_n : ndarray
+        (B, H): each sequence's state after its last valid step.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected shape (T, B, I), got {x.shape}")
+    T, B, I = x.shape
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih, b_hh: expected two arrays or two None")
+    xp_arr, bs_arr, order = _packed(x, np.asarray(lengths))
+    cdef const double[:, ::1] xp = xp_arr
+    cdef const int[::1] batch_sizes = bs_arr
+    cdef const double[:, ::1] wi = np.ascontiguousarray(w_ih, dtype=np.float64)
+    cdef const double[:, ::1] wh = np.ascontiguousarray(w_hh, dtype=np.float64)
+    cdef int H = <int>(wi.shape[0] // 3), Ti = <int>bs_arr.shape[0], Bi = B, Ii = I, status
+    _check_shape(wi, (3 * H, I), "w_ih")
+    _check_shape(wh, (3 * H, H), "w_hh")
+    cdef const double[::1] bi
+    cdef const double[::1] bh
+    cdef const double* pbi = NULL
+    cdef const double* pbh = NULL
+    if b_ih is not None:
+        bi = np.ascontiguousarray(b_ih, dtype=np.float64)
+        bh = np.ascontiguousarray(b_hh, dtype=np.float64)
+        _check_shape(bi, (3 * H,), "b_ih")
+        _check_shape(bh, (3 * H,), "b_hh")
+        pbi, pbh = &bi[0], &bh[0]
+    cdef double[:, ::1] y = np.empty((xp.shape[0], H))
+    h_arr = np.empty((B, H))
+    cdef double[:, ::1] h_n = h_arr
+    cdef double[::1] ws = np.empty(gru_packed_workspace_size(Ti, Bi, H, &batch_sizes[0]))
+    with nogil:
+        # reverse 0: the forward direction; NULL h0: zeros.
+        status = gru_forward_packed_f64(Ti, Bi, Ii, H, &batch_sizes[0], 0, &xp[0, 0],
+                                        &wi[0, 0], &wh[0, 0], pbi, pbh, NULL, &y[0, 0],
+                                        &h_n[0, 0], &ws[0], num_threads)
+    if status != 0:
+        raise ValueError("gru forward: invalid sizes")
+    out = np.empty_like(h_arr)
+    out[order] = h_arr                   # back to the caller's order of sequences
     return out
 
 
