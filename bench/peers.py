@@ -8,7 +8,8 @@
     runner.forward_output(); runner.train_grads()  # for the cross-check, outside the timing
 
 Every peer receives the same weights (`make_params`, PyTorch names and layout) and the same
-input x (T, B, I); a peer that wants batch-major input gets it transposed at setup, outside
+input x (T, B, I), for the cell the shape names (`shape.cell`: an LSTM, or a GRU with
+PyTorch's gates r, z, n and its reset gate applied after the recurrent product); a peer that wants batch-major input gets it transposed at setup, outside
 the timing.  A training step is forward plus backward with every weight gradient, loss =
 sum of the outputs (dy = ones), no optimizer update.  `setup` raises `Skip` when the peer
 cannot run that cell (for instance a thread count its runtime cannot switch to).
@@ -32,10 +33,11 @@ class Skip(Exception):
 
 
 def make_params(shape, dtype, seed=0):
-    """PyTorch-named LSTM weights, drawn as PyTorch draws them: U(-1/sqrt(H), 1/sqrt(H))."""
+    """PyTorch-named LSTM (or GRU) weights, drawn as PyTorch draws them:
+    U(-1/sqrt(H), 1/sqrt(H)); 4H gate rows for an LSTM, 3H for a GRU."""
     rng = np.random.default_rng(seed)
     bound = 1.0 / np.sqrt(shape.H)
-    G = 4 * shape.H
+    G = shape.gates * shape.H
     params = {}
     for k, i_k in enumerate(shape.input_sizes()):
         for name, size in ((f"weight_ih_l{k}", (G, i_k)), (f"weight_hh_l{k}", (G, shape.H)),
@@ -125,10 +127,23 @@ class ClstmPeer(Peer):
     def setup(self, shape, dtype, threads, params, x):
         mod = clstm_module()
         mod.set_num_threads(threads)
-        net = mod.LSTM(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
+        net = clstm_class(mod, shape.cell)(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
         for name, value in params.items():
             net.params[name][...] = value
         return _ClstmRunner(net, x, np.ones((shape.T, shape.B, shape.H), dtype=dtype))
+
+
+def clstm_class(mod, cell):
+    """clstm.LSTM or clstm.GRU; Skip where this clstm has no GRU."""
+    if cell == "lstm":
+        return mod.LSTM
+    gru = getattr(mod, "GRU", None)
+    if gru is None:
+        try:
+            gru = importlib.import_module(mod.__name__ + ".gru").GRU
+        except (ImportError, AttributeError) as exc:
+            raise Skip(f"clstm: no GRU in this clstm ({exc})") from exc
+    return gru
 
 
 class _ClstmRunner(Runner):
@@ -159,7 +174,8 @@ class _ClstmRunner(Runner):
 
 
 class TorchPeer(Peer):
-    """torch.nn.LSTM; with onednn=False every call runs inside mkldnn.flags(enabled=False)."""
+    """torch.nn.LSTM (torch.nn.GRU for a GRU shape); with onednn=False every call runs
+    inside mkldnn.flags(enabled=False)."""
 
     def __init__(self, onednn=True):
         self.onednn = onednn
@@ -175,7 +191,8 @@ class TorchPeer(Peer):
     def setup(self, shape, dtype, threads, params, x):
         import torch
         torch.set_num_threads(threads)
-        module = torch.nn.LSTM(shape.I, shape.H, shape.L, dtype=getattr(torch, dtype))
+        kind = torch.nn.GRU if shape.cell == "gru" else torch.nn.LSTM
+        module = kind(shape.I, shape.H, shape.L, dtype=getattr(torch, dtype))
         module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()})
         return _TorchRunner(module, torch.from_numpy(x),
                             torch.ones((shape.T, shape.B, shape.H), dtype=getattr(torch, dtype)),
@@ -208,7 +225,8 @@ class _TorchRunner(Runner):
         return {n: p.grad.numpy().copy() for n, p in self.module.named_parameters()}
 
     def path(self, mode):
-        """Which PyTorch path one call takes: "oneDNN" (aten::mkldnn_rnn_layer) or "generic".
+        """Which PyTorch path one call takes: "oneDNN" (aten::mkldnn_rnn_layer) or "generic"
+        (always generic for a GRU: PyTorch's oneDNN path is the LSTM's only).
 
         Found by profiling one call, so it tells whether mkldnn.flags(enabled=False) really
         switched the path, not only whether the timing moved.
@@ -249,7 +267,8 @@ def _load_reference():
     if tests not in sys.path:
         sys.path.insert(0, tests)
     ref = importlib.import_module("reference")
-    for fn in ("reference_forward", "reference_backward"):
+    for fn in ("reference_forward", "reference_backward", "reference_gru_forward",
+               "reference_gru_backward"):
         if not hasattr(ref, fn):
             raise ImportError(f"tests/reference.py has no {fn}")
     return ref
@@ -273,11 +292,16 @@ class NumpyReferencePeer(Peer):
     def setup(self, shape, dtype, threads, params, x):
         from bench.ceiling import blas_controller
         ref = _load_reference()
-        layers = [{key: params[f"{key}_l{k}"].copy()
-                   for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-                  for k in range(shape.L)]
-        runner = _NumpyRunner(ref, layers, x, np.ones((shape.T, shape.B, shape.H), dtype=dtype),
-                              lambda: blas_controller().limit(limits=threads, user_api="blas"))
+        dy = np.ones((shape.T, shape.B, shape.H), dtype=dtype)
+        blas_limit = lambda: blas_controller().limit(limits=threads, user_api="blas")  # noqa: E731
+        if shape.cell == "gru":
+            runner = _NumpyGruRunner(ref, {k: v.copy() for k, v in params.items()}, shape.L,
+                                     x, dy, blas_limit)
+        else:
+            layers = [{key: params[f"{key}_l{k}"].copy()
+                       for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+                      for k in range(shape.L)]
+            runner = _NumpyRunner(ref, layers, x, dy, blas_limit)
         if threads > 1:
             # NumPy's OpenBLAS workers spin for ~0.1 s (2^28 cycles) after each call. In
             # the rotation they took a core from whichever implementation came next:
@@ -315,7 +339,63 @@ class _NumpyRunner(Runner):
         return {"input_grad": "tests/reference.py always computes dx"}
 
 
+class _NumpyGruRunner(_NumpyRunner):
+    """tests/reference.py's GRU: one sequence (and one step) at a time."""
+
+    def __init__(self, ref, params, num_layers, x, dy, blas_limit):
+        self.ref, self.params, self.num_layers = ref, params, num_layers
+        self.x, self.dy, self.blas_limit = x, dy, blas_limit
+
+    def _forward(self):
+        return self.ref.reference_gru_forward(self.x, self.params, self.num_layers)
+
+    def fwd(self):
+        with self.blas_limit():
+            self._forward()
+
+    def _train(self):
+        with self.blas_limit():
+            _, _, cache = self._forward()
+            return self.ref.reference_gru_backward(self.dy, cache)
+
+    def forward_output(self):
+        return self._forward()[0]
+
+    def train_grads(self):
+        return dict(self._train()[2])
+
+
 # --------------------------------------------------------------------------- Keras / TensorFlow
+
+
+def swap_first_two_gate_blocks(w, hidden):
+    """Rows (or entries) of three gate blocks of H: PyTorch's GRU order r, z, n <-> the
+    z, r, n (h) order of Keras and ONNX. The swap is its own inverse."""
+    w = np.asarray(w)
+    H = hidden
+    return np.concatenate([w[H:2 * H], w[:H], w[2 * H:]])
+
+
+def keras_gru_weights(params, layer, hidden):
+    """[kernel (I, 3H), recurrent_kernel (H, 3H), bias (2, 3H)] of a Keras GRU with
+    reset_after=True (PyTorch's "linear before reset") from PyTorch-named weights."""
+    sw = lambda w: swap_first_two_gate_blocks(w, hidden)  # noqa: E731
+    return [sw(params[f"weight_ih_l{layer}"]).T, sw(params[f"weight_hh_l{layer}"]).T,
+            np.stack([sw(params[f"bias_ih_l{layer}"]), sw(params[f"bias_hh_l{layer}"])])]
+
+
+def torch_gru_grads_from_keras(layer, name, grad, hidden):
+    """A Keras GRU weight's gradient under PyTorch's names (the inverse of
+    keras_gru_weights)."""
+    sw = lambda w: swap_first_two_gate_blocks(w, hidden)  # noqa: E731
+    if name == "kernel":
+        return {f"weight_ih_l{layer}": sw(grad.T)}
+    if name == "recurrent_kernel":
+        return {f"weight_hh_l{layer}": sw(grad.T)}
+    if name == "bias":
+        return {f"bias_ih_l{layer}": sw(grad[0]), f"bias_hh_l{layer}": sw(grad[1])}
+    return {}
+
 
 
 class _FixedThreads:
@@ -333,7 +413,8 @@ class _FixedThreads:
 
 
 class KerasPeer(_FixedThreads, Peer):
-    """keras.layers.LSTM stack (TensorFlow backend), batch-major, inside tf.function."""
+    """keras.layers.LSTM stack (GRU with reset_after=True for a GRU shape; TensorFlow
+    backend), batch-major, inside tf.function."""
 
     name = "keras"
 
@@ -369,22 +450,29 @@ class KerasPeer(_FixedThreads, Peer):
         inputs = keras.Input(shape=(shape.T, shape.I), batch_size=shape.B, dtype=dtype)
         h, lstms = inputs, []
         for _ in range(shape.L):
-            lstms.append(keras.layers.LSTM(shape.H, return_sequences=True, dtype=dtype))
+            if shape.cell == "gru":
+                lstms.append(keras.layers.GRU(shape.H, return_sequences=True,
+                                              reset_after=True, dtype=dtype))
+            else:
+                lstms.append(keras.layers.LSTM(shape.H, return_sequences=True, dtype=dtype))
             h = lstms[-1](h)
         model = keras.Model(inputs, h)
         names = []
         for k, layer in enumerate(lstms):
-            # Keras: kernel (I, 4H), recurrent_kernel (H, 4H), one bias; gates i, f, c, o
-            layer.set_weights([params[f"weight_ih_l{k}"].T, params[f"weight_hh_l{k}"].T,
-                               params[f"bias_ih_l{k}"] + params[f"bias_hh_l{k}"]])
+            if shape.cell == "gru":
+                layer.set_weights(keras_gru_weights(params, k, shape.H))
+            else:
+                # Keras: kernel (I, 4H), recurrent_kernel (H, 4H), one bias; gates i, f, c, o
+                layer.set_weights([params[f"weight_ih_l{k}"].T, params[f"weight_hh_l{k}"].T,
+                                   params[f"bias_ih_l{k}"] + params[f"bias_hh_l{k}"]])
             names += [(k, w.name) for w in layer.trainable_weights]
         return _KerasRunner(tf, model, tf.constant(np.ascontiguousarray(x.transpose(1, 0, 2))),
-                            names)
+                            names, gru_hidden=shape.H if shape.cell == "gru" else None)
 
 
 class _KerasRunner(Runner):
-    def __init__(self, tf, model, x_bt, names):
-        self.x_bt, self.names = x_bt, names
+    def __init__(self, tf, model, x_bt, names, gru_hidden=None):
+        self.x_bt, self.names, self.gru_hidden = x_bt, names, gru_hidden
         weights = model.trainable_weights
 
         @tf.function
@@ -412,7 +500,9 @@ class _KerasRunner(Runner):
         out = {}
         for (k, name), g in zip(self.names, self._step(self.x_bt)):
             g = g.numpy()
-            if name == "kernel":
+            if self.gru_hidden is not None:
+                out.update(torch_gru_grads_from_keras(k, name, g, self.gru_hidden))
+            elif name == "kernel":
                 out[f"weight_ih_l{k}"] = g.T
             elif name == "recurrent_kernel":
                 out[f"weight_hh_l{k}"] = g.T
@@ -446,8 +536,37 @@ def jax_lstm(params, x, num_layers):
     return h
 
 
+def gru_step(xp, sigmoid, h, gi_t, w_hh_t, b_hh):
+    """One GRU step, PyTorch's math, for any NumPy-like module ``xp`` (jax.numpy, or NumPy
+    in the tests): gi_t = x_t W_ih^T + b_ih (B, 3H) precomputed; gates r, z, n."""
+    gh = h @ w_hh_t + b_hh
+    H = h.shape[-1]
+    r = sigmoid(gi_t[..., :H] + gh[..., :H])
+    z = sigmoid(gi_t[..., H:2 * H] + gh[..., H:2 * H])
+    n = xp.tanh(gi_t[..., 2 * H:] + r * gh[..., 2 * H:])
+    return (1 - z) * n + z * h
+
+
+def jax_gru(params, x, num_layers):
+    """A stacked GRU in JAX: one input projection per layer, then lax.scan over time."""
+    import jax
+    import jax.numpy as jnp
+
+    h = x
+    for k in range(num_layers):
+        w_hh_t, b_hh = params[f"weight_hh_l{k}"].T, params[f"bias_hh_l{k}"]
+        gi = h @ params[f"weight_ih_l{k}"].T + params[f"bias_ih_l{k}"]
+
+        def step(h_t, gi_t, w_hh_t=w_hh_t, b_hh=b_hh):
+            h_t = gru_step(jnp, jax.nn.sigmoid, h_t, gi_t, w_hh_t, b_hh)
+            return h_t, h_t
+
+        _, h = jax.lax.scan(step, jnp.zeros(gi.shape[1:2] + w_hh_t.shape[:1], gi.dtype), gi)
+    return h
+
+
 class JaxPeer(Peer):
-    """jax_lstm, jitted; training step = jax.grad of sum(y), jitted.
+    """jax_lstm (jax_gru for a GRU shape), jitted; training step = jax.grad of sum(y), jitted.
 
     XLA sizes its CPU thread pool when its backend starts and has no supported switch to an
     arbitrary count, so JAX runs only at its default, all cores.
@@ -469,8 +588,9 @@ class JaxPeer(Peer):
         jax.config.update("jax_enable_x64", True)  # float64 cells; float32 arrays stay float32
         jparams = {k: jax.device_put(v) for k, v in params.items()}
         L = shape.L
-        forward = jax.jit(lambda p, x: jax_lstm(p, x, L))
-        step = jax.jit(jax.grad(lambda p, x: jax_lstm(p, x, L).sum()))
+        rnn = jax_gru if shape.cell == "gru" else jax_lstm
+        forward = jax.jit(lambda p, x: rnn(p, x, L))
+        step = jax.jit(jax.grad(lambda p, x: rnn(p, x, L).sum()))
         return _JaxRunner(jax, forward, step, jparams, jax.device_put(x))
 
 
@@ -495,7 +615,8 @@ class _JaxRunner(Runner):
 
 
 class OnnxRuntimePeer(Peer):
-    """ONNX Runtime's CPU LSTM, inference only: one `LSTM` node per layer (bench/onnx_lstm.py).
+    """ONNX Runtime's CPU LSTM, inference only: one `LSTM` node per layer (bench/onnx_lstm.py);
+    one `GRU` node (linear_before_reset=1) per layer for a GRU shape.
 
     Session: intra_op_num_threads = the cell's thread count, inter_op 1, sequential
     execution, default graph optimisations.  float64 is probed once: ONNX Runtime builds
@@ -514,10 +635,10 @@ class OnnxRuntimePeer(Peer):
 
     def setup(self, shape, dtype, threads, params, x):
         from bench import onnx_lstm
-        why = onnx_lstm.dtype_unsupported(dtype)
+        why = onnx_lstm.dtype_unsupported(dtype, shape.cell)
         if why:
             raise Skip(f"onnxruntime: {why}")
-        model = onnx_lstm.build_model(params, shape.L, shape.H, dtype)
+        model = onnx_lstm.build_model(params, shape.L, shape.H, dtype, cell=shape.cell)
         return _OnnxRunner(onnx_lstm.make_session(model, threads), x)
 
 

@@ -37,16 +37,24 @@ def _peer_ms(cell, name):
     return "err" if entry.get("error") else _ms(entry["median_s"])
 
 
+def _with_cells(results):
+    """Whether the grid has cells other than the LSTM's (then the table names each one's)."""
+    return any(c.get("cell", "lstm") != "lstm" for c in results["cells"])
+
+
 def grid_table(results):
     peers = results["config"]["peers"]
-    header = (["shape", "dtype", "thr", "mode", "clstm ms", "GFLOP/s"]
+    name_cells = _with_cells(results)
+    header = (["shape"] + (["cell"] if name_cells else [])
+              + ["dtype", "thr", "mode", "clstm ms", "GFLOP/s"]
               + [f"{p} ms" for p in peers]
               + ["best peer", "vs best peer", "ceiling ms", "of ceiling"])
     rows = []
     for cell in results["cells"]:
         clstm = cell["impls"].get("clstm", {})
-        rows.append([cell["shape"], cell["dtype"], cell["threads"], cell["mode"],
-                     _ms(clstm.get("median_s")), f"{cell.get('clstm_gflops', math.nan):.1f}"]
+        rows.append([cell["shape"]] + ([cell.get("cell", "lstm")] if name_cells else [])
+                    + [cell["dtype"], cell["threads"], cell["mode"],
+                       _ms(clstm.get("median_s")), f"{cell.get('clstm_gflops', math.nan):.1f}"]
                     + [_peer_ms(cell, p) for p in peers]
                     + [cell.get("best_peer") or "—", _x(cell.get("ratio_best_peer")),
                        _ms(cell["ceiling"]["net_s"]), _pct(cell.get("ceiling_fraction"))])
@@ -129,8 +137,8 @@ def markdown(results):
         f"clstm measured: `{m.get('clstm_file', '?')}` ({m.get('clstm_source', '?')})",
         "",
         "Times are medians of interleaved repeats (every implementation once per repeat, in "
-        "rotating order), after warm-up.  GFLOP/s: forward 2·T·B·(I+H)·4H per layer, "
-        "training 3× that.  *vs best peer* = best peer time / clstm time (>1: clstm faster).  "
+        "rotating order), after warm-up.  GFLOP/s: forward 2·T·B·(I+H)·4H per layer "
+        "(3H for a GRU), training 3× that.  *vs best peer* = best peer time / clstm time (>1: clstm faster).  "
         "*of ceiling* = time SciPy's BLAS needs for the GEMMs an ideal LSTM must run / clstm "
         "time (see bench/ceiling.py).",
         "",
@@ -198,6 +206,9 @@ def chart(results, path):
              and c.get("ratio_best_peer") is not None and not math.isnan(c["ratio_best_peer"])]
     if not cells:
         return "no chart: no float32 training cell with a peer to compare"
+    if _with_cells(results):  # one bar group per shape and cell: "S3", "S3 GRU"
+        cells = [dict(c, shape=c["shape"] + ("" if c.get("cell", "lstm") == "lstm"
+                                             else " " + c["cell"].upper())) for c in cells]
     shapes = sorted({c["shape"] for c in cells})
     threads = sorted({c["threads"] for c in cells})
     width = 0.8 / len(threads)

@@ -1,12 +1,14 @@
 """clstm side by side with its peers: the grid, peak memory, streaming latency.
 
-    python -m bench [--quick] [--shapes S1,S3] [--dtypes float32,float64] [--threads 1,2]
-                    [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax,onnxruntime]
+    python -m bench [--quick] [--shapes S1,S3] [--cell lstm|gru|both] [--dtypes float32,float64]
+                    [--threads 1,2] [--modes fwd,train] [--repeats N] [--peers torch,torch-nodnnl,numpy,keras,jax,onnxruntime]
                     [--stream-threads 1] [--out DIR] [--no-memory] [--no-streaming] [--no-chart]
                     [--no-serving] [--isa avx512|avx2|generic] [--busy]
 
 Writes DIR/results.json, DIR/results.md and (with matplotlib) DIR/chart.png, and prints the
-Markdown.  `--isa LEVEL` re-executes the run with clstm and OpenBLAS forced to that level
+Markdown.  `--cell gru` times clstm.GRU against torch.nn.GRU (and the other peers' GRUs) on
+the same shapes, `--cell both` both cells (each shape's LSTM cell, then its GRU cell); the
+memory, streaming, busy and serving tables stay the LSTM's.  `--isa LEVEL` re-executes the run with clstm and OpenBLAS forced to that level
 (bench/isa.py); `--busy` runs everything beside a CPU hog and adds the table of clstm's
 n-thread / 1-thread time under that load (bench/busy.py); the serving table (1, 2, 4 Python
 threads sharing one model) comes from `python -m bench.serving`, run in a subprocess.  Every implementation runs in this process, interleaved; peak memory is measured
@@ -37,7 +39,8 @@ from bench import CLSTM_PATH_ENV, busy, isa, report, streaming  # noqa: E402
 from bench.ceiling import GemmCeiling, blas_controller  # noqa: E402
 from bench.peers import (PEERS, REPO_ROOT, ClstmPeer, Skip, clstm_location,  # noqa: E402
                          clstm_module, make_input, make_params)
-from bench.shapes import DTYPES, MODES, SHAPES, parse_shapes, step_flops  # noqa: E402
+from bench.shapes import (CELLS, DTYPES, MODES, SHAPES, parse_cells, parse_shapes,  # noqa: E402
+                          step_flops, with_cell)
 from bench.timing import OPENBLAS_SPIN_PAUSE_S, interleaved  # noqa: E402
 
 ALL_CORES = os.cpu_count() or 1
@@ -65,6 +68,8 @@ def parse_args(argv=None):
                     help="about a minute on an idle 2-core machine: S1-S3, float32, 3 "
                          "repeats, no numpy peer, streaming on 1 thread")
     ap.add_argument("--shapes", help=f"comma list of {','.join(SHAPES)}")
+    ap.add_argument("--cell", default="lstm",
+                    help="the recurrent cell of the grid: lstm (default), gru, or both")
     ap.add_argument("--dtypes", help="comma list of float32,float64")
     ap.add_argument("--threads", default=f"1,{ALL_CORES}" if ALL_CORES > 1 else "1",
                     help="comma list of thread counts (default: 1 and all cores)")
@@ -103,6 +108,10 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.shapes = parse_shapes(args.shapes)
+    try:
+        args.cells = parse_cells(args.cell)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     args.dtypes = _choices(args.dtypes, DTYPES, "dtype")
     args.modes = _choices(args.modes, MODES, "mode")
     args.peers = _choices(args.peers, list(PEERS), "peer")
@@ -213,7 +222,7 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
         except Exception as exc:
             skipped[peer.name] = f"setup failed: {type(exc).__name__}: {exc}"
     if "clstm" not in runners:
-        raise SystemExit(f"clstm could not be set up for {shape.name}: {skipped['clstm']}")
+        raise SystemExit(f"clstm could not be set up for {shape.label()}: {skipped['clstm']}")
 
     cells = []
     for mode in args.modes:
@@ -288,7 +297,7 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
         best = min(peer_times, key=peer_times.get) if peer_times else None
         flops = step_flops(shape, mode)
         cells.append(dict(
-            shape=shape.name, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
+            shape=shape.name, cell=shape.cell, B=shape.B, T=shape.T, I=shape.I, H=shape.H, L=shape.L,
             dtype=dtype, threads=threads, mode=mode, flops=flops,
             impls=impls, skipped=mode_skipped,
             clstm_gflops=flops / clstm_s / 1e9,
@@ -297,7 +306,8 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
             ceiling=ceil, ceiling_fraction=ceil["net_s"] / clstm_s,
         ))
         c = cells[-1]
-        log(f"  {shape.name} {dtype} {threads}thr {mode:5s}: "
+        log(f"  {shape.name}{'' if shape.cell == 'lstm' else ' ' + shape.cell.upper()} "
+            f"{dtype} {threads}thr {mode:5s}: "
             + ", ".join(f"{n} {report._ms(v['median_s'])}" + (" ERR" if v["error"] else "")
                         for n, v in impls.items())
             + f" ms | vs best {report._x(c['ratio_best_peer'])}, ceiling "
@@ -497,6 +507,12 @@ def grid_notes(cells, args, unavailable):
             if v.get("error"):
                 notes.append(f"{c['shape']} {c['dtype']} {c['threads']}thr {c['mode']}: "
                              f"{name} failed: {v['error']}")
+    if any(c.get("cell") == "gru" for c in cells):
+        notes.append("GRU cells: clstm.GRU against torch.nn.GRU (PyTorch has no oneDNN GRU: "
+                     "its generic path), Keras' GRU(reset_after=True), a lax.scan GRU in JAX "
+                     "and ONNX Runtime's GRU node (linear_before_reset=1), all with the same "
+                     "weights; GFLOP/s and the ceiling count 3H gate rows instead of 4H. "
+                     "Memory, streaming, busy and serving tables: LSTM only.")
     noisy = [f"{c['shape']} {c['dtype']} {c['threads']}thr {c['mode']}" for c in cells
              if c["impls"]["clstm"]["spread"] > 0.25]
     if noisy:
@@ -518,7 +534,7 @@ def grid_notes(cells, args, unavailable):
                   if "onnxruntime" in c["impls"]]
     onnx_diffs = [d for d in onnx_diffs if isinstance(d, float)]
     if onnx_diffs:
-        notes.append("onnxruntime: one ONNX LSTM node per layer, intra_op_num_threads = the "
+        notes.append("onnxruntime: one ONNX LSTM (or GRU) node per layer, intra_op_num_threads = the "
                      "cell's threads, inter_op 1, sequential execution; its output checked "
                      "against clstm's before timing in every inference cell (max abs "
                      f"difference {max(onnx_diffs):.2g}).")
@@ -592,15 +608,18 @@ def _main(args, out, hog):
         for dtype in args.dtypes:
             log(f"grid: {threads} thread(s), {dtype}")
             for shape in args.shapes:
-                cells += run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling)
+                for cell in args.cells:
+                    cells += run_cell(with_cell(shape, cell), dtype, threads, args, clstm_peer,
+                                      peers, ceiling)
         phases[f"grid {threads}thr"] = clock.lap()
     order = {s.name: i for i, s in enumerate(args.shapes)}
-    cells.sort(key=lambda c: (DTYPES.index(c["dtype"]), order[c["shape"]], c["threads"],
+    cells.sort(key=lambda c: (DTYPES.index(c["dtype"]), order[c["shape"]],
+                              CELLS.index(c.get("cell", "lstm")), c["threads"],
                               MODES.index(c["mode"])))
 
     results = dict(
         machine=machine_info(clstm_peer, peers),
-        config=dict(shapes=[s.name for s in args.shapes], dtypes=args.dtypes,
+        config=dict(shapes=[s.name for s in args.shapes], cells=args.cells, dtypes=args.dtypes,
                     threads=sorted(args.threads), modes=args.modes, peers=args.peers,
                     stream_threads=sorted(args.stream_threads), stream_steps=args.stream_steps,
                     memory_shapes=[s.name for s in args.memory_shapes],

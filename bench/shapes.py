@@ -1,14 +1,19 @@
 """The benchmark grid, and the work each cell asks for: FLOPs and the GEMMs it cannot avoid."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MODES = ("fwd", "train")
 DTYPES = ("float32", "float64")
+#: The recurrent cells the grid can time, and their gate blocks: an LSTM's i, f, g, o
+#: (4H rows of weights), a GRU's r, z, n (3H).
+GATES = {"lstm": 4, "gru": 3}
+CELLS = tuple(GATES)
 
 
 @dataclass(frozen=True)
 class Shape:
-    """One LSTM workload: time-major input (T, B, I), hidden size H, L stacked layers."""
+    """One workload: time-major input (T, B, I), hidden size H, L stacked layers of an
+    LSTM (the grid's default) or a GRU (``with_cell(shape, "gru")``)."""
 
     name: str
     B: int
@@ -16,13 +21,28 @@ class Shape:
     I: int  # noqa: E741 (the name used in every LSTM paper)
     H: int
     L: int
+    cell: str = "lstm"
+
+    @property
+    def gates(self):
+        """Gate blocks of H rows each in the weights: 4 for an LSTM, 3 for a GRU."""
+        return GATES[self.cell]
 
     def input_sizes(self):
         """Input width of each layer: I for the first, H for the ones stacked above it."""
         return [self.I] + [self.H] * (self.L - 1)
 
     def label(self):
-        return f"{self.name} (B={self.B}, T={self.T}, I={self.I}, H={self.H}, L={self.L})"
+        cell = "" if self.cell == "lstm" else f", {self.cell.upper()}"
+        return (f"{self.name} (B={self.B}, T={self.T}, I={self.I}, H={self.H}, "
+                f"L={self.L}{cell})")
+
+
+def with_cell(shape, cell):
+    """The same shape for another cell ("lstm" or "gru")."""
+    if cell not in GATES:
+        raise ValueError(f"cell: expected one of {', '.join(CELLS)}, got {cell!r}")
+    return replace(shape, cell=cell)
 
 
 SHAPES = {
@@ -38,8 +58,10 @@ SHAPES = {
 
 
 def forward_flops(shape):
-    """2·T·B·(I_k + H)·4H summed over layers: the multiply-adds of the gate pre-activations."""
-    return sum(2 * shape.T * shape.B * (i_k + shape.H) * 4 * shape.H for i_k in shape.input_sizes())
+    """2·T·B·(I_k + H)·G·H summed over layers (G = 4 gate blocks for an LSTM, 3 for a GRU):
+    the multiply-adds of the gate pre-activations."""
+    return sum(2 * shape.T * shape.B * (i_k + shape.H) * shape.gates * shape.H
+               for i_k in shape.input_sizes())
 
 
 def step_flops(shape, mode):
@@ -63,16 +85,18 @@ class Gemm:
 
 
 def ideal_gemms(shape, mode, input_grad=False):
-    """The GEMMs an ideal LSTM implementation must run for one call, layer by layer.
+    """The GEMMs an ideal LSTM (or GRU) implementation must run for one call, layer by layer.
 
-    Forward, per layer: the input projection of all steps at once (TB x I_k)·(I_k x 4H) and
-    T recurrent products (B x H)·(H x 4H).  Training adds T recurrent backward products
-    (B x 4H)·(4H x H), the weight gradients (4H x TB)·(TB x I_k) and (4H x TB)·(TB x H), and
-    the input gradient (TB x 4H)·(4H x I_k).  The input gradient of layer 0 is needed only
-    when the caller asks for it; the layers above it must always pass one down.
+    Forward, per layer: the input projection of all steps at once (TB x I_k)·(I_k x G) and
+    T recurrent products (B x H)·(H x G), G = 4H for an LSTM, 3H for a GRU (whose reset
+    gate multiplies the recurrent product after it, so it is one product too).  Training
+    adds T recurrent backward products (B x G)·(G x H), the weight gradients
+    (G x TB)·(TB x I_k) and (G x TB)·(TB x H), and the input gradient (TB x G)·(G x I_k).
+    The input gradient of layer 0 is needed only when the caller asks for it; the layers
+    above it must always pass one down.
     """
     T, B, H = shape.T, shape.B, shape.H
-    TB, G = T * B, 4 * H
+    TB, G = T * B, shape.gates * H
     gemms = []
     for layer, i_k in enumerate(shape.input_sizes()):
         tag = f"l{layer}"
@@ -85,6 +109,18 @@ def ideal_gemms(shape, mode, input_grad=False):
             if layer > 0 or input_grad:
                 gemms.append(Gemm(TB, i_k, G, 1, f"{tag} input gradient"))
     return gemms
+
+
+def parse_cells(text):
+    """"lstm", "gru" or "both" (or a comma list) -> the cells, in CELLS order."""
+    names = {c.strip().lower() for c in text.split(",") if c.strip()}
+    if "both" in names:
+        names = (names - {"both"}) | set(CELLS)
+    unknown = sorted(names - set(CELLS))
+    if unknown or not names:
+        raise ValueError(f"unknown cell(s) {unknown or [text]}; known: "
+                         f"{', '.join(CELLS)} or both")
+    return [c for c in CELLS if c in names]
 
 
 def parse_shapes(text):

@@ -1,9 +1,10 @@
 """Variable-length and bidirectional batches: clstm with ``lengths`` against the same
 padded batch without them, and against torch.nn.LSTM on packed sequences
 (pack_padded_sequence(enforce_sorted=False) / pad_packed_sequence) and on the padded batch.
+``--cell gru`` (or ``both``): clstm.GRU against torch.nn.GRU, the same way.
 
-    python -m bench.varlen [--shapes S2,S3] [--threads 1,2] [--modes fwd,train]
-                           [--bidirectional 0,1] [--repeats 7]
+    python -m bench.varlen [--shapes S2,S3] [--cell lstm|gru|both] [--threads 1,2]
+                           [--modes fwd,train] [--bidirectional 0,1] [--repeats 7]
 
 Lengths are drawn uniformly between T/4 and T (seed 0). The contenders run in turns,
 interleaved, within one process; the table gives the median of the repeats, in ms.
@@ -16,7 +17,7 @@ import numpy as np
 
 import clstm
 
-from .shapes import SHAPES
+from .shapes import SHAPES, parse_cells
 
 
 def _clstm_call(net, x, lengths, mode, dy):
@@ -49,6 +50,13 @@ def _torch_calls(torch, module, x, lengths, mode):
     return packed, padded
 
 
+def _gru_class():
+    gru = getattr(clstm, "GRU", None)
+    if gru is None:
+        from clstm.gru import GRU as gru
+    return gru
+
+
 def _time(fn, min_time=0.05):
     fn()
     n, start = 0, time.perf_counter()
@@ -63,25 +71,31 @@ def _time(fn, min_time=0.05):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="S2,S3")
+    ap.add_argument("--cell", default="lstm", help="lstm (default), gru or both")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--modes", default="fwd,train")
     ap.add_argument("--bidirectional", default="0,1")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args(argv)
+    try:
+        cells = parse_cells(args.cell)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     torch = None
     if not args.no_torch:
         import torch
-    print("| shape | bidir | mode | thr | clstm padded | clstm lengths | torch packed | "
+    print("| shape | cell | bidir | mode | thr | clstm padded | clstm lengths | torch packed | "
           "torch padded | lengths vs padded | torch packed / clstm | torch padded / clstm |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.shapes.split(","):
         s = SHAPES[name]
         rng = np.random.default_rng(0)
         x = rng.normal(size=(s.T, s.B, s.I)).astype(np.float32)
         lengths = rng.integers(max(1, s.T // 4), s.T + 1, size=s.B)
-        for bid in map(int, args.bidirectional.split(",")):
-            net = clstm.LSTM(s.I, s.H, s.L, bidirectional=bool(bid), seed=0)
+        for cell, bid in [(c, b) for c in cells for b in map(int, args.bidirectional.split(","))]:
+            kind = clstm.LSTM if cell == "lstm" else _gru_class()
+            net = kind(s.I, s.H, s.L, bidirectional=bool(bid), seed=0)
             dy = np.ones((s.T, s.B, s.H * (2 if bid else 1)), np.float32)
             module = net.to_torch() if torch is not None else None
             for mode in args.modes.split(","):
@@ -103,7 +117,7 @@ def main(argv=None):
                     tp = med.get("torch packed", float("nan"))
                     tq = med.get("torch padded", float("nan"))
                     cl = med["clstm lengths"]
-                    print(f"| {name} | {bid} | {mode} | {thr} | {med['clstm padded']:.2f} | "
+                    print(f"| {name} | {cell} | {bid} | {mode} | {thr} | {med['clstm padded']:.2f} | "
                           f"{cl:.2f} | {tp:.2f} | {tq:.2f} | "
                           f"{med['clstm padded'] / cl:.2f}x | {tp / cl:.2f}x | "
                           f"{tq / cl:.2f}x |", flush=True)

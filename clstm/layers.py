@@ -533,10 +533,10 @@ class LastStep(Layer):
     that the selected step has seen only real input. ``backward`` puts the gradient back
     at the selected steps and zero everywhere else, so padded steps get no gradient.
 
-    With ``bidirectional=True`` (after a bidirectional LSTM, whose H = 2·hidden features
-    are the forward direction then the reverse one) the result is the forward half at the
-    last valid step and the reverse half at step 0, where the reverse direction has seen
-    the whole sequence: the two halves of the layer's ``h_n``.
+    With ``bidirectional=True`` (after a bidirectional LSTM or GRU, whose H = 2·hidden
+    features are the forward direction then the reverse one) the result is the forward
+    half at the last valid step and the reverse half at step 0, where the reverse
+    direction has seen the whole sequence: the two halves of the last layer's ``h_n``.
     """
 
     uses_lengths = True

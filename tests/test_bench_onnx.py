@@ -78,3 +78,23 @@ def test_float64_probe_answers():
     why = onnx_lstm.dtype_unsupported("float64")
     assert why is None or "float64" in why
     assert onnx_lstm.dtype_unsupported("float32") is None
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_onnx_gru_forward_equals_clstm_gru(layers):
+    """The GRU peer: one GRU node per layer, linear_before_reset=1, gates z, r, h."""
+    from bench.peers import clstm_class
+    from bench.shapes import with_cell
+
+    shape = with_cell(Shape("tiny", B=3, T=7, I=5, H=6, L=layers), "gru")
+    params, x = make_params(shape, "float32"), make_input(shape, "float32")
+    model = onnx_lstm.build_model(params, layers, shape.H, "float32", cell="gru")
+    got = onnx_lstm.make_session(model, 1).run(["Y"], {"X": x})[0]
+    net = clstm_class(clstm, "gru")(shape.I, shape.H, layers, dtype="float32", seed=0)
+    for name, value in params.items():
+        net.params[name][...] = value
+    net.eval()
+    np.testing.assert_allclose(got, np.asarray(net.forward(x)[0]), rtol=0, atol=1e-5)
+    assert onnx_lstm.dtype_unsupported("float32", "gru") is None
+    with pytest.raises(ValueError, match="with_state is for the LSTM only"):
+        onnx_lstm.build_model(params, layers, shape.H, "float32", with_state=True, cell="gru")

@@ -94,6 +94,8 @@ def test_set_params_switches_the_cell_with_fresh_layers():
     assert model.get_params()["cell"] == "lstm"
     model.set_params(cell="gru")
     assert type(model.layers[0]) is GRU and model.get_params()["cell"] == "gru"
+    base = pytest.importorskip("sklearn.base")
+    assert type(base.clone(model).layers[0]) is GRU
 
 
 def test_sequential_refuses_a_batch_first_gru():
