@@ -28,7 +28,9 @@ is taken there (forward) or at step 0 (reverse), which is clstm's packed driver.
 graph input ``lengths`` (int64) feeds every recurrent node through one Cast and the
 last valid step (GatherND); a bidirectional LastStep reads the last node's Y_h. On
 import, the one graph input that every recurrent node takes as sequence_lens is the
-model's ``lengths``; nodes that disagree are refused.
+model's ``lengths``; nodes that disagree are refused. torch's packed sequences (rows
+sorted by length with TopK and gathered back after the recurrent nodes) read the same
+way: the sort and its inverse cancel, the sorted lengths are the lengths.
 
 Extending
 ---------
@@ -484,10 +486,13 @@ class _Shapes:
     state): unknown at load time, but the same whatever the input's numbers.
     ``zeros`` when it is all zeros (ConstantOfShape of 0, and slices of that)."""
 
-    def __init__(self, zeros=False, dims=None, fill=None):
+    def __init__(self, zeros=False, dims=None, fill=None, count_of=None, arange_of=None):
         self.zeros = zeros
         self.dims = dims    # a Shape of the data path: the axis label of each entry
         self.fill = fill    # every entry is the size of the axis with this label
+        # the number of entries of the 1-D graph input of this name (its Shape), and
+        # 0, 1, ..., that number - 1 (a Range of it): how torch sorts a packed batch
+        self.count_of, self.arange_of = count_of, arange_of
 
 
 class _Data:
@@ -510,9 +515,10 @@ class _State:
     """Final states of LSTM layers: ``which`` is 'h' or 'c', ``layers`` the
     (stage, layer) pairs along axis 0; ``squeezed`` when that axis is gone."""
 
-    def __init__(self, which, layers, version, squeezed=False):
+    def __init__(self, which, layers, version, squeezed=False, batch_sorted=False):
         self.which, self.layers = which, tuple(layers)
         self.version, self.squeezed = version, squeezed
+        self.batch_sorted = batch_sorted    # rows in a packed batch's sorted order
 
 
 class _Reader:
@@ -527,6 +533,9 @@ class _Reader:
         self.softmax = False
         self.input_layout = None    # "time_major" or "batch_first", once an LSTM reads it
         self.recurrent_lengths = []  # (node, the sequence_lens input or None) per node
+        # "sorted" while the data path's rows are in the order torch sorts a packed batch
+        # by (TopK of the lengths), None in the input's order
+        self.batch_order = None
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -578,6 +587,7 @@ class _Reader:
                               "(stage, layer, direction)")
         self.append(node, {"kind": "LastStep", "lengths": stage["lengths"] is not None,
                            "bidirectional": D == 2})
+        self.batch_order = "sorted" if value.batch_sorted else None
         return _Data(("B", "F"), self.version)
 
     def label(self, axis_label):
@@ -648,7 +658,8 @@ class _Reader:
             if isinstance(ins[0], _Data):
                 a = self.attrs(node)
                 dims = ins[0].axes[a.get("start", 0):a.get("end", len(ins[0].axes))]
-            return [_Shapes(dims=dims)]
+            count_of = ins[0].name if isinstance(ins[0], _Aux) else None
+            return [_Shapes(dims=dims, count_of=count_of)]
         if node.op_type in _RECURRENT_OPS:
             return _import_recurrent(self, node, ins)
         importer = _IMPORTERS.get(node.op_type)
@@ -723,8 +734,18 @@ def _sizes(reader, node, ins):
     the data path, ``fill`` when every entry is the size of one axis (the time length
     expanded over the batch: a sequence_lens that changes nothing)."""
     op, src = node.op_type, ins[0] if ins else None
+    if op == "Range" and len(ins) == 3 and isinstance(ins[1], _Shapes) and \
+            ins[1].count_of and all(isinstance(v, _Const) and v.array.size == 1
+                                    for v in (ins[0], ins[2])) \
+            and int(ins[0].array.reshape(-1)[0]) == 0 and int(ins[2].array.reshape(-1)[0]) == 1:
+        return {"arange_of": ins[1].count_of}
     if not isinstance(src, _Shapes):
         return {}
+    if src.count_of and (op in ("ReduceProd", "Squeeze", "Unsqueeze", "Identity") or (
+            op == "Cast" and reader.attrs(node).get("to") in (6, 7)) or (
+            op == "Gather" and isinstance(ins[1], _Const) and ins[1].array.size == 1
+            and int(ins[1].array.reshape(-1)[0]) in (0, -1))):   # of a 1-entry shape
+        return {"count_of": src.count_of}
     if op == "Gather" and src.dims is not None and isinstance(ins[1], _Const) \
             and reader.attrs(node).get("axis", 0) == 0:
         index = np.asarray(ins[1].array)
@@ -748,7 +769,7 @@ def _sizes(reader, node, ins):
 # ops on shapes (the zero initial state torch.onnx.export builds from Shape(x))
 _SHAPE_OPS = {"Shape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Concat", "Cast",
               "Reshape", "Identity", "ConstantOfShape", "Expand", "Transpose", "Add", "Sub",
-              "Mul", "Div", "Equal", "Where", "Range"}
+              "Mul", "Div", "Equal", "Where", "Range", "ReduceProd"}
 
 
 def _ints(array, node, reader, what):
@@ -969,7 +990,8 @@ def _import_recurrent(reader, node, ins):
     # states of a layout=1 node (batch, D, H) are read as graph outputs only
     version = -1 if layout else reader.version
     entries = [(stage, k, d) for d in range(D)]
-    states = [_State(which, entries, version) for which in "hc"[:len(spec["states"])]]
+    states = [_State(which, entries, version, batch_sorted=reader.batch_order == "sorted")
+              for which in "hc"[:len(spec["states"])]]
     return [_Data(y_axes, reader.version)] + states
 
 
@@ -979,11 +1001,13 @@ def _sequence_lens(reader, node, value, time_label):
     if value is None or (isinstance(value, _Shapes) and value.fill is not None
                          and reader.label(value.fill) == reader.label(time_label)):
         return None
-    if isinstance(value, _Aux) and not value.ops:
+    if isinstance(value, _Aux) and value.ops == ((("sorted",),) if reader.batch_order
+                                                 else ()):
         return value.name
     reader.refuse(node, "expected sequence_lens to be a graph input (the lengths of the "
-                        "rows, clstm's lengths), or the time length of every row; got "
-                        "another value")
+                        "rows, clstm's lengths; sorted by TopK where the batch is, as "
+                        "torch packs it), or the time length of every row; got another "
+                        "value")
 
 
 def _continues_states(layers, init, D):
@@ -1042,7 +1066,8 @@ def _import_squeeze(reader, node, ins, unsqueeze=False):
     if isinstance(v, _State):
         if unsqueeze or v.squeezed or len(v.layers) != 1 or axes not in (None, [0], [-2]):
             reader.refuse(node, "expected a squeeze of the layer axis of one layer's state")
-        return [_State(v.which, v.layers, v.version, squeezed=True)]
+        return [_State(v.which, v.layers, v.version, squeezed=True,
+                       batch_sorted=v.batch_sorted)]
     if isinstance(v, _Aux):
         return [_Aux(v.name, v.ops + (("unsqueeze" if unsqueeze else "squeeze",
                                        tuple(axes or ())),))]
@@ -1072,6 +1097,8 @@ def _import_gather(reader, node, ins):
                                 "axis 0 by integer token ids")
         reader.append(node, {"kind": "Embedding", "weight": weight})
         return [_Data(ids.axes + ("F",), reader.version)]
+    if isinstance(idx, _Aux):
+        return [_batch_permutation(reader, node, src, idx, axis)]
     index = reader.const(node, idx, "the index")
     if index.ndim != 0:
         reader.refuse(node, f"expected one index, got shape {index.shape}")
@@ -1080,7 +1107,8 @@ def _import_gather(reader, node, ins):
         if src.squeezed or reader.axis(axis, 3, node, reader) != 0 or \
                 not -len(src.layers) <= index < len(src.layers):
             reader.refuse(node, "expected one layer of a state (axis 0)")
-        return [_State(src.which, [src.layers[index]], src.version, squeezed=True)]
+        return [_State(src.which, [src.layers[index]], src.version, squeezed=True,
+                       batch_sorted=src.batch_sorted)]
     if isinstance(src, _Aux):
         if axis != 0:
             reader.refuse(node, "expected one layer of an initial state (axis 0)")
@@ -1124,7 +1152,7 @@ def _import_slice(reader, node, ins):
             return [_Aux(v.name, v.ops + (("layers", s, e),))]
         if v.squeezed:
             reader.refuse(node, "expected a slice of the layer axis of a state")
-        return [_State(v.which, v.layers[s:e], v.version)]
+        return [_State(v.which, v.layers[s:e], v.version, batch_sorted=v.batch_sorted)]
     x = reader.data(node, v)
     args = _slice_args(reader, node, ins, len(x.axes))
     out = x
@@ -1203,7 +1231,8 @@ def _import_gathernd(reader, node, ins):
     """The last valid step: GatherND((batch, time, F), (lengths - 1)[:, None])."""
     x = reader.data(node, ins[0])
     idx = ins[1]
-    if reader.attrs(node).get("batch_dims", 0) != 1 or x.axes != ("B", "T", "F") or \
+    if reader.batch_order or reader.attrs(node).get("batch_dims", 0) != 1 or \
+            x.axes != ("B", "T", "F") or \
             not isinstance(idx, _Aux) or idx.ops not in (
                 (("minus_one",), ("unsqueeze", (1,))), (("minus_one",), ("unsqueeze", (-1,)))):
         reader.refuse(node, "expected the last valid step: GatherND(batch_dims=1) of (batch, "
@@ -1216,12 +1245,13 @@ def _import_concat(reader, node, ins):
     axis = reader.attrs(node).get("axis")
     states = all(isinstance(v, _State) for v in ins) and len({v.which for v in ins}) == 1
     if states and not any(v.squeezed for v in ins) and axis == 0:
-        return [_State(ins[0].which, [l for v in ins for l in v.layers], ins[-1].version)]
+        return [_State(ins[0].which, [l for v in ins for l in v.layers], ins[-1].version,
+                       batch_sorted=ins[0].batch_sorted)]
     if states and all(v.squeezed for v in ins) and axis in (1, -1):
         # final h of single directions (B, H) side by side: torch.cat((h[-2], h[-1]), 1),
         # a bidirectional layer's last step (read by Reader.last_step_of_state)
         return [_State(ins[0].which, [l for v in ins for l in v.layers], ins[-1].version,
-                       squeezed=True)]
+                       squeezed=True, batch_sorted=ins[0].batch_sorted)]
     reader.refuse(node, "expected a Concat of recurrent states along the layer axis, or of "
                         "one layer's final h of each direction along the feature axis")
 
@@ -1249,6 +1279,58 @@ def _import_softmax(reader, node, ins):
     return [_Data(x.axes, x.version)]
 
 
+def _import_topk(reader, node, ins):
+    """torch's packing sorts the batch by length: TopK of the lengths over all rows
+    gives the sorted lengths (an LSTM's sequence_lens) and the order (a Gather)."""
+    v, k = ins[0], ins[1] if len(ins) > 1 else None
+    a = reader.attrs(node)
+    if not isinstance(v, _Aux) or v.ops or not isinstance(k, _Shapes) or \
+            k.count_of != v.name or a.get("largest", 1) != 1 or a.get("axis", -1) not in (0, -1):
+        reader.refuse(node, "expected the sort of a lengths input over all its entries "
+                            "(TopK largest, k = its size), as torch packs a batch")
+    return [_Aux(v.name, (("sorted",),)), _Aux(v.name, (("sort_index",),))]
+
+
+def _import_scatter_elements(reader, node, ins):
+    """The inverse of a sort order: ScatterElements(zeros, order, 0 .. B-1), axis 0."""
+    data, idx, upd = (ins + [None] * 3)[:3]
+    if not (isinstance(data, _Shapes) and data.zeros and isinstance(idx, _Aux)
+            and idx.ops == (("sort_index",),) and isinstance(upd, _Shapes)
+            and upd.arange_of == idx.name and reader.attrs(node).get("axis", 0) == 0):
+        reader.refuse(node, "expected the inverse of a packed batch's sort order: "
+                            "ScatterElements(zeros, order, range(batch)) on axis 0")
+    return [_Aux(idx.name, (("unsort_index",),))]
+
+
+def _batch_permutation(reader, node, src, idx, axis):
+    """Rows gathered into the sorted order of a packed batch, or back. clstm runs rows
+    independently, so the pair is the identity; what is checked is that the data path
+    leaves sorted only after coming back, and that sorted rows get sorted lengths."""
+    order = idx.ops[0][0] if len(idx.ops) == 1 else None
+    if order not in ("sort_index", "unsort_index"):
+        reader.refuse(node, "expected a gather of rows by a packed batch's sort order (or "
+                            "its inverse), got another index computed from an input")
+    if isinstance(src, _State):
+        if src.squeezed or reader.axis(axis, 3, node, reader) != 1 or \
+                src.batch_sorted != (order == "unsort_index"):
+            reader.refuse(node, "expected the rows (axis 1) of a state put back in the "
+                                "input's order")
+        return _State(src.which, src.layers, src.version, batch_sorted=False)
+    x = reader.data(node, src, layout_only=True)
+    ax = reader.axis(axis, len(x.axes), node, reader)
+    axes = list(x.axes)
+    if axes[ax] in ("?0", "?1") and reader.input_layout is None:
+        # the rows being sorted are the batch: the other axis is time
+        other = "?1" if axes[ax] == "?0" else "?0"
+        reader.input_layout = "time_major" if axes[ax] == "?1" else "batch_first"
+        axes = ["B" if a == axes[ax] else "T" if a == other else a for a in axes]
+    if axes[ax] != "B" or (reader.batch_order == "sorted") != (order == "unsort_index"):
+        reader.refuse(node, f"expected the batch rows {'back in the input order' if order == 'unsort_index' else 'in a packed batch sorted order'} "
+                            f"once, got axis {ax} of {_axes_text(x.axes)}")
+    reader.batch_order = "sorted" if order == "sort_index" else None
+    return _Data(axes, x.version, x.tokens)
+
+
 #: ONNX op type -> function(reader, node, input values) -> output values; the recurrent
 #: ops (_RECURRENT_OPS: LSTM, GRU) are read by _import_recurrent.
 _IMPORTERS = {
@@ -1259,7 +1341,8 @@ _IMPORTERS = {
     "Gather": _import_gather, "Slice": _import_slice, "MatMul": _import_matmul,
     "Gemm": _import_gemm, "Add": _import_add, "Sub": _import_add,
     "GatherND": _import_gathernd, "Concat": _import_concat, "Softmax": _import_softmax,
-    "Reshape": _import_reshape,
+    "Reshape": _import_reshape, "TopK": _import_topk,
+    "ScatterElements": _import_scatter_elements,
 }
 
 
@@ -1403,7 +1486,9 @@ def load(path):
     ``Unsqueeze``, ``Transpose``, the ``Reshape`` merging two directions, ``Concat``,
     ``Slice``, ``Gather`` of the last step, ``Shape`` and the ops that build a zero
     initial state from it, ``Identity``/``Dropout``/``Cast``, a ``GatherND`` of the last
-    valid step (what :func:`export` writes for ``lengths``), the final h of the last
+    valid step (what :func:`export` writes for ``lengths``), torch's packed-sequence
+    sort of the rows and its inverse (``TopK``, ``Gather``, ``ScatterElements``), the
+    final h of the last
     layer (both directions side by side for a bidirectional one: ``LastStep``) and a
     ``Softmax`` at the end.
 
@@ -1483,6 +1568,9 @@ def _read_model(onnx, model):
         raise _Refused("no LSTM or GRU node reads the input: clstm.onnx.load reads "
                        "recurrent models")
     name, out = _main_output(reader, graph)
+    if reader.batch_order is not None:
+        raise _Refused(f"output {name!r}: its rows are in a packed batch's sorted order; "
+                       "expected them gathered back into the input's order")
     _check_lengths(reader)
     try:
         layers = _build_layers(reader)

@@ -578,6 +578,65 @@ def test_torch_exported_gru_classifier_on_the_final_state_loads(tmp_path):
 
 
 @needs_torch
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_torch_exported_packed_sequences_load_with_lengths(tmp_path, cell):
+    """pack_padded_sequence(x, lengths, enforce_sorted=False) -> LSTM/GRU ->
+    pad_packed_sequence: torch writes a TopK sort of the lengths, the rows gathered into
+    that order, the sorted lengths as every node's sequence_lens, and the rows gathered
+    back. clstm runs it as forward(x, lengths=lengths)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    class Packed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(torch.nn, cell)(3, 4, num_layers=2, bidirectional=True)
+
+        def forward(self, x, lengths):
+            y, _ = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            return pad_packed_sequence(y, total_length=x.shape[0])[0]
+
+    torch.manual_seed(8)
+    module = Packed().eval()
+    _torch_export(module, (torch.randn(5, 2, 3), torch.tensor([5, 3])), tmp_path / "p.onnx",
+                  ["x", "lengths"], {"x": {0: "time", 1: "batch"}, "lengths": {0: "batch"}})
+    net = clstm_onnx.load(tmp_path / "p.onnx")
+    assert type(net).__name__ == cell and net.bidirectional and net.num_layers == 2
+    x, lengths = torch.randn(6, 4, 3), torch.tensor([3, 6, 1, 4])
+    with torch.no_grad():
+        want = module(x, lengths).numpy()
+    np.testing.assert_allclose(net.forward(x.numpy(), lengths=lengths.numpy())[0], want,
+                               rtol=0, atol=ATOL32)
+
+
+@needs_torch
+def test_rows_left_in_a_packed_batch_order_are_refused(tmp_path):
+    """The same torch export with its last gather (back to the input's row order) cut
+    off: the output's rows would be sorted by length, which clstm never returns."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    class Packed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(3, 4)
+
+        def forward(self, x, lengths):
+            y, _ = self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            return pad_packed_sequence(y, total_length=x.shape[0])[0]
+
+    _torch_export(Packed().eval(), (torch.randn(5, 2, 3), torch.tensor([5, 3])),
+                  tmp_path / "p.onnx", ["x", "lengths"],
+                  {"x": {0: "time", 1: "batch"}, "lengths": {0: "batch"}})
+    proto = onnx.load(str(tmp_path / "p.onnx"))
+    last = proto.graph.node[-1]
+    assert last.op_type == "Gather"              # rows back in the input's order
+    proto.graph.output[0].name = last.input[0]
+    proto.graph.node.remove(last)
+    onnx.save(proto, str(tmp_path / "cut.onnx"))
+    with pytest.raises(ValueError, match=r"rows are in a packed batch's sorted order"):
+        clstm_onnx.load(tmp_path / "cut.onnx")
+
+
+@needs_torch
 def test_torch_exported_embedding_lstm_linear_loads_and_equals_pytorch(tmp_path):
     class Tagger(torch.nn.Module):
         def __init__(self):
