@@ -943,10 +943,13 @@ def test_load_refuses_recurrent_nodes_with_different_lengths(tmp_path):
         clstm_onnx.load(tmp_path / "mixed.onnx")
 
 
-def test_load_refuses_damaged_and_hostile_files(tmp_path):
+@pytest.mark.parametrize("make", [
+    lambda: clstm.Classifier(hidden_size=4, num_classes=2, vocab_size=5, seed=0),
+    lambda: clstm.Classifier(hidden_size=4, num_classes=2, vocab_size=5, cell="gru",
+                             bidirectional=True, seed=0)])
+def test_load_refuses_damaged_and_hostile_files(tmp_path, make):
     good = tmp_path / "good.onnx"
-    clstm_onnx.export(clstm.Classifier(hidden_size=4, num_classes=2, vocab_size=5, seed=0),
-                      good)
+    clstm_onnx.export(make(), good)
     data = good.read_bytes()
     cases = {"garbage": bytes(rng.integers(0, 256, 4096, dtype=np.uint8)),
              "truncated": data[:len(data) // 2], "empty": b""}
