@@ -307,6 +307,11 @@ def test_exported_ready_models_run_as_their_predict(tmp_path, make):
     assert _names(path)[0] == list(feed)
     np.testing.assert_allclose(_run(path, feed)[0], want, rtol=0, atol=ATOL32)
     assert np.ptp(want) > 1e-3
+    if lengths is not None:          # lengths=False: every row runs all steps
+        path = _export(model, tmp_path / "all_steps.onnx", lengths=False)
+        assert _names(path)[0] == ["x"]
+        np.testing.assert_allclose(_run(path, {"x": x})[0],
+                                   _ready_prediction(model, x, None), rtol=0, atol=ATOL32)
 
 
 @pytest.mark.parametrize("make", _ready_models())
