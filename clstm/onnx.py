@@ -194,7 +194,8 @@ def _export_lstm(ctx, lstm, x):
         W, R, B, P = _lstm_node_weights(lstm, k)
         return {"W": _stack_directions(W, _TORCH_TO_ONNX_GATES, H, ctx.dtype),
                 "R": _stack_directions(R, _TORCH_TO_ONNX_GATES, H, ctx.dtype),
-                "B": B.astype(ctx.dtype), "P": None if P is None else P.astype(ctx.dtype)}
+                "B": B.astype(ctx.dtype) if lstm.bias else None,   # absent: zeros
+                "P": None if P is None else P.astype(ctx.dtype)}
 
     return _export_recurrent(ctx, lstm, x, "LSTM", weights, ("h", "c"), {})
 
@@ -213,7 +214,7 @@ def _export_gru(ctx, gru, x):
              for _, _, b_ih, b_hh in dirs]
         return {"W": _stack_directions([w[0] for w in dirs], order, H, ctx.dtype),
                 "R": _stack_directions([w[1] for w in dirs], order, H, ctx.dtype),
-                "B": np.stack(B).astype(ctx.dtype)}
+                "B": np.stack(B).astype(ctx.dtype) if gru.bias else None}
 
     return _export_recurrent(ctx, gru, x, "GRU", weights, ("h",),
                              {"linear_before_reset": 1})
@@ -234,7 +235,8 @@ def _export_recurrent(ctx, net, x, op, weights, states, attrs):
     for k in range(L):
         w = weights(k)
         inputs = [x, g.const(f"{p}W_l{k}", w["W"]), g.const(f"{p}R_l{k}", w["R"]),
-                  g.const(f"{p}B_l{k}", w["B"]), ctx.sequence_lens()]
+                  "" if w["B"] is None else g.const(f"{p}B_l{k}", w["B"]),
+                  ctx.sequence_lens()]
         for s in states:          # layer k's directions: rows D*k .. D*k+D-1
             if initial:
                 start = g.const("start", np.array([D * k], dtype=np.int64))
@@ -1353,12 +1355,14 @@ def _build_recurrent(stage, dtype):
     converted from ONNX's gate orders to PyTorch's."""
     layers, D = stage["layers"], stage["directions"]
     H, I, L = layers[0]["hidden"], layers[0]["input"], len(layers)
+    bias = any(layer["B"] is not None for layer in layers)   # none at all: bias=False
     if stage["kind"] == "LSTM":
         peephole = any(layer["P"] is not None for layer in layers)
-        net = LSTM(I, H, L, dtype=dtype, peephole=peephole, bidirectional=D == 2)
+        net = LSTM(I, H, L, dtype=dtype, peephole=peephole, bidirectional=D == 2,
+                   bias=bias)
         order, G = _ONNX_TO_TORCH_GATES, 4
     else:
-        net, peephole = GRU(I, H, L, dtype=dtype, bidirectional=D == 2), False
+        net, peephole = GRU(I, H, L, dtype=dtype, bidirectional=D == 2, bias=bias), False
         order, G = _ONNX_TO_TORCH_GRU_GATES, 3
     state = {}
     for k, layer in enumerate(layers):
@@ -1366,8 +1370,9 @@ def _build_recurrent(stage, dtype):
             B = np.zeros(2 * G * H) if layer["B"] is None else layer["B"][d]
             state[f"weight_ih_l{k}{sfx}"] = _gate_blocks(layer["W"][d], H, order)
             state[f"weight_hh_l{k}{sfx}"] = _gate_blocks(layer["R"][d], H, order)
-            state[f"bias_ih_l{k}{sfx}"] = _gate_blocks(B[:G * H], H, order)
-            state[f"bias_hh_l{k}{sfx}"] = _gate_blocks(B[G * H:], H, order)
+            if bias:
+                state[f"bias_ih_l{k}{sfx}"] = _gate_blocks(B[:G * H], H, order)
+                state[f"bias_hh_l{k}{sfx}"] = _gate_blocks(B[G * H:], H, order)
             if peephole:
                 P = np.zeros(3 * H) if layer["P"] is None else layer["P"][d]
                 state[f"weight_peephole_l{k}{sfx}"] = \

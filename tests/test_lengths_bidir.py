@@ -528,7 +528,7 @@ def test_bidirectional_regressor_learns_from_both_ends():
 
 
 def test_onnx_export_bias_free_and_refusals(tmp_path):
-    """clstm.onnx exports a bias-free LSTM (zeros for ONNX's B), a bidirectional one
+    """clstm.onnx exports a bias-free LSTM (no B: ONNX's zeros), a bidirectional one
     with lengths (tests/test_onnx.py has the rest), and refuses a projected LSTM, which
     ONNX's LSTM operator cannot express."""
     pytest.importorskip("onnx")

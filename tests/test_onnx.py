@@ -385,6 +385,23 @@ def test_exported_gru_language_model_carries_its_state(tmp_path):
     np.testing.assert_allclose(got, clstm.softmax(logits), rtol=0, atol=ATOL32)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bias_free_layers_export_without_b_and_load_back_bias_free(tmp_path, cell):
+    kind = clstm.LSTM if cell == "lstm" else clstm.GRU
+    net = kind(3, 4, 2, bias=False, bidirectional=True, seed=0).eval()
+    path = _export(net, tmp_path / "nb.onnx", lengths=True)
+    recurrent = [n for n in onnx.load(str(path)).graph.node if n.op_type == cell.upper()]
+    assert len(recurrent) == 2 and all(n.input[3] == "" for n in recurrent)   # no B
+    x = rng.standard_normal((5, 3, 3)).astype(np.float32)
+    lengths = np.array([5, 2, 3])
+    y = net.forward(x, lengths=lengths)[0]
+    np.testing.assert_allclose(_run(path, {"x": x, "lengths": lengths})[0], y, rtol=0,
+                               atol=ATOL32)
+    back = clstm_onnx.load(path)
+    assert back.get_config() == net.get_config()
+    np.testing.assert_array_equal(back.forward(x, lengths=lengths)[0], y)
+
+
 def test_export_refuses_projected_lstms_and_misplaced_bidirectional_last_steps(tmp_path):
     with pytest.raises(ValueError, match=r"proj_size=2: ONNX's LSTM operator has no "
                                          r"projection"):
