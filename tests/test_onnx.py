@@ -314,6 +314,25 @@ def test_exported_ready_models_run_as_their_predict(tmp_path, make):
                                    _ready_prediction(model, x, None), rtol=0, atol=ATOL32)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_model_trained_through_the_public_api_exports_and_loads(tmp_path, cell):
+    """fit, then export: ONNX Runtime gives predict_proba, load gives it back."""
+    r = np.random.default_rng(3)
+    ids = r.integers(1, 12, (64, 8))
+    lengths = r.integers(2, 9, 64)
+    labels = (ids[:, 0] > 6).astype(np.int64)
+    clf = clstm.Classifier(hidden_size=8, num_classes=2, vocab_size=12, embed_dim=4,
+                           bidirectional=True, cell=cell, dropout=0.1, seed=0)
+    before = clf.predict_proba(ids, lengths=lengths)
+    clf.fit(ids, labels, epochs=2, batch_size=16, lengths=lengths, verbose=0)
+    want = clf.predict_proba(ids, lengths=lengths)
+    assert np.abs(want - before).max() > 1e-3           # the weights moved
+    path = _export(clf, tmp_path / "trained.onnx")
+    np.testing.assert_allclose(_run(path, {"x": ids, "lengths": lengths})[0], want, rtol=0,
+                               atol=ATOL32)
+    np.testing.assert_array_equal(clstm_onnx.load(path).predict(ids, lengths=lengths), want)
+
+
 @pytest.mark.parametrize("make", _ready_models())
 def test_round_trip_ready_models_of_both_cells(tmp_path, make):
     model = make().eval()
