@@ -74,6 +74,21 @@ void clstm_gru_gates_backward_f64(int rows, int H, double *gates, double *gh,
                                   const double *h_prev, const double *dh, double *dh_prev,
                                   int accumulate);
 
+/* The same for hidden units u0 <= j < u1 only (of every row and gate), as
+ * clstm_gates_forward_units: threads owning disjoint unit ranges run them side by side. */
+void clstm_gru_gates_forward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                       float *gh, const float *b_ih, const float *b_hh,
+                                       const float *h_prev, float *h);
+void clstm_gru_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                       double *gh, const double *b_ih, const double *b_hh,
+                                       const double *h_prev, double *h);
+void clstm_gru_gates_backward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                        float *gh, const float *h_prev, const float *dh,
+                                        float *dh_prev, int accumulate);
+void clstm_gru_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                        double *gh, const double *h_prev, const double *dh,
+                                        double *dh_prev, int accumulate);
+
 /* db[j] += sum over rows of da[r, j], for a (rows, n) block with row stride ld. */
 void clstm_column_sums_f32(long rows, int n, const float *da, int ld, float *db);
 void clstm_column_sums_f64(long rows, int n, const double *da, int ld, double *db);

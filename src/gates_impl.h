@@ -152,18 +152,23 @@ void SUF(clstm_gates_backward)(int rows, int H, REAL *gates, const REAL *peephol
  * a previous state or not (forward); a previous state or not and add into dh_prev or not
  * (backward). h' = n + z ⊙ (h_prev - n) is (1 - z) ⊙ n + z ⊙ h_prev with one FMA, as the
  * intrinsics write it. */
-ALWAYS_INLINE void SUF(gru_forward_body)(int rows, int H, REAL *restrict gates,
+ALWAYS_INLINE void SUF(gru_forward_body)(int rows, int H, int u0, int u1, REAL *restrict gates,
                                          REAL *restrict gh, const REAL *restrict b_ih,
                                          const REAL *restrict b_hh,
                                          const REAL *restrict h_prev, REAL *restrict h,
                                          const int use_bias, const int use_hprev)
 {
+    /* Units u0..u1 only: every per-unit array shifted to u0; the strides stay 3H and H. */
+    if (use_bias) {
+        b_ih += u0;
+        b_hh += u0;
+    }
     for (int r = 0; r < rows; r++) {
-        REAL *gr = gates + (size_t)r * 3 * H, *gz = gr + H, *gn = gr + 2 * H;
-        REAL *hr = gh + (size_t)r * 3 * H, *hz = hr + H, *hn = hr + 2 * H;
-        const REAL *hp = use_hprev ? h_prev + (size_t)r * H : h_prev;
-        REAL *ho = h + (size_t)r * H;
-        for (int j = 0; j < H; j++) {
+        REAL *gr = gates + (size_t)r * 3 * H + u0, *gz = gr + H, *gn = gr + 2 * H;
+        REAL *hr = gh + (size_t)r * 3 * H + u0, *hz = hr + H, *hn = hr + 2 * H;
+        const REAL *hp = use_hprev ? h_prev + (size_t)r * H + u0 : h_prev;
+        REAL *ho = h + (size_t)r * H + u0;
+        for (int j = 0; j < u1 - u0; j++) {
             REAL ar = gr[j] + hr[j], az = gz[j] + hz[j], an = gn[j], nh = hn[j];
             if (use_bias) {
                 ar += b_ih[j] + b_hh[j];
@@ -184,40 +189,50 @@ ALWAYS_INLINE void SUF(gru_forward_body)(int rows, int H, REAL *restrict gates,
     }
 }
 
-static void SUF(gru_gates_forward_c)(int rows, int H, REAL *gates, REAL *gh, const REAL *b_ih,
-                                     const REAL *b_hh, const REAL *h_prev, REAL *h)
+static void SUF(gru_gates_forward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
+                                           REAL *gh, const REAL *b_ih, const REAL *b_hh,
+                                           const REAL *h_prev, REAL *h)
 {
-    CLSTM_WITH_GATE_FLAGS(SUF(gru_forward_body), b_ih, h_prev, rows, H, gates, gh, b_ih, b_hh,
-                          h_prev, h);
+    CLSTM_WITH_GATE_FLAGS(SUF(gru_forward_body), b_ih, h_prev, rows, H, u0, u1, gates, gh,
+                          b_ih, b_hh, h_prev, h);
+}
+
+void SUF(clstm_gru_gates_forward_units)(int rows, int H, int u0, int u1, REAL *gates,
+                                        REAL *gh, const REAL *b_ih, const REAL *b_hh,
+                                        const REAL *h_prev, REAL *h)
+{
+    switch (clstm_gates_level()) {
+    case CLSTM_GATES_AVX512:
+        SUF(clstm_gru_gates_forward_units_avx512)(rows, H, u0, u1, gates, gh, b_ih, b_hh,
+                                                  h_prev, h);
+        break;
+    case CLSTM_GATES_AVX2:
+        SUF(clstm_gru_gates_forward_units_avx2)(rows, H, u0, u1, gates, gh, b_ih, b_hh,
+                                                h_prev, h);
+        break;
+    default:
+        SUF(gru_gates_forward_units_c)(rows, H, u0, u1, gates, gh, b_ih, b_hh, h_prev, h);
+    }
 }
 
 void SUF(clstm_gru_gates_forward)(int rows, int H, REAL *gates, REAL *gh, const REAL *b_ih,
                                   const REAL *b_hh, const REAL *h_prev, REAL *h)
 {
-    switch (clstm_gates_level()) {
-    case CLSTM_GATES_AVX512:
-        SUF(clstm_gru_gates_forward_avx512)(rows, H, gates, gh, b_ih, b_hh, h_prev, h);
-        break;
-    case CLSTM_GATES_AVX2:
-        SUF(clstm_gru_gates_forward_avx2)(rows, H, gates, gh, b_ih, b_hh, h_prev, h);
-        break;
-    default:
-        SUF(gru_gates_forward_c)(rows, H, gates, gh, b_ih, b_hh, h_prev, h);
-    }
+    SUF(clstm_gru_gates_forward_units)(rows, H, 0, H, gates, gh, b_ih, b_hh, h_prev, h);
 }
 
-ALWAYS_INLINE void SUF(gru_backward_body)(int rows, int H, REAL *restrict gates,
+ALWAYS_INLINE void SUF(gru_backward_body)(int rows, int H, int u0, int u1, REAL *restrict gates,
                                           REAL *restrict gh, const REAL *restrict h_prev,
                                           const REAL *restrict dh, REAL *restrict dh_prev,
                                           const int use_hprev, const int accumulate)
 {
     for (int r = 0; r < rows; r++) {
-        REAL *gr = gates + (size_t)r * 3 * H, *gz = gr + H, *gn = gr + 2 * H;
-        REAL *hr = gh + (size_t)r * 3 * H, *hz = hr + H, *hn = hr + 2 * H;
-        const REAL *hp = use_hprev ? h_prev + (size_t)r * H : h_prev;
-        const REAL *dhr = dh + (size_t)r * H;
-        REAL *dp = dh_prev + (size_t)r * H;
-        for (int j = 0; j < H; j++) {
+        REAL *gr = gates + (size_t)r * 3 * H + u0, *gz = gr + H, *gn = gr + 2 * H;
+        REAL *hr = gh + (size_t)r * 3 * H + u0, *hz = hr + H, *hn = hr + 2 * H;
+        const REAL *hp = use_hprev ? h_prev + (size_t)r * H + u0 : h_prev;
+        const REAL *dhr = dh + (size_t)r * H + u0;
+        REAL *dp = dh_prev + (size_t)r * H + u0;
+        for (int j = 0; j < u1 - u0; j++) {
             REAL rv = gr[j], zv = gz[j], nv = gn[j], nh = hn[j], d = dhr[j];
             REAL hpj = use_hprev ? hp[j] : (REAL)0;
             REAL dan = d * (1 - zv) * (1 - nv * nv);
@@ -234,29 +249,38 @@ ALWAYS_INLINE void SUF(gru_backward_body)(int rows, int H, REAL *restrict gates,
     }
 }
 
-static void SUF(gru_gates_backward_c)(int rows, int H, REAL *gates, REAL *gh,
-                                      const REAL *h_prev, const REAL *dh, REAL *dh_prev,
-                                      int accumulate)
+static void SUF(gru_gates_backward_units_c)(int rows, int H, int u0, int u1, REAL *gates,
+                                            REAL *gh, const REAL *h_prev, const REAL *dh,
+                                            REAL *dh_prev, int accumulate)
 {
-    CLSTM_WITH_GATE_FLAGS(SUF(gru_backward_body), h_prev, accumulate, rows, H, gates, gh,
-                          h_prev, dh, dh_prev);
+    CLSTM_WITH_GATE_FLAGS(SUF(gru_backward_body), h_prev, accumulate, rows, H, u0, u1, gates,
+                          gh, h_prev, dh, dh_prev);
+}
+
+void SUF(clstm_gru_gates_backward_units)(int rows, int H, int u0, int u1, REAL *gates,
+                                         REAL *gh, const REAL *h_prev, const REAL *dh,
+                                         REAL *dh_prev, int accumulate)
+{
+    switch (clstm_gates_level()) {
+    case CLSTM_GATES_AVX512:
+        SUF(clstm_gru_gates_backward_units_avx512)(rows, H, u0, u1, gates, gh, h_prev, dh,
+                                                   dh_prev, accumulate);
+        break;
+    case CLSTM_GATES_AVX2:
+        SUF(clstm_gru_gates_backward_units_avx2)(rows, H, u0, u1, gates, gh, h_prev, dh,
+                                                 dh_prev, accumulate);
+        break;
+    default:
+        SUF(gru_gates_backward_units_c)(rows, H, u0, u1, gates, gh, h_prev, dh, dh_prev,
+                                        accumulate);
+    }
 }
 
 void SUF(clstm_gru_gates_backward)(int rows, int H, REAL *gates, REAL *gh, const REAL *h_prev,
                                    const REAL *dh, REAL *dh_prev, int accumulate)
 {
-    switch (clstm_gates_level()) {
-    case CLSTM_GATES_AVX512:
-        SUF(clstm_gru_gates_backward_avx512)(rows, H, gates, gh, h_prev, dh, dh_prev,
-                                             accumulate);
-        break;
-    case CLSTM_GATES_AVX2:
-        SUF(clstm_gru_gates_backward_avx2)(rows, H, gates, gh, h_prev, dh, dh_prev,
-                                           accumulate);
-        break;
-    default:
-        SUF(gru_gates_backward_c)(rows, H, gates, gh, h_prev, dh, dh_prev, accumulate);
-    }
+    SUF(clstm_gru_gates_backward_units)(rows, H, 0, H, gates, gh, h_prev, dh, dh_prev,
+                                        accumulate);
 }
 
 CLSTM_CLONES

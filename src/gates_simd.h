@@ -24,12 +24,14 @@ int clstm_gates_avx2_supported(void);
                                                   REAL *gates, const REAL *peephole,       \
                                                   const REAL *c_prev, const REAL *c,       \
                                                   const REAL *dh, REAL *dc);               \
-    void clstm_gru_gates_forward_##ISA##_##SUF(int rows, int H, REAL *gates, REAL *gh,     \
-                                               const REAL *b_ih, const REAL *b_hh,         \
-                                               const REAL *h_prev, REAL *h);               \
-    void clstm_gru_gates_backward_##ISA##_##SUF(int rows, int H, REAL *gates, REAL *gh,    \
-                                                const REAL *h_prev, const REAL *dh,        \
-                                                REAL *dh_prev, int accumulate);            \
+    void clstm_gru_gates_forward_units_##ISA##_##SUF(int rows, int H, int u0, int u1,      \
+                                                     REAL *gates, REAL *gh,                \
+                                                     const REAL *b_ih, const REAL *b_hh,   \
+                                                     const REAL *h_prev, REAL *h);         \
+    void clstm_gru_gates_backward_units_##ISA##_##SUF(int rows, int H, int u0, int u1,     \
+                                                      REAL *gates, REAL *gh,               \
+                                                      const REAL *h_prev, const REAL *dh,  \
+                                                      REAL *dh_prev, int accumulate);      \
     void clstm_sigmoid_##ISA##_##SUF(long n, const REAL *x, REAL *y);                      \
     void clstm_tanh_##ISA##_##SUF(long n, const REAL *x, REAL *y);
 
@@ -56,19 +58,21 @@ CLSTM_GATES_SIMD_DECLARE(avx2, double, f64)
         (void)rows, (void)H, (void)u0, (void)u1, (void)gates, (void)peephole;              \
         (void)c_prev, (void)c, (void)dh, (void)dc;                                          \
     }                                                                                       \
-    void clstm_gru_gates_forward_##ISA##_##SUF(int rows, int H, REAL *gates, REAL *gh,     \
-                                               const REAL *b_ih, const REAL *b_hh,         \
-                                               const REAL *h_prev, REAL *h)                \
+    void clstm_gru_gates_forward_units_##ISA##_##SUF(int rows, int H, int u0, int u1,      \
+                                                     REAL *gates, REAL *gh,                \
+                                                     const REAL *b_ih, const REAL *b_hh,   \
+                                                     const REAL *h_prev, REAL *h)          \
     {                                                                                       \
-        (void)rows, (void)H, (void)gates, (void)gh, (void)b_ih, (void)b_hh;                 \
-        (void)h_prev, (void)h;                                                              \
+        (void)rows, (void)H, (void)u0, (void)u1, (void)gates, (void)gh, (void)b_ih;         \
+        (void)b_hh, (void)h_prev, (void)h;                                                  \
     }                                                                                       \
-    void clstm_gru_gates_backward_##ISA##_##SUF(int rows, int H, REAL *gates, REAL *gh,    \
-                                                const REAL *h_prev, const REAL *dh,        \
-                                                REAL *dh_prev, int accumulate)             \
+    void clstm_gru_gates_backward_units_##ISA##_##SUF(int rows, int H, int u0, int u1,     \
+                                                      REAL *gates, REAL *gh,               \
+                                                      const REAL *h_prev, const REAL *dh,  \
+                                                      REAL *dh_prev, int accumulate)       \
     {                                                                                       \
-        (void)rows, (void)H, (void)gates, (void)gh, (void)h_prev, (void)dh;                 \
-        (void)dh_prev, (void)accumulate;                                                    \
+        (void)rows, (void)H, (void)u0, (void)u1, (void)gates, (void)gh, (void)h_prev;       \
+        (void)dh, (void)dh_prev, (void)accumulate;                                          \
     }                                                                                       \
     void clstm_sigmoid_##ISA##_##SUF(long n, const REAL *x, REAL *y)                       \
     {                                                                                       \

@@ -227,29 +227,36 @@ SIMD_INLINE void SUF(gru_forward_vec)(int H, int j, REAL *gr, REAL *hr, const RE
     SIMD_STORE(full, m, ho + j, VOP(fmadd)(z, VOP(sub)(hpj, n), n));
 }
 
-SIMD_INLINE void SUF(gru_forward_body)(int rows, int H, REAL *gates, REAL *gh,
-                                       const REAL *b_ih, const REAL *b_hh, const REAL *h_prev,
-                                       REAL *h, const int use_bias, const int use_hprev)
+SIMD_INLINE void SUF(gru_forward_body)(int rows, int H, int u0, int u1, REAL *gates,
+                                       REAL *gh, const REAL *b_ih, const REAL *b_hh,
+                                       const REAL *h_prev, REAL *h, const int use_bias,
+                                       const int use_hprev)
 {
-    const MASK m = SUF(tail_mask)(H % LANES);
+    const int n = u1 - u0;
+    const MASK m = SUF(tail_mask)(n % LANES);
+    if (use_bias) {
+        b_ih += u0;
+        b_hh += u0;
+    }
     for (int r = 0; r < rows; r++) {
-        REAL *gr = gates + (size_t)r * 3 * H, *hr = gh + (size_t)r * 3 * H;
-        const REAL *hp = use_hprev ? h_prev + (size_t)r * H : h_prev;
-        REAL *ho = h + (size_t)r * H;
+        REAL *gr = gates + (size_t)r * 3 * H + u0, *hr = gh + (size_t)r * 3 * H + u0;
+        const REAL *hp = use_hprev ? h_prev + (size_t)r * H + u0 : h_prev;
+        REAL *ho = h + (size_t)r * H + u0;
         int j = 0;
-        for (; j + LANES <= H; j += LANES)
+        for (; j + LANES <= n; j += LANES)
             SUF(gru_forward_vec)(H, j, gr, hr, b_ih, b_hh, hp, ho, use_bias, use_hprev, 1, m);
-        if (j < H)
+        if (j < n)
             SUF(gru_forward_vec)(H, j, gr, hr, b_ih, b_hh, hp, ho, use_bias, use_hprev, 0, m);
     }
 }
 
-SIMD_FN void ISA_SUF(clstm_gru_gates_forward)(int rows, int H, REAL *gates, REAL *gh,
-                                               const REAL *b_ih, const REAL *b_hh,
-                                               const REAL *h_prev, REAL *h)
+SIMD_FN void ISA_SUF(clstm_gru_gates_forward_units)(int rows, int H, int u0, int u1,
+                                                     REAL *gates, REAL *gh, const REAL *b_ih,
+                                                     const REAL *b_hh, const REAL *h_prev,
+                                                     REAL *h)
 {
-    CLSTM_WITH_GATE_FLAGS(SUF(gru_forward_body), b_ih, h_prev, rows, H, gates, gh, b_ih, b_hh,
-                          h_prev, h);
+    CLSTM_WITH_GATE_FLAGS(SUF(gru_forward_body), b_ih, h_prev, rows, H, u0, u1, gates, gh,
+                          b_ih, b_hh, h_prev, h);
 }
 
 SIMD_INLINE void SUF(gru_backward_vec)(int H, int j, REAL *gr, REAL *hr, const REAL *hp,
@@ -276,30 +283,33 @@ SIMD_INLINE void SUF(gru_backward_vec)(int H, int j, REAL *gr, REAL *hr, const R
     SIMD_STORE(full, m, dp + j, dz);
 }
 
-SIMD_INLINE void SUF(gru_backward_body)(int rows, int H, REAL *gates, REAL *gh,
-                                        const REAL *h_prev, const REAL *dh, REAL *dh_prev,
-                                        const int use_hprev, const int accumulate)
+SIMD_INLINE void SUF(gru_backward_body)(int rows, int H, int u0, int u1, REAL *gates,
+                                        REAL *gh, const REAL *h_prev, const REAL *dh,
+                                        REAL *dh_prev, const int use_hprev,
+                                        const int accumulate)
 {
-    const MASK m = SUF(tail_mask)(H % LANES);
+    const int n = u1 - u0;
+    const MASK m = SUF(tail_mask)(n % LANES);
     for (int r = 0; r < rows; r++) {
-        REAL *gr = gates + (size_t)r * 3 * H, *hr = gh + (size_t)r * 3 * H;
-        const REAL *hp = use_hprev ? h_prev + (size_t)r * H : h_prev;
-        const REAL *dhr = dh + (size_t)r * H;
-        REAL *dp = dh_prev + (size_t)r * H;
+        REAL *gr = gates + (size_t)r * 3 * H + u0, *hr = gh + (size_t)r * 3 * H + u0;
+        const REAL *hp = use_hprev ? h_prev + (size_t)r * H + u0 : h_prev;
+        const REAL *dhr = dh + (size_t)r * H + u0;
+        REAL *dp = dh_prev + (size_t)r * H + u0;
         int j = 0;
-        for (; j + LANES <= H; j += LANES)
+        for (; j + LANES <= n; j += LANES)
             SUF(gru_backward_vec)(H, j, gr, hr, hp, dhr, dp, use_hprev, accumulate, 1, m);
-        if (j < H)
+        if (j < n)
             SUF(gru_backward_vec)(H, j, gr, hr, hp, dhr, dp, use_hprev, accumulate, 0, m);
     }
 }
 
-SIMD_FN void ISA_SUF(clstm_gru_gates_backward)(int rows, int H, REAL *gates, REAL *gh,
-                                                const REAL *h_prev, const REAL *dh,
-                                                REAL *dh_prev, int accumulate)
+SIMD_FN void ISA_SUF(clstm_gru_gates_backward_units)(int rows, int H, int u0, int u1,
+                                                      REAL *gates, REAL *gh,
+                                                      const REAL *h_prev, const REAL *dh,
+                                                      REAL *dh_prev, int accumulate)
 {
-    CLSTM_WITH_GATE_FLAGS(SUF(gru_backward_body), h_prev, accumulate, rows, H, gates, gh,
-                          h_prev, dh, dh_prev);
+    CLSTM_WITH_GATE_FLAGS(SUF(gru_backward_body), h_prev, accumulate, rows, H, u0, u1, gates,
+                          gh, h_prev, dh, dh_prev);
 }
 
 SIMD_FN void ISA_SUF(clstm_sigmoid)(long n, const REAL *x, REAL *y)

@@ -74,6 +74,20 @@ cdef extern from "gates.h" nogil:
     void clstm_gru_gates_backward_f64(int rows, int H, double *gates, double *gh,
                                       const double *h_prev, const double *dh,
                                       double *dh_prev, int accumulate)
+    void clstm_gru_gates_forward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                           float *gh, const float *b_ih, const float *b_hh,
+                                           const float *h_prev, float *h)
+    void clstm_gru_gates_forward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                           double *gh, const double *b_ih,
+                                           const double *b_hh, const double *h_prev,
+                                           double *h)
+    void clstm_gru_gates_backward_units_f32(int rows, int H, int u0, int u1, float *gates,
+                                            float *gh, const float *h_prev, const float *dh,
+                                            float *dh_prev, int accumulate)
+    void clstm_gru_gates_backward_units_f64(int rows, int H, int u0, int u1, double *gates,
+                                            double *gh, const double *h_prev,
+                                            const double *dh, double *dh_prev,
+                                            int accumulate)
     void clstm_column_sums_f32(long rows, int n, const float *da, int ld, float *db)
     void clstm_column_sums_f64(long rows, int n, const double *da, int ld, double *db)
     void clstm_peephole_grads_f32(int T, int B, int H, const float *da, const float *cells,
@@ -1929,6 +1943,28 @@ cdef inline void gru_gates_backward(int rows, int H, floating* gates, floating* 
         clstm_gru_gates_backward_f64(rows, H, gates, gh, h_prev, dh, dh_prev, accumulate)
 
 
+cdef inline void gru_gates_forward_units(int rows, int H, int u0, int u1, floating* gates,
+                                         floating* gh, const floating* b_ih,
+                                         const floating* b_hh, const floating* h_prev,
+                                         floating* h) noexcept nogil:
+    if floating is float:
+        clstm_gru_gates_forward_units_f32(rows, H, u0, u1, gates, gh, b_ih, b_hh, h_prev, h)
+    else:
+        clstm_gru_gates_forward_units_f64(rows, H, u0, u1, gates, gh, b_ih, b_hh, h_prev, h)
+
+
+cdef inline void gru_gates_backward_units(int rows, int H, int u0, int u1, floating* gates,
+                                          floating* gh, const floating* h_prev,
+                                          const floating* dh, floating* dh_prev,
+                                          bint accumulate) noexcept nogil:
+    if floating is float:
+        clstm_gru_gates_backward_units_f32(rows, H, u0, u1, gates, gh, h_prev, dh, dh_prev,
+                                           accumulate)
+    else:
+        clstm_gru_gates_backward_units_f64(rows, H, u0, u1, gates, gh, h_prev, dh, dh_prev,
+                                           accumulate)
+
+
 cdef inline void gru_step_rows(int rows, int H, const floating* prev, const floating* w_hh,
                                const floating* w_hh_packed, const floating* b_ih,
                                const floating* b_hh, floating* gates, floating* gh,
@@ -1945,21 +1981,22 @@ cdef inline void gru_step_rows(int rows, int H, const floating* prev, const floa
 
 cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
                                   const Py_ssize_t* off, bint reverse, int b0, int b1,
-                                  const floating* x, const floating* w_ih_packed,
+                                  int it0, const floating* x, const floating* w_ih_packed,
                                   const floating* w_hh, const floating* w_hh_packed,
                                   const floating* b_ih, const floating* b_hh,
                                   const floating* h0, floating* y, floating* gates,
                                   floating* gh, floating* h_n,
                                   clstm_call* call) noexcept nogil:
-    """Rows b0:b1 through their valid steps (forward_rows_packed's walk); h_n (may be
-    NULL) receives each row's state after its last step."""
+    """Rows b0:b1 through their valid steps (forward_rows_packed's walk), from iteration
+    it0 on (0: the whole sequence); h_n (may be NULL) receives each row's state after its
+    last step."""
     cdef int it, t, r1, m, nxt, b
     cdef int G = 3 * H
     cdef Py_ssize_t row0, rowm
     cdef const floating* prev
     if b1 <= b0:
         return
-    for it in range(T):
+    for it in range(it0, T):
         if clstm_call_stopped(call):
             return
         t = T - 1 - it if reverse else it
@@ -2002,6 +2039,179 @@ cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
                        <size_t>(b1 - b0) * H * sizeof(floating))
 
 
+# The hidden-unit split (forward_units / backward_units for the GRU on the packed layout):
+# when the rows cannot keep the threads busy (a batch smaller than the team, or at most 2
+# rows per thread with a large W_hh: unit_split_threads's rule), each thread owns units
+# u0:u1 of the three gates for every active row, and the team meets at a barrier per step.
+
+cdef inline void gru_units_step(int rows, int H, int u0, int u1, const floating* prev,
+                                floating** packed, const floating* b_ih,
+                                const floating* b_hh, floating* gates, floating* gh,
+                                floating* h) noexcept nogil:
+    """This thread's units of one step of ``rows`` rows from their previous states
+    (NULL: zeros): its columns of gh = prev·W_hhᵀ (three packed slices of W_hh), then
+    the gate loop on its units."""
+    cdef int g, r
+    cdef int G = 3 * H, u = u1 - u0
+    if u <= 0:
+        return
+    for g in range(3):
+        if prev != NULL:
+            weights_gemm(rows, u, H, prev, H, packed[g], NULL, True, <floating>0,
+                         gh + <Py_ssize_t>g * H + u0, G)
+        else:
+            for r in range(rows):
+                memset(gh + <Py_ssize_t>r * G + g * H + u0, 0, u * sizeof(floating))
+    gru_gates_forward_units(rows, H, u0, u1, gates, gh, b_ih, b_hh, prev, h)
+
+
+cdef void gru_forward_units_packed(int T, int B, int I, int H, const int* bs,
+                                   const Py_ssize_t* off, bint reverse, const floating* x,
+                                   const floating* w_ih, const floating* w_hh,
+                                   const floating* b_ih, const floating* b_hh,
+                                   const floating* h0, floating* y, floating* gates,
+                                   floating* gh, int* failed, int* leave_step,
+                                   clstm_call* call) noexcept nogil:
+    """One thread's share of a GRU direction's forward split by hidden units (called
+    inside a parallel region by every thread of it), as forward_units: the thread packs
+    its three slices of W_ih and W_hh (rows g·H+u0 : g·H+u1), computes its gate columns
+    of the input projection for all N rows, then at each step its columns of the
+    recurrent product and its units of h for the step's active rows; a barrier per step
+    makes h_t whole. The team leaves together at iteration leave_step[0] when late."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, g, it, t, rows, nxt
+    cdef int G = 3 * H
+    cdef Py_ssize_t N = off[T], row0, gate0
+    cdef floating* packed[3]
+    cdef floating* packed_ih
+    cdef const floating* prev
+    cdef team_pace pace
+    for g in range(3):
+        packed[g] = NULL
+        if u > 0:
+            gate0 = <Py_ssize_t>g * H + u0
+            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
+            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
+            if packed_ih == NULL or packed[g] == NULL:
+                failed[0] = 1
+            else:
+                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
+                                    call)
+            free(packed_ih)
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
+    if failed[0] == 0:
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = T - 1 - it if reverse else it
+            rows = bs[t]
+            row0 = off[t]
+            if not reverse:
+                if t > 0:
+                    prev = y + off[t - 1] * H
+                else:
+                    prev = h0
+                gru_units_step(rows, H, u0, u1, prev, packed, b_ih, b_hh, gates + row0 * G,
+                               gh + row0 * G, y + row0 * H)
+            else:
+                nxt = bs[t + 1] if t + 1 < T else 0
+                if nxt > 0:                  # rows 0:nxt continue from step t+1
+                    gru_units_step(nxt, H, u0, u1, y + off[t + 1] * H, packed, b_ih, b_hh,
+                                   gates + row0 * G, gh + row0 * G, y + row0 * H)
+                if rows > nxt:               # rows nxt:rows start here, from h0
+                    gru_units_step(rows - nxt, H, u0, u1,
+                                   h0 + <Py_ssize_t>nxt * H if h0 != NULL else NULL, packed,
+                                   b_ih, b_hh, gates + (row0 + nxt) * G,
+                                   gh + (row0 + nxt) * G, y + (row0 + nxt) * H)
+            clstm_omp_barrier()              # h_t complete before any thread reads it
+    for g in range(3):
+        free(packed[g])
+
+
+cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
+                                    const Py_ssize_t* off, bint reverse,
+                                    const floating* w_hh, const floating* h0,
+                                    const floating* y, floating* gates, floating* gh,
+                                    floating* dy, floating* dh0, int* failed,
+                                    int* leave_step, clstm_call* call) noexcept nogil:
+    """One thread's share of a GRU direction's backward time loop split by hidden units,
+    as backward_units: the thread turns its units of the step's gates into their
+    gradients (and puts dh ⊙ z of its units into dL/dh_prev), and after a barrier (dgh of
+    all units is needed) adds its columns of dgh · W_hh[:, u0:u1] there; only it reads
+    those columns at the next step. The team leaves together at iteration leave_step[0]
+    when late."""
+    cdef int tid = clstm_omp_thread_num()
+    cdef int n = clstm_omp_num_threads()
+    cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
+    cdef int u = u1 - u0, it, t, rows, nxt
+    cdef int G = 3 * H
+    cdef floating* packed = NULL
+    cdef Py_ssize_t row0
+    cdef team_pace pace
+    if u > 0:
+        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (3H × u)
+        if packed == NULL:
+            failed[0] = 1
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pace_start(&pace)
+    if failed[0] == 0:
+        for it in range(T):
+            if team_leaves(it, leave_step, &pace, call):
+                break
+            t = it if reverse else T - 1 - it
+            rows = bs[t]
+            row0 = off[t]
+            if not reverse:
+                if u > 0:
+                    if t > 0:
+                        gru_gates_backward_units(rows, H, u0, u1, gates + row0 * G,
+                                                 gh + row0 * G, y + off[t - 1] * H,
+                                                 dy + row0 * H, dy + off[t - 1] * H, True)
+                    else:
+                        gru_gates_backward_units(rows, H, u0, u1, gates + row0 * G,
+                                                 gh + row0 * G, h0, dy + row0 * H, dh0, False)
+                clstm_omp_barrier()          # dgh_t complete before any thread reads it
+                if u > 0:
+                    weights_gemm(rows, u, G, gh + row0 * G, G, packed, NULL, False,
+                                 <floating>1, (dy + off[t - 1] * H if t > 0 else dh0) + u0, H)
+            else:
+                nxt = bs[t + 1] if t + 1 < T else 0
+                if u > 0:
+                    if nxt > 0:
+                        gru_gates_backward_units(nxt, H, u0, u1, gates + row0 * G,
+                                                 gh + row0 * G, y + off[t + 1] * H,
+                                                 dy + row0 * H, dy + off[t + 1] * H, True)
+                    if rows > nxt:
+                        gru_gates_backward_units(
+                            rows - nxt, H, u0, u1, gates + (row0 + nxt) * G,
+                            gh + (row0 + nxt) * G,
+                            h0 + <Py_ssize_t>nxt * H if h0 != NULL else NULL,
+                            dy + (row0 + nxt) * H, dh0 + <Py_ssize_t>nxt * H, False)
+                clstm_omp_barrier()
+                if u > 0:
+                    if nxt > 0:
+                        weights_gemm(nxt, u, G, gh + row0 * G, G, packed, NULL, False,
+                                     <floating>1, dy + off[t + 1] * H + u0, H)
+                    if rows > nxt:
+                        weights_gemm(rows - nxt, u, G, gh + (row0 + nxt) * G, G, packed, NULL,
+                                     False, <floating>1, dh0 + <Py_ssize_t>nxt * H + u0, H)
+    free(packed)
+
+
+cdef void gather_final_states(const packed_plan* plan, int B, int H, bint reverse,
+                              const floating* y, floating* h_n) noexcept nogil:
+    """h_n (B×H): each row's output at its last valid step (forward) or step 0."""
+    cdef int b
+    cdef Py_ssize_t row
+    for b in range(B):
+        row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
+        memcpy(h_n + <Py_ssize_t>b * H, y + row * H, H * sizeof(floating))
+
+
+
 cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
                                   bint reverse, const floating* x, const floating* w_ih,
                                   const floating* w_hh, const floating* b_ih,
@@ -2010,7 +2220,7 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
                                   clstm_call* call) noexcept nogil:
     """The forward of one GRU direction over a packed batch; b_ih and b_hh both NULL for
     no bias. Returns 0, -1 for bad sizes, -2 when out of memory, -3 when stopped."""
-    global _units_split_last
+    global _units_split_last, _team_left_last
     cdef int chunk, n_chunks
     cdef int G = 3 * H
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
@@ -2031,11 +2241,41 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         h0 = zero_h0
     num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    _units_split_last = False
+    # The LSTM's rule for the unit split (its 4H sized thresholds: close enough for 3H).
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if packed_steps(B) and N > B else 1)
+    cdef int failed = 0
+    cdef int leave_step = T
+    _units_split_last = n_units > 1
     if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
         free(zero_h0)
         return -2
     clstm_blas_enter()
+    if n_units > 1:
+        _team_left_last = -1
+        with parallel(num_threads=n_units):
+            gru_forward_units_packed(T, B, I, H, batch_sizes, plan.off, reverse, x, w_ih,
+                                     w_hh, b_ih, b_hh, h0, y, gates, gh, &failed,
+                                     &leave_step, call)
+        if not failed and leave_step < T and not clstm_call_stopped(call):
+            # The team was late: this thread runs the remaining steps alone, on all
+            # units (the gates already hold their input projection).
+            _team_left_last = leave_step
+            packed = pack_weights(H, G, w_hh, H, True)
+            failed = packed == NULL
+            if not failed:
+                gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse, 0, B,
+                                        leave_step, x, NULL, w_hh, packed, b_ih, b_hh, h0, y,
+                                        gates, gh, NULL, call)
+            free(packed)
+        if not failed and h_n != NULL:
+            gather_final_states(&plan, B, H, reverse, y, h_n)
+        clstm_blas_leave()
+        free(zero_h0)
+        plan_free(&plan)
+        if failed:
+            return -2
+        return -3 if clstm_call_stopped(call) else 0
     # The LSTM's rule (layer_forward_packed): packed kernels or BLAS by the ISA level,
     # the input projection per step with a few rows per thread and small weights.
     cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
@@ -2066,10 +2306,10 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
     if n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse,
-                                    plan.bounds[chunk], plan.bounds[chunk + 1], x, packed_ih,
+                                    plan.bounds[chunk], plan.bounds[chunk + 1], 0, x, packed_ih,
                                     w_hh, packed, b_ih, b_hh, h0, y, gates, gh, h_n, call)
     else:
-        gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse, 0, B, x,
+        gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse, 0, B, 0, x,
                                 packed_ih, w_hh, packed, b_ih, b_hh, h0, y, gates, gh, h_n,
                                 call)
     clstm_blas_leave()
@@ -2091,20 +2331,21 @@ cdef inline void gru_step_back(int rows, int H, const floating* prev, floating* 
 
 
 cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_ssize_t* off,
-                                   bint reverse, int b0, int b1, const floating* w_hh,
+                                   bint reverse, int b0, int b1, int it0,
+                                   const floating* w_hh,
                                    const floating* w_hh_packed, const floating* h0,
                                    const floating* y, floating* gates, floating* gh,
                                    floating* dy, floating* dh0,
                                    clstm_call* call) noexcept nogil:
-    """Rows b0:b1 back through their valid steps (backward_rows_packed's walk). dy
-    (packed) receives each step's recurrent gradient before the step it belongs to reads
-    it; dh0 receives dL/dh0 of each row at the step that read h0."""
+    """Rows b0:b1 back through their valid steps (backward_rows_packed's walk), from
+    iteration it0 on. dy (packed) receives each step's recurrent gradient before the step
+    it belongs to reads it; dh0 receives dL/dh0 of each row at the step that read h0."""
     cdef int it, t, r1, m, nxt
     cdef int G = 3 * H
     cdef Py_ssize_t row0, prev0, rowm
     if b1 <= b0:
         return
-    for it in range(T):
+    for it in range(it0, T):
         if clstm_call_stopped(call):
             return
         t = it if reverse else T - 1 - it
@@ -2148,6 +2389,7 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     """The backward of one GRU direction after gru_layer_forward_packed with the same
     arguments; dw_ih, dw_hh, db_ih, db_hh are added into (the biases both NULL without
     bias). Returns as layer_backward_packed."""
+    global _team_left_last
     cdef int chunk, n_chunks
     cdef int G = 3 * H
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
@@ -2165,18 +2407,39 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
         return -2
     add_final_state_grads(&plan, B, H, reverse, dy, dh_n)
+    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
+                        if packed_steps(B) and N > B else 1)
+    cdef int units_failed = 0
+    cdef int leave_step = T
     clstm_blas_enter()
-    if packed_steps(B // n_chunks) and N > B:
-        packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
-        failed = packed == NULL
-    if not failed and n_chunks > 1:
-        for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
-            gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse,
-                                     plan.bounds[chunk], plan.bounds[chunk + 1], w_hh, packed,
-                                     h0, y, gates, gh, dy, dh0, call)
-    elif not failed:
-        gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, 0, B, w_hh, packed,
-                                 h0, y, gates, gh, dy, dh0, call)
+    if n_units > 1:
+        _team_left_last = -1
+        with parallel(num_threads=n_units):
+            gru_backward_units_packed(T, B, H, batch_sizes, plan.off, reverse, w_hh, h0, y,
+                                      gates, gh, dy, dh0, &units_failed, &leave_step, call)
+        failed = units_failed != 0
+        if not failed and leave_step < T and not clstm_call_stopped(call):
+            _team_left_last = leave_step     # late: the remaining steps on this thread
+            packed = pack_weights(G, H, w_hh, H, False)              # P = W_hh
+            failed = packed == NULL
+            if not failed:
+                gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, 0, B,
+                                         leave_step, w_hh, packed, h0, y, gates, gh, dy, dh0,
+                                         call)
+            free(packed)
+            packed = NULL
+    else:
+        if packed_steps(B // n_chunks) and N > B:
+            packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
+            failed = packed == NULL
+        if not failed and n_chunks > 1:
+            for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
+                gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse,
+                                         plan.bounds[chunk], plan.bounds[chunk + 1], 0, w_hh,
+                                         packed, h0, y, gates, gh, dy, dh0, call)
+        elif not failed:
+            gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse, 0, B, 0, w_hh,
+                                     packed, h0, y, gates, gh, dy, dh0, call)
     free(packed)
     if failed or clstm_call_stopped(call):
         clstm_blas_leave()

@@ -548,3 +548,167 @@ def test_non_finite_recurrent_weights_give_nan_from_a_zero_state_as_torch():
     net.params["weight_hh_l0"][0, 0] = np.nan
     y, h_n = net.forward(np.ones((2, 1, 2)))
     assert np.isnan(y[:, 0, 0]).all()          # 0 · NaN = NaN from step 0 on
+
+
+# -- the hidden-unit split (batches smaller than the thread team) -----------------------
+
+@pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("B, threads, H, lengths, bidirectional", [
+    (1, 2, 64, None, False),
+    (1, 2, 40, None, True),          # units 0:16, 16:40; a bidirectional stack
+    (2, 3, 56, [5, 2], False),       # more threads than rows, rows of their own lengths
+    (3, 4, 64, [1, 6, 3], True),     # reverse rows starting from h0 at their last step
+    (4, 2, 512, [6, 6, 2, 5], False),  # 2 rows per thread and W_hh >= 1 MiB: units
+])
+def test_hidden_unit_split_equals_the_reference(B, threads, H, lengths, bidirectional):
+    """With fewer rows than threads, forward and backward split the hidden units over the
+    team (a barrier per step): the results are the reference's, with and without h0."""
+    T, I, L = 6, 5, 2
+    D = 2 if bidirectional else 1
+    net = clstm.GRU(I, H, L, bidirectional=bidirectional, dtype="float64", seed=B + H)
+    rng = np.random.default_rng(H)
+    x = rng.normal(size=(T, B, I))
+    dy = rng.normal(size=(T, B, D * H))
+    dh_n = rng.normal(size=(D * L, B, H))
+    lengths = None if lengths is None else np.array(lengths)
+    cfg = dict(L=L, bidirectional=bidirectional)
+    for h0 in (rng.normal(size=(D * L, B, H)), None):
+        with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+                kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0), \
+                kernel_knob(kernels._set_parallel_directions, False), \
+                clstm.threads(threads):
+            net.zero_grad()
+            y, h_n = net.forward(x, h0, lengths=lengths)
+            assert kernels._last_forward_split_units()
+            dx, dh0 = net.backward(dy, dh_n)
+            # (more threads than the rows could use: the backward split the units too)
+            assert kernels._threads_used_by_last_call() == min(threads, H // 16)
+            ours = (np.array(y), np.array(h_n), dx, dh0,
+                    {k: g.copy() for k, g in net.grads.items()})
+        assert_matches_reference(net, cfg, x, h0, lengths, dy, dh_n, ours,
+                                 dict(rtol=1e-10, atol=1e-12))
+
+
+@pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
+@pytest.mark.parametrize("reverse_lengths", [False, True])
+def test_a_late_team_finishes_on_one_thread_with_the_same_result(reverse_lengths):
+    rng = np.random.default_rng(10)
+    T, B, I, H = 40, 1, 8, 160
+    net = clstm.GRU(I, H, bidirectional=reverse_lengths, seed=10, dtype="float64")
+    x = rng.normal(size=(T, B, I))
+    with clstm.threads(1):
+        want_y, _ = net.forward(x)
+        want_dx, want_dh0 = net.backward(np.ones_like(want_y))
+        want_g = net.flat_grads.copy()
+    net.zero_grad()
+    # A share of -1 counts every step as late: the team leaves after its 16 timed steps.
+    with clstm.threads(2), kernel_knob(kernels._set_max_late_share, -1.0), \
+            kernel_knob(kernels._set_parallel_directions, False), \
+            kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+        y, _ = net.forward(x)
+        assert kernels._last_forward_split_units()
+        assert kernels._team_left_at_last_call() == 17
+        dx, dh0 = net.backward(np.ones_like(y))
+        assert kernels._team_left_at_last_call() == 17
+    tol = dict(rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(y, want_y, **tol)
+    np.testing.assert_allclose(dx, want_dx, **tol)
+    np.testing.assert_allclose(dh0, want_dh0, **tol)
+    np.testing.assert_allclose(net.flat_grads, want_g, **tol)
+
+
+# -- Ctrl-C, sizes, untrusted configs ------------------------------------------------------
+
+@pytest.mark.parametrize("B, H, threads", [(8, 64, 1), (8, 64, 2), (1, 256, 2)],
+                         ids=["rows-1thread", "rows-2threads", "units-2threads"])
+def test_ctrl_c_stops_a_long_forward_and_leaves_the_gru_usable(B, H, threads):
+    import os
+    import signal
+    T, I = 200_000 // B, 16
+    rng = np.random.default_rng(8)
+    net = clstm.GRU(I, H, seed=8)
+    x = rng.normal(size=(T * B, I)).astype(np.float32)
+    y = np.full((T * B, H), np.nan, np.float32)
+    workspace = np.empty(6 * T * B * H, np.float32)
+    w = net.params
+    small = x[:5 * B].reshape(5, B, I)
+    want_small = net.forward(small)[0].copy()
+    # A call is short once its workspace is paged in, and a SIGINT after the last one
+    # would escape pytest.raises: the signal comes soon and the kernel runs until it meets
+    # one (as the LSTM's test in test_serving_safety.py).
+    timer = threading.Timer(0.02, os.kill, args=(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+                for _ in range(500):
+                    y.fill(np.nan)
+                    kernels.gru_forward_packed(T, B, I, H, np.full(T, B, np.int32), False, x,
+                                               w["weight_ih_l0"], w["weight_hh_l0"],
+                                               w["bias_ih_l0"], w["bias_hh_l0"], None, y,
+                                               None, workspace, threads)
+    finally:
+        timer.join()
+    assert np.isnan(y[-1]).all()            # it stopped before the end
+    np.testing.assert_allclose(net.forward(small)[0], want_small, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((1, 2**30), r"hidden_size: expected at most 715827882 .*got 1073741824"),
+    ((2**31, 1), r"input_size: expected at most 2147483647 .*got 2147483648"),
+    ((1, 2**20), r"GRU: number of parameters: expected at most 68719476736"),
+    ((1, 1, 10**12), r"GRU: number of parameters"),   # refused before a list of names
+])
+def test_sizes_beyond_the_kernels_are_refused_before_allocating(args, match):
+    with pytest.raises(ValueError, match=match):
+        clstm.GRU(*args)
+
+
+@pytest.mark.parametrize("field, value", [("bias", "yes"), ("hidden_size", 0),
+                                          ("dropout", 1.5), ("bidirectional", None)])
+def test_a_saved_gru_with_a_bad_config_is_refused(tmp_path, field, value):
+    import json
+    from clstm.io import CONFIG_KEY
+    path = tmp_path / "gru.npz"
+    clstm.save(clstm.GRU(2, 3), path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays[CONFIG_KEY].tobytes())
+    assert header["class"] == "GRU"
+    header["config"][field] = value
+    arrays[CONFIG_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(ValueError, match=field):
+        clstm.load(path)
+
+
+def test_dropout_between_layers_in_training_only_and_its_gradient():
+    rng = np.random.default_rng(12)
+    T, B, I, H = 4, 3, 2, 3
+    net = clstm.GRU(I, H, 2, bidirectional=True, dropout=0.5, dtype="float64", seed=1)
+    plain = clstm.GRU(I, H, 2, bidirectional=True, dtype="float64")
+    plain.load_state_dict(net.state_dict())
+    x, R = rng.normal(size=(T, B, I)), rng.normal(size=(T, B, 2 * H))
+    lengths = np.array([4, 2, 3])
+    net.eval()
+    np.testing.assert_array_equal(net.forward(x, lengths=lengths)[0],
+                                  plain.forward(x, lengths=lengths)[0])
+    net.train()
+    assert not np.allclose(net.forward(x, lengths=lengths)[0],
+                           plain.forward(x, lengths=lengths)[0])
+
+    def loss():
+        net._rng = np.random.default_rng(3)          # the same masks at every forward
+        return (net.forward(x, lengths=lengths)[0] * R).sum()
+
+    loss()
+    net.zero_grad()
+    dx, _ = net.backward(R)
+    for name in ("weight_ih_l0", "weight_hh_l1_reverse", "bias_hh_l0"):
+        p = net.params[name]
+        idx = rng.choice(p.size, size=5, replace=False)
+        np.testing.assert_allclose(net.grads[name].reshape(-1)[idx],
+                                   numerical_gradient(loss, p, indices=idx), rtol=1e-6,
+                                   atol=1e-8, err_msg=name)
+    np.testing.assert_allclose(dx, numerical_gradient(loss, x), rtol=1e-6, atol=1e-8)
