@@ -51,7 +51,8 @@ def assert_ok_on_every_rank(result, ranks=2):
 @needs_mpi
 def test_two_ranks_equal_one_process_on_the_combined_batch(tmp_path):
     # LSTM stack by hand (DistributedOptimizer, overlap and blocking), Regressor and
-    # Classifier fit(distributed=True), LanguageModel TBPTT: float64, >= 20 Adam steps,
+    # Classifier (LSTM and GRU) fit(distributed=True), LanguageModel TBPTT (LSTM and GRU):
+    # float64, >= 20 Adam steps,
     # parameters within 1e-10 of one process's; histories alike
     assert_ok_on_every_rank(run_ranks(tmp_path, "equal_one_process.py"))
 

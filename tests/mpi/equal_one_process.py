@@ -1,8 +1,8 @@
 """Run under mpiexec -n 2: N ranks training on a global batch give the parameters one
 process gets on that batch (float64, 20 Adam steps), for an LSTM stack trained by hand
 with DistributedOptimizer (overlap with and without the progress thread, and blocking),
-the ready models' fit(distributed=True) and the LanguageModel with truncated BPTT over
-carried state. Prints OK on every rank."""
+the ready models' fit(distributed=True) (a GRU Classifier too) and the LanguageModel with
+truncated BPTT over carried state (an LSTM's (h, c), a GRU's h). Prints OK on every rank."""
 import sys
 
 import numpy as np
@@ -72,6 +72,9 @@ for name, build, target in [
         ("Regressor", lambda: clstm.Regressor(3, 6, num_layers=2, dtype="float64", seed=3),
          y),
         ("Classifier", lambda: clstm.Classifier(3, 6, 3, dtype="float64", seed=4),
+         rng.integers(0, 3, N)),
+        ("Classifier GRU", lambda: clstm.Classifier(3, 6, 3, cell="gru", dtype="float64",
+                                                    seed=4),
          rng.integers(0, 3, N))]:
     one, many = build(), build()
     kw = dict(epochs=4, batch_size=9, seed=11, verbose=0,
@@ -98,9 +101,10 @@ assert np.allclose(one.history_["val_loss"], many.history_["val_loss"], rtol=1e-
 
 # language model, a 1-D stream: TBPTT, state carried, each rank its own streams
 stream = rng.integers(0, 11, 6 * 5 * 4 + 1)
-for name, B in (("LanguageModel", 6), ("LanguageModel uneven", 5)):
-    one = clstm.LanguageModel(11, 4, 7, dtype="float64", seed=5)
-    many = clstm.LanguageModel(11, 4, 7, dtype="float64", seed=5)
+for name, B, cell in (("LanguageModel", 6, "lstm"), ("LanguageModel uneven", 5, "lstm"),
+                      ("LanguageModel GRU uneven", 5, "gru")):   # a GRU carries h alone
+    one = clstm.LanguageModel(11, 4, 7, cell=cell, dtype="float64", seed=5)
+    many = clstm.LanguageModel(11, 4, 7, cell=cell, dtype="float64", seed=5)
     kw = dict(epochs=3, batch_size=B, bptt=3, verbose=0, validation_data=stream[:40],
               clip_norm=0.5)
     one.fit(stream, optimizer=clstm.Adam(one, lr=1e-2), **kw)
