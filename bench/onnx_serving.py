@@ -1,6 +1,6 @@
 """Serving an exported model from ONNX Runtime or from clstm: the same weights, one graph.
 
-    python -m bench.onnx_serving [--repeats 15] [--threads 1]
+    python -m bench.onnx_serving [--repeats 15] [--threads 1] [--match NAME]
 
 Each model is exported with `clstm.onnx.export`, its ONNX Runtime output checked against
 clstm's (1e-5) and then both are timed interleaved (the order alternates per repeat),
@@ -71,6 +71,25 @@ def _cases(tmp, threads, rng):
     yield ("Classifier predict_proba, B=32, T=50, E=64, H=128, lengths", "ms", 1,
            lambda: clf.predict_proba(ids, lengths=lengths),
            lambda: sess.run(None, {"x": ids, "lengths": lengths})[0])
+    # the same with a bidirectional LSTM (sequence_lens in every node) and with a GRU
+    for cell, bidirectional in (("lstm", True), ("gru", False)):
+        model = clstm.Classifier(hidden_size=128, num_classes=4, vocab_size=1000,
+                                 embed_dim=64, cell=cell, bidirectional=bidirectional,
+                                 seed=0).eval()
+        path = os.path.join(tmp, f"clf_{cell}_{bidirectional}.onnx")
+        clstm.onnx.export(model, path)
+        sess = _session(path, threads)
+        yield (f"Classifier({'bidirectional ' if bidirectional else ''}{cell.upper()}) "
+               "predict_proba, B=32, T=50, E=64, H=128, lengths", "ms", 1,
+               lambda m=model: m.predict_proba(ids, lengths=lengths),
+               lambda s=sess: s.run(None, {"x": ids, "lengths": lengths})[0])
+    net = clstm.GRU(64, 256, 2, seed=0).eval()
+    path = os.path.join(tmp, "gru.onnx")
+    clstm.onnx.export(net, path)
+    sess = _session(path, threads)
+    x = rng.standard_normal((50, 32, 64)).astype(np.float32)
+    yield ("GRU T=50, B=32, I=64, H=256, L=2", "ms", 1, lambda: net.forward(x)[0],
+           lambda: sess.run(None, {"x": x})[0])
     for H, L in [(128, 1), (256, 2)]:
         net = clstm.LSTM(32, H, L, seed=0).eval()
         path = os.path.join(tmp, f"stream_{H}.onnx")
@@ -100,6 +119,7 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--match", default="", help="only the models whose name contains this")
     args = ap.parse_args(argv)
     clstm.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -108,6 +128,8 @@ def main(argv=None):
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, unit, per, run_clstm, run_ort in _cases(tmp, args.threads, rng):
+            if args.match not in name:
+                continue
             diff = float(np.abs(np.asarray(run_clstm()) - np.asarray(run_ort())).max())
             if not diff <= 1e-5:
                 raise SystemExit(f"{name}: ONNX Runtime differs from clstm by {diff}")

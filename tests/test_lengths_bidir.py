@@ -528,8 +528,9 @@ def test_bidirectional_regressor_learns_from_both_ends():
 
 
 def test_onnx_export_bias_free_and_refusals(tmp_path):
-    """clstm.onnx exports a bias-free LSTM (zeros for ONNX's B) and refuses what its
-    exporter does not write: bidirectional and projected LSTMs."""
+    """clstm.onnx exports a bias-free LSTM (no B: ONNX's zeros), a bidirectional one
+    with lengths (tests/test_onnx.py has the rest), and refuses a projected LSTM, which
+    ONNX's LSTM operator cannot express."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     import clstm.onnx
@@ -542,9 +543,14 @@ def test_onnx_export_bias_free_and_refusals(tmp_path):
     out = ort.InferenceSession(path).run(None, {"x": x, "lengths": lengths})[0]
     ref, _ = net.forward(np.ascontiguousarray(x.transpose(1, 0, 2)), lengths=lengths)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
-    for lstm in (clstm.LSTM(3, 4, bidirectional=True), clstm.LSTM(3, 4, proj_size=2)):
-        with pytest.raises(ValueError, match="export: expected a unidirectional LSTM"):
-            clstm.onnx.export(clstm.Sequential([lstm]), path)
+    bidir = clstm.Sequential([clstm.LSTM(3, 4, bias=False, bidirectional=True, seed=2),
+                              clstm.LastStep(bidirectional=True), clstm.Dense(8, 2, seed=3)])
+    clstm.onnx.export(bidir, path)
+    out = ort.InferenceSession(path).run(None, {"x": x, "lengths": lengths})[0]
+    ref, _ = bidir.forward(np.ascontiguousarray(x.transpose(1, 0, 2)), lengths=lengths)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="export: expected an LSTM without projection"):
+        clstm.onnx.export(clstm.Sequential([clstm.LSTM(3, 4, proj_size=2)]), path)
 
 
 # -- the hidden-unit split on the packed layout (no projection) ---------------------------
