@@ -49,7 +49,7 @@ from ._config import BadConfig, read_module_config
 from .module import Module, build_module, module_config
 from .training import NonFiniteError, evaluate_steps, fit_loop  # noqa: F401 (re-exported)
 from . import distributed as _distributed
-from .tbptt import batchify, num_chunks
+from .tbptt import batchify, check_chunkable, num_chunks
 
 __all__ = ["LastStep", "Sequential", "LanguageModel", "Regressor", "Classifier",
            "NonFiniteError"]
@@ -634,6 +634,7 @@ class Sequential(Module):
             if self._seq2one:
                 raise ValueError("bptt: expected None for a model that reads only the last "
                                  "step (its loss is not per step), got " + repr(bptt))
+            check_chunkable(self)   # before any update, not at the second chunk
         x = self._check_x(x)
         y = self._check_y(y, x)
         lengths = self._check_lengths(lengths, x)

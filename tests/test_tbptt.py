@@ -249,7 +249,7 @@ def chunked_forward(net, x, lengths, k, state=None):
         lc = chunk_lengths(lengths, t, k)
         starts.append(state)
         out, state, rows = forward_chunk(net, x[t:t + k], state, lc)
-        y = np.zeros((min(k, T - t), B, net.proj_size or net.hidden_size))
+        y = np.zeros((min(k, T - t), B, getattr(net, "proj_size", 0) or net.hidden_size))
         if rows is not None:
             y[:, rows] = out
         ys.append(y)
@@ -317,6 +317,43 @@ def test_chunked_backward_with_lengths_equals_one_long_backward(config):
     np.testing.assert_allclose(carried[1], dc0_long, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("num_layers, bias", [(1, True), (2, False), (3, True)])
+def test_a_grus_chunks_with_lengths_equal_one_long_forward_and_backward(num_layers, bias):
+    """The same for a GRU, whose state is h alone (an array, not a pair): chunked
+    outputs, final state, every gradient, dx and dh_0 equal one long pass with lengths."""
+    rng = np.random.default_rng(30 + num_layers)
+    net = clstm.GRU(3, 5, num_layers, bias=bias, dtype="float64", seed=3)
+    T, B, k = 10, 5, 4
+    x = rng.standard_normal((T, B, 3))
+    lengths = np.array([10, 4, 3, 9, 1])
+    h0 = rng.standard_normal((num_layers, B, 5))
+    dy = rng.standard_normal((T, B, 5)) * clstm.lengths_to_mask(lengths, T)[..., None]
+    dh_n = rng.standard_normal((num_layers, B, 5))
+
+    net.zero_grad()
+    y_long, h_long = net.forward(x, h0, lengths=lengths)
+    dx_long, dh0_long = net.backward(dy, dh_n)
+    grads_long = {n: g.copy() for n, g in net.grads.items()}
+
+    net.zero_grad()
+    y, h, starts = chunked_forward(net, x, lengths, k, h0)
+    np.testing.assert_allclose(y, y_long, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(h, h_long, rtol=1e-12, atol=1e-13)
+    dx, carried = np.zeros_like(x), dh_n
+    for c in reversed(range(len(starts))):
+        t = c * k
+        out, _, rows = forward_chunk(net, x[t:t + k], starts[c], chunk_lengths(lengths, t, k))
+        if rows is None:
+            continue
+        dxc, part = net.backward(dy[t:t + k][:, rows], take_rows(carried, rows))
+        dx[t:t + k][:, rows] = dxc
+        carried = put_rows(carried, rows, part, B)
+    for name, g in net.grads.items():
+        np.testing.assert_allclose(g, grads_long[name], rtol=1e-10, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(dx, dx_long, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(carried, dh0_long, rtol=1e-10, atol=1e-12)
+
+
 def test_a_chunk_past_every_sequence_runs_nothing_and_keeps_the_state():
     net = clstm.LSTM(2, 3, dtype="float64", seed=0)
     state = (np.ones((1, 2, 3)), np.full((1, 2, 3), 2.0))
@@ -373,6 +410,11 @@ def test_bidirectional_models_cannot_run_in_chunks():
     with pytest.raises(ValueError, match="truncated BPTT: expected a model without "
                                          "bidirectional"):
         model.fit(xs, ys, epochs=1, batch_size=4, bptt=3, verbose=0)
+    before = model.layers[0].flat_params.copy()
+    with pytest.raises(ValueError, match="truncated BPTT"):
+        model.fit(xs, ys, epochs=1, batch_size=4, bptt=3, verbose=0)
+    # refused before the first update, not at the second chunk
+    np.testing.assert_array_equal(model.layers[0].flat_params, before)
 
 
 def test_fit_with_bptt_and_lengths_trains_the_live_rows_of_each_chunk():
