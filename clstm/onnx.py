@@ -1264,8 +1264,16 @@ def _import_reshape(reader, node, ins):
     x = reader.data(node, ins[0], layout_only=True)
     shape = _ints(reader.const(node, ins[1], "the shape"), node, reader, "the shape")
     n = len(x.axes)
-    if n < 2 or x.axes[-2:] not in (("D", "F"), ("1", "F")) or \
-            shape != [0] * (n - 2) + [-1] or reader.attrs(node).get("allowzero", 0):
+    stage = reader.stages[-1] if reader.stages else None
+    merged = (stage["directions"] * stage["layers"][-1]["hidden"]
+              if stage is not None and stage["kind"] in _RECURRENT_OPS else None)
+    # The leading axes kept (0), or given as the sizes the graph was exported with
+    # (torch's dynamo exporter without dynamic shapes writes [T, B, D*H]): clstm keeps
+    # time and batch free either way. The features: inferred (-1) or exactly D*H.
+    kept = len(shape) == n - 1 and all(s >= 0 for s in shape[:-1]) and (
+        shape[-1] == -1 or (merged is not None and shape[-1] == merged))
+    if n < 2 or x.axes[-2:] not in (("D", "F"), ("1", "F")) or not kept or \
+            reader.attrs(node).get("allowzero", 0):
         reader.refuse(node, f"expected the merge of the directions into the features, "
                             f"shape {[0] * max(n - 2, 0) + [-1]} of (..., directions, "
                             f"features), got shape {shape} of {_axes_text(x.axes)}")
@@ -1500,7 +1508,9 @@ def load(path):
     Parameters
     ----------
     path : str or os.PathLike
-        An ``.onnx`` file (its weights inside it: external data is not read). The
+        An ``.onnx`` file. Weights kept in external data files (torch.onnx.export's
+        dynamo exporter writes ``<name>.onnx.data``) are read from its folder: each
+        file inside that folder, each tensor exactly the bytes its shape implies. The
         graph's first input (not an initializer) is the data: float features, or
         integer token ids read by a Gather; other inputs may be initial states (rows
         D*k .. D*k+D-1 of a (D*L, batch, H) input for layer k, as PyTorch and
@@ -1541,9 +1551,46 @@ def load(path):
         raise ValueError(f"load: {os.fspath(path)!r} is not an ONNX model "
                          f"({type(e).__name__}: {str(e)[:200]})") from None
     try:
+        _load_external_data(onnx, model, os.path.dirname(os.path.abspath(path)))
         return _read_model(onnx, model)
     except _Refused as e:
         raise ValueError(f"load: {os.fspath(path)!r}: {e}") from None
+
+
+def _load_external_data(onnx, model, base_dir):
+    """Read the weights that the model keeps in files beside it (torch.onnx.export's
+    dynamo exporter does so by default) into its tensors. ONNX's reader refuses
+    locations outside ``base_dir`` and ranges past a file's end; on top of that each
+    tensor must name exactly the bytes its shape and type imply, so that what is read
+    is bounded by the declared tensors and a file cannot make us read more."""
+    from onnx import external_data_helper, helper
+
+    for t in external_data_helper._get_all_tensors(model):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except Exception:
+            raise _Refused(f"tensor {t.name!r}: external data of an unknown type "
+                           f"({t.data_type})") from None
+        count = 1
+        for d in t.dims:
+            if d < 0:
+                raise _Refused(f"tensor {t.name!r}: expected dimensions >= 0, got "
+                               f"{list(t.dims)}")
+            count *= d
+        info = external_data_helper.ExternalDataInfo(t)
+        if info.length is not None and info.length != count * itemsize:
+            raise _Refused(f"tensor {t.name!r}: external data of {info.length} bytes, "
+                           f"expected {count * itemsize} for shape {list(t.dims)}")
+        if info.length is None:
+            external_data_helper.set_external_data(
+                t, info.location, offset=info.offset, length=count * itemsize)
+        try:
+            external_data_helper.load_external_data_for_tensor(t, base_dir)
+        except Exception as e:
+            raise _Refused(f"tensor {t.name!r}: its external data cannot be read "
+                           f"({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _read_model(onnx, model):

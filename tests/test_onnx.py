@@ -803,11 +803,12 @@ def test_torch_reverse_direction_alone_is_refused_naming_the_node(tmp_path):
         clstm_onnx.load(tmp_path / "r.onnx")
 
 
-def test_dynamo_exporter_is_offered_only_with_onnxscript():
-    """torch 2.13's dynamo exporter (torch.onnx.export(..., dynamo=True)) needs
-    onnxscript; where it is missing (as here, offline) the TorchScript exporter
-    (dynamo=False) is what the tests above load. Where it is installed, this checks that
-    its bidirectional LSTM loads too."""
+def test_dynamo_exporter_files_load():
+    """torch 2.13's dynamo exporter (torch.onnx.export(..., dynamo=True), which needs
+    onnxscript, in the test extra) writes the weights to an external data file beside
+    the model by default, and the merge of the directions with the export's sizes: a
+    bidirectional two-layer LSTM and GRU exported so load and equal PyTorch on other
+    sizes."""
     if torch is None:
         pytest.skip("PyTorch is not installed")
     try:
@@ -815,16 +816,17 @@ def test_dynamo_exporter_is_offered_only_with_onnxscript():
     except ImportError:
         pytest.skip("onnxscript is not installed: torch.onnx.export(dynamo=True) cannot run")
     import tempfile
-    module = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/d.onnx"
-        torch.onnx.export(module, (torch.randn(5, 2, 3),), path, dynamo=True)
-        net = clstm_onnx.load(path)
-        x = torch.randn(5, 2, 3)
-        with torch.no_grad():
-            y, _ = module(x)
-        np.testing.assert_allclose(net.forward(x.numpy())[0], y.numpy(), rtol=0,
-                                   atol=ATOL32)
+    for kind in (torch.nn.LSTM, torch.nn.GRU):
+        module = kind(3, 4, num_layers=2, bidirectional=True).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/d.onnx"
+            torch.onnx.export(module, (torch.randn(5, 2, 3),), path, dynamo=True)
+            net = clstm_onnx.load(path)
+            x = torch.randn(7, 3, 3)        # other sizes than the export's
+            with torch.no_grad():
+                y, _ = module(x)
+            np.testing.assert_allclose(net.forward(x.numpy())[0], y.numpy(), rtol=0,
+                                       atol=ATOL32, err_msg=kind.__name__)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -1008,14 +1010,48 @@ def test_load_refuses_damaged_and_hostile_files(tmp_path, make):
         assert isinstance(model, (clstm.LSTM, clstm.Sequential)), name
 
 
-def test_load_refuses_external_data(tmp_path):
+def test_load_reads_external_data_beside_the_model_and_refuses_what_points_elsewhere(
+        tmp_path):
+    """Weights in an external data file (as the dynamo exporter writes them) load; a
+    location outside the model's folder, a length that is not the tensor's size and a
+    range past the file's end are ValueErrors naming the tensor."""
     from onnx.external_data_helper import convert_model_to_external_data
 
-    proto = clstm_onnx.export(clstm.LSTM(3, 4, seed=0), tmp_path / "a.onnx")
+    net = clstm.LSTM(3, 4, seed=0)
+    proto = clstm_onnx.export(net, tmp_path / "a.onnx")
     convert_model_to_external_data(proto, all_tensors_to_one_file=True, location="w.bin",
                                    size_threshold=0)
     onnx.save(proto, str(tmp_path / "ext.onnx"))
-    with pytest.raises(ValueError, match="external data"):
+    x = np.random.default_rng(0).normal(size=(5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(clstm_onnx.load(tmp_path / "ext.onnx").forward(x)[0],
+                                  net.forward(x)[0])
+
+    def damaged(name, **change):
+        bad = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
+        t = next(t for t in bad.graph.initializer if t.data_location == 1)
+        for entry in t.external_data:
+            if entry.key in change:
+                entry.value = str(change[entry.key])
+        onnx.save(bad, str(tmp_path / f"{name}.onnx"))
+        return tmp_path / f"{name}.onnx", t.name
+
+    (tmp_path / "sub").mkdir()
+    outside, tensor = damaged("outside", location="../secret.bin")
+    (tmp_path / "sub" / "outside.onnx").write_bytes(outside.read_bytes())
+    with pytest.raises(ValueError, match=f"tensor '{tensor}': its external data cannot be"):
+        clstm_onnx.load(tmp_path / "sub" / "outside.onnx")
+    absolute, tensor = damaged("absolute", location="/etc/passwd")
+    with pytest.raises(ValueError, match=f"tensor '{tensor}': its external data cannot be"):
+        clstm_onnx.load(absolute)
+    longer, tensor = damaged("longer", length=10**9)
+    with pytest.raises(ValueError, match=f"tensor '{tensor}': external data of 1000000000 "
+                                         f"bytes, expected"):
+        clstm_onnx.load(longer)
+    past_end, tensor = damaged("past_end", offset=10**6)
+    with pytest.raises(ValueError, match=f"tensor '{tensor}': its external data cannot be"):
+        clstm_onnx.load(past_end)
+    (tmp_path / "w.bin").unlink()
+    with pytest.raises(ValueError, match="its external data cannot be read"):
         clstm_onnx.load(tmp_path / "ext.onnx")
 
 
