@@ -87,8 +87,8 @@ __attribute__((constructor)) static void runtime_init(void)
  * without a lock by concurrent calls: a lost update only shortens or lengthens a pause. */
 static int busy_calls_left = 0;
 static int busy_pause = 0;
-#define FIRST_PAUSE_CALLS 2
-#define LONGEST_PAUSE_CALLS 64
+#define FIRST_PAUSE_CALLS 8
+#define LONGEST_PAUSE_CALLS 256
 
 int clstm_team_threads(int requested)
 {

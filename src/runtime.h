@@ -28,8 +28,10 @@ int clstm_fork_limited(void);
  * time slices; every region of a call then waits for it at its end, and the idle members
  * spin on the cores the caller needs. So the split regions time each member against its
  * CPU time (clstm_team_clock: what it lost while not running), and after a call whose
- * team lost too much, clstm_team_threads gives one thread for the next calls: 2, then
- * 4, 8 ... 64 calls while every retry is late again; one team on time ends the pause. */
+ * team lost too much, clstm_team_threads gives one thread for the next calls: 8, then
+ * 16 ... 256 calls while every retry is late again (a retry costs up to 2-3 calls' time
+ * under load: after 8 calls it is 1/9 of the time, at 256 1/257); one team on time ends
+ * the pause. */
 typedef struct {
     double start;          /* monotonic seconds when the region began (thread 0) */
     volatile int late;     /* a member lost more than the allowed share */
