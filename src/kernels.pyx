@@ -693,13 +693,11 @@ cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating
 
 
 # ---------------------------------------------------------------------------------------
-# Forward
-
-# ---------------------------------------------------------------------------------------
 # The row split's late-thread fallback. Each thread runs its block of rows through all
 # steps with no barrier, so the call lasts as long as its slowest thread; with another
-# process on a core, the thread the OS shares that core with got 20-50% of it, and a
-# 2-thread call took 1.4-2.7x the 1-thread time (S2, S3, forward and training, Zen 4).
+# process on a core, the thread the OS shares that core with runs a fraction of the time,
+# and a 2-thread call took 1.2-3.7x the 1-thread time (S2, S3, forward and training, Zen
+# 4, a busy loop on one of 2 cores).
 # So a thread that has finished its block takes over the late one's remaining steps (one
 # step at a time, in order: src/runtime.c's clstm_row_block), and the late thread, when
 # it comes back, finds its block gone and leaves.
@@ -798,6 +796,9 @@ cdef clstm_row_block* new_row_blocks(int n) noexcept nogil:
     return <clstm_row_block*>buf
 
 
+# ---------------------------------------------------------------------------------------
+# Forward
+
 cdef inline void forward_step(int t, int B, int I, int H, int b0, int b1,
                               const floating* x, const floating* w_ih_packed,
                               const floating* w_hh, const floating* w_hh_packed,
@@ -859,6 +860,9 @@ cdef void forward_blocks(int T, int B, int I, int H, int n_blocks, clstm_row_blo
     cdef bint held = False     # step s already claimed (by next_block_step)
     cdef double cpu0 = clstm_thread_cpu()
     late_thread_pause(me)
+    if blk >= n_blocks:        # (a team larger than the blocks: only takes over)
+        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
+        held = blk >= 0
     while blk >= 0:
         while s < T:
             if clstm_call_stopped(call):     # (threads waiting for this block see it too)
@@ -1301,6 +1305,9 @@ cdef void backward_blocks(int T, int B, int H, int n_blocks, clstm_row_block* bl
     cdef bint held = False     # step s already claimed (by next_block_step)
     cdef double cpu0 = clstm_thread_cpu()
     late_thread_pause(me)
+    if blk >= n_blocks:        # (a team larger than the blocks: only takes over)
+        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
+        held = blk >= 0
     while blk >= 0:
         while s < T:
             if clstm_call_stopped(call):     # (threads waiting for this block see it too)
