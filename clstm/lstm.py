@@ -359,16 +359,18 @@ class LSTM(Layer):
                     h0_k = None if h0 is None else h0[k]
                     c0_k = None if c0 is None else c0[k]
                     y = np.empty((T, B, H), dtype=self.dtype)
-                    # The kernel's workspace, and after it room for the summed biases
-                    # (the kernel takes b_ih + b_hh): no allocation per call for either.
+                    # The kernel's workspace, and after it room for a zero bias (without
+                    # bias): no allocation per call for either. The kernel sums b_ih +
+                    # b_hh and writes the final state into h_n, c_n itself (each a NumPy
+                    # call per layer here otherwise: 1-1.5 µs of a small call).
                     buffer = self._workspaces.take(5 * T * B * H + 4 * H, spare)
                     workspace = buffer[:5 * T * B * H]
-                    bias = self._summed_bias(b_ih, b_hh, buffer[5 * T * B * H:])
+                    if b_ih is None:
+                        b_ih = self._summed_bias(None, None, buffer[5 * T * B * H:])
                     layers.append((inp, y, buffer, h0_k, c0_k, None))
-                    kernels.forward(T, B, inp.shape[2], H, inp, w_ih, w_hh, bias,
-                                    peephole, h0_k, c0_k, y, workspace, threads)
-                    h_n[k] = y[-1]
-                    c_n[k] = workspace[-B * H:].reshape(B, H)
+                    kernels.forward(T, B, inp.shape[2], H, inp, w_ih, w_hh, b_ih,
+                                    peephole, h0_k, c0_k, y, workspace, threads,
+                                    bias_hh=b_hh, h_n=h_n[k], c_n=c_n[k])
                     mask = None
                     if self.dropout > 0 and k < L - 1 and self.training:
                         keep = self._rng.random((T, B, H)) >= self.dropout
@@ -581,7 +583,6 @@ class LSTM(Layer):
         threads = _threads.get_num_threads()
         dh0 = np.empty((L, B, H), dtype=self.dtype)
         dc0 = np.empty((L, B, H), dtype=self.dtype)
-        dbias = np.empty(4 * H, dtype=self.dtype)
         g = self.grads
         dx = None
         # One backward at a time adds into the shared gradients.
@@ -594,14 +595,12 @@ class LSTM(Layer):
                 d_ih, d_hh, d_bih, d_bhh, d_peephole = self._getters[k](g)[:5]
                 I = inp.shape[2]
                 dx = np.empty((T, B, I), dtype=self.dtype) if (k > 0 or input_grad) else None
-                dbias.fill(0)
+                # the bias gradient goes into both biases' (the kernel adds it to each)
                 kernels.backward(
                     T, B, I, H, inp, w_ih, w_hh, peephole, h0_k, c0_k, y, workspace, dy,
                     None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
-                    dx, dh0[k], dc0[k], d_ih, d_hh, dbias, d_peephole, threads)
-                if d_bih is not None:
-                    d_bih += dbias
-                    d_bhh += dbias
+                    dx, dh0[k], dc0[k], d_ih, d_hh, d_bih, d_peephole, threads,
+                    dbias_hh=d_bhh)
                 if k > 0:
                     dy = dx
                     below_mask = layers[k - 1][5]

@@ -24,7 +24,7 @@ row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.string cimport memcpy, memset
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.stdint cimport uintptr_t
 from libc.limits cimport INT_MAX
 from cpython.ref cimport PyObject
@@ -2295,12 +2295,14 @@ cdef check_status(int status, str what, clstm_call* call):
 
 
 def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y,
-            workspace, int num_threads=1):
+            workspace, int num_threads=1, *, bias_hh=None, h_n=None, c_n=None):
     """Forward of one layer over T steps; fills ``y`` (T,B,H) and ``workspace``.
 
     All arrays C-contiguous and of one dtype (float32 or float64); ``peephole``, ``h0``
     and ``c0`` may be None. The final state is ``y[T-1]`` and the last (B,H) block of
-    ``workspace``.
+    ``workspace``; given ``h_n`` and ``c_n`` (B,H), it is also copied there. With
+    ``bias_hh``, the gates' bias is ``bias + bias_hh`` (PyTorch's two biases; summed
+    here, which in Python cost a NumPy call per layer and call).
     """
     if not sizes_ok(T, B, I, H):
         raise ValueError(f"expected positive sizes that fit BLAS's int, got "
@@ -2316,8 +2318,24 @@ def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y
     cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
     cdef void* py = writable_buffer_of(y, "y", tn, TB * H)
     cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * TB * H)
+    cdef void* pbh = buffer_of(bias_hh, "bias_hh", tn, G, True)
+    cdef void* phn = writable_buffer_of(h_n, "h_n", tn, <Py_ssize_t>B * H, True)
+    cdef void* pcn = writable_buffer_of(c_n, "c_n", tn, <Py_ssize_t>B * H, True)
+    cdef size_t elem = 4 if tn == cnp.NPY_FLOAT32 else 8
+    cdef Py_ssize_t k
     cdef int status
     cdef clstm_call call
+    cdef void* summed = NULL
+    if pbh != NULL:
+        summed = malloc(G * elem)
+        if summed == NULL:
+            raise MemoryError("lstm forward: out of memory for the summed bias")
+        for k in range(G):
+            if tn == cnp.NPY_FLOAT32:
+                (<float*>summed)[k] = (<float*>pb)[k] + (<float*>pbh)[k]
+            else:
+                (<double*>summed)[k] = (<double*>pb)[k] + (<double*>pbh)[k]
+        pb = summed
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
@@ -2328,17 +2346,25 @@ def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y
             status = layer_forward(T, B, I, H, <double*>px, <double*>pwi, <double*>pwh,
                                    <double*>pb, <double*>pp, <double*>ph0, <double*>pc0,
                                    <double*>py, <double*>pw, num_threads, &call)
+    free(summed)
     check_status(status, "forward", &call)
+    # the final state: y's and the cells' last step (the workspace ends with the cells)
+    if phn != NULL:
+        memcpy(phn, <char*>py + (TB - B) * H * elem, B * H * elem)
+    if pcn != NULL:
+        memcpy(pcn, <char*>pw + (5 * TB * H - B * H) * elem, B * H * elem)
 
 
 def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, workspace,
              dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dbias, dpeephole,
-             int num_threads=1):
+             int num_threads=1, *, dbias_hh=None):
     """Backward of one layer after :func:`forward` with the same arrays.
 
     ``workspace`` and ``dy`` are destroyed; ``dx``, ``dh0``, ``dc0`` are overwritten
     (``dx`` may be None to skip it); ``dw_ih``, ``dw_hh``, ``dbias``, ``dpeephole`` are
-    added into.
+    added into. ``dbias`` may be None (no bias). With ``dbias_hh`` (PyTorch's two
+    biases), the bias gradient is added into both: summed first, then added to each, as
+    two NumPy additions of one summed vector would.
     """
     if not sizes_ok(T, B, I, H):
         raise ValueError(f"expected positive sizes that fit BLAS's int, got "
@@ -2361,10 +2387,24 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
     cdef void* pdc0 = writable_buffer_of(dc0, "dc0", tn, B * H)
     cdef void* pdwi = writable_buffer_of(dw_ih, "dw_ih", tn, G * I)
     cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * H)
-    cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
+    cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G, True)
+    cdef void* pdbh = writable_buffer_of(dbias_hh, "dbias_hh", tn, G, True)
     cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
+    cdef size_t elem = 4 if tn == cnp.NPY_FLOAT32 else 8
+    cdef Py_ssize_t k
     cdef int status
     cdef clstm_call call
+    cdef void* into_one = pdb
+    cdef void* summed = NULL
+    if pdbh != NULL and pdb == NULL:
+        raise ValueError("dbias_hh: expected dbias with it, got dbias=None")
+    if pdb == NULL or pdbh != NULL:
+        # the column sums go to a zeroed scratch vector (none asked: dropped), added
+        # into dbias and dbias_hh afterwards
+        summed = calloc(G, elem)
+        if summed == NULL:
+            raise MemoryError("lstm backward: out of memory for the bias gradient")
+        pdb = summed
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
@@ -2381,6 +2421,15 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
                                     <double*>pdcn, <double*>pdx, <double*>pdh0,
                                     <double*>pdc0, <double*>pdwi, <double*>pdwh,
                                     <double*>pdb, <double*>pdp, num_threads, &call)
+    if status == 0 and summed != NULL and into_one != NULL:
+        for k in range(G):
+            if tn == cnp.NPY_FLOAT32:
+                (<float*>into_one)[k] += (<float*>summed)[k]
+                (<float*>pdbh)[k] += (<float*>summed)[k]
+            else:
+                (<double*>into_one)[k] += (<double*>summed)[k]
+                (<double*>pdbh)[k] += (<double*>summed)[k]
+    free(summed)
     check_status(status, "backward", &call)
 
 
