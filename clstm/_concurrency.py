@@ -34,21 +34,25 @@ if hasattr(os, "register_at_fork"):
 
 
 class ForkSafeLock:
-    """A ``threading.Lock`` that a forked child finds released."""
+    """A ``threading.Lock`` that a forked child finds released.
+
+    ``with lock.lock:`` uses the current ``threading.Lock`` directly (C methods only),
+    for paths where the 0.2-0.3 µs of this class's own ``__enter__``/``__exit__`` count;
+    read ``.lock`` at each use, never keep it (a fork replaces it)."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         _fork_safe.add(self)
 
     def _reset_after_fork(self):
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def __enter__(self):
-        self._lock.acquire()
+        self.lock.acquire()
         return self
 
     def __exit__(self, *exc):
-        self._lock.release()
+        self.lock.release()
 
 
 class WorkspacePool:

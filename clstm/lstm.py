@@ -122,6 +122,7 @@ class LSTM(Layer):
         # ... and a function per layer and direction reading them from a params dict:
         # one C call in the usual layouts (2-3x faster than a lookup per name).
         self._getters = [_weights_getter(names) for names in self._names]
+        self._layer_getters = [_weights_getter(names[:5]) for names in self._names]
         shapes = self._parameter_shapes()
         total = sum(int(np.prod(s)) for s in shapes.values())
         # PyTorch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), drawn
@@ -223,7 +224,7 @@ class LSTM(Layer):
         """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole or None) in the forward direction,
         read from ``params`` now (an optimizer or a model may have rebound the entries);
         the biases are None without bias. See _direction_weights for the rest."""
-        return self._getters[k * self.num_directions](self.params)[:5]
+        return self._layer_getters[k * self.num_directions](self.params)
 
     def _direction_weights(self, k, d=0):
         """Layer k's (w_ih, w_hh, b_ih, b_hh, peephole, w_hr) in direction d, read from
@@ -587,25 +588,31 @@ class LSTM(Layer):
         dx = None
         # One backward at a time adds into the shared gradients.
         # (Layer.backward holds the gradient lock: one backward at a time adds into grads.)
-        with _threads.blas_guard(), _GiveBack(self._workspaces, layers):
-            for k in range(L - 1, -1, -1):
-                inp, y, buffer, h0_k, c0_k, mask = layers[k]
-                workspace = buffer[:5 * T * B * H]
-                w_ih, w_hh, _, _, peephole = self._layer_weights(k)
-                d_ih, d_hh, d_bih, d_bhh, d_peephole = self._getters[k](g)[:5]
-                I = inp.shape[2]
-                dx = np.empty((T, B, I), dtype=self.dtype) if (k > 0 or input_grad) else None
-                # the bias gradient goes into both biases' (the kernel adds it to each)
-                kernels.backward(
-                    T, B, I, H, inp, w_ih, w_hh, peephole, h0_k, c0_k, y, workspace, dy,
-                    None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k],
-                    dx, dh0[k], dc0[k], d_ih, d_hh, d_bih, d_peephole, threads,
-                    dbias_hh=d_bhh)
-                if k > 0:
-                    dy = dx
-                    below_mask = layers[k - 1][5]
-                    if below_mask is not None:
-                        dy *= below_mask
+        try:
+            with _threads.blas_guard():
+                for k in range(L - 1, -1, -1):
+                    inp, y, buffer, h0_k, c0_k, mask = layers[k]
+                    workspace = buffer[:5 * T * B * H]
+                    w_ih, w_hh, _, _, peephole = self._layer_weights(k)
+                    d_ih, d_hh, d_bih, d_bhh, d_peephole = self._layer_getters[k](g)
+                    I = inp.shape[2]
+                    dx = (np.empty((T, B, I), dtype=self.dtype) if (k > 0 or input_grad)
+                          else None)
+                    # the bias gradient goes into both biases' (the kernel adds it to each)
+                    kernels.backward(
+                        T, B, I, H, inp, w_ih, w_hh, peephole, h0_k, c0_k, y, workspace, dy,
+                        None if dh_n is None else dh_n[k],
+                        None if dc_n is None else dc_n[k],
+                        dx, dh0[k], dc0[k], d_ih, d_hh, d_bih, d_peephole, threads,
+                        dbias_hh=d_bhh)
+                    if k > 0:
+                        dy = dx
+                        below_mask = layers[k - 1][5]
+                        if below_mask is not None:
+                            dy *= below_mask
+        finally:   # the forward's workspaces return to the pool, also on failure
+            for layer in layers:
+                self._workspaces.give(layer[2])
 
         if dx is not None:
             if unbatched:
