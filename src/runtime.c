@@ -107,9 +107,10 @@ int clstm_team_threads(int requested)
 /* ---- a busy machine: the team shrinks -------------------------------------------------- */
 
 static double max_lost_share = 0.25;
-/* A descheduled thread is gone for a time slice, a millisecond or more; waking a
- * sleeping thread takes tens of microseconds, which must not count. */
-#define MIN_LOST_S 0.0005
+/* A descheduled thread is gone for a time slice, milliseconds (3 ms on Linux's EEVDF
+ * by default); waking a sleeping thread takes tens of microseconds, a slow virtual
+ * machine's wake-up some hundreds, which must not count. */
+#define MIN_LOST_S 0.001
 
 void clstm_team_clock_start(clstm_team_clock *clock)
 {
