@@ -147,3 +147,96 @@ def thread_ratio_table(args, clstm_peer, log):
             mod.set_num_threads(n)
             del runner
     return rows
+
+
+# --------------------------------------------------------------------------------------
+# `python -m bench.busy`: a few cells, 1 thread against n, beside the hog (or not), with
+# the kernels' late-thread fallbacks on and off at n threads, all interleaved in one
+# process. For the measurements behind those fallbacks (a full `python -m bench --busy`
+# takes far longer).
+
+# n-thread variants: kernel knob settings (kernels._set_NAME(value)).
+VARIANTS = {
+    "static": dict(row_handover=False, max_lost_share=2.0),   # neither fallback
+    "handover": dict(row_handover=True, max_lost_share=2.0),  # rows taken over, no pause
+    "default": dict(row_handover=True, max_lost_share=0.25),  # both, as shipped
+}
+
+
+def _parse_shape(text):
+    from bench.shapes import SHAPES, Shape
+    if text in SHAPES:
+        return SHAPES[text]
+    try:
+        B, T, I, H, L = (int(v) for v in text.split(":"))   # noqa: E741
+    except ValueError:
+        raise SystemExit(f"shape: expected a grid name ({','.join(SHAPES)}) or B:T:I:H:L, "
+                         f"got {text!r}")
+    return Shape(f"B{B}T{T}I{I}H{H}L{L}", B=B, T=T, I=I, H=H, L=L)
+
+
+def _variant_runner(kernels, mod, call, threads, knobs):
+    """A zero-argument function running `call` at `threads` with `knobs` in effect; the
+    team's pause on one thread (kernels._team_pause_state) is kept per variant, so that
+    one variant's late teams do not put another's calls on one thread."""
+    state = [(0, 0)]
+
+    def run():
+        mod.set_num_threads(threads)
+        old = {name: getattr(kernels, f"_set_{name}")(value) for name, value in knobs.items()}
+        outer = kernels._team_pause_state(state[0])
+        try:
+            call()
+        finally:
+            state[0] = kernels._team_pause_state(outer)
+            for name, value in old.items():
+                getattr(kernels, f"_set_{name}")(value)
+    return run
+
+
+def main(argv=None):
+    """Time a few cells at 1 thread and at n threads (fallback variants), interleaved."""
+    import argparse
+    from bench.peers import ClstmPeer, clstm_module, make_input, make_params
+    ap = argparse.ArgumentParser(prog="python -m bench.busy", description=main.__doc__)
+    ap.add_argument("shapes", help="comma list of grid names or B:T:I:H:L")
+    ap.add_argument("--modes", default="fwd,train")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--quiet", action="store_true", help="no hog")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma list of {','.join(VARIANTS)}")
+    args = ap.parse_args(argv)
+    shapes = [_parse_shape(s) for s in args.shapes.split(",")]
+    variants = args.variants.split(",")
+    mod = clstm_module()
+    from clstm import kernels
+    n = args.threads
+    print(f"isa {kernels.isa()}, {'quiet' if args.quiet else 'hog on one core'}, "
+          f"{args.dtype}, medians of {args.repeats}; time and ratio to 1 thread", flush=True)
+
+    def measure():
+        for shape in shapes:
+            params, x = make_params(shape, args.dtype), make_input(shape, args.dtype)
+            runner = ClstmPeer().setup(shape, args.dtype, n, params, x)
+            for mode in args.modes.split(","):
+                call = getattr(runner, mode)
+                fns = {"1": _variant_runner(kernels, mod, call, 1, {})}
+                for v in variants:
+                    fns[f"{n}:{v}"] = _variant_runner(kernels, mod, call, n, VARIANTS[v])
+                t = interleaved(fns, args.repeats, 2, args.min_time)
+                one = t["1"].median
+                cells = "  ".join(f"{k} {v.median * 1e3:.3g} ms ({v.median / one:.2f})"
+                                  for k, v in t.items())
+                print(f"{shape.label()} {mode:5s} {cells}", flush=True)
+    if args.quiet:
+        measure()
+    else:
+        with CpuHog():
+            measure()
+
+
+if __name__ == "__main__":
+    main()

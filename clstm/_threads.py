@@ -118,13 +118,16 @@ def threads(n):
 _blas_controller = None
 
 
+_NOTHING_TO_DO = contextlib.nullcontext()     # reusable, and one less object per call
+
+
 def blas_guard():
     """A context that keeps SciPy's BLAS on one thread during a kernel call, for the
     BLAS libraries the kernels cannot switch themselves (a no-op otherwise). The
     libraries are scanned once (threadpool_limits alone rescans them at every call)."""
     global _blas_controller
     if _kernel_steers_blas:
-        return contextlib.nullcontext()
+        return _NOTHING_TO_DO
     if _blas_controller is None:
         _blas_controller = ThreadpoolController()
     return _blas_controller.limit(limits=1, user_api="blas")

@@ -53,7 +53,7 @@ def _one_at_a_time(backward):
     threads add into ``grads`` one after another, never interleaved."""
     @functools.wraps(backward)
     def locked(self, *args, **kwargs):
-        with self._grad_lock:
+        with self._grad_lock.lock:
             return backward(self, *args, **kwargs)
     return locked
 

@@ -28,7 +28,7 @@ row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ.
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.string cimport memcpy, memset
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.stdint cimport uintptr_t
 from libc.limits cimport INT_MAX
 from cpython.ref cimport PyObject
@@ -122,11 +122,32 @@ cdef extern from "runtime.h" nogil:
     void clstm_blas_enter()
     void clstm_blas_leave()
     int clstm_team_threads(int requested)
+    ctypedef struct clstm_team_clock:
+        double start
+        int late
+    void clstm_team_clock_start(clstm_team_clock* clock)
+    double clstm_thread_cpu()
+    void clstm_team_clock_check(clstm_team_clock* clock, double cpu_at_start)
+    void clstm_team_report(int late)
+    double clstm_team_set_max_lost_share(double share)
+    int clstm_team_calls_on_one_thread()
+    void clstm_team_reset()
+    void clstm_team_pause_get(int* calls_left, int* pause)
+    void clstm_team_pause_set(int calls_left, int pause)
     int clstm_fork_limited()
     void clstm_call_init(clstm_call* call, int check_signals)
     int clstm_call_stop_at(clstm_call* call, int t)
     int clstm_call_stopped(clstm_call* call)
     double clstm_monotonic()
+    ctypedef struct clstm_row_block:
+        int claimed
+        int done
+    int clstm_block_take(clstm_row_block* b, int s)
+    void clstm_block_done(clstm_row_block* b, int s)
+    int clstm_block_take_over(clstm_row_block* b, int steps)
+    void clstm_wait_a_little(int* spins)
+    void clstm_count_taken_over(int steps)
+    long clstm_taken_over_steps()
     int clstm_all_finite_f32(Py_ssize_t n, const float* a)
     int clstm_all_finite_f64(Py_ssize_t n, const double* a)
 
@@ -702,7 +723,140 @@ cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating
 
 
 # ---------------------------------------------------------------------------------------
+# The row split's late-thread fallback. Each thread runs its block of rows through all
+# steps with no barrier, so the call lasts as long as its slowest thread; with another
+# process on a core, the thread the OS shares that core with runs a fraction of the time,
+# and a 2-thread call took 1.2-3.7x the 1-thread time (S2, S3, forward and training, Zen
+# 4, a busy loop on one of 2 cores).
+# So a thread that has finished its block takes over the late one's remaining steps (one
+# step at a time, in order: src/runtime.c's clstm_row_block), and the late thread, when
+# it comes back, finds its block gone and leaves.
+
+cdef bint _row_handover = True
+cdef double _late_thread_delay = 0
+
+
+def _set_row_handover(bint enabled):
+    """Whether a thread done with its rows takes over a late thread's (default True;
+    False: the static split, for A/B measurements). Returns the previous value."""
+    global _row_handover
+    old = _row_handover
+    _row_handover = enabled
+    return old
+
+
+def _set_late_thread_delay(double seconds):
+    """Tests: every thread but thread 0 waits this long before its first step of the row
+    split, as a thread the OS has descheduled. Returns the previous value."""
+    global _late_thread_delay
+    old = _late_thread_delay
+    _late_thread_delay = seconds
+    return old
+
+
+def _row_steps_taken_over():
+    """Steps of the row split run by a thread other than the block's own, so far in this
+    process."""
+    return clstm_taken_over_steps()
+
+
+def _set_max_lost_share(double share):
+    """The share of a split region's time a team member may spend descheduled before the
+    next calls run on one thread for a while (default 0.25; below 0: every team is late,
+    above 1: none is). Returns the previous value."""
+    return clstm_team_set_max_lost_share(share)
+
+
+def _calls_on_one_thread():
+    """Kernel calls left that run on one thread because a recent team was late."""
+    return clstm_team_calls_on_one_thread()
+
+
+def _reset_team_pause():
+    """End a pause on one thread now (tests, benchmarks)."""
+    clstm_team_reset()
+
+
+def _team_pause_state(state=None):
+    """(calls left on one thread, length of the last pause); with ``state``, set it.
+    Returns the state before. For A/B timings that interleave settings."""
+    cdef int left, pause
+    clstm_team_pause_get(&left, &pause)
+    if state is not None:
+        clstm_team_pause_set(int(state[0]), int(state[1]))
+    return (left, pause)
+
+
+cdef inline void late_thread_pause(int me) noexcept nogil:
+    cdef double until
+    cdef int spins = 0
+    if me > 0 and _late_thread_delay > 0:
+        until = clstm_monotonic() + _late_thread_delay
+        while clstm_monotonic() < until:
+            clstm_wait_a_little(&spins)
+
+
+cdef int next_block_step(int me, int n_blocks, clstm_row_block* blocks, int steps, int* s,
+                         clstm_call* call) noexcept nogil:
+    """A thread with no steps of its own left: takes over the next unfinished block of
+    another thread, waiting for the step running there to end. Returns the block, with
+    the step it has claimed there (and must run) in s[0]; -1 when every block is
+    finished (or the call stopped)."""
+    cdef int k, blk, step, spins
+    for k in range(1, n_blocks + 1):
+        blk = (me + k) % n_blocks
+        spins = 0
+        while True:
+            step = clstm_block_take_over(&blocks[blk], steps)
+            if step >= 0:
+                s[0] = step
+                return blk
+            if step == -1 or clstm_call_stopped(call):
+                break
+            clstm_wait_a_little(&spins)
+    return -1
+
+
+cdef clstm_row_block* new_row_blocks(int n) noexcept nogil:
+    """n blocks, no step claimed or done (NULL when out of memory)."""
+    cdef void* buf = NULL
+    if posix_memalign(&buf, 64, <size_t>n * sizeof(clstm_row_block)) != 0:
+        return NULL
+    memset(buf, 0, <size_t>n * sizeof(clstm_row_block))
+    return <clstm_row_block*>buf
+
+
+# ---------------------------------------------------------------------------------------
 # Forward
+
+cdef inline void forward_step(int t, int B, int I, int H, int b0, int b1,
+                              const floating* x, const floating* w_ih_packed,
+                              const floating* w_hh, const floating* w_hh_packed,
+                              const floating* bias, const floating* peephole,
+                              const floating* h0, const floating* c0, floating* y,
+                              floating* gates, floating* cells) noexcept nogil:
+    """Step t of rows b0:b1. With w_ih_packed, the step first computes its own x_t·W_ihᵀ;
+    without, the gates already hold it."""
+    cdef int rows = b1 - b0
+    cdef int G = 4 * H
+    cdef Py_ssize_t row0 = <Py_ssize_t>t * B + b0
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    if w_ih_packed != NULL:
+        weights_gemm(rows, G, I, x + row0 * I, I, w_ih_packed, NULL, True, <floating>0,
+                     gates + row0 * G, G)
+    if t == 0:
+        h_prev = h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL
+        c_prev = c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL
+    else:
+        h_prev = y + (row0 - B) * H
+        c_prev = cells + (row0 - B) * H
+    if h_prev != NULL:
+        weights_gemm(rows, G, H, h_prev, H, w_hh_packed, w_hh, True, <floating>1,
+                     gates + row0 * G, G)
+    gates_forward(rows, H, gates + row0 * G, bias, peephole, c_prev,
+                  cells + row0 * H, y + row0 * H)
+
 
 cdef void forward_rows(int T, int B, int I, int H, int b0, int b1, const floating* x,
                        const floating* w_ih_packed, const floating* w_hh,
@@ -710,32 +864,55 @@ cdef void forward_rows(int T, int B, int I, int H, int b0, int b1, const floatin
                        const floating* peephole, const floating* h0, const floating* c0,
                        floating* y, floating* gates, floating* cells,
                        clstm_call* call) noexcept nogil:
-    """Rows b0:b1 of the batch through all T steps. With w_ih_packed, each step first
-    computes its own x_t·W_ihᵀ; without, the gates already hold it. Leaves early (the
+    """Rows b0:b1 of the batch through all T steps (see forward_step). Leaves early (the
     call abandoned) when asked to stop."""
-    cdef int t, rows = b1 - b0
-    cdef int G = 4 * H
-    cdef Py_ssize_t row0
-    cdef const floating* h_prev
-    cdef const floating* c_prev
+    cdef int t
     for t in range(T):
         if clstm_call_stopped(call):
             return
-        row0 = <Py_ssize_t>t * B + b0
-        if w_ih_packed != NULL:
-            weights_gemm(rows, G, I, x + row0 * I, I, w_ih_packed, NULL, True, <floating>0,
-                         gates + row0 * G, G)
-        if t == 0:
-            h_prev = h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL
-            c_prev = c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL
-        else:
-            h_prev = y + (row0 - B) * H
-            c_prev = cells + (row0 - B) * H
-        if h_prev != NULL:
-            weights_gemm(rows, G, H, h_prev, H, w_hh_packed, w_hh, True, <floating>1,
-                           gates + row0 * G, G)
-        gates_forward(rows, H, gates + row0 * G, bias, peephole, c_prev,
-                      cells + row0 * H, y + row0 * H)
+        forward_step(t, B, I, H, b0, b1, x, w_ih_packed, w_hh, w_hh_packed, bias, peephole,
+                     h0, c0, y, gates, cells)
+
+
+cdef void forward_blocks(int T, int B, int I, int H, int n_blocks, clstm_row_block* blocks,
+                         clstm_team_clock* clock,
+                         const floating* x, const floating* w_ih_packed,
+                         const floating* w_hh, const floating* w_hh_packed,
+                         const floating* bias, const floating* peephole,
+                         const floating* h0, const floating* c0, floating* y,
+                         floating* gates, floating* cells, clstm_call* call) noexcept nogil:
+    """One thread's part of the forward's row split (called by every thread of the team):
+    block k is rows k·B/n : (k+1)·B/n, thread k's own; a thread done with its own takes
+    over what is left of a late thread's (see next_block_step). Which thread runs a step
+    changes nothing in its arithmetic: the results are those of forward_rows per block."""
+    cdef int me = clstm_omp_thread_num()
+    cdef int blk = me, s = 0, taken = 0
+    cdef bint held = False     # step s already claimed (by next_block_step)
+    cdef double cpu0 = clstm_thread_cpu()
+    late_thread_pause(me)
+    if blk >= n_blocks:        # (a team larger than the blocks: only takes over)
+        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
+        held = blk >= 0
+    while blk >= 0:
+        while s < T:
+            if clstm_call_stopped(call):     # (threads waiting for this block see it too)
+                break
+            if not held and not clstm_block_take(&blocks[blk], s):
+                break
+            held = False
+            forward_step(s, B, I, H, blk * B // n_blocks, (blk + 1) * B // n_blocks, x,
+                         w_ih_packed, w_hh, w_hh_packed, bias, peephole, h0, c0, y, gates,
+                         cells)
+            clstm_block_done(&blocks[blk], s)
+            if blk != me:
+                taken += 1
+            s += 1
+        if s < T:           # taken over (this thread was late), or the call stopped
+            break
+        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
+        held = blk >= 0
+    clstm_count_taken_over(taken)
+    clstm_team_clock_check(clock, cpu0)
 
 
 cdef inline int unit_bound(int H, int parts, int i) noexcept nogil:
@@ -982,6 +1159,8 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         h0 = zero_h0
     cdef int failed = 0
     cdef int leave_step = T
+    cdef clstm_row_block* blocks = NULL
+    cdef clstm_team_clock clock
     num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
@@ -994,6 +1173,7 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
             forward_units(T, B, I, H, x, w_ih, w_hh, bias, peephole, h0, c0, y, gates,
                           cells, &failed, &leave_step, call)
         t1 = leave_step
+        clstm_team_report(t1 < T and not clstm_call_stopped(call))
         if not failed and t1 < T and not clstm_call_stopped(call):
             # The team was late: this thread runs the remaining steps alone, on all
             # units (the gates already hold their input projection).
@@ -1048,7 +1228,18 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         else:
             parallel_gemm(num_threads, False, True, T * B, G, I, <floating>1, x, I, w_ih,
                           I, <floating>0, gates, G)
-    if n_chunks > 1:
+    if n_chunks > 1 and _row_handover:
+        blocks = new_row_blocks(n_chunks)
+        if blocks == NULL:
+            failed = 1
+        else:
+            clstm_team_clock_start(&clock)
+            with parallel(num_threads=n_chunks):
+                forward_blocks(T, B, I, H, n_chunks, blocks, &clock, x, packed_ih, w_hh,
+                               packed, bias, peephole, h0, c0, y, gates, cells, call)
+            free(blocks)
+            clstm_team_report(clock.late)
+    elif n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows(T, B, I, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
                          x, packed_ih, w_hh, packed, bias, peephole, h0, c0, y, gates,
@@ -1060,6 +1251,8 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     free(packed_ih)
     free(packed)
     free(zero_h0)
+    if failed:
+        return -2
     return -3 if clstm_call_stopped(call) else 0
 
 
@@ -1090,34 +1283,80 @@ cdef void layer_step(int B, int I, int H, const floating* x, const floating* w_i
 # ---------------------------------------------------------------------------------------
 # Backward
 
+cdef inline void backward_step(int t, int B, int H, int b0, int b1, const floating* w_hh,
+                               const floating* w_hh_packed, const floating* peephole,
+                               const floating* c0, floating* gates, const floating* cells,
+                               floating* dy, floating* dh0, floating* dc) noexcept nogil:
+    """Step t of rows b0:b1 backwards. dy[t] is dL/dh_t, and receives the recurrent
+    gradient of step t+1 before step t reads it; dc runs dL/dc_t backwards."""
+    cdef int rows = b1 - b0
+    cdef int G = 4 * H
+    cdef Py_ssize_t row0 = <Py_ssize_t>t * B + b0
+    cdef const floating* c_prev
+    if t > 0:
+        c_prev = cells + (row0 - B) * H
+    else:
+        c_prev = c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL
+    gates_backward(rows, H, gates + row0 * G, peephole, c_prev, cells + row0 * H,
+                   dy + row0 * H, dc + <Py_ssize_t>b0 * H)
+    if t > 0:   # dL/dh_{t-1} += da_t · W_hh
+        weights_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                     <floating>1, dy + (row0 - B) * H, H)
+    else:
+        weights_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                     <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
+
+
 cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_hh,
                         const floating* w_hh_packed, const floating* peephole,
                         const floating* c0, floating* gates, const floating* cells,
                         floating* dy, floating* dh0, floating* dc,
                         clstm_call* call) noexcept nogil:
-    """Rows b0:b1 back through all T steps. dy[t] is dL/dh_t, and receives the recurrent
-    gradient of step t+1 before step t reads it; dc runs dL/dc_t backwards. Leaves early
-    (the call abandoned) when asked to stop."""
-    cdef int t, rows = b1 - b0
-    cdef int G = 4 * H
-    cdef Py_ssize_t row0
-    cdef const floating* c_prev
+    """Rows b0:b1 back through all T steps (see backward_step). Leaves early (the call
+    abandoned) when asked to stop."""
+    cdef int t
     for t in range(T - 1, -1, -1):
         if clstm_call_stopped(call):
             return
-        row0 = <Py_ssize_t>t * B + b0
-        if t > 0:
-            c_prev = cells + (row0 - B) * H
-        else:
-            c_prev = c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL
-        gates_backward(rows, H, gates + row0 * G, peephole, c_prev, cells + row0 * H,
-                       dy + row0 * H, dc + <Py_ssize_t>b0 * H)
-        if t > 0:   # dL/dh_{t-1} += da_t · W_hh
-            weights_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
-                           <floating>1, dy + (row0 - B) * H, H)
-        else:
-            weights_gemm(rows, H, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
-                           <floating>0, dh0 + <Py_ssize_t>b0 * H, H)
+        backward_step(t, B, H, b0, b1, w_hh, w_hh_packed, peephole, c0, gates, cells, dy,
+                      dh0, dc)
+
+
+cdef void backward_blocks(int T, int B, int H, int n_blocks, clstm_row_block* blocks,
+                         clstm_team_clock* clock,
+                          const floating* w_hh, const floating* w_hh_packed,
+                          const floating* peephole, const floating* c0, floating* gates,
+                          const floating* cells, floating* dy, floating* dh0, floating* dc,
+                          clstm_call* call) noexcept nogil:
+    """One thread's part of the backward's row split, as forward_blocks: block step s is
+    time step T-1-s, and a late thread's remaining steps are taken over."""
+    cdef int me = clstm_omp_thread_num()
+    cdef int blk = me, s = 0, taken = 0
+    cdef bint held = False     # step s already claimed (by next_block_step)
+    cdef double cpu0 = clstm_thread_cpu()
+    late_thread_pause(me)
+    if blk >= n_blocks:        # (a team larger than the blocks: only takes over)
+        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
+        held = blk >= 0
+    while blk >= 0:
+        while s < T:
+            if clstm_call_stopped(call):     # (threads waiting for this block see it too)
+                break
+            if not held and not clstm_block_take(&blocks[blk], s):
+                break
+            held = False
+            backward_step(T - 1 - s, B, H, blk * B // n_blocks, (blk + 1) * B // n_blocks,
+                          w_hh, w_hh_packed, peephole, c0, gates, cells, dy, dh0, dc)
+            clstm_block_done(&blocks[blk], s)
+            if blk != me:
+                taken += 1
+            s += 1
+        if s < T:
+            break
+        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
+        held = blk >= 0
+    clstm_count_taken_over(taken)
+    clstm_team_clock_check(clock, cpu0)
 
 
 cdef void backward_units(int T, int B, int H, const floating* w_hh,
@@ -1221,6 +1460,8 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
     cdef floating* packed = NULL
     cdef int failed = 0
     cdef int leave_step = T
+    cdef clstm_row_block* blocks = NULL
+    cdef clstm_team_clock clock
     num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
@@ -1232,6 +1473,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
             backward_units(T, B, H, w_hh, peephole, c0, gates, cells, dy, dh0, dc0,
                            &failed, &leave_step, call)
         rest = T - leave_step          # steps T-1-leave_step .. 0 remain
+        clstm_team_report(rest > 0 and not clstm_call_stopped(call))
         if not failed and rest > 0 and not clstm_call_stopped(call):
             _team_left_last = leave_step
             packed = pack_weights(G, H, w_hh, H, False)             # P = W_hh
@@ -1244,7 +1486,17 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         if packed_steps(B // n_chunks) and T > 1:
             packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
             failed = packed == NULL
-        if not failed and n_chunks > 1:
+        if not failed and n_chunks > 1 and _row_handover:
+            blocks = new_row_blocks(n_chunks)
+            failed = blocks == NULL
+            if not failed:
+                clstm_team_clock_start(&clock)
+                with parallel(num_threads=n_chunks):
+                    backward_blocks(T, B, H, n_chunks, blocks, &clock, w_hh, packed,
+                                    peephole, c0, gates, cells, dy, dh0, dc0, call)
+                free(blocks)
+                clstm_team_report(clock.late)
+        elif not failed and n_chunks > 1:
             for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
                 backward_rows(T, B, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
                               w_hh, packed, peephole, c0, gates, cells, dy, dh0, dc0, call)
@@ -2960,12 +3212,14 @@ cdef check_status(int status, str what, clstm_call* call, str cell="lstm"):
 
 
 def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y,
-            workspace, int num_threads=1):
+            workspace, int num_threads=1, *, bias_hh=None, h_n=None, c_n=None):
     """Forward of one layer over T steps; fills ``y`` (T,B,H) and ``workspace``.
 
     All arrays C-contiguous and of one dtype (float32 or float64); ``peephole``, ``h0``
     and ``c0`` may be None. The final state is ``y[T-1]`` and the last (B,H) block of
-    ``workspace``.
+    ``workspace``; given ``h_n`` and ``c_n`` (B,H), it is also copied there. With
+    ``bias_hh``, the gates' bias is ``bias + bias_hh`` (PyTorch's two biases; summed
+    here, which in Python cost a NumPy call per layer and call).
     """
     if not sizes_ok(T, B, I, H):
         raise ValueError(f"expected positive sizes that fit BLAS's int, got "
@@ -2981,8 +3235,24 @@ def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y
     cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
     cdef void* py = writable_buffer_of(y, "y", tn, TB * H)
     cdef void* pw = writable_buffer_of(workspace, "workspace", tn, 5 * TB * H)
+    cdef void* pbh = buffer_of(bias_hh, "bias_hh", tn, G, True)
+    cdef void* phn = writable_buffer_of(h_n, "h_n", tn, <Py_ssize_t>B * H, True)
+    cdef void* pcn = writable_buffer_of(c_n, "c_n", tn, <Py_ssize_t>B * H, True)
+    cdef size_t elem = 4 if tn == cnp.NPY_FLOAT32 else 8
+    cdef Py_ssize_t k
     cdef int status
     cdef clstm_call call
+    cdef void* summed = NULL
+    if pbh != NULL:
+        summed = malloc(G * elem)
+        if summed == NULL:
+            raise MemoryError("lstm forward: out of memory for the summed bias")
+        for k in range(G):
+            if tn == cnp.NPY_FLOAT32:
+                (<float*>summed)[k] = (<float*>pb)[k] + (<float*>pbh)[k]
+            else:
+                (<double*>summed)[k] = (<double*>pb)[k] + (<double*>pbh)[k]
+        pb = summed
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
@@ -2993,17 +3263,25 @@ def forward(int T, int B, int I, int H, x, w_ih, w_hh, bias, peephole, h0, c0, y
             status = layer_forward(T, B, I, H, <double*>px, <double*>pwi, <double*>pwh,
                                    <double*>pb, <double*>pp, <double*>ph0, <double*>pc0,
                                    <double*>py, <double*>pw, num_threads, &call)
+    free(summed)
     check_status(status, "forward", &call)
+    # the final state: y's and the cells' last step (the workspace ends with the cells)
+    if phn != NULL:
+        memcpy(phn, <char*>py + (TB - B) * H * elem, B * H * elem)
+    if pcn != NULL:
+        memcpy(pcn, <char*>pw + (5 * TB * H - B * H) * elem, B * H * elem)
 
 
 def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, workspace,
              dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dbias, dpeephole,
-             int num_threads=1):
+             int num_threads=1, *, dbias_hh=None):
     """Backward of one layer after :func:`forward` with the same arrays.
 
     ``workspace`` and ``dy`` are destroyed; ``dx``, ``dh0``, ``dc0`` are overwritten
     (``dx`` may be None to skip it); ``dw_ih``, ``dw_hh``, ``dbias``, ``dpeephole`` are
-    added into.
+    added into. ``dbias`` may be None (no bias). With ``dbias_hh`` (PyTorch's two
+    biases), the bias gradient is added into both: summed first, then added to each, as
+    two NumPy additions of one summed vector would.
     """
     if not sizes_ok(T, B, I, H):
         raise ValueError(f"expected positive sizes that fit BLAS's int, got "
@@ -3026,10 +3304,24 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
     cdef void* pdc0 = writable_buffer_of(dc0, "dc0", tn, B * H)
     cdef void* pdwi = writable_buffer_of(dw_ih, "dw_ih", tn, G * I)
     cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * H)
-    cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
+    cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G, True)
+    cdef void* pdbh = writable_buffer_of(dbias_hh, "dbias_hh", tn, G, True)
     cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
+    cdef size_t elem = 4 if tn == cnp.NPY_FLOAT32 else 8
+    cdef Py_ssize_t k
     cdef int status
     cdef clstm_call call
+    cdef void* into_one = pdb
+    cdef void* summed = NULL
+    if pdbh != NULL and pdb == NULL:
+        raise ValueError("dbias_hh: expected dbias with it, got dbias=None")
+    if pdb == NULL or pdbh != NULL:
+        # the column sums go to a zeroed scratch vector (none asked: dropped), added
+        # into dbias and dbias_hh afterwards
+        summed = calloc(G, elem)
+        if summed == NULL:
+            raise MemoryError("lstm backward: out of memory for the bias gradient")
+        pdb = summed
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
@@ -3046,6 +3338,15 @@ def backward(int T, int B, int I, int H, x, w_ih, w_hh, peephole, h0, c0, y, wor
                                     <double*>pdcn, <double*>pdx, <double*>pdh0,
                                     <double*>pdc0, <double*>pdwi, <double*>pdwh,
                                     <double*>pdb, <double*>pdp, num_threads, &call)
+    if status == 0 and summed != NULL and into_one != NULL:
+        for k in range(G):
+            if tn == cnp.NPY_FLOAT32:
+                (<float*>into_one)[k] += (<float*>summed)[k]
+                (<float*>pdbh)[k] += (<float*>summed)[k]
+            else:
+                (<double*>into_one)[k] += (<double*>summed)[k]
+                (<double*>pdbh)[k] += (<double*>summed)[k]
+    free(summed)
     check_status(status, "backward", &call)
 
 

@@ -5,6 +5,13 @@
 #include <stdint.h>
 #include <pthread.h>
 #include <time.h>
+#include <sched.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -76,14 +83,103 @@ __attribute__((constructor)) static void runtime_init(void)
     pthread_atfork(NULL, NULL, after_fork_in_child);
 }
 
+/* Calls left to run on one thread, and the length of the next such pause. Updated
+ * without a lock by concurrent calls: a lost update only shortens or lengthens a pause. */
+static int busy_calls_left = 0;
+static int busy_pause = 0;
+#define FIRST_PAUSE_CALLS 8
+#define LONGEST_PAUSE_CALLS 256
+
 int clstm_team_threads(int requested)
 {
     if (requested <= 1)
         return 1;
     if (forked_child)
         return 1;
+    if (__atomic_load_n(&busy_calls_left, __ATOMIC_RELAXED) > 0) {
+        __atomic_fetch_sub(&busy_calls_left, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
     team_started = 1;
     return requested;
+}
+
+/* ---- a busy machine: the team shrinks -------------------------------------------------- */
+
+static double max_lost_share = 0.25;
+/* A descheduled thread is gone for a time slice, milliseconds (3 ms on Linux's EEVDF
+ * by default); waking a sleeping thread takes tens of microseconds, a slow virtual
+ * machine's wake-up some hundreds, which must not count. */
+#define MIN_LOST_S 0.001
+
+void clstm_team_clock_start(clstm_team_clock *clock)
+{
+    clock->start = clstm_monotonic();
+    clock->late = 0;
+}
+
+double clstm_thread_cpu(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return -1.0;
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start)
+{
+    double elapsed = clstm_monotonic() - clock->start;
+    double cpu = clstm_thread_cpu();
+    double lost;
+    if (cpu < 0 || cpu_at_start < 0)
+        return;
+    lost = elapsed - (cpu - cpu_at_start);   /* not running: descheduled, or not yet woken */
+    if (max_lost_share < 0 || (lost > max_lost_share * elapsed && lost > MIN_LOST_S))
+        clock->late = 1;
+}
+
+void clstm_team_report(int late)
+{
+    int pause;
+    if (!late) {
+        __atomic_store_n(&busy_pause, 0, __ATOMIC_RELAXED);
+        return;
+    }
+    pause = __atomic_load_n(&busy_pause, __ATOMIC_RELAXED);
+    pause = pause == 0 ? FIRST_PAUSE_CALLS
+            : pause * 2 > LONGEST_PAUSE_CALLS ? LONGEST_PAUSE_CALLS : pause * 2;
+    __atomic_store_n(&busy_pause, pause, __ATOMIC_RELAXED);
+    __atomic_store_n(&busy_calls_left, pause, __ATOMIC_RELAXED);
+}
+
+double clstm_team_set_max_lost_share(double share)
+{
+    double old = max_lost_share;
+    max_lost_share = share;
+    return old;
+}
+
+int clstm_team_calls_on_one_thread(void)
+{
+    return __atomic_load_n(&busy_calls_left, __ATOMIC_RELAXED);
+}
+
+void clstm_team_pause_get(int *calls_left, int *pause)
+{
+    *calls_left = __atomic_load_n(&busy_calls_left, __ATOMIC_RELAXED);
+    *pause = __atomic_load_n(&busy_pause, __ATOMIC_RELAXED);
+}
+
+void clstm_team_pause_set(int calls_left, int pause)
+{
+    __atomic_store_n(&busy_calls_left, calls_left, __ATOMIC_RELAXED);
+    __atomic_store_n(&busy_pause, pause, __ATOMIC_RELAXED);
+}
+
+void clstm_team_reset(void)
+{
+    __atomic_store_n(&busy_calls_left, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&busy_pause, 0, __ATOMIC_RELAXED);
 }
 
 int clstm_fork_limited(void) { return forked_child; }
@@ -99,11 +195,24 @@ double clstm_monotonic(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The signal checks' clock: read at every step of thread 0, and 50 ms apart is all the
+ * precision they need, so the coarse clock (the last tick, a few ms old) where there is
+ * one: a plain load from the vDSO page instead of a timer read. */
+static double signal_clock(void)
+{
+#ifdef CLOCK_MONOTONIC_COARSE
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
+    return clstm_monotonic();
+}
+
 void clstm_call_init(clstm_call *call, int check_signals)
 {
     call->stop_step = INT_MAX;
     call->check_signals = check_signals;
-    call->next_check = check_signals ? clstm_monotonic() + SIGNAL_CHECK_INTERVAL_S : 0.0;
+    call->next_check = check_signals ? signal_clock() + SIGNAL_CHECK_INTERVAL_S : 0.0;
     call->exc_type = call->exc_value = call->exc_tb = NULL;
 }
 
@@ -116,7 +225,7 @@ static int signal_raised(clstm_call *call)
     int raised = 0;
     if (!call->check_signals || call->exc_type != NULL || THREAD_NUM() != 0)
         return 0;
-    now = clstm_monotonic();
+    now = signal_clock();
     if (now < call->next_check)
         return 0;
     call->next_check = now + SIGNAL_CHECK_INTERVAL_S;
@@ -150,6 +259,58 @@ int clstm_call_stopped(clstm_call *call)
     if (call->stop_step == INT_MAX && signal_raised(call))
         call->stop_step = 0;
     return call->stop_step != INT_MAX;
+}
+
+/* ---- row blocks handed over between threads ---------------------------------------- */
+
+int clstm_block_take(clstm_row_block *b, int s)
+{
+    int expected = s;
+    return __atomic_compare_exchange_n(&b->claimed, &expected, s + 1, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_RELAXED);
+}
+
+void clstm_block_done(clstm_row_block *b, int s)
+{
+    __atomic_store_n(&b->done, s + 1, __ATOMIC_RELEASE);
+}
+
+int clstm_block_take_over(clstm_row_block *b, int steps)
+{
+    int s = __atomic_load_n(&b->claimed, __ATOMIC_ACQUIRE);
+    if (s >= steps)
+        return -1;
+    /* Step s - 1 finished and s not started: nobody runs the block at this moment. */
+    if (__atomic_load_n(&b->done, __ATOMIC_ACQUIRE) != s)
+        return -2;
+    return clstm_block_take(b, s) ? s : -2;
+}
+
+/* Spin this many rounds before yielding: a step of a few rows takes 1-100 µs, a
+ * descheduled thread is gone for a time slice (milliseconds). */
+#define SPINS_BEFORE_YIELD 2000
+
+void clstm_wait_a_little(int *spins)
+{
+    if (*spins < SPINS_BEFORE_YIELD) {
+        ++*spins;
+        CPU_RELAX();
+    } else {
+        sched_yield();
+    }
+}
+
+static long taken_over_steps = 0;
+
+void clstm_count_taken_over(int steps)
+{
+    if (steps > 0)
+        __atomic_fetch_add(&taken_over_steps, (long)steps, __ATOMIC_RELAXED);
+}
+
+long clstm_taken_over_steps(void)
+{
+    return __atomic_load_n(&taken_over_steps, __ATOMIC_RELAXED);
 }
 
 /* ---- finite checks ------------------------------------------------------------------ */

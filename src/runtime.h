@@ -23,6 +23,38 @@ void clstm_blas_leave(void);
 int clstm_team_threads(int requested);
 int clstm_fork_limited(void);
 
+/* ---- a busy machine: the team shrinks ----------------------------------------------
+ * Where another process holds a core, a team member shares it and is descheduled for
+ * time slices; every region of a call then waits for it at its end, and the idle members
+ * spin on the cores the caller needs. So the split regions time each member against its
+ * CPU time (clstm_team_clock: what it lost while not running), and after a call whose
+ * team lost too much, clstm_team_threads gives one thread for the next calls: 8, then
+ * 16 ... 256 calls while every retry is late again (a retry costs up to 2-3 calls' time
+ * under load: after 8 calls it is 1/9 of the time, at 256 1/257); one team on time ends
+ * the pause. */
+typedef struct {
+    double start;          /* monotonic seconds when the region began (thread 0) */
+    volatile int late;     /* a member lost more than the allowed share */
+} clstm_team_clock;
+void clstm_team_clock_start(clstm_team_clock *clock);
+/* This thread's CPU seconds: its reading at the start of its work, for ... */
+double clstm_thread_cpu(void);
+/* ... each member at the end of its work in the region. */
+void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start);
+/* After the region, thread 0: whether the team was late (also for other evidence, such
+ * as the units split leaving for one thread), which sets or ends the pause. */
+void clstm_team_report(int late);
+/* The share of a region's time a member may lose (default 0.25; below 0: always late,
+ * above 1: never), and the least time lost that counts (seconds). Returns the old share. */
+double clstm_team_set_max_lost_share(double share);
+/* Calls left on one thread (tests, benchmarks); clstm_team_reset ends the pause. */
+int clstm_team_calls_on_one_thread(void);
+void clstm_team_reset(void);
+/* The pause's state (calls left, length of the last pause), to save and put back: A/B
+ * timings that interleave settings give each its own. */
+void clstm_team_pause_get(int *calls_left, int *pause);
+void clstm_team_pause_set(int calls_left, int pause);
+
 /* ---- per-call control -------------------------------------------------------------
  * One per kernel call from Python (NULL from the C API: no signal checks). The caller's
  * thread (OpenMP thread 0) checks Python's signal handlers about every 50 ms; when one
@@ -46,6 +78,38 @@ int clstm_call_stop_at(clstm_call *call, int t);
 int clstm_call_stopped(clstm_call *call);
 
 double clstm_monotonic(void);
+
+/* ---- row blocks handed over between threads -------------------------------------------
+ * The row split runs each block of batch rows through all its steps on one thread, with
+ * no barrier: rows never interact. A thread that the OS deschedules (another process on
+ * its core) would make the whole call wait for its block, so a thread that has finished
+ * its own block takes over the rest of a late one, one step at a time: step s of a block
+ * runs only after step s - 1 is done, and on exactly one thread, whichever. `claimed`
+ * counts the steps started, `done` those finished (stored with release order after the
+ * step's writes, loaded with acquire order before the next step reads them). One cache
+ * line per block, so the owners' stores do not collide. */
+typedef struct {
+    int claimed;
+    int done;
+    char pad[56];
+} clstm_row_block;
+
+/* The owner, before step s (its own step s - 1 done): 1 when it runs step s, 0 when
+ * another thread has taken the block over (the owner then leaves it for good). */
+int clstm_block_take(clstm_row_block *b, int s);
+/* After step s (all its writes made). */
+void clstm_block_done(clstm_row_block *b, int s);
+/* A thread with nothing left of its own, on another thread's block of `steps` steps:
+ * the step it now owns (it continues with clstm_block_take from the next one), -1 when
+ * the block is finished, -2 while a step of it is running (try again). */
+int clstm_block_take_over(clstm_row_block *b, int steps);
+/* A wait in a loop: spins briefly, then yields the core (the thread waited for may be
+ * the one the OS wants to run there). `spins` counts the rounds, starting at 0. */
+void clstm_wait_a_little(int *spins);
+/* The steps taken over from another thread (all calls, all threads): tests see that a
+ * late thread's rows were finished by another one. */
+void clstm_count_taken_over(int steps);
+long clstm_taken_over_steps(void);
 
 int clstm_all_finite_f32(Py_ssize_t n, const float *a);
 int clstm_all_finite_f64(Py_ssize_t n, const double *a);

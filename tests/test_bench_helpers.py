@@ -252,3 +252,36 @@ def test_cells_examples_times_both_cells_interleaved_on_the_forecast_workload(ca
         cells_examples.clstm.set_num_threads(threads)   # as the tests after this expect
     assert set(rows) == {"forecast"} and rows["forecast"]["ratio"] > 0
     assert "| forecast | " in capsys.readouterr().out
+
+
+def test_busy_cli_reads_grid_names_and_custom_shapes():
+    assert busy._parse_shape("S3").H == 256
+    custom = busy._parse_shape("1:300:24:48:1")
+    assert (custom.B, custom.T, custom.I, custom.H, custom.L) == (1, 300, 24, 48, 1)
+    with pytest.raises(SystemExit, match="B:T:I:H:L"):
+        busy._parse_shape("1,300")
+
+
+def test_busy_variants_set_their_knobs_only_while_they_run_and_keep_their_own_pause():
+    from clstm import kernels
+
+    class Threads:          # stands in for the clstm module's set_num_threads
+        def set_num_threads(self, n):
+            self.n = n
+    mod, seen = Threads(), []
+
+    def call():
+        seen.append((mod.n, kernels._set_row_handover(True), kernels._team_pause_state()))
+        kernels._set_row_handover(False)          # what the variant set, put back as found
+        kernels._team_pause_state((5, 8))         # a pause this variant's call started
+    static = busy._variant_runner(kernels, mod, call, 2, busy.VARIANTS["static"])
+    outer = kernels._team_pause_state((1, 2))
+    try:
+        static()
+        static()
+        assert kernels._team_pause_state() == (1, 2)     # the caller's pause, untouched
+    finally:
+        kernels._team_pause_state(outer)
+    # off while it ran, its own pause carried from one of its calls to the next
+    assert seen == [(2, False, (0, 0)), (2, False, (5, 8))]
+    assert kernels._set_row_handover(True) is True       # restored afterwards
