@@ -12,24 +12,11 @@ from clstm import kernels
 from knobs import kernel_knob
 from reference import (numerical_gradient, reference_gru_backward, reference_gru_forward,
                        sigmoid)
-
-TOL = {"float32": dict(rtol=3e-4, atol=3e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
+from sequences import TOL, random_lengths
 
 # The kernel correctness tests run at every ISA level the CPU runs (conftest's isa_level:
 # the gate loops, the packed GEMM kernel and the packed-vs-BLAS rule of each level).
 at_every_isa_level = pytest.mark.usefixtures("isa_level")
-
-
-def random_lengths(rng, T, B, kind):
-    if kind == "full":
-        return np.full(B, T)
-    if kind == "ones":
-        return np.ones(B, dtype=int)
-    lengths = rng.integers(1, T + 1, size=B)
-    lengths[rng.integers(B)] = T          # the longest is not always first
-    if B > 2:
-        lengths[rng.integers(B)] = 1
-    return lengths
 
 
 def configurations(n, seed):

@@ -12,20 +12,7 @@ import clstm
 from clstm import kernels
 from knobs import kernel_knob
 from reference import numerical_gradient, reference_lstm_backward, reference_lstm_forward
-
-TOL = {"float32": dict(rtol=3e-4, atol=3e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
-
-
-def random_lengths(rng, T, B, kind):
-    if kind == "full":
-        return np.full(B, T)
-    if kind == "ones":
-        return np.ones(B, dtype=int)
-    lengths = rng.integers(1, T + 1, size=B)
-    lengths[rng.integers(B)] = T          # the longest is not always first
-    if B > 2:
-        lengths[rng.integers(B)] = 1
-    return lengths
+from sequences import TOL, random_lengths
 
 
 def configurations(n, seed):
