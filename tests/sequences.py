@@ -18,3 +18,13 @@ def random_lengths(rng, T, B, kind):
     if B > 2:
         lengths[rng.integers(B)] = 1
     return lengths
+
+
+def masked_at_padding(dy, lengths, batch_first):
+    """dy with zeros past each sequence's length (PyTorch's padded output is zero there,
+    so its gradient sees none), or dy itself without lengths."""
+    if lengths is None:
+        return dy
+    T = dy.shape[1] if batch_first else dy.shape[0]
+    mask = np.arange(T)[:, None] < lengths[None, :]
+    return dy * (mask.T[:, :, None] if batch_first else mask[:, :, None])

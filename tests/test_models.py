@@ -83,10 +83,17 @@ def test_mixed_dtypes_fall_back_to_per_array_parameters_and_still_train():
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_sequential_backward_matches_finite_differences():
+# Per cell: the classifier's options and how many entries of each parameter are checked.
+DIFFERENTIATED_CLASSIFIERS = {"lstm": (dict(), 8),
+                              "gru": (dict(bidirectional=True, cell="gru"), 6)}
+
+
+@pytest.mark.parametrize("cell", sorted(DIFFERENTIATED_CLASSIFIERS))
+def test_sequential_backward_matches_finite_differences(cell):
     rng = np.random.default_rng(1)
+    options, entries = DIFFERENTIATED_CLASSIFIERS[cell]
     model = Classifier(hidden_size=4, num_classes=3, vocab_size=6, embed_dim=3,
-                       num_layers=2, dtype="float64", seed=2)
+                       num_layers=2, dtype="float64", seed=2, **options)
     x = rng.integers(0, 6, (3, 5))
     y = np.array([0, 2, 1])
     lengths = np.array([5, 2, 4])
@@ -97,7 +104,7 @@ def test_sequential_backward_matches_finite_differences():
         return model.loss_and_grad(x, y, lengths=lengths)
 
     for name, p in model.params.items():
-        idx = sample_indices(p.shape, 8, rng)
+        idx = sample_indices(p.shape, entries, rng)
         np.testing.assert_allclose([grads[name][i] for i in idx], numgrad_at(loss, p, idx),
                                    rtol=1e-5, atol=1e-8, err_msg=name)
 

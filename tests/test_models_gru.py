@@ -35,19 +35,6 @@ def grads_copy(model):
     return {n: g.copy() for n, g in model.grads.items()}
 
 
-def numgrad_at(f, x, indices, eps=1e-6):
-    out = []
-    for idx in indices:
-        old = x[idx]
-        x[idx] = old + eps
-        fp = f()
-        x[idx] = old - eps
-        fm = f()
-        x[idx] = old
-        out.append((fp - fm) / (2 * eps))
-    return np.array(out)
-
-
 # ------------------------------------------------------------------ the layer plan
 
 def test_cell_gru_builds_a_gru_where_the_lstm_was_and_lstm_stays_the_default():
@@ -285,28 +272,8 @@ def test_regressor_gru_equals_torch_gru_and_linear_on_the_last_step():
                                atol=1e-13)
 
 
-def test_gru_classifier_backward_matches_finite_differences():
-    rng = np.random.default_rng(1)
-    model = Classifier(hidden_size=4, num_classes=3, vocab_size=6, embed_dim=3,
-                       num_layers=2, bidirectional=True, cell="gru", dtype="float64",
-                       seed=2)
-    x = rng.integers(0, 6, (3, 5))
-    y = np.array([0, 2, 1])
-    lengths = np.array([5, 2, 4])
-    model.loss_and_grad(x, y, lengths=lengths)
-    grads = grads_copy(model)
-
-    def loss():
-        return model.loss_and_grad(x, y, lengths=lengths)
-
-    for name, p in model.params.items():
-        flat = rng.choice(p.size, size=min(6, p.size), replace=False)
-        idx = [np.unravel_index(i, p.shape) for i in flat]
-        np.testing.assert_allclose([grads[name][i] for i in idx], numgrad_at(loss, p, idx),
-                                   rtol=1e-5, atol=1e-8, err_msg=name)
-
-
-# (Padding changes neither predictions nor gradients: test_models.py, per cell.)
+# (The classifier's backward against finite differences, and padding changing neither
+# its predictions nor its gradients: test_models.py, per cell.)
 
 
 # ------------------------------------------------------------- LastStep on a GRU
