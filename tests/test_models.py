@@ -456,13 +456,14 @@ def test_a_stream_too_short_for_the_batch_size_is_refused():
         LanguageModel(5, 2, 3, seed=0).fit(np.arange(10) % 5, batch_size=8, verbose=0)
 
 
-def test_stream_fit_is_the_documented_tbptt_loop_with_a_reset_each_epoch():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stream_fit_is_the_documented_tbptt_loop_with_a_reset_each_epoch(cell):
     stream = np.random.default_rng(9).integers(0, 7, 150)
-    fitted = LanguageModel(7, 3, 5, dtype="float64", seed=2)
+    fitted = LanguageModel(7, 3, 5, cell=cell, dtype="float64", seed=2)
     fitted.fit(stream, epochs=2, batch_size=4, bptt=6, optimizer=SGD(fitted, lr=0.5),
                verbose=0)
 
-    manual = LanguageModel(7, 3, 5, dtype="float64", seed=2)
+    manual = LanguageModel(7, 3, 5, cell=cell, dtype="float64", seed=2)
     opt = SGD(manual, lr=0.5)
     data = batchify(stream, 4)
     for _ in range(2):
