@@ -1,25 +1,22 @@
 """clstm.GRU: a stack of GRU layers over the compiled kernels, torch.nn.GRU's semantics.
 
-Like clstm.LSTM (whose input checks and packing it shares), this module owns the
-parameters (one flat buffer, PyTorch's names and shapes), checks user input and runs the
-layers one after another; every layer and direction runs the kernels' packed driver,
-whatever the lengths. The math is in DEVELOPERS.md ("The GRU").
+Like clstm.LSTM (what the two share is clstm._recurrent.RecurrentStack's), this module
+owns the parameters (one flat buffer, PyTorch's names and shapes), checks user input and
+runs the layers one after another; every layer and direction runs the kernels' packed
+driver, whatever the lengths. The math is in DEVELOPERS.md ("The GRU").
 """
 import numpy as np
 
 from . import _threads, kernels
-from ._concurrency import PerThread, WorkspacePool
-from .layers import Layer
-from .lstm import LSTM, _GiveBack, _Packing
-from ._validate import as_float_array, as_real_array, check_shape, positive_int
-from ._validate import C_INT_MAX, at_most, parameter_count
+from ._recurrent import RecurrentStack, _GiveBack, _Packing
+from ._validate import as_float_array, as_real_array, check_shape, parameter_count
 
 #: Workspace elements per packed row and hidden unit: the gates (r, z, n; 3H) and the
 #: recurrent products W_hh h + b_hh (3H), which backward turns into their gradients.
 _WORKSPACE_PER_ROW = 6
 
 
-class GRU(Layer):
+class GRU(RecurrentStack):
     """A multi-layer GRU with explicit forward and backward passes (``torch.nn.GRU``).
 
     r = σ(W_ir x + b_ir + W_hr h + b_hr), z = σ(W_iz x + b_iz + W_hz h + b_hz),
@@ -63,56 +60,28 @@ class GRU(Layer):
     backward calls add into ``grads`` one at a time.
     """
 
-    #: Idle kernel workspaces kept for reuse, per model, at most this many bytes.
-    workspace_cache_bytes = 512 * 1024 * 1024
+    _cell_name = "GRU"
+    _gate_count = 3
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True,
                  bidirectional=False, dtype="float32", dropout=0.0, seed=None,
                  batch_first=False):
-        self.input_size = positive_int(input_size, "input_size")
-        self.hidden_size = positive_int(hidden_size, "hidden_size")
-        self.num_layers = positive_int(num_layers, "num_layers")
-        at_most(self.input_size, C_INT_MAX, "input_size", "the kernels index it with a C int")
-        at_most(self.hidden_size, C_INT_MAX // 3, "hidden_size",
-                "3 * hidden_size must fit the C int the kernels and BLAS index with")
-        for value, name in ((bias, "bias"), (bidirectional, "bidirectional"),
-                            (batch_first, "batch_first")):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected True or False, got {value!r}")
-        self.bias = bool(bias)
-        self.bidirectional = bool(bidirectional)
-        D = self.num_directions = 2 if self.bidirectional else 1
+        self._check_structure(input_size, hidden_size, num_layers,
+                              ((bias, "bias"), (bidirectional, "bidirectional"),
+                               (batch_first, "batch_first")))
+        D = self.num_directions
         H, layers = self.hidden_size, self.num_layers
         parameter_count(D * (3 * H * (self.input_size + H)
                              + 3 * H * (D * H + H) * (layers - 1)
                              + (6 * H if self.bias else 0) * layers), "GRU")
-        super().__init__(dtype)
-        self.batch_first = bool(batch_first)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
-                or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
-        self._rng = np.random.default_rng(seed)
-        self._cache = PerThread()
-        self._workspaces = WorkspacePool(self.dtype, self.workspace_cache_bytes)
+        self._set_up(dtype, dropout, seed, batch_first)
         # per layer and direction (index k * D + d): the names of its parameters, looked
         # up at every call (an optimizer or a model may rebind the entries)
         self._names = [(f"weight_ih_l{k}{sfx}", f"weight_hh_l{k}{sfx}",
                         f"bias_ih_l{k}{sfx}" if self.bias else None,
                         f"bias_hh_l{k}{sfx}" if self.bias else None)
                        for k in range(self.num_layers) for sfx in ("", "_reverse")[:D]]
-        shapes = self._parameter_shapes()
-        total = sum(int(np.prod(s)) for s in shapes.values())
-        # PyTorch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), drawn
-        # as one vector in the parameters' order.
-        bound = 1.0 / np.sqrt(self.hidden_size)
-        drawn = self._rng.uniform(-bound, bound, size=total)
-        initial, offset = {}, 0
-        for name, shape in shapes.items():
-            size = int(np.prod(shape))
-            initial[name] = drawn[offset:offset + size].reshape(shape)
-            offset += size
-        self._create_parameters(initial, self.dtype)
+        self._initialise_parameters()
 
     # -- configuration and parameters ---------------------------------------------------
 
@@ -149,9 +118,6 @@ class GRU(Layer):
         D = 2 if config.get("bidirectional", False) else 1
         return config.get("num_layers", 1) * D * (4 if config.get("bias", True) else 2)
 
-    def _parameter_shapes(self):
-        return {name: shape for name, shape, _ in self.parameter_shapes(self.get_config())}
-
     def _direction_weights(self, k, d=0):
         """Layer k's (w_ih, w_hh, b_ih, b_hh) in direction d, read from ``params`` now;
         the biases are None without bias."""
@@ -159,33 +125,7 @@ class GRU(Layer):
         w_ih, w_hh, b_ih, b_hh = self._names[k * self.num_directions + d]
         return p[w_ih], p[w_hh], p[b_ih] if b_ih else None, p[b_hh] if b_hh else None
 
-    def release_workspace(self):
-        """Free the kernel workspaces kept for reuse, and what this thread's last
-        forward kept for a backward (which then needs a new forward)."""
-        self._drop_cache()
-        self._workspaces.clear()
-
-    def _drop_cache(self):
-        cache = self._cache.pop()
-        if cache is not None:
-            for unit in cache[3]:
-                self._workspaces.give(unit[2])
-
-    def __repr__(self):
-        extras = "".join([
-            f", num_layers={self.num_layers}" if self.num_layers != 1 else "",
-            ", bias=False" if not self.bias else "",
-            ", bidirectional=True" if self.bidirectional else "",
-            f", dtype='{self.dtype.name}'",
-            f", dropout={self.dropout}" if self.dropout else "",
-            ", batch_first=True" if self.batch_first else "",
-        ])
-        return f"GRU({self.input_size}, {self.hidden_size}{extras})"
-
-    # -- input checks (the LSTM's, which read only input_size, dtype, batch_first) ------
-
-    _time_major_input = LSTM._time_major_input
-    _lengths = LSTM._lengths
+    # -- input checks (x's and the lengths' are RecurrentStack's) -----------------------
 
     def _state(self, state, B, unbatched, name):
         """A (D * num_layers, B, H) array (or None) from a user's h_0 or dh_n."""
@@ -428,32 +368,8 @@ class GRU(Layer):
     @classmethod
     def from_torch(cls, module, *, seed=None):
         """A clstm.GRU with the configuration and weights of a ``torch.nn.GRU``."""
-        import torch  # only here: clstm never needs torch otherwise
-
-        if not isinstance(module, torch.nn.GRU):
-            raise TypeError(f"from_torch: expected a torch.nn.GRU, got {type(module).__name__}")
-        dtype = module.weight_ih_l0.dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"from_torch: expected float32 or float64 weights, got {dtype}")
-        net = cls(module.input_size, module.hidden_size, module.num_layers,
-                  bias=bool(module.bias), bidirectional=bool(module.bidirectional),
-                  dtype="float32" if dtype == torch.float32 else "float64",
-                  dropout=float(module.dropout), seed=seed,
-                  batch_first=bool(module.batch_first))
-        net.load_state_dict({name: t.detach().cpu().numpy()
-                             for name, t in module.state_dict().items()})
-        net.train(module.training)
-        return net
+        return cls._from_torch_module(module, seed)
 
     def to_torch(self):
         """A ``torch.nn.GRU`` with this network's configuration and weights."""
-        import torch
-
-        module = torch.nn.GRU(self.input_size, self.hidden_size, self.num_layers,
-                              bias=self.bias, bidirectional=self.bidirectional,
-                              dropout=self.dropout, batch_first=self.batch_first,
-                              dtype=torch.float32 if self.dtype == np.float32
-                              else torch.float64)
-        module.load_state_dict({n: torch.from_numpy(v.copy()) for n, v in self.params.items()})
-        module.train(self.training)
-        return module
+        return self._to_torch_module()

@@ -356,6 +356,21 @@ def _read_model_file(path):
 
 # ---------------------------------------------------------------------------- Keras
 
+def _keras_kernels(kernel, recurrent_kernel, gates):
+    """A Keras layer's kernel (I, gates * H) and recurrent kernel (H, gates * H) as
+    arrays, checked against each other, and I, H (the LSTM's and the GRU's)."""
+    kernel = np.asarray(kernel)
+    recurrent_kernel = np.asarray(recurrent_kernel)
+    if kernel.ndim != 2 or kernel.shape[1] % gates or kernel.shape[1] == 0:
+        raise ValueError(f"kernel: expected shape (input_size, {gates} * units), got "
+                         f"{kernel.shape}")
+    I, H = kernel.shape[0], kernel.shape[1] // gates
+    if recurrent_kernel.shape != (H, gates * H):
+        raise ValueError(f"recurrent_kernel: expected shape {(H, gates * H)} (from the "
+                         f"kernel's {gates * H} columns), got {recurrent_kernel.shape}")
+    return kernel, recurrent_kernel, I, H
+
+
 def lstm_from_keras(kernel, recurrent_kernel, bias=None, *, dtype=None):
     """A one-layer clstm.LSTM with the weights of a Keras ``LSTM`` layer.
 
@@ -387,15 +402,7 @@ def lstm_from_keras(kernel, recurrent_kernel, bias=None, *, dtype=None):
     ValueError
         Shapes that do not fit together, saying which.
     """
-    kernel = np.asarray(kernel)
-    recurrent_kernel = np.asarray(recurrent_kernel)
-    if kernel.ndim != 2 or kernel.shape[1] % 4 or kernel.shape[1] == 0:
-        raise ValueError(f"kernel: expected shape (input_size, 4 * units), got "
-                         f"{kernel.shape}")
-    I, H = kernel.shape[0], kernel.shape[1] // 4
-    if recurrent_kernel.shape != (H, 4 * H):
-        raise ValueError(f"recurrent_kernel: expected shape {(H, 4 * H)} (from the kernel's "
-                         f"{4 * H} columns), got {recurrent_kernel.shape}")
+    kernel, recurrent_kernel, I, H = _keras_kernels(kernel, recurrent_kernel, gates=4)
     bias = np.zeros(4 * H) if bias is None else np.asarray(bias)
     if bias.shape != (4 * H,):
         raise ValueError(f"bias: expected shape {(4 * H,)}, got {bias.shape}")
@@ -648,15 +655,7 @@ def gru_from_keras(kernel, recurrent_kernel, bias=None, *, dtype=None):
         layer (a bias of shape (3 * H,)): that GRU applies r before the recurrent
         product, a different cell that clstm does not have.
     """
-    kernel = np.asarray(kernel)
-    recurrent_kernel = np.asarray(recurrent_kernel)
-    if kernel.ndim != 2 or kernel.shape[1] % 3 or kernel.shape[1] == 0:
-        raise ValueError(f"kernel: expected shape (input_size, 3 * units), got "
-                         f"{kernel.shape}")
-    I, H = kernel.shape[0], kernel.shape[1] // 3
-    if recurrent_kernel.shape != (H, 3 * H):
-        raise ValueError(f"recurrent_kernel: expected shape {(H, 3 * H)} (from the kernel's "
-                         f"{3 * H} columns), got {recurrent_kernel.shape}")
+    kernel, recurrent_kernel, I, H = _keras_kernels(kernel, recurrent_kernel, gates=3)
     if bias is not None:
         bias = np.asarray(bias)
         if bias.shape == (3 * H,):

@@ -9,13 +9,11 @@ import operator
 import numpy as np
 
 from . import _threads, kernels
-from ._concurrency import PerThread, WorkspacePool
-from .layers import Layer
-from ._validate import as_float_array, as_real_array, check_shape, positive_int
-from ._validate import C_INT_MAX, at_most, parameter_count
+from ._recurrent import RecurrentStack, _GiveBack, _Packing
+from ._validate import as_float_array, as_real_array, check_shape, parameter_count
 
 
-class LSTM(Layer):
+class LSTM(RecurrentStack):
     """A multi-layer LSTM with explicit forward and backward passes.
 
     Parameters
@@ -65,26 +63,15 @@ class LSTM(Layer):
     add into ``grads`` one at a time.
     """
 
-    #: Idle kernel workspaces kept for reuse, per model, at most this many bytes (a
-    #: larger workspace is freed after its call); see :meth:`release_workspace`.
-    workspace_cache_bytes = 512 * 1024 * 1024
+    _cell_name = "LSTM"
+    _gate_count = 4
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True,
                  bidirectional=False, proj_size=0, dtype="float32", peephole=False,
                  dropout=0.0, seed=None, batch_first=False):
-        self.input_size = positive_int(input_size, "input_size")
-        self.hidden_size = positive_int(hidden_size, "hidden_size")
-        self.num_layers = positive_int(num_layers, "num_layers")
-        # Refused before anything is allocated (or a list of num_layers names built).
-        at_most(self.input_size, C_INT_MAX, "input_size", "the kernels index it with a C int")
-        at_most(self.hidden_size, C_INT_MAX // 4, "hidden_size",
-                "4 * hidden_size must fit the C int the kernels and BLAS index with")
-        for value, name in ((bias, "bias"), (bidirectional, "bidirectional")):
-            if not isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected True or False, got {value!r}")
-        self.bias = bool(bias)
-        self.bidirectional = bool(bidirectional)
-        D = self.num_directions = 2 if self.bidirectional else 1
+        self._check_structure(input_size, hidden_size, num_layers,
+                              ((bias, "bias"), (bidirectional, "bidirectional")))
+        D = self.num_directions
         if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size,
                                                                       (int, np.integer)):
             raise TypeError(f"proj_size: expected an int, got {proj_size!r}")
@@ -98,18 +85,8 @@ class LSTM(Layer):
                      + (P * H if self.proj_size else 0))
         parameter_count(D * (4 * H * (self.input_size + P) + 4 * H * (D * P + P) * (layers - 1)
                              + per_layer * layers), "LSTM")
-        super().__init__(dtype)
+        self._set_up(dtype, dropout, seed, batch_first)
         self.peephole = bool(peephole)
-        self.batch_first = bool(batch_first)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
-                or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
-        self._rng = np.random.default_rng(seed)
-        # What each thread's last forward keeps for its backward; the kernels' scratch
-        # buffers, reused across calls but never shared by two (clstm/_concurrency.py).
-        self._cache = PerThread()
-        self._workspaces = WorkspacePool(self.dtype, self.workspace_cache_bytes)
 
         # per layer and direction (index k * D + d): the names of its weights, looked up
         # at every call (an optimizer or a model may rebind the entries), built once
@@ -123,18 +100,7 @@ class LSTM(Layer):
         # one C call in the usual layouts (2-3x faster than a lookup per name).
         self._getters = [_weights_getter(names) for names in self._names]
         self._layer_getters = [_weights_getter(names[:5]) for names in self._names]
-        shapes = self._parameter_shapes()
-        total = sum(int(np.prod(s)) for s in shapes.values())
-        # PyTorch's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), drawn
-        # as one vector in the parameters' order.
-        bound = 1.0 / np.sqrt(self.hidden_size)
-        drawn = self._rng.uniform(-bound, bound, size=total)
-        initial, offset = {}, 0
-        for name, shape in shapes.items():
-            size = int(np.prod(shape))
-            initial[name] = drawn[offset:offset + size].reshape(shape)
-            offset += size
-        self._create_parameters(initial, self.dtype)
+        self._initialise_parameters()
 
     def get_config(self):
         return {"input_size": self.input_size, "hidden_size": self.hidden_size,
@@ -185,39 +151,6 @@ class LSTM(Layer):
         D = 2 if config.get("bidirectional", False) else 1
         return config.get("num_layers", 1) * D * per
 
-    def _parameter_shapes(self):
-        return {name: shape for name, shape, _ in self.parameter_shapes(self.get_config())}
-
-    def release_workspace(self):
-        """Free the kernel workspaces kept for reuse, and what this thread's last
-        forward kept for a backward (which then needs a new forward)."""
-        self._drop_cache()
-        self._workspaces.clear()
-
-    def _drop_cache(self):
-        """Give this thread's forward cache's workspaces back to the pool."""
-        for buffer in self._pop_cache_buffers():
-            self._workspaces.give(buffer)
-
-    def _pop_cache_buffers(self):
-        """Forget this thread's forward cache; its workspaces, for the caller to reuse
-        (WorkspacePool.take's ``spare``) or give back."""
-        cache = self._cache.pop()
-        return [] if cache is None else [layer[2] for layer in cache[3]]
-
-    def __repr__(self):
-        extras = "".join([
-            f", num_layers={self.num_layers}" if self.num_layers != 1 else "",
-            ", bias=False" if not self.bias else "",
-            ", bidirectional=True" if self.bidirectional else "",
-            f", proj_size={self.proj_size}" if self.proj_size else "",
-            f", dtype='{self.dtype.name}'",
-            ", peephole=True" if self.peephole else "",
-            f", dropout={self.dropout}" if self.dropout else "",
-            ", batch_first=True" if self.batch_first else "",
-        ])
-        return f"LSTM({self.input_size}, {self.hidden_size}{extras})"
-
     # -- forward ----------------------------------------------------------------------
 
     def _layer_weights(self, k):
@@ -238,28 +171,6 @@ class LSTM(Layer):
             out.fill(0)
             return out
         return np.add(b_ih, b_hh, out=out)
-
-    def _time_major_input(self, x):
-        x = as_float_array(x, self.dtype, "x") if not (
-            isinstance(x, np.ndarray) and x.dtype == self.dtype) else x
-        if x.ndim not in (2, 3):
-            raise ValueError(
-                f"x: expected a 3-D array ({'B, T' if self.batch_first else 'T, B'}, "
-                f"{self.input_size}) or an unbatched 2-D array (T, {self.input_size}), "
-                f"got shape {x.shape}")
-        unbatched = x.ndim == 2
-        if unbatched:
-            x = x[:, None, :]
-        elif self.batch_first:
-            x = x.transpose(1, 0, 2)
-        T, B, I = x.shape
-        if I != self.input_size:
-            raise ValueError(f"x: expected {self.input_size} features in the last axis, "
-                             f"got shape {x.shape}")
-        if T == 0 or B == 0:
-            raise ValueError(f"x: expected at least one time step and one sequence, "
-                             f"got T={T}, B={B}")
-        return np.ascontiguousarray(x), unbatched
 
     def _state_pair(self, state, B, unbatched, name):
         """(L, B, H) arrays (or None) from a user's (h, c) pair."""
@@ -289,25 +200,6 @@ class LSTM(Layer):
             check_shape(arr, expected, f"{name} {label}")
             pair.append(np.ascontiguousarray(arr.reshape(L, B, w)))
         return tuple(pair)
-
-    def _lengths(self, lengths, T, B):
-        """Checked lengths as an int64 array, or None when there are none or every
-        sequence runs all T steps (then the padded kernels run)."""
-        if lengths is None:
-            return None
-        arr = np.asarray(lengths) if not isinstance(lengths, np.ndarray) else lengths
-        if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-            raise TypeError(f"lengths: expected integers, got {_what(lengths, arr)}")
-        if arr.shape != (B,):
-            raise ValueError(f"lengths: expected shape ({B},) (one per sequence), got "
-                             f"shape {arr.shape}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 1 or hi > T:
-            raise ValueError(f"lengths: expected integers in [1, {T}], got min {lo}, "
-                             f"max {hi}")
-        if lo == T:
-            return None
-        return arr.astype(np.int64, copy=False)
 
     def forward(self, x, state=None, *, lengths=None):
         """Run the stack over a whole sequence.
@@ -704,38 +596,15 @@ class LSTM(Layer):
     @classmethod
     def from_torch(cls, module, *, seed=None):
         """A clstm.LSTM with the configuration and weights of a ``torch.nn.LSTM``."""
-        import torch  # only here: clstm never needs torch otherwise
-
-        if not isinstance(module, torch.nn.LSTM):
-            raise TypeError(f"from_torch: expected a torch.nn.LSTM, got {type(module).__name__}")
-        dtype = module.weight_ih_l0.dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"from_torch: expected float32 or float64 weights, got {dtype}")
-        net = cls(module.input_size, module.hidden_size, module.num_layers,
-                  bias=bool(module.bias), bidirectional=bool(module.bidirectional),
-                  proj_size=int(getattr(module, "proj_size", 0)),
-                  dtype="float32" if dtype == torch.float32 else "float64",
-                  dropout=float(module.dropout), seed=seed, batch_first=module.batch_first)
-        state = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
-        net.load_state_dict(state)
-        net.train(module.training)
-        return net
+        return cls._from_torch_module(module, seed,
+                                      proj_size=int(getattr(module, "proj_size", 0)))
 
     def to_torch(self):
         """A ``torch.nn.LSTM`` with this network's configuration and weights."""
-        import torch
-
         if self.peephole:
             raise ValueError("to_torch: expected an LSTM without peepholes (torch.nn.LSTM "
                              "has none), got peephole=True")
-        module = torch.nn.LSTM(self.input_size, self.hidden_size, self.num_layers,
-                               bias=self.bias, bidirectional=self.bidirectional,
-                               proj_size=self.proj_size,
-                               dropout=self.dropout, batch_first=self.batch_first,
-                               dtype=torch.float32 if self.dtype == np.float32 else torch.float64)
-        module.load_state_dict({n: torch.from_numpy(v.copy()) for n, v in self.params.items()})
-        module.train(self.training)
-        return module
+        return self._to_torch_module(proj_size=self.proj_size)
 
 
 def _weights_getter(names):
@@ -755,104 +624,3 @@ def _weights_getter(names):
             out[i] = value
         return tuple(out)
     return weights
-
-
-def _what(value, arr):
-    if isinstance(value, np.ndarray):
-        return f"dtype {value.dtype}"
-    return f"{type(value).__name__} of dtype {arr.dtype}" if arr.ndim else repr(value)
-
-
-class _Packing:
-    """A batch in the kernels' packed layout (PyTorch's PackedSequence): sequences
-    ordered by non-increasing length (stably), step t holding the batch_sizes[t] still
-    running, one step after another. Packing and unpacking are one gather and one
-    scatter over the valid positions; without lengths the padded batch already is the
-    packed one (reshaped, not copied).
-
-    The valid positions are kept as one flat row index into the (T * B, F) view of a
-    time-major batch (``self.rows``): a gather by ``np.take`` along axis 0 moves whole
-    feature rows, 1.5-2.3x faster than NumPy's (time, batch) pair indexing (S2, S3);
-    the two directions of a bidirectional top layer are scattered side by side, 1.4-1.6x
-    faster than concatenating them first. Pack, unpack and plan are 3-5% of a
-    variable-length forward at 1 thread."""
-
-    def __init__(self, lengths, T, B):
-        self.T, self.B = T, B
-        if lengths is None:
-            self.order = self.rows = None
-            self.steps, self.N = T, T * B
-            self.batch_sizes = np.full(T, B, dtype=np.int32)
-            return
-        order = np.argsort(-lengths, kind="stable")
-        self.order = None if np.array_equal(order, np.arange(B)) else order
-        ordered = lengths[order]
-        self.steps = int(ordered[0])
-        # batch_sizes[t] = how many sequences are longer than t (lengths sorted down)
-        self.batch_sizes = np.searchsorted(-ordered, -np.arange(self.steps),
-                                           side="left").astype(np.int32)
-        # row t * B + order[i] for i < batch_sizes[t], step after step: the packed order
-        counts = self.batch_sizes.astype(np.intp)
-        starts = np.arange(self.steps, dtype=np.intp) * B
-        within = np.arange(counts.sum(), dtype=np.intp) - np.repeat(np.cumsum(counts) - counts,
-                                                                    counts)
-        self.rows = np.repeat(starts, counts) + order[within]
-        self.N = self.rows.size
-
-    def pack(self, a, dtype=None, copy=False, columns=None):
-        """(T, B, F) -> (N, F), or its feature columns ``columns`` (a slice) only,
-        C-contiguous."""
-        flat = a.reshape(self.T * self.B, a.shape[2])
-        if columns is not None:
-            flat = flat[:, columns]
-        if self.rows is None:
-            return (np.array(flat, dtype=dtype, order="C") if copy
-                    else np.ascontiguousarray(flat, dtype=dtype))
-        out = np.take(flat, self.rows, axis=0)
-        return out if dtype is None or out.dtype == dtype else out.astype(dtype)
-
-    def unpack(self, *parts):
-        """(N, F_i) blocks -> (T, B, sum F_i), the blocks side by side in the feature
-        axis (a bidirectional layer's two directions: no concatenation first), zeros at
-        the padded positions."""
-        F = sum(p.shape[1] for p in parts)
-        if self.rows is None and len(parts) == 1:
-            return parts[0].reshape(self.T, self.B, F)
-        out = (np.empty if self.rows is None else np.zeros)((self.T * self.B, F),
-                                                           dtype=parts[0].dtype)
-        target = slice(None) if self.rows is None else self.rows
-        col = 0
-        for p in parts:
-            if len(parts) == 1:
-                out[target] = p
-            else:
-                out[target, col:col + p.shape[1]] = p
-            col += p.shape[1]
-        return out.reshape(self.T, self.B, F)
-
-    def sort_state(self, s):
-        """(L, B, H) in the caller's order -> the packed order (or None)."""
-        if s is None or self.order is None:
-            return s
-        return np.ascontiguousarray(s[:, self.order])
-
-    def unsort_state(self, s):
-        if self.order is None:
-            return s
-        out = np.empty_like(s)
-        out[:, self.order] = s
-        return out
-
-
-class _GiveBack:
-    """Returns a forward's workspaces to the pool when its backward ends (or fails)."""
-
-    def __init__(self, pool, layers):
-        self.pool, self.layers = pool, layers
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for layer in self.layers:
-            self.pool.give(layer[2])

@@ -194,16 +194,22 @@ def _check_lengths(lengths, data):
         raise ValueError(f"tbptt_chunks: expected data (T, B, ...) with a batch axis for "
                          f"lengths, got shape {data.shape}")
     T, B = data.shape[:2]
+    return _integer_lengths(lengths, B, 1, T, "sequence").astype(np.int64)
+
+
+def _integer_lengths(lengths, B, low, high, per, note=""):
+    """``lengths`` as an integer array of shape (B,) (one per ``per``) with values in
+    [low, high] (``note`` says what they count), or a clear error."""
     arr = np.asarray(lengths)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
     if arr.shape != (B,):
-        raise ValueError(f"lengths: expected shape ({B},) (one per sequence), got shape "
+        raise ValueError(f"lengths: expected shape ({B},) (one per {per}), got shape "
                          f"{arr.shape}")
-    if arr.min() < 1 or arr.max() > T:
-        raise ValueError(f"lengths: expected integers in [1, {T}], got min {arr.min()}, "
-                         f"max {arr.max()}")
-    return arr.astype(np.int64)
+    if arr.min() < low or arr.max() > high:
+        raise ValueError(f"lengths: expected integers in [{low}, {high}]{note}, got min "
+                         f"{arr.min()}, max {arr.max()}")
+    return arr
 
 
 def chunk_lengths(lengths, start, k):
@@ -307,15 +313,7 @@ def forward_chunk(model, x, state, lengths):
     if x.ndim < 2:
         raise ValueError(f"x: expected a time-major chunk (k, B, ...), got shape {x.shape}")
     k, B = x.shape[:2]
-    lengths = np.asarray(lengths)
-    if lengths.dtype == np.bool_ or not np.issubdtype(lengths.dtype, np.integer):
-        raise TypeError(f"lengths: expected integers, got dtype {lengths.dtype}")
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths: expected shape ({B},) (one per row), got shape "
-                         f"{lengths.shape}")
-    if lengths.min() < 0 or lengths.max() > k:
-        raise ValueError(f"lengths: expected integers in [0, {k}] (steps in the chunk), "
-                         f"got min {lengths.min()}, max {lengths.max()}")
+    lengths = _integer_lengths(lengths, B, 0, k, "row", " (steps in the chunk)")
     rows = live_rows(lengths)
     if rows is None:
         out, state = model.forward(x, state, lengths=lengths)

@@ -12,24 +12,11 @@ from clstm import kernels
 from knobs import kernel_knob
 from reference import (numerical_gradient, reference_gru_backward, reference_gru_forward,
                        sigmoid)
-
-TOL = {"float32": dict(rtol=3e-4, atol=3e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
+from sequences import TOL, masked_at_padding, random_lengths
 
 # The kernel correctness tests run at every ISA level the CPU runs (conftest's isa_level:
 # the gate loops, the packed GEMM kernel and the packed-vs-BLAS rule of each level).
 at_every_isa_level = pytest.mark.usefixtures("isa_level")
-
-
-def random_lengths(rng, T, B, kind):
-    if kind == "full":
-        return np.full(B, T)
-    if kind == "ones":
-        return np.ones(B, dtype=int)
-    lengths = rng.integers(1, T + 1, size=B)
-    lengths[rng.integers(B)] = T          # the longest is not always first
-    if B > 2:
-        lengths[rng.integers(B)] = 1
-    return lengths
 
 
 def configurations(n, seed):
@@ -325,7 +312,7 @@ def test_matches_torch_packed(cfg, batch_first, dtype):
     dx, dh0 and every parameter gradient against PyTorch on pack_padded_sequence(...,
     enforce_sorted=False) / pad_packed_sequence."""
     torch = pytest.importorskip("torch")
-    T, B, I, H, L = cfg["T"], cfg["B"], cfg["I"], cfg["H"], cfg["L"]
+    I, H, L = cfg["I"], cfg["H"], cfg["L"]
     torch.manual_seed(cfg["seed"] % 1000)
     module = torch.nn.GRU(I, H, L, bias=cfg["bias"], bidirectional=cfg["bidirectional"],
                           batch_first=batch_first,
@@ -337,11 +324,7 @@ def test_matches_torch_packed(cfg, batch_first, dtype):
     x, h0, lengths, dy, dh_n = data(cfg, dtype)
     if batch_first:
         x, dy = x.transpose(1, 0, 2).copy(), dy.transpose(1, 0, 2).copy()
-    if lengths is not None:                 # PyTorch's padded output is zero there
-        mask = np.arange(T)[:, None] < lengths[None, :]
-        dy_masked = dy * (mask.T[:, :, None] if batch_first else mask[:, :, None])
-    else:
-        dy_masked = dy
+    dy_masked = masked_at_padding(dy, lengths, batch_first)
     theirs = torch_packed_run(torch, module, x, h0, lengths, dy_masked, dh_n, batch_first)
     ours = run(net, x, h0, lengths, dy, dh_n)   # random dy at padded positions
     tol = TOL[dtype]

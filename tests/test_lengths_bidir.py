@@ -12,20 +12,7 @@ import clstm
 from clstm import kernels
 from knobs import kernel_knob
 from reference import numerical_gradient, reference_lstm_backward, reference_lstm_forward
-
-TOL = {"float32": dict(rtol=3e-4, atol=3e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
-
-
-def random_lengths(rng, T, B, kind):
-    if kind == "full":
-        return np.full(B, T)
-    if kind == "ones":
-        return np.ones(B, dtype=int)
-    lengths = rng.integers(1, T + 1, size=B)
-    lengths[rng.integers(B)] = T          # the longest is not always first
-    if B > 2:
-        lengths[rng.integers(B)] = 1
-    return lengths
+from sequences import TOL, masked_at_padding, random_lengths
 
 
 def configurations(n, seed):
@@ -264,7 +251,7 @@ def test_matches_torch_packed(cfg, batch_first, dtype):
     final state and every gradient against PyTorch on pack_padded_sequence(...,
     enforce_sorted=False) / pad_packed_sequence."""
     _torch()
-    T, B, I, H, L = cfg["T"], cfg["B"], cfg["I"], cfg["H"], cfg["L"]
+    I, H, L = cfg["I"], cfg["H"], cfg["L"]
     torch.manual_seed(cfg["seed"] % 1000)
     module = torch.nn.LSTM(I, H, L, bias=cfg["bias"], bidirectional=cfg["bidirectional"],
                            proj_size=proj_size(cfg), batch_first=batch_first,
@@ -276,11 +263,7 @@ def test_matches_torch_packed(cfg, batch_first, dtype):
     x, state, lengths, dy, dstate = data(cfg, dtype)
     if batch_first:
         x, dy = x.transpose(1, 0, 2).copy(), dy.transpose(1, 0, 2).copy()
-    if lengths is not None:                 # PyTorch's padded output is zero there
-        mask = np.arange(T)[:, None] < lengths[None, :]
-        dy_masked = dy * (mask.T[:, :, None] if batch_first else mask[:, :, None])
-    else:
-        dy_masked = dy
+    dy_masked = masked_at_padding(dy, lengths, batch_first)
     theirs = torch_packed_run(module, x, state, lengths, dy_masked, dstate, batch_first)
     ours = run(net, x, state, lengths, dy, dstate)   # random dy at padded positions
     tol = TOL[dtype]

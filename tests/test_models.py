@@ -83,10 +83,17 @@ def test_mixed_dtypes_fall_back_to_per_array_parameters_and_still_train():
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_sequential_backward_matches_finite_differences():
+# Per cell: the classifier's options and how many entries of each parameter are checked.
+DIFFERENTIATED_CLASSIFIERS = {"lstm": (dict(), 8),
+                              "gru": (dict(bidirectional=True, cell="gru"), 6)}
+
+
+@pytest.mark.parametrize("cell", sorted(DIFFERENTIATED_CLASSIFIERS))
+def test_sequential_backward_matches_finite_differences(cell):
     rng = np.random.default_rng(1)
+    options, entries = DIFFERENTIATED_CLASSIFIERS[cell]
     model = Classifier(hidden_size=4, num_classes=3, vocab_size=6, embed_dim=3,
-                       num_layers=2, dtype="float64", seed=2)
+                       num_layers=2, dtype="float64", seed=2, **options)
     x = rng.integers(0, 6, (3, 5))
     y = np.array([0, 2, 1])
     lengths = np.array([5, 2, 4])
@@ -97,7 +104,7 @@ def test_sequential_backward_matches_finite_differences():
         return model.loss_and_grad(x, y, lengths=lengths)
 
     for name, p in model.params.items():
-        idx = sample_indices(p.shape, 8, rng)
+        idx = sample_indices(p.shape, entries, rng)
         np.testing.assert_allclose([grads[name][i] for i in idx], numgrad_at(loss, p, idx),
                                    rtol=1e-5, atol=1e-8, err_msg=name)
 
@@ -295,11 +302,19 @@ def padded_problem(rng, garbage):
     return x, np.array([0, 2, 1, 2]), lengths
 
 
+# Per cell: the classifier's options and the tolerance of a prediction alone vs in the
+# batch (the GRU's bidirectional stack sums in another order: 1e-12).
+PADDED_CLASSIFIERS = {"lstm": (dict(), 1e-13),
+                      "gru": (dict(bidirectional=True, cell="gru"), 1e-12)}
+
+
+@pytest.mark.parametrize("cell", sorted(PADDED_CLASSIFIERS))
 @pytest.mark.parametrize("garbage", [1e3, np.nan])
-def test_padding_changes_neither_predictions_nor_gradients(garbage):
+def test_padding_changes_neither_predictions_nor_gradients(garbage, cell):
     rng = np.random.default_rng(6)
     x, y, lengths = padded_problem(rng, garbage)
-    model = Classifier(2, 5, 3, num_layers=2, dtype="float64", seed=4)
+    options, rtol = PADDED_CLASSIFIERS[cell]
+    model = Classifier(2, 5, 3, num_layers=2, dtype="float64", seed=4, **options)
     batch_pred = model.predict_proba(x, lengths=lengths)
     model.loss_and_grad(x, y, lengths=lengths)
     batch_grads = grads_copy(model)
@@ -308,7 +323,7 @@ def test_padding_changes_neither_predictions_nor_gradients(garbage):
     for b, n in enumerate(lengths):
         alone = x[b:b + 1, :n]
         np.testing.assert_allclose(batch_pred[b:b + 1], model.predict_proba(alone),
-                                   rtol=1e-13)
+                                   rtol=rtol)
         model.loss_and_grad(alone, y[b:b + 1])
         for name, g in model.grads.items():
             mean_grads[name] = mean_grads[name] + g / len(lengths)
@@ -441,13 +456,14 @@ def test_a_stream_too_short_for_the_batch_size_is_refused():
         LanguageModel(5, 2, 3, seed=0).fit(np.arange(10) % 5, batch_size=8, verbose=0)
 
 
-def test_stream_fit_is_the_documented_tbptt_loop_with_a_reset_each_epoch():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stream_fit_is_the_documented_tbptt_loop_with_a_reset_each_epoch(cell):
     stream = np.random.default_rng(9).integers(0, 7, 150)
-    fitted = LanguageModel(7, 3, 5, dtype="float64", seed=2)
+    fitted = LanguageModel(7, 3, 5, cell=cell, dtype="float64", seed=2)
     fitted.fit(stream, epochs=2, batch_size=4, bptt=6, optimizer=SGD(fitted, lr=0.5),
                verbose=0)
 
-    manual = LanguageModel(7, 3, 5, dtype="float64", seed=2)
+    manual = LanguageModel(7, 3, 5, cell=cell, dtype="float64", seed=2)
     opt = SGD(manual, lr=0.5)
     data = batchify(stream, 4)
     for _ in range(2):

@@ -13,7 +13,7 @@ from clstm.io import CONFIG_KEY, from_torch_state_dict, load, save, to_torch_sta
 from clstm.layers import Dense, Dropout, Embedding
 from clstm.losses import softmax_cross_entropy
 from clstm.models import Classifier, LanguageModel, LastStep, Regressor, Sequential
-from clstm.optim import SGD, Adam
+from clstm.optim import Adam
 from clstm.tbptt import batchify, reset_state, tbptt_chunks
 
 RNG = np.random.default_rng(0)
@@ -33,19 +33,6 @@ def torch_named(arrays, prefixes):
 
 def grads_copy(model):
     return {n: g.copy() for n, g in model.grads.items()}
-
-
-def numgrad_at(f, x, indices, eps=1e-6):
-    out = []
-    for idx in indices:
-        old = x[idx]
-        x[idx] = old + eps
-        fp = f()
-        x[idx] = old - eps
-        fm = f()
-        x[idx] = old
-        out.append((fp - fm) / (2 * eps))
-    return np.array(out)
 
 
 # ------------------------------------------------------------------ the layer plan
@@ -285,52 +272,8 @@ def test_regressor_gru_equals_torch_gru_and_linear_on_the_last_step():
                                atol=1e-13)
 
 
-def test_gru_classifier_backward_matches_finite_differences():
-    rng = np.random.default_rng(1)
-    model = Classifier(hidden_size=4, num_classes=3, vocab_size=6, embed_dim=3,
-                       num_layers=2, bidirectional=True, cell="gru", dtype="float64",
-                       seed=2)
-    x = rng.integers(0, 6, (3, 5))
-    y = np.array([0, 2, 1])
-    lengths = np.array([5, 2, 4])
-    model.loss_and_grad(x, y, lengths=lengths)
-    grads = grads_copy(model)
-
-    def loss():
-        return model.loss_and_grad(x, y, lengths=lengths)
-
-    for name, p in model.params.items():
-        flat = rng.choice(p.size, size=min(6, p.size), replace=False)
-        idx = [np.unravel_index(i, p.shape) for i in flat]
-        np.testing.assert_allclose([grads[name][i] for i in idx], numgrad_at(loss, p, idx),
-                                   rtol=1e-5, atol=1e-8, err_msg=name)
-
-
-@pytest.mark.parametrize("garbage", [1e3, np.nan])
-def test_padding_changes_neither_gru_predictions_nor_gradients(garbage):
-    rng = np.random.default_rng(6)
-    lengths = np.array([1, 4, 6, 2])
-    x = rng.standard_normal((4, 6, 2))
-    for b, n in enumerate(lengths):
-        x[b, n:] = garbage
-    y = np.array([0, 2, 1, 2])
-    model = Classifier(2, 5, 3, num_layers=2, bidirectional=True, cell="gru",
-                       dtype="float64", seed=4)
-    batch_pred = model.predict_proba(x, lengths=lengths)
-    model.loss_and_grad(x, y, lengths=lengths)
-    batch_grads = grads_copy(model)
-    mean_grads = {n: 0 for n in batch_grads}
-    for b, n in enumerate(lengths):
-        alone = x[b:b + 1, :n]
-        np.testing.assert_allclose(batch_pred[b:b + 1], model.predict_proba(alone),
-                                   rtol=1e-12)
-        model.loss_and_grad(alone, y[b:b + 1])
-        for name, g in model.grads.items():
-            mean_grads[name] = mean_grads[name] + g / len(lengths)
-    for name, g in batch_grads.items():
-        assert np.isfinite(g).all(), name
-        np.testing.assert_allclose(g, mean_grads[name], rtol=1e-10, atol=1e-13,
-                                   err_msg=name)
+# (The classifier's backward against finite differences, and padding changing neither
+# its predictions nor its gradients: test_models.py, per cell.)
 
 
 # ------------------------------------------------------------- LastStep on a GRU
@@ -378,22 +321,7 @@ def test_language_model_gru_state_carries_across_chunks_like_a_whole_forward():
     np.testing.assert_allclose(np.concatenate(outs), full, rtol=0, atol=1e-13)
 
 
-def test_gru_stream_fit_is_the_documented_tbptt_loop():
-    stream = np.random.default_rng(9).integers(0, 7, 150)
-    fitted = LanguageModel(7, 3, 5, cell="gru", dtype="float64", seed=2)
-    fitted.fit(stream, epochs=2, batch_size=4, bptt=6, optimizer=SGD(fitted, lr=0.5),
-               verbose=0)
-    manual = LanguageModel(7, 3, 5, cell="gru", dtype="float64", seed=2)
-    opt = SGD(manual, lr=0.5)
-    data = batchify(stream, 4)
-    for _ in range(2):
-        state = None
-        for x, y in tbptt_chunks(data, 6):
-            manual.zero_grad()
-            logits, state = manual.forward(x, state)
-            manual.backward(softmax_cross_entropy(logits, y)[1])
-            opt.step()
-    np.testing.assert_array_equal(fitted.flat_params, manual.flat_params)
+# (A GRU's stream fit is the documented TBPTT loop: test_models.py, per cell.)
 
 
 def test_gru_stream_evaluation_carries_h_like_one_whole_forward():
