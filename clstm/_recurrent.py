@@ -121,6 +121,39 @@ class RecurrentStack(Layer):
                          and not (name in defaults and value == defaults[name]))
         return f"{self._cell_name}({self.input_size}, {self.hidden_size}{extras})"
 
+    # -- pieces of forward and step that do not depend on the cell ---------------------
+
+    def _dropout_mask(self, y):
+        """The inverted-dropout mask for the output ``y`` of a layer below the top one
+        (None in eval mode or without dropout)."""
+        if not (self.training and self.dropout > 0):
+            return None
+        keep = self._rng.random(y.shape) >= self.dropout
+        return keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+
+    def _give_back(self, units):
+        """Return the workspaces of a forward that failed or was interrupted (Ctrl-C):
+        the model stays usable."""
+        for unit in units:
+            self._workspaces.give(unit[2])
+
+    def _step_input(self, x):
+        """step()'s input checked: (x as a C-contiguous (B, input_size) array of the
+        model's dtype, whether it came unbatched)."""
+        if self.bidirectional:
+            raise ValueError(f"step: expected a unidirectional {self._cell_name} (a "
+                             f"bidirectional one needs the whole sequence), got "
+                             f"bidirectional=True")
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous):
+            x = as_float_array(x, self.dtype, "x")
+        unbatched = x.ndim == 1
+        if unbatched:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1] != self.input_size or x.shape[0] == 0:
+            raise ValueError(f"x: expected one time step of shape (B, {self.input_size}) "
+                             f"or ({self.input_size},), got shape {x.shape}")
+        return x, unbatched
+
     # -- input checks (the state's are the subclass's) ----------------------------------
 
     def _time_major_input(self, x):

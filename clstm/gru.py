@@ -200,16 +200,11 @@ class GRU(RecurrentStack):
                     else:           # both directions in one call: at once with 2 threads
                         kernels.gru_forward_packed_bidir(*sizes, inp, *zip(*args), threads)
                     y = args[0][5] if D == 1 else np.concatenate([a[5] for a in args], axis=1)
-                    mask = None
-                    if self.training and self.dropout > 0 and k < L - 1:
-                        keep = self._rng.random(y.shape) >= self.dropout
-                        mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                    mask = self._dropout_mask(y) if k < L - 1 else None
                     masks.append(mask)
                     inp = y if mask is None else y * mask
         except BaseException:
-            # Interrupted (Ctrl-C) or failed: the model stays usable, the buffers return.
-            for unit in units:
-                self._workspaces.give(unit[2])
+            self._give_back(units)
             raise
         self._cache.set((T, B, unbatched, units, pk, masks))
 
@@ -244,17 +239,7 @@ class GRU(RecurrentStack):
         h : ndarray
             The new state, (num_layers, B, hidden_size), to pass to the next call.
         """
-        if self.bidirectional:
-            raise ValueError("step: expected a unidirectional GRU (a bidirectional one "
-                             "needs the whole sequence), got bidirectional=True")
-        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous):
-            x = as_float_array(x, self.dtype, "x")
-        unbatched = x.ndim == 1
-        if unbatched:
-            x = x[None]
-        if x.ndim != 2 or x.shape[1] != self.input_size or x.shape[0] == 0:
-            raise ValueError(f"x: expected one time step of shape (B, {self.input_size}) "
-                             f"or ({self.input_size},), got shape {x.shape}")
+        x, unbatched = self._step_input(x)
         B = x.shape[0]
         h0 = self._state(state, B, unbatched, "state")
         H, L = self.hidden_size, self.num_layers

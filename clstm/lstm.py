@@ -264,16 +264,12 @@ class LSTM(RecurrentStack):
                     kernels.forward(T, B, inp.shape[2], H, inp, w_ih, w_hh, b_ih,
                                     peephole, h0_k, c0_k, y, workspace, threads,
                                     bias_hh=b_hh, h_n=h_n[k], c_n=c_n[k])
-                    mask = None
-                    if self.dropout > 0 and k < L - 1 and self.training:
-                        keep = self._rng.random((T, B, H)) >= self.dropout
-                        mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                    mask = self._dropout_mask(y) if k < L - 1 else None
+                    if mask is not None:
                         layers[-1] = (inp, y, buffer, h0_k, c0_k, mask)
                     inp = y if mask is None else y * mask
         except BaseException:
-            # Interrupted (Ctrl-C) or failed: the model stays usable, the buffers return.
-            for layer in layers:
-                self._workspaces.give(layer[2])
+            self._give_back(layers)
             raise
         finally:
             for buffer in spare:        # the last forward's that this one did not need
@@ -331,15 +327,11 @@ class LSTM(RecurrentStack):
                         break       # unpacked below straight from each direction's block
                     # the next layer reads both directions side by side, (N, 2P)
                     y = ys[0] if D == 1 else np.concatenate(ys, axis=1)
-                    mask = None
-                    if self.training and self.dropout > 0:
-                        keep = self._rng.random(y.shape) >= self.dropout
-                        mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                    mask = self._dropout_mask(y)
                     masks.append(mask)
                     inp = y if mask is None else y * mask
         except BaseException:
-            for unit in units:
-                self._workspaces.give(unit[2])
+            self._give_back(units)
             raise
         self._cache.set((T, B, unbatched, units, (pk, masks)))
 
@@ -373,17 +365,7 @@ class LSTM(RecurrentStack):
         (h, c) : pair of ndarray
             The new state, to pass to the next call.
         """
-        if self.bidirectional:
-            raise ValueError("step: expected a unidirectional LSTM (a bidirectional one "
-                             "needs the whole sequence), got bidirectional=True")
-        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous):
-            x = as_float_array(x, self.dtype, "x")
-        unbatched = x.ndim == 1
-        if unbatched:
-            x = x[None]
-        if x.ndim != 2 or x.shape[1] != self.input_size or x.shape[0] == 0:
-            raise ValueError(f"x: expected one time step of shape (B, {self.input_size}) "
-                             f"or ({self.input_size},), got shape {x.shape}")
+        x, unbatched = self._step_input(x)
         B = x.shape[0]
         h0, c0 = self._state_pair(state, B, unbatched, "state") if state is not None \
             else (None, None)
