@@ -1382,6 +1382,23 @@ cdef int plan_make(packed_plan* plan, int T, int B, const int* batch_sizes,
     return 0
 
 
+cdef int plan_team(packed_plan* plan, int* num_threads, int* n_units, int T, int B,
+                   int H, Py_ssize_t N, const int* batch_sizes, bint units_allowed,
+                   int elem_size) noexcept nogil:
+    """How the packed drivers of every cell, forward and backward, split their team:
+    num_threads[0] becomes the team's size; the rows are cut into chunks by
+    thread_count's rule on the recurrent work of the N rows (as for T·B) and planned
+    (plan_make); n_units[0] is the threads of the hidden-unit split when the rows cannot
+    occupy the team (1: none), only where ``units_allowed`` (not with a projection,
+    whose y_t = h_t·W_hrᵀ would need every unit of h_t: a second barrier per step).
+    Returns 0, or -2 when out of memory (nothing left allocated)."""
+    num_threads[0] = clstm_team_threads(num_threads[0])
+    cdef int n_chunks = thread_count(num_threads[0], <int>((N + B - 1) // B), B, H)
+    n_units[0] = (unit_split_threads(num_threads[0], n_chunks, B, H, elem_size)
+                  if packed_steps(B) and N > B and units_allowed else 1)
+    return plan_make(plan, T, B, batch_sizes, n_chunks)
+
+
 cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                               const floating* x, const floating* w_ih_packed,
@@ -1483,6 +1500,50 @@ cdef inline bint proj_ok(int H, int P) noexcept nogil:
 # padded forward_units / backward_units, and the GRU's below): each thread owns units
 # u0:u1 of the four gates for every active row of a step; a barrier per step.
 
+cdef void pack_unit_slices(int n_gates, int I, int H, int u0, int u, Py_ssize_t N,
+                           const floating* x, const floating* w_ih, const floating* w_hh,
+                           floating* gates, floating** packed, int* failed,
+                           clstm_call* call) noexcept nogil:
+    """What every cell's unit split does before its time loop (one thread of the team,
+    units u0 : u0+u): its slice of each of the n_gates gates of W_hh packed into
+    packed[g] (rows g·H+u0 : g·H+u0+u; NULL when u = 0 or out of memory), and its gate
+    columns of the input projection x·W_ihᵀ for all N rows written into ``gates``
+    (n_gates·H wide). Any failure to pack sets failed[0], which every thread sees after
+    the barrier this ends with."""
+    cdef int g
+    cdef int G = n_gates * H
+    cdef Py_ssize_t gate0
+    cdef floating* packed_ih
+    for g in range(n_gates):
+        packed[g] = NULL
+        if u > 0:
+            gate0 = <Py_ssize_t>g * H + u0
+            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
+            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
+            if packed_ih == NULL or packed[g] == NULL:
+                failed[0] = 1
+            else:
+                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
+                                    call)
+            free(packed_ih)
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+
+
+cdef floating* pack_unit_columns(int G, int H, int u0, int u, const floating* w_hh,
+                                 int* failed) noexcept nogil:
+    """What every cell's backward unit split does before its time loop: W_hh[:, u0:u0+u]
+    (G × u) packed for dL/dh_prev's columns of this thread (NULL when u = 0 or out of
+    memory, then failed[0] set); ends with the barrier after which every thread sees
+    any failure."""
+    cdef floating* packed = NULL
+    if u > 0:
+        packed = pack_weights(G, u, w_hh + u0, H, False)
+        if packed == NULL:
+            failed[0] = 1
+    clstm_omp_barrier()
+    return packed
+
+
 cdef void forward_units_packed(int T, int B, int I, int H, const int* bs,
                                const Py_ssize_t* off, bint reverse, const floating* x,
                                const floating* w_ih, const floating* w_hh,
@@ -1498,25 +1559,12 @@ cdef void forward_units_packed(int T, int B, int I, int H, const int* bs,
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
     cdef int u = u1 - u0, g, it, t, rows, nxt, part, r0, r1
     cdef int G = 4 * H
-    cdef Py_ssize_t N = off[T], row0, gate0, prev0
+    cdef Py_ssize_t row0, prev0
     cdef floating* packed[4]
-    cdef floating* packed_ih
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef team_pace pace
-    for g in range(4):
-        packed[g] = NULL
-        if u > 0:
-            gate0 = <Py_ssize_t>g * H + u0
-            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
-            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
-            if packed_ih == NULL or packed[g] == NULL:
-                failed[0] = 1
-            else:
-                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
-                                    call)
-            free(packed_ih)
-    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pack_unit_slices(4, I, H, u0, u, off[T], x, w_ih, w_hh, gates, packed, failed, call)
     pace_start(&pace)
     if failed[0] == 0:
         for it in range(T):
@@ -1567,16 +1615,11 @@ cdef void backward_units_packed(int T, int B, int H, const int* bs, const Py_ssi
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
     cdef int u = u1 - u0, it, t, rows, nxt, part, r0, r1
     cdef int G = 4 * H
-    cdef floating* packed = NULL
     cdef Py_ssize_t row0, prev0
     cdef bint from_state
     cdef const floating* c_prev
     cdef team_pace pace
-    if u > 0:
-        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (4H × u)
-        if packed == NULL:
-            failed[0] = 1
-    clstm_omp_barrier()                      # every thread sees any failure to pack
+    cdef floating* packed = pack_unit_columns(G, H, u0, u, w_hh, failed)
     pace_start(&pace)
     if failed[0] == 0:
         for it in range(T):
@@ -1703,19 +1746,16 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
         return -2
     if zero_h0 != NULL:
         h0 = zero_h0
-    num_threads = clstm_team_threads(num_threads)
-    # The recurrent work of N rows, as thread_count counts it for T·B.
-    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    # The hidden-unit split when the rows cannot occupy the team (not with a projection,
-    # whose y_t = h_t·W_hrᵀ would need every unit of h_t: a second barrier per step).
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if packed_steps(B) and N > B and w_hr == NULL else 1)
+    cdef int n_units
     cdef int failed = 0
     cdef int leave_step = T
-    _units_split_last = n_units > 1
-    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+    if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, w_hr == NULL,
+                 sizeof(floating)) != 0:
+        _units_split_last = n_units > 1
         free(zero_h0)
         return -2
+    _units_split_last = n_units > 1
+    n_chunks = plan.chunks
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
@@ -1955,10 +1995,11 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     cdef floating* cells = workspace + N * G
     cdef floating* hidden = cells + N * H if w_hr != NULL else NULL
     cdef packed_plan plan
-    num_threads = clstm_team_threads(num_threads)
-    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+    cdef int n_units                     # as the forward: units when rows cannot
+    if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, w_hr == NULL,
+                 sizeof(floating)) != 0:
         return -2
+    n_chunks = plan.chunks
     add_final_state_grads(&plan, B, P, reverse, dy, dh_n)
     if dc_n != NULL:
         memcpy(dc0, dc_n, <size_t>B * H * sizeof(floating))
@@ -1970,11 +2011,9 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     cdef floating* dhidden = NULL
     cdef void* buf = NULL
     cdef int failed = 0
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if packed_steps(B) and N > B and w_hr == NULL else 1)
     cdef int leave_step = T
     clstm_blas_enter()
-    if n_units > 1:                      # as the forward: units when rows cannot
+    if n_units > 1:
         _team_left_last = -1
         with parallel(num_threads=n_units):
             backward_units_packed(T, B, H, batch_sizes, plan.off, reverse, w_hh, peephole, c0,
@@ -2083,6 +2122,21 @@ cdef inline bint directions_in_parallel(int num_threads, int B, int H, int P,
     return num_threads == 2 or B < 2 * num_threads
 
 
+cdef inline bint directions_at_once(int* num_threads, int T, int B, int H, int P,
+                                    const int* bs) noexcept nogil:
+    """The bidirectional drivers' choice, the same for every cell (P: the state's width):
+    True to run the two directions at once, a thread each; else ``num_threads[0]``
+    becomes the team that each direction gets in turn."""
+    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
+    num_threads[0] = clstm_team_threads(num_threads[0])
+    return directions_in_parallel(num_threads[0], B, H, P, N)
+
+
+cdef inline int first_failure(const int* status) noexcept nogil:
+    """The forward direction's status when it failed, else the reverse one's."""
+    return status[0] if status[0] != 0 else status[1]
+
+
 cdef int bidir_forward(int T, int B, int I, int H, int P, const int* bs, const floating* x,
                        const floating** w_ih, const floating** w_hh,
                        const floating** w_hr, const floating** bias,
@@ -2094,9 +2148,7 @@ cdef int bidir_forward(int T, int B, int I, int H, int P, const int* bs, const f
     global _threads_used_last
     cdef int st[2]
     cdef int d
-    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
-    num_threads = clstm_team_threads(num_threads)
-    if directions_in_parallel(num_threads, B, H, P if P > 0 else H, N):
+    if directions_at_once(&num_threads, T, B, H, P if P > 0 else H, bs):
         for d in prange(2, num_threads=2, schedule="static"):
             st[d] = layer_forward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
                                          w_hr[d], bias[d], peephole[d], h0[d], c0[d], y[d],
@@ -2107,7 +2159,7 @@ cdef int bidir_forward(int T, int B, int I, int H, int P, const int* bs, const f
             st[d] = layer_forward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
                                          w_hr[d], bias[d], peephole[d], h0[d], c0[d], y[d],
                                          h_n[d], c_n[d], workspace[d], num_threads, call)
-    return st[0] if st[0] != 0 else st[1]
+    return first_failure(st)
 
 
 cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const floating* x,
@@ -2124,9 +2176,7 @@ cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const 
     global _threads_used_last
     cdef int st[2]
     cdef int d
-    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
-    num_threads = clstm_team_threads(num_threads)
-    if directions_in_parallel(num_threads, B, H, P if P > 0 else H, N):
+    if directions_at_once(&num_threads, T, B, H, P if P > 0 else H, bs):
         for d in prange(2, num_threads=2, schedule="static"):
             st[d] = layer_backward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
                                           w_hr[d], peephole[d], h0[d], c0[d], y[d],
@@ -2141,7 +2191,7 @@ cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const 
                                           workspace[d], dy[d], dh_n[d], dc_n[d], dx[d],
                                           dh0[d], dc0[d], dw_ih[d], dw_hh[d], dw_hr[d],
                                           dbias[d], dpeephole[d], num_threads, call)
-    return st[0] if st[0] != 0 else st[1]
+    return first_failure(st)
 
 
 # ---------------------------------------------------------------------------------------
@@ -2311,24 +2361,11 @@ cdef void gru_forward_units_packed(int T, int B, int I, int H, const int* bs,
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
     cdef int u = u1 - u0, g, it, t, rows, nxt
     cdef int G = 3 * H
-    cdef Py_ssize_t N = off[T], row0, gate0
+    cdef Py_ssize_t row0
     cdef floating* packed[3]
-    cdef floating* packed_ih
     cdef const floating* prev
     cdef team_pace pace
-    for g in range(3):
-        packed[g] = NULL
-        if u > 0:
-            gate0 = <Py_ssize_t>g * H + u0
-            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
-            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
-            if packed_ih == NULL or packed[g] == NULL:
-                failed[0] = 1
-            else:
-                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
-                                    call)
-            free(packed_ih)
-    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pack_unit_slices(3, I, H, u0, u, off[T], x, w_ih, w_hh, gates, packed, failed, call)
     pace_start(&pace)
     if failed[0] == 0:
         for it in range(T):
@@ -2376,14 +2413,9 @@ cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
     cdef int u = u1 - u0, it, t, rows, nxt
     cdef int G = 3 * H
-    cdef floating* packed = NULL
     cdef Py_ssize_t row0
     cdef team_pace pace
-    if u > 0:
-        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (3H × u)
-        if packed == NULL:
-            failed[0] = 1
-    clstm_omp_barrier()                      # every thread sees any failure to pack
+    cdef floating* packed = pack_unit_columns(G, H, u0, u, w_hh, failed)
     pace_start(&pace)
     if failed[0] == 0:
         for it in range(T):
@@ -2467,17 +2499,17 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         return -2
     if zero_h0 != NULL:
         h0 = zero_h0
-    num_threads = clstm_team_threads(num_threads)
-    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    # The LSTM's rule for the unit split (its 4H sized thresholds: close enough for 3H).
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if packed_steps(B) and N > B else 1)
+    cdef int n_units
     cdef int failed = 0
     cdef int leave_step = T
-    _units_split_last = n_units > 1
-    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+    # The LSTM's rule for the unit split (its 4H sized thresholds: close enough for 3H).
+    if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, True,
+                 sizeof(floating)) != 0:
+        _units_split_last = n_units > 1
         free(zero_h0)
         return -2
+    _units_split_last = n_units > 1
+    n_chunks = plan.chunks
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
@@ -2609,13 +2641,12 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     cdef bint failed = False
     cdef int status = 0
     cdef packed_plan plan
-    num_threads = clstm_team_threads(num_threads)
-    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+    cdef int n_units
+    if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, True,
+                 sizeof(floating)) != 0:
         return -2
+    n_chunks = plan.chunks
     add_final_state_grads(&plan, B, H, reverse, dy, dh_n)
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if packed_steps(B) and N > B else 1)
     cdef int units_failed = 0
     cdef int leave_step = T
     clstm_blas_enter()
@@ -2682,9 +2713,7 @@ cdef int gru_bidir_forward(int T, int B, int I, int H, const int* bs, const floa
     global _threads_used_last
     cdef int st[2]
     cdef int d
-    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
-    num_threads = clstm_team_threads(num_threads)
-    if directions_in_parallel(num_threads, B, H, H, N):
+    if directions_at_once(&num_threads, T, B, H, H, bs):
         for d in prange(2, num_threads=2, schedule="static"):
             st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
                                              b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
@@ -2695,7 +2724,7 @@ cdef int gru_bidir_forward(int T, int B, int I, int H, const int* bs, const floa
             st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
                                              b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
                                              workspace[d], num_threads, call)
-    return st[0] if st[0] != 0 else st[1]
+    return first_failure(st)
 
 
 cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const floating* x,
@@ -2709,9 +2738,7 @@ cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const flo
     global _threads_used_last
     cdef int st[2]
     cdef int d
-    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
-    num_threads = clstm_team_threads(num_threads)
-    if directions_in_parallel(num_threads, B, H, H, N):
+    if directions_at_once(&num_threads, T, B, H, H, bs):
         for d in prange(2, num_threads=2, schedule="static"):
             st[d] = gru_layer_backward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
                                               h0[d], y[d], workspace[d], dy[d], dh_n[d],
@@ -2724,7 +2751,7 @@ cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const flo
                                               h0[d], y[d], workspace[d], dy[d], dh_n[d],
                                               dx[d], dh0[d], dw_ih[d], dw_hh[d], db_ih[d],
                                               db_hh[d], num_threads, call)
-    return st[0] if st[0] != 0 else st[1]
+    return first_failure(st)
 
 # ---------------------------------------------------------------------------------------
 # The public C API (declared in clstm/kernels.pxd)
