@@ -3085,118 +3085,6 @@ cdef const int* batch_sizes_of(object batch_sizes, int T, int B) except NULL:
     return p
 
 
-def forward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
-                   w_hh, w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
-                   int num_threads=1):
-    """Forward of one direction of a layer over a packed batch (see "the packed layout"
-    above), projected to P features (P = 0 and w_hr None: no projection; the state is
-    then H wide, P' = H). x (N, I), y (N, P'), h0 (B, P'), c0 (B, H), workspace
-    (5 or 6)·N·H with N = sum(batch_sizes); h_n (B, P'), c_n (B, H) receive each row's
-    final state (both None to skip). ``peephole``, ``h0``, ``c0`` may be None."""
-    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
-        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
-                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
-    cdef int tn = typenum_of(x)
-    cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
-    cdef Py_ssize_t Pw = P if P > 0 else H
-    cdef Py_ssize_t W = (6 if P > 0 else 5) * N * H
-    cdef void* px = buffer_of(x, "x", tn, N * I)
-    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
-    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * Pw)
-    cdef void* pwr = buffer_of(w_hr, "w_hr", tn, Pw * H, P == 0)
-    cdef void* pb = buffer_of(bias, "bias", tn, G)
-    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
-    cdef void* ph0 = buffer_of(h0, "h0", tn, B * Pw, True)
-    cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
-    cdef void* py = writable_buffer_of(y, "y", tn, N * Pw)
-    cdef void* phn = writable_buffer_of(h_n, "h_n", tn, B * Pw, True)
-    cdef void* pcn = writable_buffer_of(c_n, "c_n", tn, B * H, phn == NULL)
-    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, W)
-    if P == 0 and pwr != NULL:
-        raise ValueError("w_hr: expected None without a projection (P = 0)")
-    if phn == NULL:
-        pcn = NULL
-    cdef int status
-    cdef clstm_call call
-    start_call(&call)
-    with nogil:
-        if tn == cnp.NPY_FLOAT32:
-            status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
-                                          <float*>pwi, <float*>pwh, <float*>pwr, <float*>pb,
-                                          <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
-                                          <float*>phn, <float*>pcn, <float*>pw, num_threads,
-                                          &call)
-        else:
-            status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
-                                          <double*>pwi, <double*>pwh, <double*>pwr,
-                                          <double*>pb, <double*>pp, <double*>ph0,
-                                          <double*>pc0, <double*>py, <double*>phn,
-                                          <double*>pcn, <double*>pw, num_threads, &call)
-    check_status(status, "forward", &call)
-
-
-def backward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
-                    w_hh, w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
-                    dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
-    """Backward of one direction of a layer after :func:`forward_packed` with the same
-    arrays; as :func:`backward`, with dy (N, P') and dx (N, I) packed, dh0 (B, P'), and
-    dw_hr (added into) with a projection."""
-    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
-        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
-                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
-    cdef int tn = typenum_of(x)
-    cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
-    cdef Py_ssize_t Pw = P if P > 0 else H
-    cdef Py_ssize_t W = (6 if P > 0 else 5) * N * H
-    cdef void* px = buffer_of(x, "x", tn, N * I)
-    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
-    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * Pw)
-    cdef void* pwr = buffer_of(w_hr, "w_hr", tn, Pw * H, P == 0)
-    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
-    cdef void* ph0 = buffer_of(h0, "h0", tn, B * Pw, True)
-    cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
-    cdef void* py = buffer_of(y, "y", tn, N * Pw)
-    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, W)
-    cdef void* pdy = writable_buffer_of(dy, "dy", tn, N * Pw)
-    cdef void* pdhn = buffer_of(dh_n, "dh_n", tn, B * Pw, True)
-    cdef void* pdcn = buffer_of(dc_n, "dc_n", tn, B * H, True)
-    cdef void* pdx = writable_buffer_of(dx, "dx", tn, N * I, True)
-    cdef void* pdh0 = writable_buffer_of(dh0, "dh0", tn, B * Pw)
-    cdef void* pdc0 = writable_buffer_of(dc0, "dc0", tn, B * H)
-    cdef void* pdwi = writable_buffer_of(dw_ih, "dw_ih", tn, G * I)
-    cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * Pw)
-    cdef void* pdwr = writable_buffer_of(dw_hr, "dw_hr", tn, Pw * H, P == 0)
-    cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
-    cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
-    if P == 0 and (pwr != NULL or pdwr != NULL):
-        raise ValueError("w_hr, dw_hr: expected None without a projection (P = 0)")
-    cdef int status
-    cdef clstm_call call
-    start_call(&call)
-    with nogil:
-        if tn == cnp.NPY_FLOAT32:
-            status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
-                                           <float*>pwi, <float*>pwh, <float*>pwr,
-                                           <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
-                                           <float*>pw, <float*>pdy, <float*>pdhn,
-                                           <float*>pdcn, <float*>pdx, <float*>pdh0,
-                                           <float*>pdc0, <float*>pdwi, <float*>pdwh,
-                                           <float*>pdwr, <float*>pdb, <float*>pdp,
-                                           num_threads, &call)
-        else:
-            status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
-                                           <double*>pwi, <double*>pwh, <double*>pwr,
-                                           <double*>pp, <double*>ph0, <double*>pc0,
-                                           <double*>py, <double*>pw, <double*>pdy,
-                                           <double*>pdhn, <double*>pdcn, <double*>pdx,
-                                           <double*>pdh0, <double*>pdc0, <double*>pdwi,
-                                           <double*>pdwh, <double*>pdwr, <double*>pdb,
-                                           <double*>pdp, num_threads, &call)
-    check_status(status, "backward", &call)
-
-
 cdef pair_of(object arrays, str name):
     if not isinstance(arrays, (tuple, list)) or len(arrays) != 2:
         raise TypeError(f"{name}: expected a pair (forward, reverse), got "
@@ -3204,17 +3092,34 @@ cdef pair_of(object arrays, str name):
     return arrays
 
 
-def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
-                         w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
-                         int num_threads=1):
-    """Both directions of a bidirectional layer, as :func:`forward_packed` with
-    ``reverse`` False then True; every argument but the sizes, ``batch_sizes`` and ``x``
-    is a pair (forward, reverse). With 2 threads the directions run at once, one per
-    thread (see _set_parallel_directions)."""
-    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
+cdef list _directions(object arrays, str name, int D):
+    """[arrays] for one direction, the pair's items for two."""
+    if D == 1:
+        return [arrays]
+    return list(pair_of(arrays, name))
+
+
+# The packed entry points of both cells: one direction (forward_packed, backward_packed,
+# gru_...) or both (..._bidir, every per-direction argument a pair), each cell's forward
+# and backward checked by one function for D = 1 and 2 (_lstm_forward, _gru_forward...).
+
+cdef const int* checked_batch(int T, int B, int I, int H, int P, batch_sizes,
+                              bint projections) except NULL:
+    """The sizes checked (0 <= P < H too where the cell has ``projections``), then
+    batch_sizes' data pointer (batch_sizes_of)."""
+    if projections and (not sizes_ok(T, B, I, H) or not proj_ok(H, P)):
         raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
                          f"T={T}, B={B}, I={I}, H={H}, P={P}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    if not projections and not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    return batch_sizes_of(batch_sizes, T, B)
+
+
+cdef _lstm_forward(int T, int B, int I, int H, int P, batch_sizes, int D, bint reverse, x,
+                   w_ih, w_hh, w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                   int num_threads):
+    cdef const int* pbs = checked_batch(T, B, I, H, P, batch_sizes, True)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
     cdef Py_ssize_t Pw = P if P > 0 else H
@@ -3232,22 +3137,22 @@ def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih
     cdef void* pcn[2]
     cdef void* pw[2]
     cdef int d
-    for arrays, name in ((w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"), (bias, "bias"),
-                         (peephole, "peephole"), (h0, "h0"), (c0, "c0"), (y, "y"),
-                         (h_n, "h_n"), (c_n, "c_n"), (workspace, "workspace")):
-        pair_of(arrays, name)
-    for d in range(2):
-        pwi[d] = buffer_of(w_ih[d], "w_ih", tn, G * I)
-        pwh[d] = buffer_of(w_hh[d], "w_hh", tn, G * Pw)
-        pwr[d] = buffer_of(w_hr[d], "w_hr", tn, Pw * H, P == 0)
-        pb[d] = buffer_of(bias[d], "bias", tn, G)
-        pp[d] = buffer_of(peephole[d], "peephole", tn, 3 * H, True)
-        ph0[d] = buffer_of(h0[d], "h0", tn, B * Pw, True)
-        pc0[d] = buffer_of(c0[d], "c0", tn, B * H, True)
-        py[d] = writable_buffer_of(y[d], "y", tn, N * Pw)
-        phn[d] = writable_buffer_of(h_n[d], "h_n", tn, B * Pw, True)
-        pcn[d] = writable_buffer_of(c_n[d], "c_n", tn, B * H, phn[d] == NULL)
-        pw[d] = writable_buffer_of(workspace[d], "workspace", tn, W)
+    args = [_directions(a, n, D) for a, n in (
+        (w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"), (bias, "bias"),
+        (peephole, "peephole"), (h0, "h0"), (c0, "c0"), (y, "y"), (h_n, "h_n"),
+        (c_n, "c_n"), (workspace, "workspace"))]
+    for d in range(D):
+        pwi[d] = buffer_of(args[0][d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(args[1][d], "w_hh", tn, G * Pw)
+        pwr[d] = buffer_of(args[2][d], "w_hr", tn, Pw * H, P == 0)
+        pb[d] = buffer_of(args[3][d], "bias", tn, G)
+        pp[d] = buffer_of(args[4][d], "peephole", tn, 3 * H, True)
+        ph0[d] = buffer_of(args[5][d], "h0", tn, B * Pw, True)
+        pc0[d] = buffer_of(args[6][d], "c0", tn, B * H, True)
+        py[d] = writable_buffer_of(args[7][d], "y", tn, N * Pw)
+        phn[d] = writable_buffer_of(args[8][d], "h_n", tn, B * Pw, True)
+        pcn[d] = writable_buffer_of(args[9][d], "c_n", tn, B * H, phn[d] == NULL)
+        pw[d] = writable_buffer_of(args[10][d], "workspace", tn, W)
         if P == 0 and pwr[d] != NULL:
             raise ValueError("w_hr: expected None without a projection (P = 0)")
         if phn[d] == NULL:
@@ -3257,31 +3162,43 @@ def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
-            status = bidir_forward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
-                                   <const float**>pwh, <const float**>pwr, <const float**>pb,
-                                   <const float**>pp, <const float**>ph0, <const float**>pc0,
-                                   <float**>py, <float**>phn, <float**>pcn, <float**>pw,
-                                   num_threads, &call)
+            if D == 1:
+                status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
+                                              <float*>pwi[0], <float*>pwh[0], <float*>pwr[0],
+                                              <float*>pb[0], <float*>pp[0], <float*>ph0[0],
+                                              <float*>pc0[0], <float*>py[0], <float*>phn[0],
+                                              <float*>pcn[0], <float*>pw[0], num_threads,
+                                              &call)
+            else:
+                status = bidir_forward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
+                                       <const float**>pwh, <const float**>pwr,
+                                       <const float**>pb, <const float**>pp,
+                                       <const float**>ph0, <const float**>pc0, <float**>py,
+                                       <float**>phn, <float**>pcn, <float**>pw, num_threads,
+                                       &call)
         else:
-            status = bidir_forward(T, B, I, H, P, pbs, <double*>px, <const double**>pwi,
-                                   <const double**>pwh, <const double**>pwr,
-                                   <const double**>pb, <const double**>pp,
-                                   <const double**>ph0, <const double**>pc0, <double**>py,
-                                   <double**>phn, <double**>pcn, <double**>pw, num_threads,
-                                   &call)
+            if D == 1:
+                status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
+                                              <double*>pwi[0], <double*>pwh[0],
+                                              <double*>pwr[0], <double*>pb[0],
+                                              <double*>pp[0], <double*>ph0[0],
+                                              <double*>pc0[0], <double*>py[0],
+                                              <double*>phn[0], <double*>pcn[0],
+                                              <double*>pw[0], num_threads, &call)
+            else:
+                status = bidir_forward(T, B, I, H, P, pbs, <double*>px, <const double**>pwi,
+                                       <const double**>pwh, <const double**>pwr,
+                                       <const double**>pb, <const double**>pp,
+                                       <const double**>ph0, <const double**>pc0,
+                                       <double**>py, <double**>phn, <double**>pcn,
+                                       <double**>pw, num_threads, &call)
     check_status(status, "forward", &call)
 
 
-def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
-                          w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
-                          dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
-    """Both directions' backward after :func:`forward_packed_bidir`, as
-    :func:`backward_packed`; every argument but the sizes, ``batch_sizes`` and ``x`` is a
-    pair (forward, reverse), and dx[d] receives direction d's share of dL/dx."""
-    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
-        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
-                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+cdef _lstm_backward(int T, int B, int I, int H, int P, batch_sizes, int D, bint reverse, x,
+                    w_ih, w_hh, w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx,
+                    dh0, dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads):
+    cdef const int* pbs = checked_batch(T, B, I, H, P, batch_sizes, True)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
     cdef Py_ssize_t Pw = P if P > 0 else H
@@ -3307,33 +3224,31 @@ def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_i
     cdef void* pdb[2]
     cdef void* pdp[2]
     cdef int d
-    for arrays, name in ((w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"),
-                         (peephole, "peephole"), (h0, "h0"), (c0, "c0"), (y, "y"),
-                         (workspace, "workspace"), (dy, "dy"), (dh_n, "dh_n"),
-                         (dc_n, "dc_n"), (dx, "dx"), (dh0, "dh0"), (dc0, "dc0"),
-                         (dw_ih, "dw_ih"), (dw_hh, "dw_hh"), (dw_hr, "dw_hr"),
-                         (dbias, "dbias"), (dpeephole, "dpeephole")):
-        pair_of(arrays, name)
-    for d in range(2):
-        pwi[d] = buffer_of(w_ih[d], "w_ih", tn, G * I)
-        pwh[d] = buffer_of(w_hh[d], "w_hh", tn, G * Pw)
-        pwr[d] = buffer_of(w_hr[d], "w_hr", tn, Pw * H, P == 0)
-        pp[d] = buffer_of(peephole[d], "peephole", tn, 3 * H, True)
-        ph0[d] = buffer_of(h0[d], "h0", tn, B * Pw, True)
-        pc0[d] = buffer_of(c0[d], "c0", tn, B * H, True)
-        py[d] = buffer_of(y[d], "y", tn, N * Pw)
-        pw[d] = writable_buffer_of(workspace[d], "workspace", tn, W)
-        pdy[d] = writable_buffer_of(dy[d], "dy", tn, N * Pw)
-        pdhn[d] = buffer_of(dh_n[d], "dh_n", tn, B * Pw, True)
-        pdcn[d] = buffer_of(dc_n[d], "dc_n", tn, B * H, True)
-        pdx[d] = writable_buffer_of(dx[d], "dx", tn, N * I, True)
-        pdh0[d] = writable_buffer_of(dh0[d], "dh0", tn, B * Pw)
-        pdc0[d] = writable_buffer_of(dc0[d], "dc0", tn, B * H)
-        pdwi[d] = writable_buffer_of(dw_ih[d], "dw_ih", tn, G * I)
-        pdwh[d] = writable_buffer_of(dw_hh[d], "dw_hh", tn, G * Pw)
-        pdwr[d] = writable_buffer_of(dw_hr[d], "dw_hr", tn, Pw * H, P == 0)
-        pdb[d] = writable_buffer_of(dbias[d], "dbias", tn, G)
-        pdp[d] = writable_buffer_of(dpeephole[d], "dpeephole", tn, 3 * H, pp[d] == NULL)
+    args = [_directions(a, n, D) for a, n in (
+        (w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"), (peephole, "peephole"), (h0, "h0"),
+        (c0, "c0"), (y, "y"), (workspace, "workspace"), (dy, "dy"), (dh_n, "dh_n"),
+        (dc_n, "dc_n"), (dx, "dx"), (dh0, "dh0"), (dc0, "dc0"), (dw_ih, "dw_ih"),
+        (dw_hh, "dw_hh"), (dw_hr, "dw_hr"), (dbias, "dbias"), (dpeephole, "dpeephole"))]
+    for d in range(D):
+        pwi[d] = buffer_of(args[0][d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(args[1][d], "w_hh", tn, G * Pw)
+        pwr[d] = buffer_of(args[2][d], "w_hr", tn, Pw * H, P == 0)
+        pp[d] = buffer_of(args[3][d], "peephole", tn, 3 * H, True)
+        ph0[d] = buffer_of(args[4][d], "h0", tn, B * Pw, True)
+        pc0[d] = buffer_of(args[5][d], "c0", tn, B * H, True)
+        py[d] = buffer_of(args[6][d], "y", tn, N * Pw)
+        pw[d] = writable_buffer_of(args[7][d], "workspace", tn, W)
+        pdy[d] = writable_buffer_of(args[8][d], "dy", tn, N * Pw)
+        pdhn[d] = buffer_of(args[9][d], "dh_n", tn, B * Pw, True)
+        pdcn[d] = buffer_of(args[10][d], "dc_n", tn, B * H, True)
+        pdx[d] = writable_buffer_of(args[11][d], "dx", tn, N * I, True)
+        pdh0[d] = writable_buffer_of(args[12][d], "dh0", tn, B * Pw)
+        pdc0[d] = writable_buffer_of(args[13][d], "dc0", tn, B * H)
+        pdwi[d] = writable_buffer_of(args[14][d], "dw_ih", tn, G * I)
+        pdwh[d] = writable_buffer_of(args[15][d], "dw_hh", tn, G * Pw)
+        pdwr[d] = writable_buffer_of(args[16][d], "dw_hr", tn, Pw * H, P == 0)
+        pdb[d] = writable_buffer_of(args[17][d], "dbias", tn, G)
+        pdp[d] = writable_buffer_of(args[18][d], "dpeephole", tn, 3 * H, pp[d] == NULL)
         if P == 0 and (pwr[d] != NULL or pdwr[d] != NULL):
             raise ValueError("w_hr, dw_hr: expected None without a projection (P = 0)")
     cdef int status
@@ -3341,43 +3256,102 @@ def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_i
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
-            status = bidir_backward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
-                                    <const float**>pwh, <const float**>pwr,
-                                    <const float**>pp, <const float**>ph0,
-                                    <const float**>pc0, <const float**>py, <float**>pw,
-                                    <float**>pdy, <const float**>pdhn, <const float**>pdcn,
-                                    <float**>pdx, <float**>pdh0, <float**>pdc0,
-                                    <float**>pdwi, <float**>pdwh, <float**>pdwr,
-                                    <float**>pdb, <float**>pdp, num_threads, &call)
+            if D == 1:
+                status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
+                                               <float*>pwi[0], <float*>pwh[0],
+                                               <float*>pwr[0], <float*>pp[0],
+                                               <float*>ph0[0], <float*>pc0[0],
+                                               <float*>py[0], <float*>pw[0],
+                                               <float*>pdy[0], <float*>pdhn[0],
+                                               <float*>pdcn[0], <float*>pdx[0],
+                                               <float*>pdh0[0], <float*>pdc0[0],
+                                               <float*>pdwi[0], <float*>pdwh[0],
+                                               <float*>pdwr[0], <float*>pdb[0],
+                                               <float*>pdp[0], num_threads, &call)
+            else:
+                status = bidir_backward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
+                                        <const float**>pwh, <const float**>pwr,
+                                        <const float**>pp, <const float**>ph0,
+                                        <const float**>pc0, <const float**>py, <float**>pw,
+                                        <float**>pdy, <const float**>pdhn,
+                                        <const float**>pdcn, <float**>pdx, <float**>pdh0,
+                                        <float**>pdc0, <float**>pdwi, <float**>pdwh,
+                                        <float**>pdwr, <float**>pdb, <float**>pdp,
+                                        num_threads, &call)
         else:
-            status = bidir_backward(T, B, I, H, P, pbs, <double*>px, <const double**>pwi,
-                                    <const double**>pwh, <const double**>pwr,
-                                    <const double**>pp, <const double**>ph0,
-                                    <const double**>pc0, <const double**>py, <double**>pw,
-                                    <double**>pdy, <const double**>pdhn,
-                                    <const double**>pdcn, <double**>pdx, <double**>pdh0,
-                                    <double**>pdc0, <double**>pdwi, <double**>pdwh,
-                                    <double**>pdwr, <double**>pdb, <double**>pdp,
-                                    num_threads, &call)
+            if D == 1:
+                status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
+                                               <double*>pwi[0], <double*>pwh[0],
+                                               <double*>pwr[0], <double*>pp[0],
+                                               <double*>ph0[0], <double*>pc0[0],
+                                               <double*>py[0], <double*>pw[0],
+                                               <double*>pdy[0], <double*>pdhn[0],
+                                               <double*>pdcn[0], <double*>pdx[0],
+                                               <double*>pdh0[0], <double*>pdc0[0],
+                                               <double*>pdwi[0], <double*>pdwh[0],
+                                               <double*>pdwr[0], <double*>pdb[0],
+                                               <double*>pdp[0], num_threads, &call)
+            else:
+                status = bidir_backward(T, B, I, H, P, pbs, <double*>px,
+                                        <const double**>pwi, <const double**>pwh,
+                                        <const double**>pwr, <const double**>pp,
+                                        <const double**>ph0, <const double**>pc0,
+                                        <const double**>py, <double**>pw, <double**>pdy,
+                                        <const double**>pdhn, <const double**>pdcn,
+                                        <double**>pdx, <double**>pdh0, <double**>pdc0,
+                                        <double**>pdwi, <double**>pdwh, <double**>pdwr,
+                                        <double**>pdb, <double**>pdp, num_threads, &call)
     check_status(status, "backward", &call)
 
 
-# The GRU's entry points: one direction (gru_forward_packed, gru_backward_packed) or both
-# (..._bidir, every per-direction argument a pair), checked by one function each.
+def forward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
+                   w_hh, w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                   int num_threads=1):
+    """Forward of one direction of a layer over a packed batch (see "the packed layout"
+    above), projected to P features (P = 0 and w_hr None: no projection; the state is
+    then H wide, P' = H). x (N, I), y (N, P'), h0 (B, P'), c0 (B, H), workspace
+    (5 or 6)·N·H with N = sum(batch_sizes); h_n (B, P'), c_n (B, H) receive each row's
+    final state (both None to skip). ``peephole``, ``h0``, ``c0`` may be None."""
+    _lstm_forward(T, B, I, H, P, batch_sizes, 1, reverse, x, w_ih, w_hh, w_hr, bias,
+                  peephole, h0, c0, y, h_n, c_n, workspace, num_threads)
 
-cdef list _directions(object arrays, str name, int D):
-    """[arrays] for one direction, the pair's items for two."""
-    if D == 1:
-        return [arrays]
-    return list(pair_of(arrays, name))
+
+def backward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
+                    w_hh, w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
+                    dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
+    """Backward of one direction of a layer after :func:`forward_packed` with the same
+    arrays; as :func:`backward`, with dy (N, P') and dx (N, I) packed, dh0 (B, P'), and
+    dw_hr (added into) with a projection."""
+    _lstm_backward(T, B, I, H, P, batch_sizes, 1, reverse, x, w_ih, w_hh, w_hr, peephole,
+                   h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dw_hr,
+                   dbias, dpeephole, num_threads)
+
+
+def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
+                         w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                         int num_threads=1):
+    """Both directions of a bidirectional layer, as :func:`forward_packed` with
+    ``reverse`` False then True; every argument but the sizes, ``batch_sizes`` and ``x``
+    is a pair (forward, reverse). With 2 threads the directions run at once, one per
+    thread (see _set_parallel_directions)."""
+    _lstm_forward(T, B, I, H, P, batch_sizes, 2, False, x, w_ih, w_hh, w_hr, bias, peephole,
+                  h0, c0, y, h_n, c_n, workspace, num_threads)
+
+
+def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
+                          w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
+                          dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
+    """Both directions' backward after :func:`forward_packed_bidir`, as
+    :func:`backward_packed`; every argument but the sizes, ``batch_sizes`` and ``x`` is a
+    pair (forward, reverse), and dx[d] receives direction d's share of dL/dx."""
+    _lstm_backward(T, B, I, H, P, batch_sizes, 2, False, x, w_ih, w_hh, w_hr, peephole, h0,
+                   c0, y, workspace, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dw_hr,
+                   dbias, dpeephole, num_threads)
 
 
 cdef _gru_forward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, x, w_ih,
                   w_hh, b_ih, b_hh, h0, y, h_n, workspace, int num_threads):
-    if not sizes_ok(T, B, I, H):
-        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
-                         f"T={T}, B={B}, I={I}, H={H}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef const int* pbs = checked_batch(T, B, I, H, 0, batch_sizes, False)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 3 * <Py_ssize_t>H
     cdef void* px = buffer_of(x, "x", tn, N * I)
@@ -3442,10 +3416,7 @@ cdef _gru_forward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, 
 cdef _gru_backward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, x, w_ih,
                    w_hh, h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
                    int num_threads):
-    if not sizes_ok(T, B, I, H):
-        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
-                         f"T={T}, B={B}, I={I}, H={H}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef const int* pbs = checked_batch(T, B, I, H, 0, batch_sizes, False)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 3 * <Py_ssize_t>H
     cdef void* px = buffer_of(x, "x", tn, N * I)
