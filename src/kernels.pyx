@@ -1399,6 +1399,49 @@ cdef int plan_team(packed_plan* plan, int* num_threads, int* n_units, int T, int
     return plan_make(plan, T, B, batch_sizes, n_chunks)
 
 
+# The packed walk of a slice of rows b0:b1, the same for every cell and pass: each
+# iteration's step and active rows, the rows that continue from the step before (reverse),
+# the final states. The cell's step (gate math and products) is what the walks plug in.
+
+cdef inline int step_rows(int it, int T, bint descending, const int* bs, int b0, int b1,
+                          int* t, int* r1, clstm_call* call) noexcept nogil:
+    """Iteration ``it`` of a walk through steps T-1 .. 0 (``descending``: the reverse
+    forward, the backward of the forward direction) or 0 .. T-1: 1 to run rows
+    b0 : r1[0] of step t[0]; 0 to skip it (descending: the slice's rows start later); -1
+    to end the walk (the call was stopped, or ascending past the slice's last step)."""
+    if clstm_call_stopped(call):
+        return -1
+    t[0] = T - 1 - it if descending else it
+    if bs[t[0]] <= b0:
+        return 0 if descending else -1
+    r1[0] = b1 if b1 < bs[t[0]] else bs[t[0]]
+    return 1
+
+
+cdef inline int rows_continuing(int t, int T, const int* bs, int b0, int r1) noexcept nogil:
+    """In the reverse direction, the end m of rows b0:m of step t that continue from step
+    t+1 (rows m:r1 start at step t, from the initial state)."""
+    cdef int nxt = bs[t + 1] if t + 1 < T else 0
+    return b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+
+
+cdef inline void save_final_rows(bint reverse, int t, int T, const int* bs,
+                                 const Py_ssize_t* off, int b0, int b1, int r1, int width,
+                                 const floating* states, floating* final) noexcept nogil:
+    """The rows of b0:r1 whose last step is t: their states (``width`` wide, packed) into
+    ``final`` (B × width): forward, the rows that step t+1 does not have; reverse, every
+    row at step 0."""
+    cdef int b, nxt
+    if not reverse:
+        nxt = bs[t + 1] if t + 1 < T else 0
+        for b in range(nxt if nxt > b0 else b0, r1):
+            memcpy(final + <Py_ssize_t>b * width, states + (off[t] + b) * width,
+                   width * sizeof(floating))
+    elif t == 0:
+        memcpy(final + <Py_ssize_t>b0 * width, states + (off[t] + b0) * width,
+               <size_t>(b1 - b0) * width * sizeof(floating))
+
+
 cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                               const floating* x, const floating* w_ih_packed,
@@ -1413,20 +1456,17 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
     iteration it0 (0: the whole sequence). The recurrent state is
     P wide: h = o ⊙ tanh(c) itself (P = H, w_hr NULL, ``hidden`` is y), or its
     projection y = h·W_hrᵀ (LSTMP: h goes to ``hidden``, N×H)."""
-    cdef int it, t, r1, m, nxt, b
+    cdef int it, t, r1, m, walk
     cdef int G = 4 * H
     cdef Py_ssize_t row0, prev0
     if b1 <= b0:
         return
     for it in range(it0, T):
-        if clstm_call_stopped(call):
+        walk = step_rows(it, T, reverse, bs, b0, b1, &t, &r1, call)
+        if walk < 0:
             return
-        t = T - 1 - it if reverse else it
-        if bs[t] <= b0:
-            if reverse:
-                continue
-            return                       # forward: no row of this slice runs any more
-        r1 = b1 if b1 < bs[t] else bs[t]
+        if walk == 0:
+            continue
         row0 = off[t] + b0
         if w_ih_packed != NULL:
             weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
@@ -1446,8 +1486,7 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
                               cells + row0 * H, hidden + row0 * H)
         else:
-            nxt = bs[t + 1] if t + 1 < T else 0
-            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            m = rows_continuing(t, T, bs, b0, r1)
             if m > b0:                   # rows b0:m continue from step t+1
                 prev0 = off[t + 1] + b0
                 weights_gemm(m - b0, G, P, y + prev0 * P, P, w_hh_packed, w_hh, True,
@@ -1465,17 +1504,8 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
             weights_gemm(r1 - b0, P, H, hidden + row0 * H, H, w_hr_packed, w_hr, True,
                          <floating>0, y + row0 * P, P)
         if h_n != NULL:
-            if not reverse:              # rows whose last step this is
-                nxt = bs[t + 1] if t + 1 < T else 0
-                for b in range(nxt if nxt > b0 else b0, r1):
-                    memcpy(h_n + <Py_ssize_t>b * P, y + (off[t] + b) * P, P * sizeof(floating))
-                    memcpy(c_n + <Py_ssize_t>b * H, cells + (off[t] + b) * H,
-                           H * sizeof(floating))
-            elif t == 0:                 # every row ends at step 0
-                memcpy(h_n + <Py_ssize_t>b0 * P, y + row0 * P,
-                       <size_t>(b1 - b0) * P * sizeof(floating))
-                memcpy(c_n + <Py_ssize_t>b0 * H, cells + row0 * H,
-                       <size_t>(b1 - b0) * H * sizeof(floating))
+            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, P, y, h_n)
+            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, H, cells, c_n)
 
 
 cdef floating* zero_state_if_needed(const floating* state, int B, int P, int G,
@@ -1906,21 +1936,18 @@ cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
     to reads it; dc (B×H) carries dL/dc of each row; dh0 receives dL/dh0 of each row at
     the step that read h0. With a projection, dL/dh = dy·W_hr goes through ``dhidden``
     (B×H scratch, rows b0:b1 this thread's)."""
-    cdef int it, t, r1, m, nxt
+    cdef int it, t, r1, m, walk
     cdef int G = 4 * H
     cdef Py_ssize_t row0, prev0
     cdef floating* dh
     if b1 <= b0:
         return
     for it in range(it0, T):
-        if clstm_call_stopped(call):
+        walk = step_rows(it, T, not reverse, bs, b0, b1, &t, &r1, call)
+        if walk < 0:
             return
-        t = it if reverse else T - 1 - it
-        if bs[t] <= b0:
-            if reverse:
-                return                   # reverse, backward: no row runs any more
+        if walk == 0:
             continue
-        r1 = b1 if b1 < bs[t] else bs[t]
         row0 = off[t] + b0
         if w_hr != NULL:                 # dL/dh_t = dL/dy_t · W_hr
             dh = dhidden + <Py_ssize_t>b0 * H
@@ -1942,8 +1969,7 @@ cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
                 weights_gemm(r1 - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
                              <floating>0, dh0 + <Py_ssize_t>b0 * P, P)
         else:
-            nxt = bs[t + 1] if t + 1 < T else 0
-            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            m = rows_continuing(t, T, bs, b0, r1)
             if m > b0:
                 prev0 = off[t + 1] + b0
                 gates_backward(m - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
@@ -2268,21 +2294,18 @@ cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
     """Rows b0:b1 through their valid steps (forward_rows_packed's walk), from iteration
     it0 on (0: the whole sequence); h_n (may be NULL) receives each row's state after its
     last step."""
-    cdef int it, t, r1, m, nxt, b
+    cdef int it, t, r1, m, walk
     cdef int G = 3 * H
     cdef Py_ssize_t row0, rowm
     cdef const floating* prev
     if b1 <= b0:
         return
     for it in range(it0, T):
-        if clstm_call_stopped(call):
+        walk = step_rows(it, T, reverse, bs, b0, b1, &t, &r1, call)
+        if walk < 0:
             return
-        t = T - 1 - it if reverse else it
-        if bs[t] <= b0:
-            if reverse:
-                continue
-            return                       # forward: no row of this slice runs any more
-        r1 = b1 if b1 < bs[t] else bs[t]
+        if walk == 0:
+            continue
         row0 = off[t] + b0
         if w_ih_packed != NULL:
             weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
@@ -2297,8 +2320,7 @@ cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
             gru_step_rows(r1 - b0, H, prev, w_hh, w_hh_packed, b_ih, b_hh, gates + row0 * G,
                           gh + row0 * G, y + row0 * H)
         else:
-            nxt = bs[t + 1] if t + 1 < T else 0
-            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            m = rows_continuing(t, T, bs, b0, r1)
             if m > b0:                   # rows b0:m continue from step t+1
                 gru_step_rows(m - b0, H, y + (off[t + 1] + b0) * H, w_hh, w_hh_packed, b_ih,
                               b_hh, gates + row0 * G, gh + row0 * G, y + row0 * H)
@@ -2308,13 +2330,7 @@ cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
                               w_hh, w_hh_packed, b_ih, b_hh, gates + rowm * G, gh + rowm * G,
                               y + rowm * H)
         if h_n != NULL:
-            if not reverse:              # rows whose last step this is
-                nxt = bs[t + 1] if t + 1 < T else 0
-                for b in range(nxt if nxt > b0 else b0, r1):
-                    memcpy(h_n + <Py_ssize_t>b * H, y + (off[t] + b) * H, H * sizeof(floating))
-            elif t == 0:                 # every row ends at step 0
-                memcpy(h_n + <Py_ssize_t>b0 * H, y + row0 * H,
-                       <size_t>(b1 - b0) * H * sizeof(floating))
+            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, H, y, h_n)
 
 
 # The hidden-unit split (forward_units / backward_units for the GRU on the packed layout):
@@ -2579,20 +2595,17 @@ cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_
     """Rows b0:b1 back through their valid steps (backward_rows_packed's walk), from
     iteration it0 on. dy (packed) receives each step's recurrent gradient before the step
     it belongs to reads it; dh0 receives dL/dh0 of each row at the step that read h0."""
-    cdef int it, t, r1, m, nxt
+    cdef int it, t, r1, m, walk
     cdef int G = 3 * H
     cdef Py_ssize_t row0, prev0, rowm
     if b1 <= b0:
         return
     for it in range(it0, T):
-        if clstm_call_stopped(call):
+        walk = step_rows(it, T, not reverse, bs, b0, b1, &t, &r1, call)
+        if walk < 0:
             return
-        t = it if reverse else T - 1 - it
-        if bs[t] <= b0:
-            if reverse:
-                return                   # reverse, backward: no row runs any more
+        if walk == 0:
             continue
-        r1 = b1 if b1 < bs[t] else bs[t]
         row0 = off[t] + b0
         if not reverse:
             if t > 0:
@@ -2604,8 +2617,7 @@ cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_
                               gates + row0 * G, gh + row0 * G, dy + row0 * H,
                               dh0 + <Py_ssize_t>b0 * H, False, w_hh, w_hh_packed)
         else:
-            nxt = bs[t + 1] if t + 1 < T else 0
-            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            m = rows_continuing(t, T, bs, b0, r1)
             if m > b0:
                 prev0 = off[t + 1] + b0
                 gru_step_back(m - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
