@@ -1692,16 +1692,15 @@ cdef void backward_units_packed(int T, int B, int H, const int* bs, const Py_ssi
     free(packed)
 
 
-cdef void gather_lstm_final_states(const packed_plan* plan, int B, int H, bint reverse,
-                                   const floating* y, const floating* cells, floating* h_n,
-                                   floating* c_n) noexcept nogil:
-    """h_n, c_n (B×H): each row's state at its last valid step (forward) or step 0."""
+cdef void gather_final_states(const packed_plan* plan, int B, int H, bint reverse,
+                              const floating* states, floating* final) noexcept nogil:
+    """final (B×H): each row's state at its last valid step (forward) or step 0, from
+    ``states`` (packed, N×H: the output h of every cell, an LSTM's cells c)."""
     cdef int b
     cdef Py_ssize_t row
     for b in range(B):
         row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
-        memcpy(h_n + <Py_ssize_t>b * H, y + row * H, H * sizeof(floating))
-        memcpy(c_n + <Py_ssize_t>b * H, cells + row * H, H * sizeof(floating))
+        memcpy(final + <Py_ssize_t>b * H, states + row * H, H * sizeof(floating))
 
 
 cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int B, int I,
@@ -1805,7 +1804,8 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
                                     peephole, h0, c0, y, gates, cells, y, NULL, NULL, call)
             free(packed)
         if not failed and h_n != NULL:
-            gather_lstm_final_states(&plan, B, H, reverse, y, cells, h_n, c_n)
+            gather_final_states(&plan, B, H, reverse, y, h_n)
+            gather_final_states(&plan, B, H, reverse, cells, c_n)
         clstm_blas_leave()
         free(zero_h0)
         plan_free(&plan)
@@ -2475,16 +2475,6 @@ cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
                         weights_gemm(rows - nxt, u, G, gh + (row0 + nxt) * G, G, packed, NULL,
                                      False, <floating>1, dh0 + <Py_ssize_t>nxt * H + u0, H)
     free(packed)
-
-
-cdef void gather_final_states(const packed_plan* plan, int B, int H, bint reverse,
-                              const floating* y, floating* h_n) noexcept nogil:
-    """h_n (B×H): each row's output at its last valid step (forward) or step 0."""
-    cdef int b
-    cdef Py_ssize_t row
-    for b in range(B):
-        row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
-        memcpy(h_n + <Py_ssize_t>b * H, y + row * H, H * sizeof(floating))
 
 
 
