@@ -1634,6 +1634,66 @@ cdef int plan_make(packed_plan* plan, int T, int B, const int* batch_sizes,
     return 0
 
 
+cdef int plan_team(packed_plan* plan, int* num_threads, int* n_units, int T, int B,
+                   int H, Py_ssize_t N, const int* batch_sizes, bint units_allowed,
+                   int elem_size) noexcept nogil:
+    """How the packed drivers of every cell, forward and backward, split their team:
+    num_threads[0] becomes the team's size; the rows are cut into chunks by
+    thread_count's rule on the recurrent work of the N rows (as for T·B) and planned
+    (plan_make); n_units[0] is the threads of the hidden-unit split when the rows cannot
+    occupy the team (1: none), only where ``units_allowed`` (not with a projection,
+    whose y_t = h_t·W_hrᵀ would need every unit of h_t: a second barrier per step).
+    Returns 0, or -2 when out of memory (nothing left allocated)."""
+    num_threads[0] = clstm_team_threads(num_threads[0])
+    cdef int n_chunks = thread_count(num_threads[0], <int>((N + B - 1) // B), B, H)
+    n_units[0] = (unit_split_threads(num_threads[0], n_chunks, B, H, elem_size)
+                  if packed_steps(B) and N > B and units_allowed else 1)
+    return plan_make(plan, T, B, batch_sizes, n_chunks)
+
+
+# The packed walk of a slice of rows b0:b1, the same for every cell and pass: each
+# iteration's step and active rows, the rows that continue from the step before (reverse),
+# the final states. The cell's step (gate math and products) is what the walks plug in.
+
+cdef inline int step_rows(int it, int T, bint descending, const int* bs, int b0, int b1,
+                          int* t, int* r1, clstm_call* call) noexcept nogil:
+    """Iteration ``it`` of a walk through steps T-1 .. 0 (``descending``: the reverse
+    forward, the backward of the forward direction) or 0 .. T-1: 1 to run rows
+    b0 : r1[0] of step t[0]; 0 to skip it (descending: the slice's rows start later); -1
+    to end the walk (the call was stopped, or ascending past the slice's last step)."""
+    if clstm_call_stopped(call):
+        return -1
+    t[0] = T - 1 - it if descending else it
+    if bs[t[0]] <= b0:
+        return 0 if descending else -1
+    r1[0] = b1 if b1 < bs[t[0]] else bs[t[0]]
+    return 1
+
+
+cdef inline int rows_continuing(int t, int T, const int* bs, int b0, int r1) noexcept nogil:
+    """In the reverse direction, the end m of rows b0:m of step t that continue from step
+    t+1 (rows m:r1 start at step t, from the initial state)."""
+    cdef int nxt = bs[t + 1] if t + 1 < T else 0
+    return b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+
+
+cdef inline void save_final_rows(bint reverse, int t, int T, const int* bs,
+                                 const Py_ssize_t* off, int b0, int b1, int r1, int width,
+                                 const floating* states, floating* final) noexcept nogil:
+    """The rows of b0:r1 whose last step is t: their states (``width`` wide, packed) into
+    ``final`` (B × width): forward, the rows that step t+1 does not have; reverse, every
+    row at step 0."""
+    cdef int b, nxt
+    if not reverse:
+        nxt = bs[t + 1] if t + 1 < T else 0
+        for b in range(nxt if nxt > b0 else b0, r1):
+            memcpy(final + <Py_ssize_t>b * width, states + (off[t] + b) * width,
+                   width * sizeof(floating))
+    elif t == 0:
+        memcpy(final + <Py_ssize_t>b0 * width, states + (off[t] + b0) * width,
+               <size_t>(b1 - b0) * width * sizeof(floating))
+
+
 cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                               const floating* x, const floating* w_ih_packed,
@@ -1648,20 +1708,17 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
     iteration it0 (0: the whole sequence). The recurrent state is
     P wide: h = o ⊙ tanh(c) itself (P = H, w_hr NULL, ``hidden`` is y), or its
     projection y = h·W_hrᵀ (LSTMP: h goes to ``hidden``, N×H)."""
-    cdef int it, t, r1, m, nxt, b
+    cdef int it, t, r1, m, walk
     cdef int G = 4 * H
     cdef Py_ssize_t row0, prev0
     if b1 <= b0:
         return
     for it in range(it0, T):
-        if clstm_call_stopped(call):
+        walk = step_rows(it, T, reverse, bs, b0, b1, &t, &r1, call)
+        if walk < 0:
             return
-        t = T - 1 - it if reverse else it
-        if bs[t] <= b0:
-            if reverse:
-                continue
-            return                       # forward: no row of this slice runs any more
-        r1 = b1 if b1 < bs[t] else bs[t]
+        if walk == 0:
+            continue
         row0 = off[t] + b0
         if w_ih_packed != NULL:
             weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
@@ -1681,8 +1738,7 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
                               cells + row0 * H, hidden + row0 * H)
         else:
-            nxt = bs[t + 1] if t + 1 < T else 0
-            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            m = rows_continuing(t, T, bs, b0, r1)
             if m > b0:                   # rows b0:m continue from step t+1
                 prev0 = off[t + 1] + b0
                 weights_gemm(m - b0, G, P, y + prev0 * P, P, w_hh_packed, w_hh, True,
@@ -1700,17 +1756,8 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
             weights_gemm(r1 - b0, P, H, hidden + row0 * H, H, w_hr_packed, w_hr, True,
                          <floating>0, y + row0 * P, P)
         if h_n != NULL:
-            if not reverse:              # rows whose last step this is
-                nxt = bs[t + 1] if t + 1 < T else 0
-                for b in range(nxt if nxt > b0 else b0, r1):
-                    memcpy(h_n + <Py_ssize_t>b * P, y + (off[t] + b) * P, P * sizeof(floating))
-                    memcpy(c_n + <Py_ssize_t>b * H, cells + (off[t] + b) * H,
-                           H * sizeof(floating))
-            elif t == 0:                 # every row ends at step 0
-                memcpy(h_n + <Py_ssize_t>b0 * P, y + row0 * P,
-                       <size_t>(b1 - b0) * P * sizeof(floating))
-                memcpy(c_n + <Py_ssize_t>b0 * H, cells + row0 * H,
-                       <size_t>(b1 - b0) * H * sizeof(floating))
+            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, P, y, h_n)
+            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, H, cells, c_n)
 
 
 cdef floating* zero_state_if_needed(const floating* state, int B, int P, int G,
@@ -1735,6 +1782,50 @@ cdef inline bint proj_ok(int H, int P) noexcept nogil:
 # padded forward_units / backward_units, and the GRU's below): each thread owns units
 # u0:u1 of the four gates for every active row of a step; a barrier per step.
 
+cdef void pack_unit_slices(int n_gates, int I, int H, int u0, int u, Py_ssize_t N,
+                           const floating* x, const floating* w_ih, const floating* w_hh,
+                           floating* gates, floating** packed, int* failed,
+                           clstm_call* call) noexcept nogil:
+    """What every cell's unit split does before its time loop (one thread of the team,
+    units u0 : u0+u): its slice of each of the n_gates gates of W_hh packed into
+    packed[g] (rows g·H+u0 : g·H+u0+u; NULL when u = 0 or out of memory), and its gate
+    columns of the input projection x·W_ihᵀ for all N rows written into ``gates``
+    (n_gates·H wide). Any failure to pack sets failed[0], which every thread sees after
+    the barrier this ends with."""
+    cdef int g
+    cdef int G = n_gates * H
+    cdef Py_ssize_t gate0
+    cdef floating* packed_ih
+    for g in range(n_gates):
+        packed[g] = NULL
+        if u > 0:
+            gate0 = <Py_ssize_t>g * H + u0
+            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
+            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
+            if packed_ih == NULL or packed[g] == NULL:
+                failed[0] = 1
+            else:
+                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
+                                    call)
+            free(packed_ih)
+    clstm_omp_barrier()                      # every thread sees any failure to pack
+
+
+cdef floating* pack_unit_columns(int G, int H, int u0, int u, const floating* w_hh,
+                                 int* failed) noexcept nogil:
+    """What every cell's backward unit split does before its time loop: W_hh[:, u0:u0+u]
+    (G × u) packed for dL/dh_prev's columns of this thread (NULL when u = 0 or out of
+    memory, then failed[0] set); ends with the barrier after which every thread sees
+    any failure."""
+    cdef floating* packed = NULL
+    if u > 0:
+        packed = pack_weights(G, u, w_hh + u0, H, False)
+        if packed == NULL:
+            failed[0] = 1
+    clstm_omp_barrier()
+    return packed
+
+
 cdef void forward_units_packed(int T, int B, int I, int H, const int* bs,
                                const Py_ssize_t* off, bint reverse, const floating* x,
                                const floating* w_ih, const floating* w_hh,
@@ -1750,25 +1841,12 @@ cdef void forward_units_packed(int T, int B, int I, int H, const int* bs,
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
     cdef int u = u1 - u0, g, it, t, rows, nxt, part, r0, r1
     cdef int G = 4 * H
-    cdef Py_ssize_t N = off[T], row0, gate0, prev0
+    cdef Py_ssize_t row0, prev0
     cdef floating* packed[4]
-    cdef floating* packed_ih
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef team_pace pace
-    for g in range(4):
-        packed[g] = NULL
-        if u > 0:
-            gate0 = <Py_ssize_t>g * H + u0
-            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
-            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
-            if packed_ih == NULL or packed[g] == NULL:
-                failed[0] = 1
-            else:
-                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
-                                    call)
-            free(packed_ih)
-    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pack_unit_slices(4, I, H, u0, u, off[T], x, w_ih, w_hh, gates, packed, failed, call)
     pace_start(&pace)
     if failed[0] == 0:
         for it in range(T):
@@ -1819,16 +1897,11 @@ cdef void backward_units_packed(int T, int B, int H, const int* bs, const Py_ssi
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
     cdef int u = u1 - u0, it, t, rows, nxt, part, r0, r1
     cdef int G = 4 * H
-    cdef floating* packed = NULL
     cdef Py_ssize_t row0, prev0
     cdef bint from_state
     cdef const floating* c_prev
     cdef team_pace pace
-    if u > 0:
-        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (4H × u)
-        if packed == NULL:
-            failed[0] = 1
-    clstm_omp_barrier()                      # every thread sees any failure to pack
+    cdef floating* packed = pack_unit_columns(G, H, u0, u, w_hh, failed)
     pace_start(&pace)
     if failed[0] == 0:
         for it in range(T):
@@ -1871,16 +1944,15 @@ cdef void backward_units_packed(int T, int B, int H, const int* bs, const Py_ssi
     free(packed)
 
 
-cdef void gather_lstm_final_states(const packed_plan* plan, int B, int H, bint reverse,
-                                   const floating* y, const floating* cells, floating* h_n,
-                                   floating* c_n) noexcept nogil:
-    """h_n, c_n (B×H): each row's state at its last valid step (forward) or step 0."""
+cdef void gather_final_states(const packed_plan* plan, int B, int H, bint reverse,
+                              const floating* states, floating* final) noexcept nogil:
+    """final (B×H): each row's state at its last valid step (forward) or step 0, from
+    ``states`` (packed, N×H: the output h of every cell, an LSTM's cells c)."""
     cdef int b
     cdef Py_ssize_t row
     for b in range(B):
         row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
-        memcpy(h_n + <Py_ssize_t>b * H, y + row * H, H * sizeof(floating))
-        memcpy(c_n + <Py_ssize_t>b * H, cells + row * H, H * sizeof(floating))
+        memcpy(final + <Py_ssize_t>b * H, states + row * H, H * sizeof(floating))
 
 
 cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int B, int I,
@@ -1955,19 +2027,16 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
         return -2
     if zero_h0 != NULL:
         h0 = zero_h0
-    num_threads = clstm_team_threads(num_threads)
-    # The recurrent work of N rows, as thread_count counts it for T·B.
-    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    # The hidden-unit split when the rows cannot occupy the team (not with a projection,
-    # whose y_t = h_t·W_hrᵀ would need every unit of h_t: a second barrier per step).
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if packed_steps(B) and N > B and w_hr == NULL else 1)
+    cdef int n_units
     cdef int failed = 0
     cdef int leave_step = T
-    _units_split_last = n_units > 1
-    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+    if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, w_hr == NULL,
+                 sizeof(floating)) != 0:
+        _units_split_last = n_units > 1
         free(zero_h0)
         return -2
+    _units_split_last = n_units > 1
+    n_chunks = plan.chunks
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
@@ -1987,7 +2056,8 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
                                     peephole, h0, c0, y, gates, cells, y, NULL, NULL, call)
             free(packed)
         if not failed and h_n != NULL:
-            gather_lstm_final_states(&plan, B, H, reverse, y, cells, h_n, c_n)
+            gather_final_states(&plan, B, H, reverse, y, h_n)
+            gather_final_states(&plan, B, H, reverse, cells, c_n)
         clstm_blas_leave()
         free(zero_h0)
         plan_free(&plan)
@@ -2118,21 +2188,18 @@ cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
     to reads it; dc (B×H) carries dL/dc of each row; dh0 receives dL/dh0 of each row at
     the step that read h0. With a projection, dL/dh = dy·W_hr goes through ``dhidden``
     (B×H scratch, rows b0:b1 this thread's)."""
-    cdef int it, t, r1, m, nxt
+    cdef int it, t, r1, m, walk
     cdef int G = 4 * H
     cdef Py_ssize_t row0, prev0
     cdef floating* dh
     if b1 <= b0:
         return
     for it in range(it0, T):
-        if clstm_call_stopped(call):
+        walk = step_rows(it, T, not reverse, bs, b0, b1, &t, &r1, call)
+        if walk < 0:
             return
-        t = it if reverse else T - 1 - it
-        if bs[t] <= b0:
-            if reverse:
-                return                   # reverse, backward: no row runs any more
+        if walk == 0:
             continue
-        r1 = b1 if b1 < bs[t] else bs[t]
         row0 = off[t] + b0
         if w_hr != NULL:                 # dL/dh_t = dL/dy_t · W_hr
             dh = dhidden + <Py_ssize_t>b0 * H
@@ -2154,8 +2221,7 @@ cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
                 weights_gemm(r1 - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
                              <floating>0, dh0 + <Py_ssize_t>b0 * P, P)
         else:
-            nxt = bs[t + 1] if t + 1 < T else 0
-            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            m = rows_continuing(t, T, bs, b0, r1)
             if m > b0:
                 prev0 = off[t + 1] + b0
                 gates_backward(m - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
@@ -2207,10 +2273,11 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     cdef floating* cells = workspace + N * G
     cdef floating* hidden = cells + N * H if w_hr != NULL else NULL
     cdef packed_plan plan
-    num_threads = clstm_team_threads(num_threads)
-    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+    cdef int n_units                     # as the forward: units when rows cannot
+    if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, w_hr == NULL,
+                 sizeof(floating)) != 0:
         return -2
+    n_chunks = plan.chunks
     add_final_state_grads(&plan, B, P, reverse, dy, dh_n)
     if dc_n != NULL:
         memcpy(dc0, dc_n, <size_t>B * H * sizeof(floating))
@@ -2222,11 +2289,9 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     cdef floating* dhidden = NULL
     cdef void* buf = NULL
     cdef int failed = 0
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if packed_steps(B) and N > B and w_hr == NULL else 1)
     cdef int leave_step = T
     clstm_blas_enter()
-    if n_units > 1:                      # as the forward: units when rows cannot
+    if n_units > 1:
         _team_left_last = -1
         with parallel(num_threads=n_units):
             backward_units_packed(T, B, H, batch_sizes, plan.off, reverse, w_hh, peephole, c0,
@@ -2335,6 +2400,21 @@ cdef inline bint directions_in_parallel(int num_threads, int B, int H, int P,
     return num_threads == 2 or B < 2 * num_threads
 
 
+cdef inline bint directions_at_once(int* num_threads, int T, int B, int H, int P,
+                                    const int* bs) noexcept nogil:
+    """The bidirectional drivers' choice, the same for every cell (P: the state's width):
+    True to run the two directions at once, a thread each; else ``num_threads[0]``
+    becomes the team that each direction gets in turn."""
+    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
+    num_threads[0] = clstm_team_threads(num_threads[0])
+    return directions_in_parallel(num_threads[0], B, H, P, N)
+
+
+cdef inline int first_failure(const int* status) noexcept nogil:
+    """The forward direction's status when it failed, else the reverse one's."""
+    return status[0] if status[0] != 0 else status[1]
+
+
 cdef int bidir_forward(int T, int B, int I, int H, int P, const int* bs, const floating* x,
                        const floating** w_ih, const floating** w_hh,
                        const floating** w_hr, const floating** bias,
@@ -2346,9 +2426,7 @@ cdef int bidir_forward(int T, int B, int I, int H, int P, const int* bs, const f
     global _threads_used_last
     cdef int st[2]
     cdef int d
-    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
-    num_threads = clstm_team_threads(num_threads)
-    if directions_in_parallel(num_threads, B, H, P if P > 0 else H, N):
+    if directions_at_once(&num_threads, T, B, H, P if P > 0 else H, bs):
         for d in prange(2, num_threads=2, schedule="static"):
             st[d] = layer_forward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
                                          w_hr[d], bias[d], peephole[d], h0[d], c0[d], y[d],
@@ -2359,7 +2437,7 @@ cdef int bidir_forward(int T, int B, int I, int H, int P, const int* bs, const f
             st[d] = layer_forward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
                                          w_hr[d], bias[d], peephole[d], h0[d], c0[d], y[d],
                                          h_n[d], c_n[d], workspace[d], num_threads, call)
-    return st[0] if st[0] != 0 else st[1]
+    return first_failure(st)
 
 
 cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const floating* x,
@@ -2376,9 +2454,7 @@ cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const 
     global _threads_used_last
     cdef int st[2]
     cdef int d
-    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
-    num_threads = clstm_team_threads(num_threads)
-    if directions_in_parallel(num_threads, B, H, P if P > 0 else H, N):
+    if directions_at_once(&num_threads, T, B, H, P if P > 0 else H, bs):
         for d in prange(2, num_threads=2, schedule="static"):
             st[d] = layer_backward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
                                           w_hr[d], peephole[d], h0[d], c0[d], y[d],
@@ -2393,7 +2469,7 @@ cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const 
                                           workspace[d], dy[d], dh_n[d], dc_n[d], dx[d],
                                           dh0[d], dc0[d], dw_ih[d], dw_hh[d], dw_hr[d],
                                           dbias[d], dpeephole[d], num_threads, call)
-    return st[0] if st[0] != 0 else st[1]
+    return first_failure(st)
 
 
 # ---------------------------------------------------------------------------------------
@@ -2470,21 +2546,18 @@ cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
     """Rows b0:b1 through their valid steps (forward_rows_packed's walk), from iteration
     it0 on (0: the whole sequence); h_n (may be NULL) receives each row's state after its
     last step."""
-    cdef int it, t, r1, m, nxt, b
+    cdef int it, t, r1, m, walk
     cdef int G = 3 * H
     cdef Py_ssize_t row0, rowm
     cdef const floating* prev
     if b1 <= b0:
         return
     for it in range(it0, T):
-        if clstm_call_stopped(call):
+        walk = step_rows(it, T, reverse, bs, b0, b1, &t, &r1, call)
+        if walk < 0:
             return
-        t = T - 1 - it if reverse else it
-        if bs[t] <= b0:
-            if reverse:
-                continue
-            return                       # forward: no row of this slice runs any more
-        r1 = b1 if b1 < bs[t] else bs[t]
+        if walk == 0:
+            continue
         row0 = off[t] + b0
         if w_ih_packed != NULL:
             weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
@@ -2499,8 +2572,7 @@ cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
             gru_step_rows(r1 - b0, H, prev, w_hh, w_hh_packed, b_ih, b_hh, gates + row0 * G,
                           gh + row0 * G, y + row0 * H)
         else:
-            nxt = bs[t + 1] if t + 1 < T else 0
-            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            m = rows_continuing(t, T, bs, b0, r1)
             if m > b0:                   # rows b0:m continue from step t+1
                 gru_step_rows(m - b0, H, y + (off[t + 1] + b0) * H, w_hh, w_hh_packed, b_ih,
                               b_hh, gates + row0 * G, gh + row0 * G, y + row0 * H)
@@ -2510,13 +2582,7 @@ cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
                               w_hh, w_hh_packed, b_ih, b_hh, gates + rowm * G, gh + rowm * G,
                               y + rowm * H)
         if h_n != NULL:
-            if not reverse:              # rows whose last step this is
-                nxt = bs[t + 1] if t + 1 < T else 0
-                for b in range(nxt if nxt > b0 else b0, r1):
-                    memcpy(h_n + <Py_ssize_t>b * H, y + (off[t] + b) * H, H * sizeof(floating))
-            elif t == 0:                 # every row ends at step 0
-                memcpy(h_n + <Py_ssize_t>b0 * H, y + row0 * H,
-                       <size_t>(b1 - b0) * H * sizeof(floating))
+            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, H, y, h_n)
 
 
 # The hidden-unit split (forward_units / backward_units for the GRU on the packed layout):
@@ -2563,24 +2629,11 @@ cdef void gru_forward_units_packed(int T, int B, int I, int H, const int* bs,
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
     cdef int u = u1 - u0, g, it, t, rows, nxt
     cdef int G = 3 * H
-    cdef Py_ssize_t N = off[T], row0, gate0
+    cdef Py_ssize_t row0
     cdef floating* packed[3]
-    cdef floating* packed_ih
     cdef const floating* prev
     cdef team_pace pace
-    for g in range(3):
-        packed[g] = NULL
-        if u > 0:
-            gate0 = <Py_ssize_t>g * H + u0
-            packed_ih = pack_weights(I, u, w_ih + gate0 * I, I, True)
-            packed[g] = pack_weights(H, u, w_hh + gate0 * H, H, True)
-            if packed_ih == NULL or packed[g] == NULL:
-                failed[0] = 1
-            else:
-                packed_gemm_blocked(<int>N, I, u, x, I, packed_ih, gates + gate0, G, False,
-                                    call)
-            free(packed_ih)
-    clstm_omp_barrier()                      # every thread sees any failure to pack
+    pack_unit_slices(3, I, H, u0, u, off[T], x, w_ih, w_hh, gates, packed, failed, call)
     pace_start(&pace)
     if failed[0] == 0:
         for it in range(T):
@@ -2628,14 +2681,9 @@ cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
     cdef int u0 = unit_bound(H, n, tid), u1 = unit_bound(H, n, tid + 1)
     cdef int u = u1 - u0, it, t, rows, nxt
     cdef int G = 3 * H
-    cdef floating* packed = NULL
     cdef Py_ssize_t row0
     cdef team_pace pace
-    if u > 0:
-        packed = pack_weights(G, u, w_hh + u0, H, False)    # P = W_hh[:, u0:u1] (3H × u)
-        if packed == NULL:
-            failed[0] = 1
-    clstm_omp_barrier()                      # every thread sees any failure to pack
+    cdef floating* packed = pack_unit_columns(G, H, u0, u, w_hh, failed)
     pace_start(&pace)
     if failed[0] == 0:
         for it in range(T):
@@ -2681,16 +2729,6 @@ cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
     free(packed)
 
 
-cdef void gather_final_states(const packed_plan* plan, int B, int H, bint reverse,
-                              const floating* y, floating* h_n) noexcept nogil:
-    """h_n (B×H): each row's output at its last valid step (forward) or step 0."""
-    cdef int b
-    cdef Py_ssize_t row
-    for b in range(B):
-        row = (plan.off[0] if reverse else plan.off[plan.lengths[b] - 1]) + b
-        memcpy(h_n + <Py_ssize_t>b * H, y + row * H, H * sizeof(floating))
-
-
 
 cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
                                   bint reverse, const floating* x, const floating* w_ih,
@@ -2719,17 +2757,17 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         return -2
     if zero_h0 != NULL:
         h0 = zero_h0
-    num_threads = clstm_team_threads(num_threads)
-    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    # The LSTM's rule for the unit split (its 4H sized thresholds: close enough for 3H).
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if packed_steps(B) and N > B else 1)
+    cdef int n_units
     cdef int failed = 0
     cdef int leave_step = T
-    _units_split_last = n_units > 1
-    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+    # The LSTM's rule for the unit split (its 4H sized thresholds: close enough for 3H).
+    if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, True,
+                 sizeof(floating)) != 0:
+        _units_split_last = n_units > 1
         free(zero_h0)
         return -2
+    _units_split_last = n_units > 1
+    n_chunks = plan.chunks
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
@@ -2799,20 +2837,17 @@ cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_
     """Rows b0:b1 back through their valid steps (backward_rows_packed's walk), from
     iteration it0 on. dy (packed) receives each step's recurrent gradient before the step
     it belongs to reads it; dh0 receives dL/dh0 of each row at the step that read h0."""
-    cdef int it, t, r1, m, nxt
+    cdef int it, t, r1, m, walk
     cdef int G = 3 * H
     cdef Py_ssize_t row0, prev0, rowm
     if b1 <= b0:
         return
     for it in range(it0, T):
-        if clstm_call_stopped(call):
+        walk = step_rows(it, T, not reverse, bs, b0, b1, &t, &r1, call)
+        if walk < 0:
             return
-        t = it if reverse else T - 1 - it
-        if bs[t] <= b0:
-            if reverse:
-                return                   # reverse, backward: no row runs any more
+        if walk == 0:
             continue
-        r1 = b1 if b1 < bs[t] else bs[t]
         row0 = off[t] + b0
         if not reverse:
             if t > 0:
@@ -2824,8 +2859,7 @@ cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_
                               gates + row0 * G, gh + row0 * G, dy + row0 * H,
                               dh0 + <Py_ssize_t>b0 * H, False, w_hh, w_hh_packed)
         else:
-            nxt = bs[t + 1] if t + 1 < T else 0
-            m = b0 if nxt < b0 else (r1 if nxt > r1 else nxt)
+            m = rows_continuing(t, T, bs, b0, r1)
             if m > b0:
                 prev0 = off[t + 1] + b0
                 gru_step_back(m - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
@@ -2861,13 +2895,12 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     cdef bint failed = False
     cdef int status = 0
     cdef packed_plan plan
-    num_threads = clstm_team_threads(num_threads)
-    n_chunks = thread_count(num_threads, <int>((N + B - 1) // B), B, H)
-    if plan_make(&plan, T, B, batch_sizes, n_chunks) != 0:
+    cdef int n_units
+    if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, True,
+                 sizeof(floating)) != 0:
         return -2
+    n_chunks = plan.chunks
     add_final_state_grads(&plan, B, H, reverse, dy, dh_n)
-    cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
-                        if packed_steps(B) and N > B else 1)
     cdef int units_failed = 0
     cdef int leave_step = T
     clstm_blas_enter()
@@ -2934,9 +2967,7 @@ cdef int gru_bidir_forward(int T, int B, int I, int H, const int* bs, const floa
     global _threads_used_last
     cdef int st[2]
     cdef int d
-    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
-    num_threads = clstm_team_threads(num_threads)
-    if directions_in_parallel(num_threads, B, H, H, N):
+    if directions_at_once(&num_threads, T, B, H, H, bs):
         for d in prange(2, num_threads=2, schedule="static"):
             st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
                                              b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
@@ -2947,7 +2978,7 @@ cdef int gru_bidir_forward(int T, int B, int I, int H, const int* bs, const floa
             st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
                                              b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
                                              workspace[d], num_threads, call)
-    return st[0] if st[0] != 0 else st[1]
+    return first_failure(st)
 
 
 cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const floating* x,
@@ -2961,9 +2992,7 @@ cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const flo
     global _threads_used_last
     cdef int st[2]
     cdef int d
-    cdef Py_ssize_t N = packed_rows(T, bs) if batch_sizes_ok(T, B, bs) else 0
-    num_threads = clstm_team_threads(num_threads)
-    if directions_in_parallel(num_threads, B, H, H, N):
+    if directions_at_once(&num_threads, T, B, H, H, bs):
         for d in prange(2, num_threads=2, schedule="static"):
             st[d] = gru_layer_backward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
                                               h0[d], y[d], workspace[d], dy[d], dh_n[d],
@@ -2976,7 +3005,7 @@ cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const flo
                                               h0[d], y[d], workspace[d], dy[d], dh_n[d],
                                               dx[d], dh0[d], dw_ih[d], dw_hh[d], db_ih[d],
                                               db_hh[d], num_threads, call)
-    return st[0] if st[0] != 0 else st[1]
+    return first_failure(st)
 
 # ---------------------------------------------------------------------------------------
 # The public C API (declared in clstm/kernels.pxd)
@@ -3359,118 +3388,6 @@ cdef const int* batch_sizes_of(object batch_sizes, int T, int B) except NULL:
     return p
 
 
-def forward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
-                   w_hh, w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
-                   int num_threads=1):
-    """Forward of one direction of a layer over a packed batch (see "the packed layout"
-    above), projected to P features (P = 0 and w_hr None: no projection; the state is
-    then H wide, P' = H). x (N, I), y (N, P'), h0 (B, P'), c0 (B, H), workspace
-    (5 or 6)·N·H with N = sum(batch_sizes); h_n (B, P'), c_n (B, H) receive each row's
-    final state (both None to skip). ``peephole``, ``h0``, ``c0`` may be None."""
-    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
-        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
-                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
-    cdef int tn = typenum_of(x)
-    cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
-    cdef Py_ssize_t Pw = P if P > 0 else H
-    cdef Py_ssize_t W = (6 if P > 0 else 5) * N * H
-    cdef void* px = buffer_of(x, "x", tn, N * I)
-    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
-    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * Pw)
-    cdef void* pwr = buffer_of(w_hr, "w_hr", tn, Pw * H, P == 0)
-    cdef void* pb = buffer_of(bias, "bias", tn, G)
-    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
-    cdef void* ph0 = buffer_of(h0, "h0", tn, B * Pw, True)
-    cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
-    cdef void* py = writable_buffer_of(y, "y", tn, N * Pw)
-    cdef void* phn = writable_buffer_of(h_n, "h_n", tn, B * Pw, True)
-    cdef void* pcn = writable_buffer_of(c_n, "c_n", tn, B * H, phn == NULL)
-    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, W)
-    if P == 0 and pwr != NULL:
-        raise ValueError("w_hr: expected None without a projection (P = 0)")
-    if phn == NULL:
-        pcn = NULL
-    cdef int status
-    cdef clstm_call call
-    start_call(&call)
-    with nogil:
-        if tn == cnp.NPY_FLOAT32:
-            status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
-                                          <float*>pwi, <float*>pwh, <float*>pwr, <float*>pb,
-                                          <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
-                                          <float*>phn, <float*>pcn, <float*>pw, num_threads,
-                                          &call)
-        else:
-            status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
-                                          <double*>pwi, <double*>pwh, <double*>pwr,
-                                          <double*>pb, <double*>pp, <double*>ph0,
-                                          <double*>pc0, <double*>py, <double*>phn,
-                                          <double*>pcn, <double*>pw, num_threads, &call)
-    check_status(status, "forward", &call)
-
-
-def backward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
-                    w_hh, w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
-                    dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
-    """Backward of one direction of a layer after :func:`forward_packed` with the same
-    arrays; as :func:`backward`, with dy (N, P') and dx (N, I) packed, dh0 (B, P'), and
-    dw_hr (added into) with a projection."""
-    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
-        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
-                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
-    cdef int tn = typenum_of(x)
-    cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
-    cdef Py_ssize_t Pw = P if P > 0 else H
-    cdef Py_ssize_t W = (6 if P > 0 else 5) * N * H
-    cdef void* px = buffer_of(x, "x", tn, N * I)
-    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
-    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * Pw)
-    cdef void* pwr = buffer_of(w_hr, "w_hr", tn, Pw * H, P == 0)
-    cdef void* pp = buffer_of(peephole, "peephole", tn, 3 * H, True)
-    cdef void* ph0 = buffer_of(h0, "h0", tn, B * Pw, True)
-    cdef void* pc0 = buffer_of(c0, "c0", tn, B * H, True)
-    cdef void* py = buffer_of(y, "y", tn, N * Pw)
-    cdef void* pw = writable_buffer_of(workspace, "workspace", tn, W)
-    cdef void* pdy = writable_buffer_of(dy, "dy", tn, N * Pw)
-    cdef void* pdhn = buffer_of(dh_n, "dh_n", tn, B * Pw, True)
-    cdef void* pdcn = buffer_of(dc_n, "dc_n", tn, B * H, True)
-    cdef void* pdx = writable_buffer_of(dx, "dx", tn, N * I, True)
-    cdef void* pdh0 = writable_buffer_of(dh0, "dh0", tn, B * Pw)
-    cdef void* pdc0 = writable_buffer_of(dc0, "dc0", tn, B * H)
-    cdef void* pdwi = writable_buffer_of(dw_ih, "dw_ih", tn, G * I)
-    cdef void* pdwh = writable_buffer_of(dw_hh, "dw_hh", tn, G * Pw)
-    cdef void* pdwr = writable_buffer_of(dw_hr, "dw_hr", tn, Pw * H, P == 0)
-    cdef void* pdb = writable_buffer_of(dbias, "dbias", tn, G)
-    cdef void* pdp = writable_buffer_of(dpeephole, "dpeephole", tn, 3 * H, pp == NULL)
-    if P == 0 and (pwr != NULL or pdwr != NULL):
-        raise ValueError("w_hr, dw_hr: expected None without a projection (P = 0)")
-    cdef int status
-    cdef clstm_call call
-    start_call(&call)
-    with nogil:
-        if tn == cnp.NPY_FLOAT32:
-            status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
-                                           <float*>pwi, <float*>pwh, <float*>pwr,
-                                           <float*>pp, <float*>ph0, <float*>pc0, <float*>py,
-                                           <float*>pw, <float*>pdy, <float*>pdhn,
-                                           <float*>pdcn, <float*>pdx, <float*>pdh0,
-                                           <float*>pdc0, <float*>pdwi, <float*>pdwh,
-                                           <float*>pdwr, <float*>pdb, <float*>pdp,
-                                           num_threads, &call)
-        else:
-            status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
-                                           <double*>pwi, <double*>pwh, <double*>pwr,
-                                           <double*>pp, <double*>ph0, <double*>pc0,
-                                           <double*>py, <double*>pw, <double*>pdy,
-                                           <double*>pdhn, <double*>pdcn, <double*>pdx,
-                                           <double*>pdh0, <double*>pdc0, <double*>pdwi,
-                                           <double*>pdwh, <double*>pdwr, <double*>pdb,
-                                           <double*>pdp, num_threads, &call)
-    check_status(status, "backward", &call)
-
-
 cdef pair_of(object arrays, str name):
     if not isinstance(arrays, (tuple, list)) or len(arrays) != 2:
         raise TypeError(f"{name}: expected a pair (forward, reverse), got "
@@ -3478,17 +3395,34 @@ cdef pair_of(object arrays, str name):
     return arrays
 
 
-def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
-                         w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
-                         int num_threads=1):
-    """Both directions of a bidirectional layer, as :func:`forward_packed` with
-    ``reverse`` False then True; every argument but the sizes, ``batch_sizes`` and ``x``
-    is a pair (forward, reverse). With 2 threads the directions run at once, one per
-    thread (see _set_parallel_directions)."""
-    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
+cdef list _directions(object arrays, str name, int D):
+    """[arrays] for one direction, the pair's items for two."""
+    if D == 1:
+        return [arrays]
+    return list(pair_of(arrays, name))
+
+
+# The packed entry points of both cells: one direction (forward_packed, backward_packed,
+# gru_...) or both (..._bidir, every per-direction argument a pair), each cell's forward
+# and backward checked by one function for D = 1 and 2 (_lstm_forward, _gru_forward...).
+
+cdef const int* checked_batch(int T, int B, int I, int H, int P, batch_sizes,
+                              bint projections) except NULL:
+    """The sizes checked (0 <= P < H too where the cell has ``projections``), then
+    batch_sizes' data pointer (batch_sizes_of)."""
+    if projections and (not sizes_ok(T, B, I, H) or not proj_ok(H, P)):
         raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
                          f"T={T}, B={B}, I={I}, H={H}, P={P}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    if not projections and not sizes_ok(T, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
+                         f"T={T}, B={B}, I={I}, H={H}")
+    return batch_sizes_of(batch_sizes, T, B)
+
+
+cdef _lstm_forward(int T, int B, int I, int H, int P, batch_sizes, int D, bint reverse, x,
+                   w_ih, w_hh, w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                   int num_threads):
+    cdef const int* pbs = checked_batch(T, B, I, H, P, batch_sizes, True)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
     cdef Py_ssize_t Pw = P if P > 0 else H
@@ -3506,22 +3440,22 @@ def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih
     cdef void* pcn[2]
     cdef void* pw[2]
     cdef int d
-    for arrays, name in ((w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"), (bias, "bias"),
-                         (peephole, "peephole"), (h0, "h0"), (c0, "c0"), (y, "y"),
-                         (h_n, "h_n"), (c_n, "c_n"), (workspace, "workspace")):
-        pair_of(arrays, name)
-    for d in range(2):
-        pwi[d] = buffer_of(w_ih[d], "w_ih", tn, G * I)
-        pwh[d] = buffer_of(w_hh[d], "w_hh", tn, G * Pw)
-        pwr[d] = buffer_of(w_hr[d], "w_hr", tn, Pw * H, P == 0)
-        pb[d] = buffer_of(bias[d], "bias", tn, G)
-        pp[d] = buffer_of(peephole[d], "peephole", tn, 3 * H, True)
-        ph0[d] = buffer_of(h0[d], "h0", tn, B * Pw, True)
-        pc0[d] = buffer_of(c0[d], "c0", tn, B * H, True)
-        py[d] = writable_buffer_of(y[d], "y", tn, N * Pw)
-        phn[d] = writable_buffer_of(h_n[d], "h_n", tn, B * Pw, True)
-        pcn[d] = writable_buffer_of(c_n[d], "c_n", tn, B * H, phn[d] == NULL)
-        pw[d] = writable_buffer_of(workspace[d], "workspace", tn, W)
+    args = [_directions(a, n, D) for a, n in (
+        (w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"), (bias, "bias"),
+        (peephole, "peephole"), (h0, "h0"), (c0, "c0"), (y, "y"), (h_n, "h_n"),
+        (c_n, "c_n"), (workspace, "workspace"))]
+    for d in range(D):
+        pwi[d] = buffer_of(args[0][d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(args[1][d], "w_hh", tn, G * Pw)
+        pwr[d] = buffer_of(args[2][d], "w_hr", tn, Pw * H, P == 0)
+        pb[d] = buffer_of(args[3][d], "bias", tn, G)
+        pp[d] = buffer_of(args[4][d], "peephole", tn, 3 * H, True)
+        ph0[d] = buffer_of(args[5][d], "h0", tn, B * Pw, True)
+        pc0[d] = buffer_of(args[6][d], "c0", tn, B * H, True)
+        py[d] = writable_buffer_of(args[7][d], "y", tn, N * Pw)
+        phn[d] = writable_buffer_of(args[8][d], "h_n", tn, B * Pw, True)
+        pcn[d] = writable_buffer_of(args[9][d], "c_n", tn, B * H, phn[d] == NULL)
+        pw[d] = writable_buffer_of(args[10][d], "workspace", tn, W)
         if P == 0 and pwr[d] != NULL:
             raise ValueError("w_hr: expected None without a projection (P = 0)")
         if phn[d] == NULL:
@@ -3531,31 +3465,43 @@ def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
-            status = bidir_forward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
-                                   <const float**>pwh, <const float**>pwr, <const float**>pb,
-                                   <const float**>pp, <const float**>ph0, <const float**>pc0,
-                                   <float**>py, <float**>phn, <float**>pcn, <float**>pw,
-                                   num_threads, &call)
+            if D == 1:
+                status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
+                                              <float*>pwi[0], <float*>pwh[0], <float*>pwr[0],
+                                              <float*>pb[0], <float*>pp[0], <float*>ph0[0],
+                                              <float*>pc0[0], <float*>py[0], <float*>phn[0],
+                                              <float*>pcn[0], <float*>pw[0], num_threads,
+                                              &call)
+            else:
+                status = bidir_forward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
+                                       <const float**>pwh, <const float**>pwr,
+                                       <const float**>pb, <const float**>pp,
+                                       <const float**>ph0, <const float**>pc0, <float**>py,
+                                       <float**>phn, <float**>pcn, <float**>pw, num_threads,
+                                       &call)
         else:
-            status = bidir_forward(T, B, I, H, P, pbs, <double*>px, <const double**>pwi,
-                                   <const double**>pwh, <const double**>pwr,
-                                   <const double**>pb, <const double**>pp,
-                                   <const double**>ph0, <const double**>pc0, <double**>py,
-                                   <double**>phn, <double**>pcn, <double**>pw, num_threads,
-                                   &call)
+            if D == 1:
+                status = layer_forward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
+                                              <double*>pwi[0], <double*>pwh[0],
+                                              <double*>pwr[0], <double*>pb[0],
+                                              <double*>pp[0], <double*>ph0[0],
+                                              <double*>pc0[0], <double*>py[0],
+                                              <double*>phn[0], <double*>pcn[0],
+                                              <double*>pw[0], num_threads, &call)
+            else:
+                status = bidir_forward(T, B, I, H, P, pbs, <double*>px, <const double**>pwi,
+                                       <const double**>pwh, <const double**>pwr,
+                                       <const double**>pb, <const double**>pp,
+                                       <const double**>ph0, <const double**>pc0,
+                                       <double**>py, <double**>phn, <double**>pcn,
+                                       <double**>pw, num_threads, &call)
     check_status(status, "forward", &call)
 
 
-def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
-                          w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
-                          dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
-    """Both directions' backward after :func:`forward_packed_bidir`, as
-    :func:`backward_packed`; every argument but the sizes, ``batch_sizes`` and ``x`` is a
-    pair (forward, reverse), and dx[d] receives direction d's share of dL/dx."""
-    if not sizes_ok(T, B, I, H) or not proj_ok(H, P):
-        raise ValueError(f"expected positive sizes that fit BLAS's int and 0 <= P < H, got "
-                         f"T={T}, B={B}, I={I}, H={H}, P={P}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+cdef _lstm_backward(int T, int B, int I, int H, int P, batch_sizes, int D, bint reverse, x,
+                    w_ih, w_hh, w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx,
+                    dh0, dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads):
+    cdef const int* pbs = checked_batch(T, B, I, H, P, batch_sizes, True)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 4 * <Py_ssize_t>H
     cdef Py_ssize_t Pw = P if P > 0 else H
@@ -3581,33 +3527,31 @@ def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_i
     cdef void* pdb[2]
     cdef void* pdp[2]
     cdef int d
-    for arrays, name in ((w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"),
-                         (peephole, "peephole"), (h0, "h0"), (c0, "c0"), (y, "y"),
-                         (workspace, "workspace"), (dy, "dy"), (dh_n, "dh_n"),
-                         (dc_n, "dc_n"), (dx, "dx"), (dh0, "dh0"), (dc0, "dc0"),
-                         (dw_ih, "dw_ih"), (dw_hh, "dw_hh"), (dw_hr, "dw_hr"),
-                         (dbias, "dbias"), (dpeephole, "dpeephole")):
-        pair_of(arrays, name)
-    for d in range(2):
-        pwi[d] = buffer_of(w_ih[d], "w_ih", tn, G * I)
-        pwh[d] = buffer_of(w_hh[d], "w_hh", tn, G * Pw)
-        pwr[d] = buffer_of(w_hr[d], "w_hr", tn, Pw * H, P == 0)
-        pp[d] = buffer_of(peephole[d], "peephole", tn, 3 * H, True)
-        ph0[d] = buffer_of(h0[d], "h0", tn, B * Pw, True)
-        pc0[d] = buffer_of(c0[d], "c0", tn, B * H, True)
-        py[d] = buffer_of(y[d], "y", tn, N * Pw)
-        pw[d] = writable_buffer_of(workspace[d], "workspace", tn, W)
-        pdy[d] = writable_buffer_of(dy[d], "dy", tn, N * Pw)
-        pdhn[d] = buffer_of(dh_n[d], "dh_n", tn, B * Pw, True)
-        pdcn[d] = buffer_of(dc_n[d], "dc_n", tn, B * H, True)
-        pdx[d] = writable_buffer_of(dx[d], "dx", tn, N * I, True)
-        pdh0[d] = writable_buffer_of(dh0[d], "dh0", tn, B * Pw)
-        pdc0[d] = writable_buffer_of(dc0[d], "dc0", tn, B * H)
-        pdwi[d] = writable_buffer_of(dw_ih[d], "dw_ih", tn, G * I)
-        pdwh[d] = writable_buffer_of(dw_hh[d], "dw_hh", tn, G * Pw)
-        pdwr[d] = writable_buffer_of(dw_hr[d], "dw_hr", tn, Pw * H, P == 0)
-        pdb[d] = writable_buffer_of(dbias[d], "dbias", tn, G)
-        pdp[d] = writable_buffer_of(dpeephole[d], "dpeephole", tn, 3 * H, pp[d] == NULL)
+    args = [_directions(a, n, D) for a, n in (
+        (w_ih, "w_ih"), (w_hh, "w_hh"), (w_hr, "w_hr"), (peephole, "peephole"), (h0, "h0"),
+        (c0, "c0"), (y, "y"), (workspace, "workspace"), (dy, "dy"), (dh_n, "dh_n"),
+        (dc_n, "dc_n"), (dx, "dx"), (dh0, "dh0"), (dc0, "dc0"), (dw_ih, "dw_ih"),
+        (dw_hh, "dw_hh"), (dw_hr, "dw_hr"), (dbias, "dbias"), (dpeephole, "dpeephole"))]
+    for d in range(D):
+        pwi[d] = buffer_of(args[0][d], "w_ih", tn, G * I)
+        pwh[d] = buffer_of(args[1][d], "w_hh", tn, G * Pw)
+        pwr[d] = buffer_of(args[2][d], "w_hr", tn, Pw * H, P == 0)
+        pp[d] = buffer_of(args[3][d], "peephole", tn, 3 * H, True)
+        ph0[d] = buffer_of(args[4][d], "h0", tn, B * Pw, True)
+        pc0[d] = buffer_of(args[5][d], "c0", tn, B * H, True)
+        py[d] = buffer_of(args[6][d], "y", tn, N * Pw)
+        pw[d] = writable_buffer_of(args[7][d], "workspace", tn, W)
+        pdy[d] = writable_buffer_of(args[8][d], "dy", tn, N * Pw)
+        pdhn[d] = buffer_of(args[9][d], "dh_n", tn, B * Pw, True)
+        pdcn[d] = buffer_of(args[10][d], "dc_n", tn, B * H, True)
+        pdx[d] = writable_buffer_of(args[11][d], "dx", tn, N * I, True)
+        pdh0[d] = writable_buffer_of(args[12][d], "dh0", tn, B * Pw)
+        pdc0[d] = writable_buffer_of(args[13][d], "dc0", tn, B * H)
+        pdwi[d] = writable_buffer_of(args[14][d], "dw_ih", tn, G * I)
+        pdwh[d] = writable_buffer_of(args[15][d], "dw_hh", tn, G * Pw)
+        pdwr[d] = writable_buffer_of(args[16][d], "dw_hr", tn, Pw * H, P == 0)
+        pdb[d] = writable_buffer_of(args[17][d], "dbias", tn, G)
+        pdp[d] = writable_buffer_of(args[18][d], "dpeephole", tn, 3 * H, pp[d] == NULL)
         if P == 0 and (pwr[d] != NULL or pdwr[d] != NULL):
             raise ValueError("w_hr, dw_hr: expected None without a projection (P = 0)")
     cdef int status
@@ -3615,43 +3559,102 @@ def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_i
     start_call(&call)
     with nogil:
         if tn == cnp.NPY_FLOAT32:
-            status = bidir_backward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
-                                    <const float**>pwh, <const float**>pwr,
-                                    <const float**>pp, <const float**>ph0,
-                                    <const float**>pc0, <const float**>py, <float**>pw,
-                                    <float**>pdy, <const float**>pdhn, <const float**>pdcn,
-                                    <float**>pdx, <float**>pdh0, <float**>pdc0,
-                                    <float**>pdwi, <float**>pdwh, <float**>pdwr,
-                                    <float**>pdb, <float**>pdp, num_threads, &call)
+            if D == 1:
+                status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <float*>px,
+                                               <float*>pwi[0], <float*>pwh[0],
+                                               <float*>pwr[0], <float*>pp[0],
+                                               <float*>ph0[0], <float*>pc0[0],
+                                               <float*>py[0], <float*>pw[0],
+                                               <float*>pdy[0], <float*>pdhn[0],
+                                               <float*>pdcn[0], <float*>pdx[0],
+                                               <float*>pdh0[0], <float*>pdc0[0],
+                                               <float*>pdwi[0], <float*>pdwh[0],
+                                               <float*>pdwr[0], <float*>pdb[0],
+                                               <float*>pdp[0], num_threads, &call)
+            else:
+                status = bidir_backward(T, B, I, H, P, pbs, <float*>px, <const float**>pwi,
+                                        <const float**>pwh, <const float**>pwr,
+                                        <const float**>pp, <const float**>ph0,
+                                        <const float**>pc0, <const float**>py, <float**>pw,
+                                        <float**>pdy, <const float**>pdhn,
+                                        <const float**>pdcn, <float**>pdx, <float**>pdh0,
+                                        <float**>pdc0, <float**>pdwi, <float**>pdwh,
+                                        <float**>pdwr, <float**>pdb, <float**>pdp,
+                                        num_threads, &call)
         else:
-            status = bidir_backward(T, B, I, H, P, pbs, <double*>px, <const double**>pwi,
-                                    <const double**>pwh, <const double**>pwr,
-                                    <const double**>pp, <const double**>ph0,
-                                    <const double**>pc0, <const double**>py, <double**>pw,
-                                    <double**>pdy, <const double**>pdhn,
-                                    <const double**>pdcn, <double**>pdx, <double**>pdh0,
-                                    <double**>pdc0, <double**>pdwi, <double**>pdwh,
-                                    <double**>pdwr, <double**>pdb, <double**>pdp,
-                                    num_threads, &call)
+            if D == 1:
+                status = layer_backward_packed(T, B, I, H, P, pbs, reverse, <double*>px,
+                                               <double*>pwi[0], <double*>pwh[0],
+                                               <double*>pwr[0], <double*>pp[0],
+                                               <double*>ph0[0], <double*>pc0[0],
+                                               <double*>py[0], <double*>pw[0],
+                                               <double*>pdy[0], <double*>pdhn[0],
+                                               <double*>pdcn[0], <double*>pdx[0],
+                                               <double*>pdh0[0], <double*>pdc0[0],
+                                               <double*>pdwi[0], <double*>pdwh[0],
+                                               <double*>pdwr[0], <double*>pdb[0],
+                                               <double*>pdp[0], num_threads, &call)
+            else:
+                status = bidir_backward(T, B, I, H, P, pbs, <double*>px,
+                                        <const double**>pwi, <const double**>pwh,
+                                        <const double**>pwr, <const double**>pp,
+                                        <const double**>ph0, <const double**>pc0,
+                                        <const double**>py, <double**>pw, <double**>pdy,
+                                        <const double**>pdhn, <const double**>pdcn,
+                                        <double**>pdx, <double**>pdh0, <double**>pdc0,
+                                        <double**>pdwi, <double**>pdwh, <double**>pdwr,
+                                        <double**>pdb, <double**>pdp, num_threads, &call)
     check_status(status, "backward", &call)
 
 
-# The GRU's entry points: one direction (gru_forward_packed, gru_backward_packed) or both
-# (..._bidir, every per-direction argument a pair), checked by one function each.
+def forward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
+                   w_hh, w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                   int num_threads=1):
+    """Forward of one direction of a layer over a packed batch (see "the packed layout"
+    above), projected to P features (P = 0 and w_hr None: no projection; the state is
+    then H wide, P' = H). x (N, I), y (N, P'), h0 (B, P'), c0 (B, H), workspace
+    (5 or 6)·N·H with N = sum(batch_sizes); h_n (B, P'), c_n (B, H) receive each row's
+    final state (both None to skip). ``peephole``, ``h0``, ``c0`` may be None."""
+    _lstm_forward(T, B, I, H, P, batch_sizes, 1, reverse, x, w_ih, w_hh, w_hr, bias,
+                  peephole, h0, c0, y, h_n, c_n, workspace, num_threads)
 
-cdef list _directions(object arrays, str name, int D):
-    """[arrays] for one direction, the pair's items for two."""
-    if D == 1:
-        return [arrays]
-    return list(pair_of(arrays, name))
+
+def backward_packed(int T, int B, int I, int H, int P, batch_sizes, bint reverse, x, w_ih,
+                    w_hh, w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
+                    dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
+    """Backward of one direction of a layer after :func:`forward_packed` with the same
+    arrays; as :func:`backward`, with dy (N, P') and dx (N, I) packed, dh0 (B, P'), and
+    dw_hr (added into) with a projection."""
+    _lstm_backward(T, B, I, H, P, batch_sizes, 1, reverse, x, w_ih, w_hh, w_hr, peephole,
+                   h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dw_hr,
+                   dbias, dpeephole, num_threads)
+
+
+def forward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
+                         w_hr, bias, peephole, h0, c0, y, h_n, c_n, workspace,
+                         int num_threads=1):
+    """Both directions of a bidirectional layer, as :func:`forward_packed` with
+    ``reverse`` False then True; every argument but the sizes, ``batch_sizes`` and ``x``
+    is a pair (forward, reverse). With 2 threads the directions run at once, one per
+    thread (see _set_parallel_directions)."""
+    _lstm_forward(T, B, I, H, P, batch_sizes, 2, False, x, w_ih, w_hh, w_hr, bias, peephole,
+                  h0, c0, y, h_n, c_n, workspace, num_threads)
+
+
+def backward_packed_bidir(int T, int B, int I, int H, int P, batch_sizes, x, w_ih, w_hh,
+                          w_hr, peephole, h0, c0, y, workspace, dy, dh_n, dc_n, dx, dh0,
+                          dc0, dw_ih, dw_hh, dw_hr, dbias, dpeephole, int num_threads=1):
+    """Both directions' backward after :func:`forward_packed_bidir`, as
+    :func:`backward_packed`; every argument but the sizes, ``batch_sizes`` and ``x`` is a
+    pair (forward, reverse), and dx[d] receives direction d's share of dL/dx."""
+    _lstm_backward(T, B, I, H, P, batch_sizes, 2, False, x, w_ih, w_hh, w_hr, peephole, h0,
+                   c0, y, workspace, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, dw_hr,
+                   dbias, dpeephole, num_threads)
 
 
 cdef _gru_forward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, x, w_ih,
                   w_hh, b_ih, b_hh, h0, y, h_n, workspace, int num_threads):
-    if not sizes_ok(T, B, I, H):
-        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
-                         f"T={T}, B={B}, I={I}, H={H}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef const int* pbs = checked_batch(T, B, I, H, 0, batch_sizes, False)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 3 * <Py_ssize_t>H
     cdef void* px = buffer_of(x, "x", tn, N * I)
@@ -3716,10 +3719,7 @@ cdef _gru_forward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, 
 cdef _gru_backward(int T, int B, int I, int H, batch_sizes, int D, bint reverse, x, w_ih,
                    w_hh, h0, y, workspace, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
                    int num_threads):
-    if not sizes_ok(T, B, I, H):
-        raise ValueError(f"expected positive sizes that fit BLAS's int, got "
-                         f"T={T}, B={B}, I={I}, H={H}")
-    cdef const int* pbs = batch_sizes_of(batch_sizes, T, B)
+    cdef const int* pbs = checked_batch(T, B, I, H, 0, batch_sizes, False)
     cdef int tn = typenum_of(x)
     cdef Py_ssize_t N = packed_rows(T, pbs), G = 3 * <Py_ssize_t>H
     cdef void* px = buffer_of(x, "x", tn, N * I)

@@ -611,3 +611,89 @@ def test_packed_unit_split_late_team_and_projection():
     np.testing.assert_allclose(y, want_y, **tol)
     np.testing.assert_allclose(dx, want_dx, **tol)
     np.testing.assert_allclose(net.flat_grads, want_g, **tol)
+
+
+# The LSTM's packed kernel entry points (forward_packed, backward_packed and their _bidir
+# pairs share one checking function per pass): every refusal names the argument, for one
+# direction and for either item of a pair.
+
+def lstm_kernel_args(dtype=np.float32, T=3, B=2, I=2, H=4, P=0):
+    bs = np.full(T, B, dtype=np.int32)
+    N, Pw, G = T * B, P or H, 4 * H
+    fwd = dict(w_ih=np.zeros((G, I), dtype), w_hh=np.zeros((G, Pw), dtype),
+               w_hr=np.zeros((Pw, H), dtype) if P else None, bias=np.zeros(G, dtype),
+               peephole=None, h0=None, c0=None, y=np.zeros((N, Pw), dtype), h_n=None,
+               c_n=None, workspace=np.zeros((6 if P else 5) * N * H, dtype))
+    bwd = dict(dy=np.zeros((N, Pw), dtype), dh_n=None, dc_n=None, dx=np.zeros((N, I), dtype),
+               dh0=np.zeros((B, Pw), dtype), dc0=np.zeros((B, H), dtype),
+               dw_ih=np.zeros((G, I), dtype), dw_hh=np.zeros((G, Pw), dtype),
+               dw_hr=np.zeros((Pw, H), dtype) if P else None, dbias=np.zeros(G, dtype),
+               dpeephole=None)
+    return dict(T=T, B=B, I=I, H=H, P=P, batch_sizes=bs, x=np.zeros((N, I), dtype)), fwd, bwd
+
+
+def call_lstm_kernel(which, sizes, per_direction):
+    """kernels.<which> with per_direction's arrays, as pairs (copies) for the _bidir ones."""
+    if which.endswith("_bidir"):
+        per_direction = {k: (v, None if v is None else v.copy())
+                         for k, v in per_direction.items()}
+    else:
+        sizes = {**sizes, "reverse": False}
+    getattr(kernels, which)(**sizes, **per_direction)
+
+
+LSTM_KERNELS = ["forward_packed", "forward_packed_bidir", "backward_packed",
+                "backward_packed_bidir"]
+
+
+@pytest.mark.parametrize("which", LSTM_KERNELS)
+def test_lstm_kernels_run_on_good_buffers(which):
+    sizes, fwd, bwd = lstm_kernel_args(P=2)
+    arrays = fwd if which.startswith("forward") else {
+        **{k: fwd[k] for k in ("w_ih", "w_hh", "w_hr", "peephole", "h0", "c0", "y",
+                               "workspace")}, **bwd}
+    sizes["x"][:] = 1.0
+    arrays["w_ih"][:] = 0.5
+    arrays["w_hr"][:] = 0.5
+    arrays["y"][:] = np.nan
+    call_lstm_kernel(which, sizes, arrays)
+    if which.startswith("forward"):            # every output written, from the same input
+        assert np.all(np.isfinite(arrays["y"])) and np.all(arrays["y"] != 0)
+
+
+@pytest.mark.parametrize("which", LSTM_KERNELS)
+@pytest.mark.parametrize("change, exc, message", [
+    (dict(x=np.zeros((6, 2), np.float16)), TypeError, r"x: expected float32 or float64"),
+    (dict(w_hh=np.zeros((16, 4), np.float64)), TypeError, r"w_hh: expected dtype float32"),
+    (dict(w_hh=np.zeros((16, 3), np.float32)), ValueError, r"w_hh: expected 64 elements"),
+    (dict(workspace=np.zeros(10, np.float32)), ValueError, r"workspace: expected 120"),
+    (dict(w_hr=np.zeros((4, 4), np.float32)), ValueError,
+     r"w_hr(, dw_hr)?: expected None without a projection \(P = 0\)"),
+    (dict(batch_sizes=np.array([2, 3, 1], np.int32)), ValueError,
+     r"batch_sizes: expected 3 non-increasing counts from 2"),
+    (dict(H=0), ValueError, r"expected positive sizes that fit BLAS's int and 0 <= P < H"),
+    (dict(P=4), ValueError, r"0 <= P < H, got T=3, B=2, I=2, H=4, P=4"),
+    (dict(x=[[0.0] * 2] * 6), TypeError, r"x: expected a NumPy array, got list"),
+])
+def test_lstm_kernels_refuse_bad_buffers(which, change, exc, message):
+    sizes, fwd, bwd = lstm_kernel_args()
+    arrays = fwd if which.startswith("forward") else {
+        **{k: fwd[k] for k in ("w_ih", "w_hh", "w_hr", "peephole", "h0", "c0", "y",
+                               "workspace")}, **bwd}
+    sizes.update({k: v for k, v in change.items() if k in sizes})
+    arrays.update({k: v for k, v in change.items() if k not in sizes})
+    with pytest.raises(exc, match=message):
+        call_lstm_kernel(which, sizes, arrays)
+
+
+@pytest.mark.parametrize("which", ["forward_packed_bidir", "backward_packed_bidir"])
+def test_lstm_bidir_kernels_want_pairs(which):
+    sizes, fwd, bwd = lstm_kernel_args()
+    arrays = fwd if which.startswith("forward") else {
+        **{k: fwd[k] for k in ("w_ih", "w_hh", "w_hr", "peephole", "h0", "c0", "y",
+                               "workspace")}, **bwd}
+    pairs = {k: (v, None if v is None else v.copy()) for k, v in arrays.items()}
+    pairs["w_hh"] = arrays["w_hh"]
+    with pytest.raises(TypeError, match=r"w_hh: expected a pair \(forward, reverse\), got "
+                                        r"ndarray"):
+        getattr(kernels, which)(**sizes, **pairs)
