@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.timing import OPENBLAS_SPIN_PAUSE_S
+from bench.timing import OPENBLAS_SPIN_PAUSE_S, ORT_SPIN_PAUSE_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -639,7 +639,15 @@ class OnnxRuntimePeer(Peer):
         if why:
             raise Skip(f"onnxruntime: {why}")
         model = onnx_lstm.build_model(params, shape.L, shape.H, dtype, cell=shape.cell)
-        return _OnnxRunner(onnx_lstm.make_session(model, threads), x)
+        runner = _OnnxRunner(onnx_lstm.make_session(model, threads), x)
+        if threads > 1:
+            # ONNX Runtime's intra-op threads spin for tens of milliseconds after a run
+            # (its default allow_spinning): in the rotation they held the cores of
+            # whichever implementation came next. Measured (Zen 4, 2 cores, S3 LSTM
+            # forward): clstm's 2-thread call took 25-50 ms right after a run, 16-17 ms
+            # once 50 ms had passed. Let them go idle before the next sample.
+            runner.pause_after_s = ORT_SPIN_PAUSE_S
+        return runner
 
 
 class _OnnxRunner(Runner):

@@ -40,6 +40,9 @@ class Timing:
 # How long to wait for OpenBLAS's workers to go idle: they spin 2^28 cycles (~0.1 s)
 # after each multi-threaded call, on cores the next timed implementation needs.
 OPENBLAS_SPIN_PAUSE_S = 0.3
+# ONNX Runtime's intra-op threads spin after a run (allow_spinning, its default): 10-50 ms
+# measured, see bench/peers.py's OnnxRuntimePeer.
+ORT_SPIN_PAUSE_S = 0.1
 
 def _calls_per_sample(fn, min_time, tries=3, clock=time.perf_counter):
     once = math.inf

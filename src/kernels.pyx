@@ -1173,7 +1173,8 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
             forward_units(T, B, I, H, x, w_ih, w_hh, bias, peephole, h0, c0, y, gates,
                           cells, &failed, &leave_step, call)
         t1 = leave_step
-        clstm_team_report(t1 < T and not clstm_call_stopped(call))
+        # a units split that left is sure evidence: the pause starts at once
+        clstm_team_report(2 if t1 < T and not clstm_call_stopped(call) else 0)
         if not failed and t1 < T and not clstm_call_stopped(call):
             # The team was late: this thread runs the remaining steps alone, on all
             # units (the gates already hold their input projection).
@@ -1473,7 +1474,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
             backward_units(T, B, H, w_hh, peephole, c0, gates, cells, dy, dh0, dc0,
                            &failed, &leave_step, call)
         rest = T - leave_step          # steps T-1-leave_step .. 0 remain
-        clstm_team_report(rest > 0 and not clstm_call_stopped(call))
+        clstm_team_report(2 if rest > 0 and not clstm_call_stopped(call) else 0)
         if not failed and rest > 0 and not clstm_call_stopped(call):
             _team_left_last = leave_step
             packed = pack_weights(G, H, w_hh, H, False)             # P = W_hh

@@ -87,6 +87,12 @@ __attribute__((constructor)) static void runtime_init(void)
  * without a lock by concurrent calls: a lost update only shortens or lengthens a pause. */
 static int busy_calls_left = 0;
 static int busy_pause = 0;
+/* Late row splits in a row, with no pause running. One alone starts nothing: on a
+ * virtual machine a single call loses a time slice now and then to the host (and in a
+ * benchmark, to another library's threads still spinning), and a pause of 8 calls on
+ * one thread after each such call halved 2-thread speed on a quiet machine. */
+static int busy_strikes = 0;
+#define STRIKES_BEFORE_PAUSE 2
 #define FIRST_PAUSE_CALLS 8
 #define LONGEST_PAUSE_CALLS 256
 
@@ -143,9 +149,17 @@ void clstm_team_report(int late)
     int pause;
     if (!late) {
         __atomic_store_n(&busy_pause, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&busy_strikes, 0, __ATOMIC_RELAXED);
         return;
     }
     pause = __atomic_load_n(&busy_pause, __ATOMIC_RELAXED);
+    /* A late row split starts the first pause only as the second in a row; a retry
+     * after a pause that is late again (pause > 0), or a units split that left
+     * (late == 2), doubles or starts it at once. */
+    if (pause == 0 && late == 1 &&
+        __atomic_add_fetch(&busy_strikes, 1, __ATOMIC_RELAXED) < STRIKES_BEFORE_PAUSE)
+        return;
+    __atomic_store_n(&busy_strikes, 0, __ATOMIC_RELAXED);
     pause = pause == 0 ? FIRST_PAUSE_CALLS
             : pause * 2 > LONGEST_PAUSE_CALLS ? LONGEST_PAUSE_CALLS : pause * 2;
     __atomic_store_n(&busy_pause, pause, __ATOMIC_RELAXED);
@@ -180,6 +194,7 @@ void clstm_team_reset(void)
 {
     __atomic_store_n(&busy_calls_left, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&busy_pause, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&busy_strikes, 0, __ATOMIC_RELAXED);
 }
 
 int clstm_fork_limited(void) { return forked_child; }

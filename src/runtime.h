@@ -41,8 +41,9 @@ void clstm_team_clock_start(clstm_team_clock *clock);
 double clstm_thread_cpu(void);
 /* ... each member at the end of its work in the region. */
 void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start);
-/* After the region, thread 0: whether the team was late (also for other evidence, such
- * as the units split leaving for one thread), which sets or ends the pause. */
+/* After the region, thread 0: whether the team was late, which sets or ends the pause:
+ * 0 on time; 1 a late row split (the first pause starts at the second in a row); 2 sure
+ * evidence, the units split leaving for one thread (the pause starts at once). */
 void clstm_team_report(int late);
 /* The share of a region's time a member may lose (default 0.25; below 0: always late,
  * above 1: never), and the least time lost that counts (seconds). Returns the old share. */

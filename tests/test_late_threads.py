@@ -67,7 +67,10 @@ def test_a_late_team_puts_the_next_calls_on_one_thread_and_a_team_on_time_ends_i
         with kernel_knob(kernels._set_max_lost_share, -1.0):    # every team is late
             net.forward(x)
             assert kernels._threads_used_by_last_call() == 2
-            first = kernels._calls_on_one_thread()                # the first pause
+            assert kernels._calls_on_one_thread() == 0    # one late call alone: no pause
+            net.forward(x)
+            assert kernels._threads_used_by_last_call() == 2
+            first = kernels._calls_on_one_thread()        # the second in a row: a pause
             assert first >= 2
             for _ in range(first):
                 net.forward(x)
@@ -97,11 +100,28 @@ def test_pauses_double_up_to_256_calls():
     lengths = []
     with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2), \
             kernel_knob(kernels._set_max_lost_share, -1.0):
+        net.forward(x)                           # the first late call: a strike only
+        assert kernels._calls_on_one_thread() == 0
         for _ in range(8):
-            net.forward(x)                       # a late retry
+            net.forward(x)                       # the second in a row, then late retries
             lengths.append(kernels._calls_on_one_thread())
             kernels._team_pause_state((0, lengths[-1]))   # skip the pause, keep its length
     assert lengths == [8, 16, 32, 64, 128, 256, 256, 256]
+
+
+def test_a_single_late_call_between_calls_on_time_starts_no_pause():
+    """A virtual machine loses a time slice to its host now and then: one late call
+    between calls on time never puts the next calls on one thread."""
+    net = clstm.LSTM(5, 32, dtype="float64", seed=8)
+    x = np.ones((4, 8, 5))
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2):
+        for _ in range(3):
+            with kernel_knob(kernels._set_max_lost_share, -1.0):    # late
+                net.forward(x)
+            with kernel_knob(kernels._set_max_lost_share, 2.0):     # on time
+                net.forward(x)
+                assert kernels._threads_used_by_last_call() == 2
+            assert kernels._team_pause_state() == (0, 0)
 
 
 def test_the_units_split_leaving_for_one_thread_starts_a_pause():
