@@ -251,10 +251,19 @@ def run_cell(shape, dtype, threads, args, clstm_peer, peers, ceiling):
         ceilings = {n: ceiling.cell(shape, mode, dtype, n, input_grad=False)
                     for n in sorted({threads, 1})}
         contenders = {name: getattr(r, mode) for name, r in mode_runners.items()}
+        # clstm's pause on one thread after late teams (DEVELOPERS, "Threads") reacts to
+        # the peers of this rotation too: their pools spin for a while after each call,
+        # and a retry of the team at the start of clstm's next sample, late for that
+        # reason, doubled the pause until every 2-thread sample ran on one thread. Each
+        # sample starts from no pause, as in a process of its own; with --busy the
+        # pause carries over, since the hog is what it is for.
+        reset = importlib.import_module("clstm.kernels")._reset_team_pause
+        fresh = {} if args.busy else {n: reset for n in mode_runners if n == "clstm"}
         timings = interleaved(contenders, args.repeats, args.warmup, args.min_time,
                               settle=args.settle if threads > 1 else 0.0,
                               pause_after={name: r.pause_after_s
-                                           for name, r in mode_runners.items()})
+                                           for name, r in mode_runners.items()},
+                              before_sample=fresh)
         # The ceiling is timed after the implementations, not in their rotation: SciPy's
         # OpenBLAS workers spin for ~0.1 s after each multi-threaded GEMM and took a core
         # from whichever implementation ran next (clstm's 2-thread forward measured 2x

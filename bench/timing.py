@@ -69,7 +69,7 @@ def _sample(fn, number, clock=time.perf_counter):
 
 
 def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0, pause_after=None,
-                clock=time.perf_counter):
+                clock=time.perf_counter, before_sample=None):
     """Time each callable of `callables` (name -> zero-argument function).
 
     `clock` is wall time by default; `time.process_time` (the CPU seconds of every
@@ -86,8 +86,11 @@ def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0, pause_a
     TensorFlow pools a little) go to sleep instead of stealing the next one's cores.
     `pause_after` (name -> seconds) does the same after the samples of the named
     implementations only: those known to leave threads spinning for long.
+    `before_sample` (name -> zero-argument function) runs untimed before each sample of
+    the named implementations.
     """
     pause_after = pause_after or {}
+    before_sample = before_sample or {}
     names = list(callables)
     results = {name: Timing() for name in names}
     live = []
@@ -109,6 +112,8 @@ def interleaved(callables, repeats, warmup=1, min_time=0.02, settle=0.0, pause_a
                 continue
             if settle:
                 time.sleep(settle)
+            if name in before_sample:
+                before_sample[name]()
             try:
                 results[name].samples.append(_sample(callables[name], results[name].number,
                                                      clock))

@@ -285,3 +285,17 @@ def test_busy_variants_set_their_knobs_only_while_they_run_and_keep_their_own_pa
     # off while it ran, its own pause carried from one of its calls to the next
     assert seen == [(2, False, (0, 0)), (2, False, (5, 8))]
     assert kernels._set_row_handover(True) is True       # restored afterwards
+
+
+def test_interleaved_runs_before_sample_hooks_untimed_before_each_sample():
+    from bench.timing import interleaved
+    calls = []
+    timings = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                          repeats=3, warmup=0, min_time=0.0,
+                          before_sample={"a": lambda: calls.append("hook")})
+    assert len(timings["a"].samples) == 3 and len(timings["b"].samples) == 3
+    # every sample of "a" follows its hook; "b" has none
+    for i, c in enumerate(calls):
+        if c == "hook":
+            assert calls[i + 1] == "a"
+    assert calls.count("hook") == 3
