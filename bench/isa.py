@@ -63,8 +63,18 @@ def check_level(level, cpu=None):
     return None
 
 
+# PyTorch's own switches for its ATen kernels and oneDNN, so that at a forced lower level
+# the PyTorch peers run the code they would run on such a CPU too (ONNX Runtime's MLAS
+# has no such switch: it keeps what the CPU offers, which the report notes).
+TORCH_ISA_ENV = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "generic": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+
+
 def wanted_env(level):
-    return {"CLSTM_ISA": level, "OPENBLAS_CORETYPE": OPENBLAS_CORETYPE[level]}
+    return {"CLSTM_ISA": level, "OPENBLAS_CORETYPE": OPENBLAS_CORETYPE[level],
+            **TORCH_ISA_ENV.get(level, {})}
 
 
 def reexec_for_isa(level, argv, repo_root):
@@ -150,7 +160,9 @@ def summary(requested, kernels, threadpool_info):
     cores = openblas_cores(threadpool_info)
     record = dict(requested=requested, cpu=cpu, cpu_level=cpu_level(cpu), clstm=clstm,
                   openblas=[dict(library=f, architecture=a) for f, a in cores],
-                  env={k: os.environ.get(k) for k in ("CLSTM_ISA", "OPENBLAS_CORETYPE")})
+                  env={k: os.environ.get(k) for k in ("CLSTM_ISA", "OPENBLAS_CORETYPE",
+                                                      "ATEN_CPU_CAPABILITY",
+                                                      "ONEDNN_MAX_CPU_ISA")})
     notes = []
     if os.environ.get("BENCH_ISA_PREVIOUS_CORETYPE"):
         record["previous_openblas_coretype"] = os.environ["BENCH_ISA_PREVIOUS_CORETYPE"]
@@ -167,9 +179,12 @@ def summary(requested, kernels, threadpool_info):
             notes.append(f"ISA MISMATCH: --isa {requested}, but clstm ran {clstm['level']} "
                          f"({clstm['source']})")
         record["clstm_forced"] = clstm["level"] == requested
+        torch_env = TORCH_ISA_ENV.get(requested, {})
         notes.append(f"--isa {requested} forces clstm (CLSTM_ISA) and the GEMM ceiling and "
-                     "the numpy peer (OPENBLAS_CORETYPE="
-                     f"{want}); PyTorch and ONNX Runtime keep their own per-CPU kernels.")
+                     f"the numpy peer (OPENBLAS_CORETYPE={want})"
+                     + (", and PyTorch (" + ", ".join(f"{k}={v}" for k, v in torch_env.items())
+                        + ")" if torch_env else "")
+                     + "; ONNX Runtime keeps its own per-CPU kernels (MLAS has no switch).")
     elif os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("CLSTM_ISA"):
         notes.append("set in the environment: " + ", ".join(
             f"{k}={v}" for k, v in record["env"].items() if v))
