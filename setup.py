@@ -15,6 +15,7 @@ module, because its compiler flags depend on the compiler at hand:
   ``scipy.linalg.cython_blas``.
 """
 import os
+import platform
 import sys
 import tempfile
 import warnings
@@ -97,6 +98,8 @@ class BuildExt(build_ext):
                 stacklevel=1,
             )
         for ext in self.extensions:
+            if ext.name == HIDE_CPU_MODULE:
+                continue  # plain C, loaded with LD_PRELOAD into any program: no OpenMP
             if self.compiler.compiler_type == "msvc":
                 ext.extra_compile_args = ["/O2"]
             if flags is not None:
@@ -144,6 +147,14 @@ extensions = [
         extra_link_args=link_args,
     )
 ]
+
+# A helper for the benchmark and the tests, not a Python module: LD_PRELOAD'ed with
+# CLSTM_HIDE_CPU=avx2|generic, it hides AVX-512 (or AVX and above) from every library in
+# the process through Linux's CPUID faulting (src/hide_cpu.c).  Linux x86-64 only.
+HIDE_CPU_MODULE = "clstm._hide_cpu"
+if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
+    extensions.append(Extension(HIDE_CPU_MODULE, sources=["src/hide_cpu.c"],
+                                extra_compile_args=["-O2"], libraries=["dl"]))
 
 setup(
     cmdclass={"build_ext": BuildExt},

@@ -8,10 +8,19 @@ OpenBLAS, whose kernel is chosen when the library loads, from `OPENBLAS_CORETYPE
 own OpenBLAS (the numpy reference peer) reads the same variable.  Both libraries load when
 `bench.run` is imported, so `--isa` re-executes the process with both variables set
 (`reexec_for_isa`), and the run then checks with threadpoolctl that every OpenBLAS reports
-the architecture asked for.  PyTorch (oneDNN, MKL) and ONNX Runtime keep their own
-per-CPU choices.
+the architecture asked for.  PyTorch takes ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA.
+
+ONNX Runtime (MLAS) has no switch at all, and MKL's choice inside PyTorch is its own; so
+where the CPU has CPUID faulting (Linux x86-64, `cpuid_fault` in /proc/cpuinfo), the
+re-executed process also runs with clstm's `_hide_cpu` library preloaded
+(src/hide_cpu.c, `LD_PRELOAD` + `CLSTM_HIDE_CPU=level`): every library in it, its child
+processes too, then reads from CPUID a CPU without AVX-512 (without AVX at `generic`) and
+picks the kernels such a CPU runs.  The results record whether that took
+(`isa.hidden_cpu`).
 """
 
+import ctypes
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -72,9 +81,60 @@ TORCH_ISA_ENV = {
 }
 
 
+HIDE_CPU_ENV = "CLSTM_HIDE_CPU"
+
+
+def cpu_flags():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == "flags":
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def hide_cpu_library():
+    """The path of clstm's `_hide_cpu` library (built on Linux x86-64), found without
+    importing clstm; None where there is none."""
+    spec = importlib.util.find_spec("clstm")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(Path(folder).glob("_hide_cpu*.so"))
+        if found:
+            return str(found[0])
+    return None
+
+
+def hide_cpu_env(level, env=None):
+    """The variables that preload `_hide_cpu` to hide what `level` lacks, or {} where
+    that cannot work here (no library, no CPUID faulting, nothing to hide)."""
+    env = os.environ if env is None else env
+    library = hide_cpu_library()
+    if level == "avx512" or library is None or "cpuid_fault" not in cpu_flags():
+        return {}
+    preload = [p for p in env.get("LD_PRELOAD", "").split() if p and p != library]
+    return {"LD_PRELOAD": " ".join([library] + preload), HIDE_CPU_ENV: level}
+
+
+def hidden_cpu():
+    """What `_hide_cpu` did in this process: {"asked", "active", "level", "traps"} (traps:
+    CPUID instructions answered so far), or None when it is not loaded."""
+    library = hide_cpu_library()
+    asked = os.environ.get(HIDE_CPU_ENV)
+    if library is None or library not in os.environ.get("LD_PRELOAD", "").split():
+        return None
+    lib = ctypes.CDLL(library)  # the preloaded copy: the same handle
+    status = lib.clstm_hide_cpu_status()
+    lib.clstm_hide_cpu_traps.restype = ctypes.c_long
+    return dict(asked=asked, active=status == 1,
+                level={0: None, 1: "avx2", 2: "generic"}.get(lib.clstm_hide_cpu_level()),
+                error=None if status >= 0 else os.strerror(-status),
+                traps=int(lib.clstm_hide_cpu_traps()))
+
+
 def wanted_env(level):
     return {"CLSTM_ISA": level, "OPENBLAS_CORETYPE": OPENBLAS_CORETYPE[level],
-            **TORCH_ISA_ENV.get(level, {})}
+            **TORCH_ISA_ENV.get(level, {}), **hide_cpu_env(level)}
 
 
 def reexec_for_isa(level, argv, repo_root):
@@ -96,7 +156,11 @@ def reexec_for_isa(level, argv, repo_root):
     if os.environ.get("OPENBLAS_CORETYPE") not in (None, want["OPENBLAS_CORETYPE"]):
         env["BENCH_ISA_PREVIOUS_CORETYPE"] = os.environ["OPENBLAS_CORETYPE"]
     print(f"--isa {level}: re-executing with "
-          + " ".join(f"{k}={v}" for k, v in want.items()), file=sys.stderr, flush=True)
+          + " ".join(f"{k}={v}" for k, v in want.items() if k != "LD_PRELOAD"), file=sys.stderr, flush=True)
+    if "LD_PRELOAD" in want:
+        print(f"--isa {level}: and with {want['LD_PRELOAD'].split()[0]} preloaded (hides "
+              f"{'AVX-512' if level == 'avx2' else 'AVX and above'} from every library)",
+              file=sys.stderr, flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "bench"] + list(argv), env)
@@ -163,6 +227,8 @@ def summary(requested, kernels, threadpool_info):
                   env={k: os.environ.get(k) for k in ("CLSTM_ISA", "OPENBLAS_CORETYPE",
                                                       "ATEN_CPU_CAPABILITY",
                                                       "ONEDNN_MAX_CPU_ISA")})
+    hidden = hidden_cpu()
+    record["hidden_cpu"] = hidden
     notes = []
     if os.environ.get("BENCH_ISA_PREVIOUS_CORETYPE"):
         record["previous_openblas_coretype"] = os.environ["BENCH_ISA_PREVIOUS_CORETYPE"]
@@ -180,11 +246,23 @@ def summary(requested, kernels, threadpool_info):
                          f"({clstm['source']})")
         record["clstm_forced"] = clstm["level"] == requested
         torch_env = TORCH_ISA_ENV.get(requested, {})
-        notes.append(f"--isa {requested} forces clstm (CLSTM_ISA) and the GEMM ceiling and "
-                     f"the numpy peer (OPENBLAS_CORETYPE={want})"
-                     + (", and PyTorch (" + ", ".join(f"{k}={v}" for k, v in torch_env.items())
-                        + ")" if torch_env else "")
-                     + "; ONNX Runtime keeps its own per-CPU kernels (MLAS has no switch).")
+        forced = (f"--isa {requested} forces clstm (CLSTM_ISA) and the GEMM ceiling and "
+                  f"the numpy peer (OPENBLAS_CORETYPE={want})"
+                  + (", and PyTorch (" + ", ".join(f"{k}={v}" for k, v in torch_env.items())
+                     + ")" if torch_env else ""))
+        if hidden and hidden["active"]:
+            notes.append(forced + f"; and the CPU's {'AVX-512' if requested == 'avx2' else 'AVX and above'} "
+                         "was hidden from every library in the run (CPUID faulting, "
+                         "src/hide_cpu.c): ONNX Runtime's MLAS and PyTorch's MKL chose "
+                         f"their kernels for a {requested} CPU too "
+                         f"({hidden['traps']} CPUID instructions answered).")
+        elif requested != "avx512":
+            why = (f"hiding failed: {hidden['error']}" if hidden else
+                   "no CPUID faulting here, or clstm's _hide_cpu library is not built")
+            notes.append(forced + "; ONNX Runtime keeps its own per-CPU kernels (MLAS has no "
+                         f"switch; {why}).")
+        else:
+            notes.append(forced + ".")
     elif os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("CLSTM_ISA"):
         notes.append("set in the environment: " + ", ".join(
             f"{k}={v}" for k, v in record["env"].items() if v))
