@@ -110,6 +110,7 @@ def test_results_equal_the_native_run(level, tmp_path):
     code = r"""
 import os, sys
 sys.path.insert(0, os.environ["REPO_ROOT"])
+import bench  # noqa: F401 (the installed clstm where the source tree's is unbuilt)
 import numpy as np, clstm
 rng = np.random.default_rng(3)
 x = rng.standard_normal((30, 5, 24)).astype(np.float32)
@@ -132,8 +133,8 @@ def test_onnxruntime_runs_under_the_mask(tmp_path):
     code = r"""
 import os, sys
 sys.path.insert(0, os.environ["REPO_ROOT"])
+from bench import isa  # first: the installed clstm where the source tree's is unbuilt
 import numpy as np, clstm, clstm.onnx
-from bench import isa
 net = clstm.LSTM(16, 32, seed=2)
 x = np.random.default_rng(0).standard_normal((12, 3, 16)).astype(np.float32)
 clstm.onnx.export(net, os.environ["OUT"])
