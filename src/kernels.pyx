@@ -3863,6 +3863,62 @@ def step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, peephole, h, c, h_out, 
         clstm_blas_leave()
 
 
+cdef void gru_layer_step(int B, int I, int H, const floating* x, const floating* w_ih,
+                         const floating* w_hh, const floating* b_ih, const floating* b_hh,
+                         const floating* h, floating* h_out, floating* gates,
+                         floating* gh) noexcept nogil:
+    """One GRU time step of one layer, for serving: the two products (GEMV for one row:
+    no GEMM packing, no thread team) and the fused gate loop, nothing saved. ``gates``
+    and ``gh`` are (B, 3H) scratch; ``h`` may be NULL for a zero state (then gh is zero,
+    as in the sequence driver)."""
+    cdef int G = 3 * H
+    if B == 1:
+        gemv_rows(G, I, <floating>1, w_ih, I, x, <floating>0, gates)
+    else:
+        gemm(False, True, B, G, I, <floating>1, x, I, w_ih, I, <floating>0, gates, G)
+    if h == NULL:
+        memset(gh, 0, <size_t>B * G * sizeof(floating))
+    elif B == 1:
+        gemv_rows(G, H, <floating>1, w_hh, H, h, <floating>0, gh)
+    else:
+        gemm(False, True, B, G, H, <floating>1, h, H, w_hh, H, <floating>0, gh, G)
+    gru_gates_forward(B, H, gates, gh, b_ih, b_hh, h, h_out)
+
+
+def gru_step(int B, int I, int H, x, w_ih, w_hh, b_ih, b_hh, h, h_out, workspace):
+    """One GRU time step of one layer (inference): fills ``h_out`` (B, H).
+
+    ``b_ih``/``b_hh`` are None without bias, ``h`` None for a zero state; ``workspace``
+    is 6·B·H scratch of the same dtype.
+    """
+    if not sizes_ok(1, B, I, H):
+        raise ValueError(f"expected positive sizes that fit BLAS's int, got B={B}, I={I}, H={H}")
+    cdef int tn = typenum_of(x)
+    cdef Py_ssize_t G = 3 * <Py_ssize_t>H
+    cdef void* px = buffer_of(x, "x", tn, <Py_ssize_t>B * I)
+    cdef void* pwi = buffer_of(w_ih, "w_ih", tn, G * I)
+    cdef void* pwh = buffer_of(w_hh, "w_hh", tn, G * H)
+    cdef void* pbi = buffer_of(b_ih, "b_ih", tn, G, True)
+    cdef void* pbh = buffer_of(b_hh, "b_hh", tn, G, True)
+    cdef void* ph = buffer_of(h, "h", tn, <Py_ssize_t>B * H, True)
+    cdef void* pho = writable_buffer_of(h_out, "h_out", tn, <Py_ssize_t>B * H)
+    cdef void* pws = writable_buffer_of(workspace, "workspace", tn, 2 * B * G)
+    if (pbi == NULL) != (pbh == NULL):
+        raise ValueError("b_ih and b_hh: expected both or neither")
+    # Without the GIL: threads serving one model step in parallel.
+    with nogil:
+        clstm_blas_enter()
+        if tn == cnp.NPY_FLOAT32:
+            gru_layer_step(B, I, H, <float*>px, <float*>pwi, <float*>pwh, <float*>pbi,
+                           <float*>pbh, <float*>ph, <float*>pho, <float*>pws,
+                           <float*>pws + B * G)
+        else:
+            gru_layer_step(B, I, H, <double*>px, <double*>pwi, <double*>pwh, <double*>pbi,
+                           <double*>pbh, <double*>ph, <double*>pho, <double*>pws,
+                           <double*>pws + B * G)
+        clstm_blas_leave()
+
+
 def matmul(a, b, out, bint trans_a=False, bint trans_b=False, bint accumulate=False,
            int num_threads=1):
     """out (m×n) := op(a)·op(b) (+ out when ``accumulate``), on the kernels' thread team.

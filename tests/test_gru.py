@@ -188,17 +188,27 @@ def test_finite_differences_float64(bidirectional, bias):
 
 
 @at_every_isa_level
-def test_step_equals_forward():
+@at_every_isa_level
+@pytest.mark.parametrize("B, bias, dtype", [(2, True, "float64"), (1, True, "float64"),
+                                            (1, False, "float64"), (3, False, "float32"),
+                                            (1, True, "float32")])
+def test_step_equals_forward(B, bias, dtype):
+    """step (kernels.gru_step: GEMV at B = 1, GEMM above) equals forward step by step,
+    from a given state and from the zero state."""
     rng = np.random.default_rng(6)
-    net = clstm.GRU(3, 5, 3, dtype="float64", seed=3)
-    x = rng.normal(size=(4, 2, 3))
-    h0 = rng.normal(size=(3, 2, 5))
-    y, h_n = net.forward(x, h0)
-    h = h0
-    for t in range(4):
-        out, h = net.step(x[t], h)
-        np.testing.assert_allclose(out, y[t], rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(h, h_n, rtol=1e-12, atol=1e-14)
+    net = clstm.GRU(3, 5, 3, bias=bias, dtype=dtype, seed=3)
+    x = rng.normal(size=(4, B, 3)).astype(dtype)
+    h0 = rng.normal(size=(3, B, 5)).astype(dtype)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=2e-5, atol=2e-6)
+    for start in (h0, None):
+        y, h_n = net.forward(x, start)
+        h = start
+        for t in range(4):
+            out, h = net.step(x[t], h)
+            np.testing.assert_allclose(out, y[t], **tol)
+        np.testing.assert_allclose(h, h_n, **tol)
+    if B != 2 or dtype != "float64":
+        return
     out, h1 = net.step(x[0, 0])                       # unbatched, zero state
     np.testing.assert_allclose(out, net.forward(x[:1, :1])[0][0, 0], rtol=1e-12)
     assert h1.shape == (3, 5)
