@@ -199,6 +199,31 @@ def _variant_runner(kernels, mod, call, threads, knobs):
     return run
 
 
+class _PackedRunner:
+    """fwd/train of a clstm net on the packed driver: with lengths (uniform in [T/4, T],
+    seeded) and/or both directions; the grid's runner has neither."""
+
+    def __init__(self, mod, shape, dtype, lengths, bidirectional):
+        import numpy as np
+        from bench.peers import clstm_class, make_input
+        self.net = clstm_class(mod, shape.cell)(shape.I, shape.H, shape.L, dtype=dtype,
+                                                seed=0, bidirectional=bidirectional)
+        self.x = make_input(shape, dtype)
+        self.lengths = (np.random.default_rng(0).integers(max(1, shape.T // 4), shape.T + 1,
+                                                          size=shape.B)
+                        if lengths else None)
+        D = 2 if bidirectional else 1
+        self.dy = np.ones((shape.T, shape.B, D * shape.H), dtype=dtype)
+
+    def fwd(self):
+        self.net.forward(self.x, lengths=self.lengths)
+
+    def train(self):
+        self.net.zero_grad()
+        self.net.forward(self.x, lengths=self.lengths)
+        self.net.backward(self.dy, input_grad=False)
+
+
 def main(argv=None):
     """Time a few cells at 1 thread and at n threads (fallback variants), interleaved."""
     import argparse
@@ -207,6 +232,10 @@ def main(argv=None):
     ap.add_argument("shapes", help="comma list of grid names or B:T:I:H:L")
     ap.add_argument("--cell", default="lstm",
                     help="the recurrent cell: lstm (default), gru, or both")
+    ap.add_argument("--lengths", action="store_true",
+                    help="variable lengths, uniform in [T/4, T] (the packed driver)")
+    ap.add_argument("--bidirectional", action="store_true",
+                    help="both directions (the packed driver)")
     ap.add_argument("--modes", default="fwd,train")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
@@ -226,13 +255,21 @@ def main(argv=None):
     mod = clstm_module()
     from clstm import kernels
     n = args.threads
+    packed = args.lengths or args.bidirectional
+    what = "".join([", lengths in [T/4, T]" if args.lengths else "",
+                    ", bidirectional" if args.bidirectional else ""])
     print(f"isa {kernels.isa()}, {'quiet' if args.quiet else 'hog on one core'}, "
-          f"{args.dtype}, medians of {args.repeats}; time and ratio to 1 thread", flush=True)
+          f"{args.dtype}{what}, medians of {args.repeats}; time and ratio to 1 thread",
+          flush=True)
 
     def measure():
         for shape in shapes:
-            params, x = make_params(shape, args.dtype), make_input(shape, args.dtype)
-            runner = ClstmPeer().setup(shape, args.dtype, n, params, x)
+            if packed:
+                runner = _PackedRunner(mod, shape, args.dtype, args.lengths,
+                                       args.bidirectional)
+            else:
+                params, x = make_params(shape, args.dtype), make_input(shape, args.dtype)
+                runner = ClstmPeer().setup(shape, args.dtype, n, params, x)
             for mode in args.modes.split(","):
                 call = getattr(runner, mode)
                 fns = {"1": _variant_runner(kernels, mod, call, 1, {})}

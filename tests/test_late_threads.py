@@ -215,11 +215,13 @@ def test_a_late_thread_of_the_packed_driver_starts_the_pause(cell, lengths,
     want = train_packed(net, x, 1, lengths)
     with kernel_knob(kernels._set_min_flops_per_thread, 0), \
             kernel_knob(kernels._set_parallel_directions, parallel_directions), \
-            kernel_knob(kernels._set_max_lost_share, 0.25), clstm.threads(2):
-        net.forward(x, lengths=lengths)      # on time: no strike, no pause
+            clstm.threads(2):
+        net.forward(x, lengths=lengths)      # on time (the fixture's share): no pause
         assert kernels._threads_used_by_last_call() == 2
         assert kernels._team_pause_state() == (0, 0)
-        with kernel_knob(kernels._set_late_thread_delay, 0.05):
+        # the default share, and thread 1 asleep for 50 ms in every split
+        with kernel_knob(kernels._set_max_lost_share, 0.25), \
+                kernel_knob(kernels._set_late_thread_delay, 0.05):
             net.forward(x, lengths=lengths)  # the first layer late: a strike; the second
             assert kernels._threads_used_by_last_call() == 2     # in a row: the pause
         assert kernels._calls_on_one_thread() > 0
