@@ -110,7 +110,7 @@ def parse_args(argv=None):
     ap.add_argument("--busy", action="store_true",
                     help="run beside a busy-loop process pinned to one core, and report "
                          "clstm's time at the largest thread count / at 1 thread under that "
-                         "load for every shape, dtype and mode (target <= 1.1)")
+                         "load for every shape, cell, dtype and mode (target <= 1.1)")
     args = ap.parse_args(argv)
 
     defaults = QUICK if args.quick else FULL
