@@ -7,7 +7,8 @@ handler cover the rest, and the hog itself exits within about 0.1 s once its par
 gone (it watches os.getppid()), so a SIGKILLed benchmark leaves nothing spinning.
 
 `thread_ratio_table` times clstm at the run's largest thread count n and at 1 thread,
-interleaved, for every shape, dtype and mode, under the same load: a ratio
+interleaved, for every shape, cell (the run's `--cell`: LSTM, GRU or both), dtype and mode,
+under the same load: a ratio
 time(n threads) / time(1 thread) above 1 means the extra threads cost more than they
 bring when a core is taken (a thread waiting at a barrier for a descheduled peer); the
 target is <= 1.1.
@@ -114,15 +115,18 @@ class CpuHog:
 
 
 def thread_ratio_table(args, clstm_peer, log):
-    """clstm at max(args.threads) against 1 thread, interleaved, under the running load."""
+    """clstm at max(args.threads) against 1 thread, interleaved, under the running load,
+    for each of the run's cells (args.cells; the LSTM where the args have none)."""
     from bench.peers import clstm_module, make_input, make_params
+    from bench.shapes import with_cell
     n = max(args.threads)
     if n < 2:
         return []
     mod = clstm_module()
     rows = []
+    cells = getattr(args, "cells", None) or ["lstm"]
     for dtype in args.dtypes:
-        for shape in args.shapes:
+        for shape in [with_cell(s, c) for s in args.shapes for c in cells]:
             params, x = make_params(shape, dtype), make_input(shape, dtype)
             runner = clstm_peer.setup(shape, dtype, n, params, x)
             for mode in args.modes:
@@ -137,12 +141,13 @@ def thread_ratio_table(args, clstm_peer, log):
                                 args.min_time)
                 one, many = t["1"], t[str(n)]
                 ratio = many.median / one.median if one.samples and many.samples else None
-                rows.append(dict(shape=shape.name, dtype=dtype, mode=mode, threads=n,
-                                 one_thread_s=one.median, n_threads_s=many.median,
+                rows.append(dict(shape=shape.name, cell=shape.cell, dtype=dtype, mode=mode,
+                                 threads=n, one_thread_s=one.median, n_threads_s=many.median,
                                  ratio=ratio, spread_one=one.spread(), spread_n=many.spread(),
                                  error=one.error or many.error))
-                log(f"  busy {shape.name} {dtype} {mode:5s}: 1thr {one.median * 1e3:.3g} ms, "
-                    f"{n}thr {many.median * 1e3:.3g} ms, ratio "
+                cell = "" if shape.cell == "lstm" else " " + shape.cell.upper()
+                log(f"  busy {shape.name}{cell} {dtype} {mode:5s}: "
+                    f"1thr {one.median * 1e3:.3g} ms, {n}thr {many.median * 1e3:.3g} ms, ratio "
                     + (f"{ratio:.2f}" if ratio else "?"))
             mod.set_num_threads(n)
             del runner
@@ -194,12 +199,43 @@ def _variant_runner(kernels, mod, call, threads, knobs):
     return run
 
 
+class _PackedRunner:
+    """fwd/train of a clstm net on the packed driver: with lengths (uniform in [T/4, T],
+    seeded) and/or both directions; the grid's runner has neither."""
+
+    def __init__(self, mod, shape, dtype, lengths, bidirectional):
+        import numpy as np
+        from bench.peers import clstm_class, make_input
+        self.net = clstm_class(mod, shape.cell)(shape.I, shape.H, shape.L, dtype=dtype,
+                                                seed=0, bidirectional=bidirectional)
+        self.x = make_input(shape, dtype)
+        self.lengths = (np.random.default_rng(0).integers(max(1, shape.T // 4), shape.T + 1,
+                                                          size=shape.B)
+                        if lengths else None)
+        D = 2 if bidirectional else 1
+        self.dy = np.ones((shape.T, shape.B, D * shape.H), dtype=dtype)
+
+    def fwd(self):
+        self.net.forward(self.x, lengths=self.lengths)
+
+    def train(self):
+        self.net.zero_grad()
+        self.net.forward(self.x, lengths=self.lengths)
+        self.net.backward(self.dy, input_grad=False)
+
+
 def main(argv=None):
     """Time a few cells at 1 thread and at n threads (fallback variants), interleaved."""
     import argparse
     from bench.peers import ClstmPeer, clstm_module, make_input, make_params
     ap = argparse.ArgumentParser(prog="python -m bench.busy", description=main.__doc__)
     ap.add_argument("shapes", help="comma list of grid names or B:T:I:H:L")
+    ap.add_argument("--cell", default="lstm",
+                    help="the recurrent cell: lstm (default), gru, or both")
+    ap.add_argument("--lengths", action="store_true",
+                    help="variable lengths, uniform in [T/4, T] (the packed driver)")
+    ap.add_argument("--bidirectional", action="store_true",
+                    help="both directions (the packed driver)")
     ap.add_argument("--modes", default="fwd,train")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
@@ -209,18 +245,31 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma list of {','.join(VARIANTS)}")
     args = ap.parse_args(argv)
-    shapes = [_parse_shape(s) for s in args.shapes.split(",")]
+    from bench.shapes import parse_cells, with_cell
+    try:
+        cells = parse_cells(args.cell)
+    except ValueError as exc:
+        raise SystemExit(f"--cell: {exc}")
+    shapes = [with_cell(_parse_shape(s), c) for s in args.shapes.split(",") for c in cells]
     variants = args.variants.split(",")
     mod = clstm_module()
     from clstm import kernels
     n = args.threads
+    packed = args.lengths or args.bidirectional
+    what = "".join([", lengths in [T/4, T]" if args.lengths else "",
+                    ", bidirectional" if args.bidirectional else ""])
     print(f"isa {kernels.isa()}, {'quiet' if args.quiet else 'hog on one core'}, "
-          f"{args.dtype}, medians of {args.repeats}; time and ratio to 1 thread", flush=True)
+          f"{args.dtype}{what}, medians of {args.repeats}; time and ratio to 1 thread",
+          flush=True)
 
     def measure():
         for shape in shapes:
-            params, x = make_params(shape, args.dtype), make_input(shape, args.dtype)
-            runner = ClstmPeer().setup(shape, args.dtype, n, params, x)
+            if packed:
+                runner = _PackedRunner(mod, shape, args.dtype, args.lengths,
+                                       args.bidirectional)
+            else:
+                params, x = make_params(shape, args.dtype), make_input(shape, args.dtype)
+                runner = ClstmPeer().setup(shape, args.dtype, n, params, x)
             for mode in args.modes.split(","):
                 call = getattr(runner, mode)
                 fns = {"1": _variant_runner(kernels, mod, call, 1, {})}

@@ -106,15 +106,19 @@ def streaming_table(results):
 def busy_table(results):
     b = results["busy"]
     target = b.get("target", 1.1)
+    # a cell column once a GRU is among the rows (results before it had LSTM rows only)
+    name_cells = any(r.get("cell", "lstm") != "lstm" for r in b["rows"])
     rows = []
     for r in b["rows"]:
         ratio = r.get("ratio")
-        rows.append([r["shape"], r["dtype"], r["mode"], _ms(r["one_thread_s"]),
-                     f"{_ms(r['n_threads_s'])} ({r['threads']} thr)",
-                     "—" if ratio is None else f"{ratio:.2f}"
-                     + ("" if ratio <= target else f" (over {target})")])
-    return _table(["shape", "dtype", "mode", "1 thread ms", "n threads ms",
-                   "n threads / 1 thread"], rows)
+        rows.append(([r.get("cell", "lstm").upper()] if name_cells else [])
+                    + [r["shape"], r["dtype"], r["mode"], _ms(r["one_thread_s"]),
+                       f"{_ms(r['n_threads_s'])} ({r['threads']} thr)",
+                       "—" if ratio is None else f"{ratio:.2f}"
+                       + ("" if ratio <= target else f" (over {target})")])
+    return _table((["cell"] if name_cells else [])
+                  + ["shape", "dtype", "mode", "1 thread ms", "n threads ms",
+                     "n threads / 1 thread"], rows)
 
 
 def serving_table(results):

@@ -8,7 +8,7 @@
 Writes DIR/results.json, DIR/results.md and (with matplotlib) DIR/chart.png, and prints the
 Markdown.  `--cell gru` times clstm.GRU against torch.nn.GRU (and the other peers' GRUs) on
 the same shapes, `--cell both` both cells (each shape's LSTM cell, then its GRU cell); the
-streaming table follows `--cell` too; the memory, busy and serving tables stay the LSTM's.  `--isa LEVEL` re-executes the run with clstm and OpenBLAS forced to that level
+streaming and busy tables follow `--cell` too; the memory and serving tables stay the LSTM's.  `--isa LEVEL` re-executes the run with clstm and OpenBLAS forced to that level
 (bench/isa.py); `--busy` runs everything beside a CPU hog and adds the table of clstm's
 n-thread / 1-thread time under that load (bench/busy.py); the serving table (1, 2, 4 Python
 threads sharing one model) comes from `python -m bench.serving`, run in a subprocess; the
@@ -110,7 +110,7 @@ def parse_args(argv=None):
     ap.add_argument("--busy", action="store_true",
                     help="run beside a busy-loop process pinned to one core, and report "
                          "clstm's time at the largest thread count / at 1 thread under that "
-                         "load for every shape, dtype and mode (target <= 1.1)")
+                         "load for every shape, cell, dtype and mode (target <= 1.1)")
     args = ap.parse_args(argv)
 
     defaults = QUICK if args.quick else FULL
@@ -550,7 +550,7 @@ def grid_notes(cells, args, unavailable):
                      "its generic path), Keras' GRU(reset_after=True), a lax.scan GRU in JAX "
                      "and ONNX Runtime's GRU node (linear_before_reset=1), all with the same "
                      "weights; GFLOP/s and the ceiling count 3H gate rows instead of 4H. "
-                     "Memory, busy and serving tables: LSTM only.")
+                     "Memory and serving tables: LSTM only.")
     noisy = [f"{c['shape']} {c['dtype']} {c['threads']}thr {c['mode']}" for c in cells
              if c["impls"]["clstm"]["spread"] > 0.25]
     if noisy:

@@ -146,6 +146,7 @@ cdef extern from "runtime.h" nogil:
     void clstm_block_done(clstm_row_block* b, int s)
     int clstm_block_take_over(clstm_row_block* b, int steps)
     void clstm_wait_a_little(int* spins)
+    void clstm_sleep(double seconds)
     void clstm_count_taken_over(int steps)
     long clstm_taken_over_steps()
     int clstm_all_finite_f32(Py_ssize_t n, const float* a)
@@ -746,8 +747,10 @@ def _set_row_handover(bint enabled):
 
 
 def _set_late_thread_delay(double seconds):
-    """Tests: every thread but thread 0 waits this long before its first step of the row
-    split, as a thread the OS has descheduled. Returns the previous value."""
+    """Tests: every thread but thread 0 sleeps this long before its first step of a row
+    split (padded or packed) or, in a bidirectional layer whose directions run at once,
+    before its direction, as a thread the OS has descheduled. Returns the previous
+    value."""
     global _late_thread_delay
     old = _late_thread_delay
     _late_thread_delay = seconds
@@ -788,12 +791,10 @@ def _team_pause_state(state=None):
 
 
 cdef inline void late_thread_pause(int me) noexcept nogil:
-    cdef double until
-    cdef int spins = 0
+    # asleep, not spinning: like a descheduled thread, it loses wall time and no CPU time,
+    # so the team's clock sees it late
     if me > 0 and _late_thread_delay > 0:
-        until = clstm_monotonic() + _late_thread_delay
-        while clstm_monotonic() < until:
-            clstm_wait_a_little(&spins)
+        clstm_sleep(_late_thread_delay)
 
 
 cdef int next_block_step(int me, int n_blocks, clstm_row_block* blocks, int steps, int* s,
@@ -824,6 +825,81 @@ cdef clstm_row_block* new_row_blocks(int n) noexcept nogil:
         return NULL
     memset(buf, 0, <size_t>n * sizeof(clstm_row_block))
     return <clstm_row_block*>buf
+
+
+# A thread's walk through the row split's blocks, the same for every driver (padded and
+# packed, forward and backward, both cells): its own block first, step by step, each step
+# claimed before it runs and published after; then, with nothing of its own left, the
+# next unfinished block of a late thread (next_block_step). The driver runs whatever
+# step of whatever block walk_next hands it:
+#
+#     walk_begin(&w, blocks, n_blocks, steps, call)
+#     while walk_next(&w, call):
+#         <step w.s of block w.blk>
+#     walk_end(&w, clock)
+#
+# walk_end times the thread for the team's clock (the call is late when a member lost
+# too much of the region's time: see clstm_team_clock).
+
+cdef struct block_walk:
+    clstm_row_block* blocks
+    int n_blocks
+    int steps          # of every block
+    int me             # this thread: block me is its own
+    int blk            # the block being walked (-1: done)
+    int s              # its next step (the one to run after walk_next returned True)
+    int taken          # steps run of other threads' blocks
+    bint held          # step s already claimed (by next_block_step)
+    bint ran           # step s was handed out and has run
+    double cpu0        # this thread's CPU time at the start
+
+
+cdef inline void walk_begin(block_walk* w, clstm_row_block* blocks, int n_blocks, int steps,
+                            clstm_call* call) noexcept nogil:
+    w.blocks = blocks
+    w.n_blocks = n_blocks
+    w.steps = steps
+    w.me = clstm_omp_thread_num()
+    w.blk = w.me
+    w.s = 0
+    w.taken = 0
+    w.held = False
+    w.ran = False
+    w.cpu0 = clstm_thread_cpu()
+    late_thread_pause(w.me)
+    if w.blk >= n_blocks:        # (a team larger than the blocks: only takes over)
+        w.blk = next_block_step(w.me, n_blocks, blocks, steps, &w.s, call)
+        w.held = w.blk >= 0
+
+
+cdef inline bint walk_next(block_walk* w, clstm_call* call) noexcept nogil:
+    """Publishes the step that ran last (if any); True with the next one to run in w.blk,
+    w.s (claimed), False when this thread is done: every block finished, its own block
+    taken over (it was late), or the call stopped."""
+    if w.ran:
+        clstm_block_done(&w.blocks[w.blk], w.s)
+        if w.blk != w.me:
+            w.taken += 1
+        w.s += 1
+        w.ran = False
+    while w.blk >= 0:
+        if w.s < w.steps:
+            # (threads waiting for this block see a stop too)
+            if clstm_call_stopped(call) or (not w.held
+                                            and not clstm_block_take(&w.blocks[w.blk], w.s)):
+                w.blk = -1
+                return False
+            w.held = False
+            w.ran = True
+            return True
+        w.blk = next_block_step(w.me, w.n_blocks, w.blocks, w.steps, &w.s, call)
+        w.held = w.blk >= 0
+    return False
+
+
+cdef inline void walk_end(block_walk* w, clstm_team_clock* clock) noexcept nogil:
+    clstm_count_taken_over(w.taken)
+    clstm_team_clock_check(clock, w.cpu0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -883,36 +959,14 @@ cdef void forward_blocks(int T, int B, int I, int H, int n_blocks, clstm_row_blo
                          floating* gates, floating* cells, clstm_call* call) noexcept nogil:
     """One thread's part of the forward's row split (called by every thread of the team):
     block k is rows k·B/n : (k+1)·B/n, thread k's own; a thread done with its own takes
-    over what is left of a late thread's (see next_block_step). Which thread runs a step
+    over what is left of a late thread's (see block_walk). Which thread runs a step
     changes nothing in its arithmetic: the results are those of forward_rows per block."""
-    cdef int me = clstm_omp_thread_num()
-    cdef int blk = me, s = 0, taken = 0
-    cdef bint held = False     # step s already claimed (by next_block_step)
-    cdef double cpu0 = clstm_thread_cpu()
-    late_thread_pause(me)
-    if blk >= n_blocks:        # (a team larger than the blocks: only takes over)
-        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
-        held = blk >= 0
-    while blk >= 0:
-        while s < T:
-            if clstm_call_stopped(call):     # (threads waiting for this block see it too)
-                break
-            if not held and not clstm_block_take(&blocks[blk], s):
-                break
-            held = False
-            forward_step(s, B, I, H, blk * B // n_blocks, (blk + 1) * B // n_blocks, x,
-                         w_ih_packed, w_hh, w_hh_packed, bias, peephole, h0, c0, y, gates,
-                         cells)
-            clstm_block_done(&blocks[blk], s)
-            if blk != me:
-                taken += 1
-            s += 1
-        if s < T:           # taken over (this thread was late), or the call stopped
-            break
-        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
-        held = blk >= 0
-    clstm_count_taken_over(taken)
-    clstm_team_clock_check(clock, cpu0)
+    cdef block_walk w
+    walk_begin(&w, blocks, n_blocks, T, call)
+    while walk_next(&w, call):
+        forward_step(w.s, B, I, H, w.blk * B // n_blocks, (w.blk + 1) * B // n_blocks, x,
+                     w_ih_packed, w_hh, w_hh_packed, bias, peephole, h0, c0, y, gates, cells)
+    walk_end(&w, clock)
 
 
 cdef inline int unit_bound(int H, int parts, int i) noexcept nogil:
@@ -1324,40 +1378,19 @@ cdef void backward_rows(int T, int B, int H, int b0, int b1, const floating* w_h
 
 
 cdef void backward_blocks(int T, int B, int H, int n_blocks, clstm_row_block* blocks,
-                         clstm_team_clock* clock,
+                          clstm_team_clock* clock,
                           const floating* w_hh, const floating* w_hh_packed,
                           const floating* peephole, const floating* c0, floating* gates,
                           const floating* cells, floating* dy, floating* dh0, floating* dc,
                           clstm_call* call) noexcept nogil:
     """One thread's part of the backward's row split, as forward_blocks: block step s is
     time step T-1-s, and a late thread's remaining steps are taken over."""
-    cdef int me = clstm_omp_thread_num()
-    cdef int blk = me, s = 0, taken = 0
-    cdef bint held = False     # step s already claimed (by next_block_step)
-    cdef double cpu0 = clstm_thread_cpu()
-    late_thread_pause(me)
-    if blk >= n_blocks:        # (a team larger than the blocks: only takes over)
-        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
-        held = blk >= 0
-    while blk >= 0:
-        while s < T:
-            if clstm_call_stopped(call):     # (threads waiting for this block see it too)
-                break
-            if not held and not clstm_block_take(&blocks[blk], s):
-                break
-            held = False
-            backward_step(T - 1 - s, B, H, blk * B // n_blocks, (blk + 1) * B // n_blocks,
-                          w_hh, w_hh_packed, peephole, c0, gates, cells, dy, dh0, dc)
-            clstm_block_done(&blocks[blk], s)
-            if blk != me:
-                taken += 1
-            s += 1
-        if s < T:
-            break
-        blk = next_block_step(me, n_blocks, blocks, T, &s, call)
-        held = blk >= 0
-    clstm_count_taken_over(taken)
-    clstm_team_clock_check(clock, cpu0)
+    cdef block_walk w
+    walk_begin(&w, blocks, n_blocks, T, call)
+    while walk_next(&w, call):
+        backward_step(T - 1 - w.s, B, H, w.blk * B // n_blocks, (w.blk + 1) * B // n_blocks,
+                      w_hh, w_hh_packed, peephole, c0, gates, cells, dy, dh0, dc)
+    walk_end(&w, clock)
 
 
 cdef void backward_units(int T, int B, int H, const floating* w_hh,
@@ -1695,6 +1728,69 @@ cdef inline void save_final_rows(bint reverse, int t, int T, const int* bs,
                <size_t>(b1 - b0) * width * sizeof(floating))
 
 
+cdef inline int forward_iter_packed(int it, int T, int B, int I, int H, int P, const int* bs,
+                                    const Py_ssize_t* off, bint reverse, int b0, int b1,
+                                    const floating* x, const floating* w_ih_packed,
+                                    const floating* w_hh, const floating* w_hh_packed,
+                                    const floating* w_hr, const floating* w_hr_packed,
+                                    const floating* bias, const floating* peephole,
+                                    const floating* h0, const floating* c0, floating* y,
+                                    floating* gates, floating* cells, floating* hidden,
+                                    floating* h_n, floating* c_n,
+                                    clstm_call* call) noexcept nogil:
+    """Iteration ``it`` of the walk of rows b0:b1 (forward_rows_packed): 1 when it ran a
+    step, 0 when the slice has no rows in it, -1 when the walk has ended (see step_rows).
+    The row split's blocks (forward_blocks_packed) run the iterations one at a time."""
+    cdef int t, r1, m, walk
+    cdef int G = 4 * H
+    cdef Py_ssize_t row0, prev0
+    if b1 <= b0:
+        return -1
+    walk = step_rows(it, T, reverse, bs, b0, b1, &t, &r1, call)
+    if walk <= 0:
+        return walk
+    row0 = off[t] + b0
+    if w_ih_packed != NULL:
+        weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
+                     <floating>0, gates + row0 * G, G)
+    if not reverse:
+        if t > 0:
+            prev0 = off[t - 1] + b0
+            weights_gemm(r1 - b0, G, P, y + prev0 * P, P, w_hh_packed, w_hh, True,
+                         <floating>1, gates + row0 * G, G)
+            gates_forward(r1 - b0, H, gates + row0 * G, bias, peephole,
+                          cells + prev0 * H, cells + row0 * H, hidden + row0 * H)
+        else:
+            if h0 != NULL:
+                weights_gemm(r1 - b0, G, P, h0 + <Py_ssize_t>b0 * P, P, w_hh_packed,
+                             w_hh, True, <floating>1, gates + row0 * G, G)
+            gates_forward(r1 - b0, H, gates + row0 * G, bias, peephole,
+                          c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
+                          cells + row0 * H, hidden + row0 * H)
+    else:
+        m = rows_continuing(t, T, bs, b0, r1)
+        if m > b0:                   # rows b0:m continue from step t+1
+            prev0 = off[t + 1] + b0
+            weights_gemm(m - b0, G, P, y + prev0 * P, P, w_hh_packed, w_hh, True,
+                         <floating>1, gates + row0 * G, G)
+            gates_forward(m - b0, H, gates + row0 * G, bias, peephole,
+                          cells + prev0 * H, cells + row0 * H, hidden + row0 * H)
+        if r1 > m:                   # rows m:r1 start here, from h0/c0
+            if h0 != NULL:
+                weights_gemm(r1 - m, G, P, h0 + <Py_ssize_t>m * P, P, w_hh_packed,
+                             w_hh, True, <floating>1, gates + (off[t] + m) * G, G)
+            gates_forward(r1 - m, H, gates + (off[t] + m) * G, bias, peephole,
+                          c0 + <Py_ssize_t>m * H if c0 != NULL else NULL,
+                          cells + (off[t] + m) * H, hidden + (off[t] + m) * H)
+    if w_hr != NULL:                 # LSTMP: y_t = h_t · W_hrᵀ
+        weights_gemm(r1 - b0, P, H, hidden + row0 * H, H, w_hr_packed, w_hr, True,
+                     <floating>0, y + row0 * P, P)
+    if h_n != NULL:
+        save_final_rows(reverse, t, T, bs, off, b0, b1, r1, P, y, h_n)
+        save_final_rows(reverse, t, T, bs, off, b0, b1, r1, H, cells, c_n)
+    return 1
+
+
 cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
                               const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                               const floating* x, const floating* w_ih_packed,
@@ -1709,56 +1805,35 @@ cdef void forward_rows_packed(int T, int B, int I, int H, int P, const int* bs,
     iteration it0 (0: the whole sequence). The recurrent state is
     P wide: h = o ⊙ tanh(c) itself (P = H, w_hr NULL, ``hidden`` is y), or its
     projection y = h·W_hrᵀ (LSTMP: h goes to ``hidden``, N×H)."""
-    cdef int it, t, r1, m, walk
-    cdef int G = 4 * H
-    cdef Py_ssize_t row0, prev0
-    if b1 <= b0:
-        return
+    cdef int it
     for it in range(it0, T):
-        walk = step_rows(it, T, reverse, bs, b0, b1, &t, &r1, call)
-        if walk < 0:
+        if forward_iter_packed(it, T, B, I, H, P, bs, off, reverse, b0, b1, x, w_ih_packed,
+                               w_hh, w_hh_packed, w_hr, w_hr_packed, bias, peephole, h0, c0,
+                               y, gates, cells, hidden, h_n, c_n, call) < 0:
             return
-        if walk == 0:
-            continue
-        row0 = off[t] + b0
-        if w_ih_packed != NULL:
-            weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
-                         <floating>0, gates + row0 * G, G)
-        if not reverse:
-            if t > 0:
-                prev0 = off[t - 1] + b0
-                weights_gemm(r1 - b0, G, P, y + prev0 * P, P, w_hh_packed, w_hh, True,
-                             <floating>1, gates + row0 * G, G)
-                gates_forward(r1 - b0, H, gates + row0 * G, bias, peephole,
-                              cells + prev0 * H, cells + row0 * H, hidden + row0 * H)
-            else:
-                if h0 != NULL:
-                    weights_gemm(r1 - b0, G, P, h0 + <Py_ssize_t>b0 * P, P, w_hh_packed,
-                                 w_hh, True, <floating>1, gates + row0 * G, G)
-                gates_forward(r1 - b0, H, gates + row0 * G, bias, peephole,
-                              c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
-                              cells + row0 * H, hidden + row0 * H)
-        else:
-            m = rows_continuing(t, T, bs, b0, r1)
-            if m > b0:                   # rows b0:m continue from step t+1
-                prev0 = off[t + 1] + b0
-                weights_gemm(m - b0, G, P, y + prev0 * P, P, w_hh_packed, w_hh, True,
-                             <floating>1, gates + row0 * G, G)
-                gates_forward(m - b0, H, gates + row0 * G, bias, peephole,
-                              cells + prev0 * H, cells + row0 * H, hidden + row0 * H)
-            if r1 > m:                   # rows m:r1 start here, from h0/c0
-                if h0 != NULL:
-                    weights_gemm(r1 - m, G, P, h0 + <Py_ssize_t>m * P, P, w_hh_packed,
-                                 w_hh, True, <floating>1, gates + (off[t] + m) * G, G)
-                gates_forward(r1 - m, H, gates + (off[t] + m) * G, bias, peephole,
-                              c0 + <Py_ssize_t>m * H if c0 != NULL else NULL,
-                              cells + (off[t] + m) * H, hidden + (off[t] + m) * H)
-        if w_hr != NULL:                 # LSTMP: y_t = h_t · W_hrᵀ
-            weights_gemm(r1 - b0, P, H, hidden + row0 * H, H, w_hr_packed, w_hr, True,
-                         <floating>0, y + row0 * P, P)
-        if h_n != NULL:
-            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, P, y, h_n)
-            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, H, cells, c_n)
+
+
+cdef void forward_blocks_packed(int T, int B, int I, int H, int P, const int* bs,
+                                const Py_ssize_t* off, const int* bounds, bint reverse,
+                                int n_blocks, clstm_row_block* blocks,
+                                clstm_team_clock* clock, const floating* x,
+                                const floating* w_ih_packed, const floating* w_hh,
+                                const floating* w_hh_packed, const floating* w_hr,
+                                const floating* w_hr_packed, const floating* bias,
+                                const floating* peephole, const floating* h0,
+                                const floating* c0, floating* y, floating* gates,
+                                floating* cells, floating* hidden, floating* h_n,
+                                floating* c_n, clstm_call* call) noexcept nogil:
+    """One thread's part of the packed forward's row split, as forward_blocks: block k is
+    the plan's rows bounds[k] : bounds[k+1], its step s iteration s of their walk."""
+    cdef block_walk w
+    walk_begin(&w, blocks, n_blocks, T, call)
+    while walk_next(&w, call):
+        forward_iter_packed(w.s, T, B, I, H, P, bs, off, reverse, bounds[w.blk],
+                            bounds[w.blk + 1], x, w_ih_packed, w_hh, w_hh_packed, w_hr,
+                            w_hr_packed, bias, peephole, h0, c0, y, gates, cells, hidden,
+                            h_n, c_n, call)
+    walk_end(&w, clock)
 
 
 cdef floating* zero_state_if_needed(const floating* state, int B, int P, int G,
@@ -2031,6 +2106,8 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     cdef int n_units
     cdef int failed = 0
     cdef int leave_step = T
+    cdef clstm_row_block* blocks = NULL
+    cdef clstm_team_clock clock
     if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, w_hr == NULL,
                  sizeof(floating)) != 0:
         _units_split_last = n_units > 1
@@ -2045,6 +2122,8 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
             forward_units_packed(T, B, I, H, batch_sizes, plan.off, reverse, x, w_ih, w_hh,
                                  bias, peephole, h0, c0, y, gates, cells, &failed,
                                  &leave_step, call)
+        # a units split that left is sure evidence: the pause starts at once
+        clstm_team_report(2 if leave_step < T and not clstm_call_stopped(call) else 0)
         if not failed and leave_step < T and not clstm_call_stopped(call):
             # The team was late: this thread runs the remaining steps alone, on all
             # units (the gates already hold their input projection).
@@ -2078,7 +2157,20 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
         plan_free(&plan)
         clstm_blas_leave()
         return -2
-    if n_chunks > 1:
+    if n_chunks > 1 and _row_handover:
+        blocks = new_row_blocks(n_chunks)
+        if blocks == NULL:
+            failed = 1
+        else:
+            clstm_team_clock_start(&clock)
+            with parallel(num_threads=n_chunks):
+                forward_blocks_packed(T, B, I, H, P, batch_sizes, plan.off, plan.bounds,
+                                      reverse, n_chunks, blocks, &clock, x, packed_ih, w_hh,
+                                      packed, w_hr, packed_hr, bias, peephole, h0, c0, y,
+                                      gates, cells, hidden, h_n, c_n, call)
+            free(blocks)
+            clstm_team_report(clock.late)
+    elif n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows_packed(T, B, I, H, P, batch_sizes, plan.off, reverse,
                                 plan.bounds[chunk], plan.bounds[chunk + 1], 0, x, packed_ih,
@@ -2094,6 +2186,8 @@ cdef int layer_forward_packed(int T, int B, int I, int H, int P, const int* batc
     free(packed_hr)
     free(zero_h0)
     plan_free(&plan)
+    if failed:
+        return -2
     return -3 if clstm_call_stopped(call) else 0
 
 
@@ -2175,6 +2269,63 @@ cdef int recurrent_weight_gradient(int num_threads, int G, int T, int B, int P,
     return status
 
 
+cdef inline int backward_iter_packed(int it, int T, int B, int H, int P, const int* bs,
+                                     const Py_ssize_t* off, bint reverse, int b0, int b1,
+                                     const floating* w_hh, const floating* w_hh_packed,
+                                     const floating* w_hr, const floating* w_hr_packed,
+                                     const floating* peephole, const floating* c0,
+                                     floating* gates, const floating* cells, floating* dy,
+                                     floating* dhidden, floating* dh0, floating* dc,
+                                     clstm_call* call) noexcept nogil:
+    """Iteration ``it`` of the backward walk of rows b0:b1 (backward_rows_packed), as
+    forward_iter_packed: 1 ran, 0 nothing here, -1 the walk has ended."""
+    cdef int t, r1, m, walk
+    cdef int G = 4 * H
+    cdef Py_ssize_t row0, prev0
+    cdef floating* dh
+    if b1 <= b0:
+        return -1
+    walk = step_rows(it, T, not reverse, bs, b0, b1, &t, &r1, call)
+    if walk <= 0:
+        return walk
+    row0 = off[t] + b0
+    if w_hr != NULL:                 # dL/dh_t = dL/dy_t · W_hr
+        dh = dhidden + <Py_ssize_t>b0 * H
+        weights_gemm(r1 - b0, H, P, dy + row0 * P, P, w_hr_packed, w_hr, False,
+                     <floating>0, dh, H)
+    else:
+        dh = dy + row0 * H
+    if not reverse:
+        if t > 0:
+            prev0 = off[t - 1] + b0
+            gates_backward(r1 - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
+                           cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
+            weights_gemm(r1 - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                         <floating>1, dy + prev0 * P, P)
+        else:
+            gates_backward(r1 - b0, H, gates + row0 * G, peephole,
+                           c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
+                           cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
+            weights_gemm(r1 - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                         <floating>0, dh0 + <Py_ssize_t>b0 * P, P)
+    else:
+        m = rows_continuing(t, T, bs, b0, r1)
+        if m > b0:
+            prev0 = off[t + 1] + b0
+            gates_backward(m - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
+                           cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
+            weights_gemm(m - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
+                         <floating>1, dy + prev0 * P, P)
+        if r1 > m:
+            gates_backward(r1 - m, H, gates + (off[t] + m) * G, peephole,
+                           c0 + <Py_ssize_t>m * H if c0 != NULL else NULL,
+                           cells + (off[t] + m) * H, dh + <Py_ssize_t>(m - b0) * H,
+                           dc + <Py_ssize_t>m * H)
+            weights_gemm(r1 - m, P, G, gates + (off[t] + m) * G, G, w_hh_packed, w_hh,
+                         False, <floating>0, dh0 + <Py_ssize_t>m * P, P)
+    return 1
+
+
 cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
                                const Py_ssize_t* off, bint reverse, int b0, int b1, int it0,
                                const floating* w_hh, const floating* w_hh_packed,
@@ -2189,53 +2340,31 @@ cdef void backward_rows_packed(int T, int B, int H, int P, const int* bs,
     to reads it; dc (B×H) carries dL/dc of each row; dh0 receives dL/dh0 of each row at
     the step that read h0. With a projection, dL/dh = dy·W_hr goes through ``dhidden``
     (B×H scratch, rows b0:b1 this thread's)."""
-    cdef int it, t, r1, m, walk
-    cdef int G = 4 * H
-    cdef Py_ssize_t row0, prev0
-    cdef floating* dh
-    if b1 <= b0:
-        return
+    cdef int it
     for it in range(it0, T):
-        walk = step_rows(it, T, not reverse, bs, b0, b1, &t, &r1, call)
-        if walk < 0:
+        if backward_iter_packed(it, T, B, H, P, bs, off, reverse, b0, b1, w_hh, w_hh_packed,
+                                w_hr, w_hr_packed, peephole, c0, gates, cells, dy, dhidden,
+                                dh0, dc, call) < 0:
             return
-        if walk == 0:
-            continue
-        row0 = off[t] + b0
-        if w_hr != NULL:                 # dL/dh_t = dL/dy_t · W_hr
-            dh = dhidden + <Py_ssize_t>b0 * H
-            weights_gemm(r1 - b0, H, P, dy + row0 * P, P, w_hr_packed, w_hr, False,
-                         <floating>0, dh, H)
-        else:
-            dh = dy + row0 * H
-        if not reverse:
-            if t > 0:
-                prev0 = off[t - 1] + b0
-                gates_backward(r1 - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
-                               cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
-                weights_gemm(r1 - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
-                             <floating>1, dy + prev0 * P, P)
-            else:
-                gates_backward(r1 - b0, H, gates + row0 * G, peephole,
-                               c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL,
-                               cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
-                weights_gemm(r1 - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
-                             <floating>0, dh0 + <Py_ssize_t>b0 * P, P)
-        else:
-            m = rows_continuing(t, T, bs, b0, r1)
-            if m > b0:
-                prev0 = off[t + 1] + b0
-                gates_backward(m - b0, H, gates + row0 * G, peephole, cells + prev0 * H,
-                               cells + row0 * H, dh, dc + <Py_ssize_t>b0 * H)
-                weights_gemm(m - b0, P, G, gates + row0 * G, G, w_hh_packed, w_hh, False,
-                             <floating>1, dy + prev0 * P, P)
-            if r1 > m:
-                gates_backward(r1 - m, H, gates + (off[t] + m) * G, peephole,
-                               c0 + <Py_ssize_t>m * H if c0 != NULL else NULL,
-                               cells + (off[t] + m) * H, dh + <Py_ssize_t>(m - b0) * H,
-                               dc + <Py_ssize_t>m * H)
-                weights_gemm(r1 - m, P, G, gates + (off[t] + m) * G, G, w_hh_packed, w_hh,
-                             False, <floating>0, dh0 + <Py_ssize_t>m * P, P)
+
+
+cdef void backward_blocks_packed(int T, int B, int H, int P, const int* bs,
+                                 const Py_ssize_t* off, const int* bounds, bint reverse,
+                                 int n_blocks, clstm_row_block* blocks,
+                                 clstm_team_clock* clock, const floating* w_hh,
+                                 const floating* w_hh_packed, const floating* w_hr,
+                                 const floating* w_hr_packed, const floating* peephole,
+                                 const floating* c0, floating* gates, const floating* cells,
+                                 floating* dy, floating* dhidden, floating* dh0, floating* dc,
+                                 clstm_call* call) noexcept nogil:
+    """One thread's part of the packed backward's row split, as forward_blocks_packed."""
+    cdef block_walk w
+    walk_begin(&w, blocks, n_blocks, T, call)
+    while walk_next(&w, call):
+        backward_iter_packed(w.s, T, B, H, P, bs, off, reverse, bounds[w.blk],
+                             bounds[w.blk + 1], w_hh, w_hh_packed, w_hr, w_hr_packed,
+                             peephole, c0, gates, cells, dy, dhidden, dh0, dc, call)
+    walk_end(&w, clock)
 
 
 cdef inline void peephole_grads(int T, int B, int H, const floating* da,
@@ -2291,12 +2420,15 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
     cdef void* buf = NULL
     cdef int failed = 0
     cdef int leave_step = T
+    cdef clstm_row_block* blocks = NULL
+    cdef clstm_team_clock clock
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
         with parallel(num_threads=n_units):
             backward_units_packed(T, B, H, batch_sizes, plan.off, reverse, w_hh, peephole, c0,
                                   gates, cells, dy, dh0, dc0, &failed, &leave_step, call)
+        clstm_team_report(2 if leave_step < T and not clstm_call_stopped(call) else 0)
         if not failed and leave_step < T and not clstm_call_stopped(call):
             _team_left_last = leave_step     # late: the remaining steps on this thread
             packed = pack_weights(G, H, w_hh, H, False)              # P = W_hh
@@ -2315,7 +2447,19 @@ cdef int layer_backward_packed(int T, int B, int I, int H, int P, const int* bat
             if w_hr != NULL and not failed:
                 packed_hr = pack_weights(P, H, w_hr, H, False, num_threads)   # W_hr
                 failed = packed_hr == NULL
-        if not failed and n_chunks > 1:
+        if not failed and n_chunks > 1 and _row_handover:
+            blocks = new_row_blocks(n_chunks)
+            failed = blocks == NULL
+            if not failed:
+                clstm_team_clock_start(&clock)
+                with parallel(num_threads=n_chunks):
+                    backward_blocks_packed(T, B, H, P, batch_sizes, plan.off, plan.bounds,
+                                           reverse, n_chunks, blocks, &clock, w_hh, packed,
+                                           w_hr, packed_hr, peephole, c0, gates, cells, dy,
+                                           dhidden, dh0, dc0, call)
+                free(blocks)
+                clstm_team_report(clock.late)
+        elif not failed and n_chunks > 1:
             for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
                 backward_rows_packed(T, B, H, P, batch_sizes, plan.off, reverse,
                                      plan.bounds[chunk], plan.bounds[chunk + 1], 0, w_hh,
@@ -2411,6 +2555,15 @@ cdef inline bint directions_at_once(int* num_threads, int T, int B, int H, int P
     return directions_in_parallel(num_threads[0], B, H, P, N)
 
 
+cdef inline double direction_begin() noexcept nogil:
+    """A thread of the directions-at-once region, before its direction: its CPU time for
+    the team's clock (each direction runs on one thread; the region lasts as long as the
+    later one, so a descheduled thread makes the call late as in a row split)."""
+    cdef double cpu = clstm_thread_cpu()
+    late_thread_pause(clstm_omp_thread_num())
+    return cpu
+
+
 cdef inline int first_failure(const int* status) noexcept nogil:
     """The forward direction's status when it failed, else the reverse one's."""
     return status[0] if status[0] != 0 else status[1]
@@ -2427,11 +2580,18 @@ cdef int bidir_forward(int T, int B, int I, int H, int P, const int* bs, const f
     global _threads_used_last
     cdef int st[2]
     cdef int d
+    cdef double cpu0
+    cdef clstm_team_clock clock
     if directions_at_once(&num_threads, T, B, H, P if P > 0 else H, bs):
+        # timed as a row split: a late direction makes the call late
+        clstm_team_clock_start(&clock)
         for d in prange(2, num_threads=2, schedule="static"):
+            cpu0 = direction_begin()
             st[d] = layer_forward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
                                          w_hr[d], bias[d], peephole[d], h0[d], c0[d], y[d],
                                          h_n[d], c_n[d], workspace[d], 1, call)
+            clstm_team_clock_check(&clock, cpu0)
+        clstm_team_report(clock.late)
         _threads_used_last = 2
     else:
         for d in range(2):
@@ -2455,13 +2615,20 @@ cdef int bidir_backward(int T, int B, int I, int H, int P, const int* bs, const 
     global _threads_used_last
     cdef int st[2]
     cdef int d
+    cdef double cpu0
+    cdef clstm_team_clock clock
     if directions_at_once(&num_threads, T, B, H, P if P > 0 else H, bs):
+        # timed as a row split: a late direction makes the call late
+        clstm_team_clock_start(&clock)
         for d in prange(2, num_threads=2, schedule="static"):
+            cpu0 = direction_begin()
             st[d] = layer_backward_packed(T, B, I, H, P, bs, d == 1, x, w_ih[d], w_hh[d],
                                           w_hr[d], peephole[d], h0[d], c0[d], y[d],
                                           workspace[d], dy[d], dh_n[d], dc_n[d], dx[d],
                                           dh0[d], dc0[d], dw_ih[d], dw_hh[d], dw_hr[d],
                                           dbias[d], dpeephole[d], 1, call)
+            clstm_team_clock_check(&clock, cpu0)
+        clstm_team_report(clock.late)
         _threads_used_last = 2
     else:
         for d in range(2):
@@ -2536,6 +2703,53 @@ cdef inline void gru_step_rows(int rows, int H, const floating* prev, const floa
     gru_gates_forward(rows, H, gates, gh, b_ih, b_hh, prev, h)
 
 
+cdef inline int gru_forward_iter_packed(int it, int T, int B, int I, int H, const int* bs,
+                                        const Py_ssize_t* off, bint reverse, int b0, int b1,
+                                        const floating* x, const floating* w_ih_packed,
+                                        const floating* w_hh, const floating* w_hh_packed,
+                                        const floating* b_ih, const floating* b_hh,
+                                        const floating* h0, floating* y, floating* gates,
+                                        floating* gh, floating* h_n,
+                                        clstm_call* call) noexcept nogil:
+    """Iteration ``it`` of the GRU's walk of rows b0:b1 (gru_forward_rows_packed), as
+    forward_iter_packed: 1 ran, 0 nothing here, -1 the walk has ended."""
+    cdef int t, r1, m, walk
+    cdef int G = 3 * H
+    cdef Py_ssize_t row0, rowm
+    cdef const floating* prev
+    if b1 <= b0:
+        return -1
+    walk = step_rows(it, T, reverse, bs, b0, b1, &t, &r1, call)
+    if walk <= 0:
+        return walk
+    row0 = off[t] + b0
+    if w_ih_packed != NULL:
+        weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
+                     <floating>0, gates + row0 * G, G)
+    if not reverse:
+        if t > 0:
+            prev = y + (off[t - 1] + b0) * H
+        elif h0 != NULL:
+            prev = h0 + <Py_ssize_t>b0 * H
+        else:
+            prev = NULL
+        gru_step_rows(r1 - b0, H, prev, w_hh, w_hh_packed, b_ih, b_hh, gates + row0 * G,
+                      gh + row0 * G, y + row0 * H)
+    else:
+        m = rows_continuing(t, T, bs, b0, r1)
+        if m > b0:                   # rows b0:m continue from step t+1
+            gru_step_rows(m - b0, H, y + (off[t + 1] + b0) * H, w_hh, w_hh_packed, b_ih,
+                          b_hh, gates + row0 * G, gh + row0 * G, y + row0 * H)
+        if r1 > m:                   # rows m:r1 start here, from h0
+            rowm = off[t] + m
+            gru_step_rows(r1 - m, H, h0 + <Py_ssize_t>m * H if h0 != NULL else NULL,
+                          w_hh, w_hh_packed, b_ih, b_hh, gates + rowm * G, gh + rowm * G,
+                          y + rowm * H)
+    if h_n != NULL:
+        save_final_rows(reverse, t, T, bs, off, b0, b1, r1, H, y, h_n)
+    return 1
+
+
 cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
                                   const Py_ssize_t* off, bint reverse, int b0, int b1,
                                   int it0, const floating* x, const floating* w_ih_packed,
@@ -2547,43 +2761,31 @@ cdef void gru_forward_rows_packed(int T, int B, int I, int H, const int* bs,
     """Rows b0:b1 through their valid steps (forward_rows_packed's walk), from iteration
     it0 on (0: the whole sequence); h_n (may be NULL) receives each row's state after its
     last step."""
-    cdef int it, t, r1, m, walk
-    cdef int G = 3 * H
-    cdef Py_ssize_t row0, rowm
-    cdef const floating* prev
-    if b1 <= b0:
-        return
+    cdef int it
     for it in range(it0, T):
-        walk = step_rows(it, T, reverse, bs, b0, b1, &t, &r1, call)
-        if walk < 0:
+        if gru_forward_iter_packed(it, T, B, I, H, bs, off, reverse, b0, b1, x, w_ih_packed,
+                                   w_hh, w_hh_packed, b_ih, b_hh, h0, y, gates, gh, h_n,
+                                   call) < 0:
             return
-        if walk == 0:
-            continue
-        row0 = off[t] + b0
-        if w_ih_packed != NULL:
-            weights_gemm(r1 - b0, G, I, x + row0 * I, I, w_ih_packed, NULL, True,
-                         <floating>0, gates + row0 * G, G)
-        if not reverse:
-            if t > 0:
-                prev = y + (off[t - 1] + b0) * H
-            elif h0 != NULL:
-                prev = h0 + <Py_ssize_t>b0 * H
-            else:
-                prev = NULL
-            gru_step_rows(r1 - b0, H, prev, w_hh, w_hh_packed, b_ih, b_hh, gates + row0 * G,
-                          gh + row0 * G, y + row0 * H)
-        else:
-            m = rows_continuing(t, T, bs, b0, r1)
-            if m > b0:                   # rows b0:m continue from step t+1
-                gru_step_rows(m - b0, H, y + (off[t + 1] + b0) * H, w_hh, w_hh_packed, b_ih,
-                              b_hh, gates + row0 * G, gh + row0 * G, y + row0 * H)
-            if r1 > m:                   # rows m:r1 start here, from h0
-                rowm = off[t] + m
-                gru_step_rows(r1 - m, H, h0 + <Py_ssize_t>m * H if h0 != NULL else NULL,
-                              w_hh, w_hh_packed, b_ih, b_hh, gates + rowm * G, gh + rowm * G,
-                              y + rowm * H)
-        if h_n != NULL:
-            save_final_rows(reverse, t, T, bs, off, b0, b1, r1, H, y, h_n)
+
+
+cdef void gru_forward_blocks_packed(int T, int B, int I, int H, const int* bs,
+                                    const Py_ssize_t* off, const int* bounds, bint reverse,
+                                    int n_blocks, clstm_row_block* blocks,
+                                    clstm_team_clock* clock, const floating* x,
+                                    const floating* w_ih_packed, const floating* w_hh,
+                                    const floating* w_hh_packed, const floating* b_ih,
+                                    const floating* b_hh, const floating* h0, floating* y,
+                                    floating* gates, floating* gh, floating* h_n,
+                                    clstm_call* call) noexcept nogil:
+    """One thread's part of the GRU's packed row split, as forward_blocks_packed."""
+    cdef block_walk w
+    walk_begin(&w, blocks, n_blocks, T, call)
+    while walk_next(&w, call):
+        gru_forward_iter_packed(w.s, T, B, I, H, bs, off, reverse, bounds[w.blk],
+                                bounds[w.blk + 1], x, w_ih_packed, w_hh, w_hh_packed, b_ih,
+                                b_hh, h0, y, gates, gh, h_n, call)
+    walk_end(&w, clock)
 
 
 # The hidden-unit split (forward_units / backward_units for the GRU on the packed layout):
@@ -2761,6 +2963,8 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
     cdef int n_units
     cdef int failed = 0
     cdef int leave_step = T
+    cdef clstm_row_block* blocks = NULL
+    cdef clstm_team_clock clock
     # The LSTM's rule for the unit split (its 4H sized thresholds: close enough for 3H).
     if plan_team(&plan, &num_threads, &n_units, T, B, H, N, batch_sizes, True,
                  sizeof(floating)) != 0:
@@ -2776,6 +2980,7 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
             gru_forward_units_packed(T, B, I, H, batch_sizes, plan.off, reverse, x, w_ih,
                                      w_hh, b_ih, b_hh, h0, y, gates, gh, &failed,
                                      &leave_step, call)
+        clstm_team_report(2 if leave_step < T and not clstm_call_stopped(call) else 0)
         if not failed and leave_step < T and not clstm_call_stopped(call):
             # The team was late: this thread runs the remaining steps alone, on all
             # units (the gates already hold their input projection).
@@ -2801,7 +3006,20 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         plan_free(&plan)
         clstm_blas_leave()
         return -2
-    if n_chunks > 1:
+    if n_chunks > 1 and _row_handover:
+        blocks = new_row_blocks(n_chunks)
+        if blocks == NULL:
+            failed = 1
+        else:
+            clstm_team_clock_start(&clock)
+            with parallel(num_threads=n_chunks):
+                gru_forward_blocks_packed(T, B, I, H, batch_sizes, plan.off, plan.bounds,
+                                          reverse, n_chunks, blocks, &clock, x, packed_ih,
+                                          w_hh, packed, b_ih, b_hh, h0, y, gates, gh, h_n,
+                                          call)
+            free(blocks)
+            clstm_team_report(clock.late)
+    elif n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             gru_forward_rows_packed(T, B, I, H, batch_sizes, plan.off, reverse,
                                     plan.bounds[chunk], plan.bounds[chunk + 1], 0, x, packed_ih,
@@ -2815,6 +3033,8 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
     free(packed)
     free(zero_h0)
     plan_free(&plan)
+    if failed:
+        return -2
     return -3 if clstm_call_stopped(call) else 0
 
 
@@ -2828,6 +3048,46 @@ cdef inline void gru_step_back(int rows, int H, const floating* prev, floating* 
     weights_gemm(rows, H, 3 * H, gh, 3 * H, w_hh_packed, w_hh, False, <floating>1, dprev, H)
 
 
+cdef inline int gru_backward_iter_packed(int it, int T, int B, int H, const int* bs,
+                                         const Py_ssize_t* off, bint reverse, int b0, int b1,
+                                         const floating* w_hh, const floating* w_hh_packed,
+                                         const floating* h0, const floating* y,
+                                         floating* gates, floating* gh, floating* dy,
+                                         floating* dh0, clstm_call* call) noexcept nogil:
+    """Iteration ``it`` of the GRU's backward walk of rows b0:b1
+    (gru_backward_rows_packed), as forward_iter_packed."""
+    cdef int t, r1, m, walk
+    cdef int G = 3 * H
+    cdef Py_ssize_t row0, prev0, rowm
+    if b1 <= b0:
+        return -1
+    walk = step_rows(it, T, not reverse, bs, b0, b1, &t, &r1, call)
+    if walk <= 0:
+        return walk
+    row0 = off[t] + b0
+    if not reverse:
+        if t > 0:
+            prev0 = off[t - 1] + b0
+            gru_step_back(r1 - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
+                          dy + row0 * H, dy + prev0 * H, True, w_hh, w_hh_packed)
+        else:
+            gru_step_back(r1 - b0, H, h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL,
+                          gates + row0 * G, gh + row0 * G, dy + row0 * H,
+                          dh0 + <Py_ssize_t>b0 * H, False, w_hh, w_hh_packed)
+    else:
+        m = rows_continuing(t, T, bs, b0, r1)
+        if m > b0:
+            prev0 = off[t + 1] + b0
+            gru_step_back(m - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
+                          dy + row0 * H, dy + prev0 * H, True, w_hh, w_hh_packed)
+        if r1 > m:
+            rowm = off[t] + m
+            gru_step_back(r1 - m, H, h0 + <Py_ssize_t>m * H if h0 != NULL else NULL,
+                          gates + rowm * G, gh + rowm * G, dy + rowm * H,
+                          dh0 + <Py_ssize_t>m * H, False, w_hh, w_hh_packed)
+    return 1
+
+
 cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_ssize_t* off,
                                    bint reverse, int b0, int b1, int it0,
                                    const floating* w_hh,
@@ -2838,38 +3098,30 @@ cdef void gru_backward_rows_packed(int T, int B, int H, const int* bs, const Py_
     """Rows b0:b1 back through their valid steps (backward_rows_packed's walk), from
     iteration it0 on. dy (packed) receives each step's recurrent gradient before the step
     it belongs to reads it; dh0 receives dL/dh0 of each row at the step that read h0."""
-    cdef int it, t, r1, m, walk
-    cdef int G = 3 * H
-    cdef Py_ssize_t row0, prev0, rowm
-    if b1 <= b0:
-        return
+    cdef int it
     for it in range(it0, T):
-        walk = step_rows(it, T, not reverse, bs, b0, b1, &t, &r1, call)
-        if walk < 0:
+        if gru_backward_iter_packed(it, T, B, H, bs, off, reverse, b0, b1, w_hh, w_hh_packed,
+                                    h0, y, gates, gh, dy, dh0, call) < 0:
             return
-        if walk == 0:
-            continue
-        row0 = off[t] + b0
-        if not reverse:
-            if t > 0:
-                prev0 = off[t - 1] + b0
-                gru_step_back(r1 - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
-                              dy + row0 * H, dy + prev0 * H, True, w_hh, w_hh_packed)
-            else:
-                gru_step_back(r1 - b0, H, h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL,
-                              gates + row0 * G, gh + row0 * G, dy + row0 * H,
-                              dh0 + <Py_ssize_t>b0 * H, False, w_hh, w_hh_packed)
-        else:
-            m = rows_continuing(t, T, bs, b0, r1)
-            if m > b0:
-                prev0 = off[t + 1] + b0
-                gru_step_back(m - b0, H, y + prev0 * H, gates + row0 * G, gh + row0 * G,
-                              dy + row0 * H, dy + prev0 * H, True, w_hh, w_hh_packed)
-            if r1 > m:
-                rowm = off[t] + m
-                gru_step_back(r1 - m, H, h0 + <Py_ssize_t>m * H if h0 != NULL else NULL,
-                              gates + rowm * G, gh + rowm * G, dy + rowm * H,
-                              dh0 + <Py_ssize_t>m * H, False, w_hh, w_hh_packed)
+
+
+cdef void gru_backward_blocks_packed(int T, int B, int H, const int* bs,
+                                     const Py_ssize_t* off, const int* bounds, bint reverse,
+                                     int n_blocks, clstm_row_block* blocks,
+                                     clstm_team_clock* clock, const floating* w_hh,
+                                     const floating* w_hh_packed, const floating* h0,
+                                     const floating* y, floating* gates, floating* gh,
+                                     floating* dy, floating* dh0,
+                                     clstm_call* call) noexcept nogil:
+    """One thread's part of the GRU's packed backward row split, as
+    forward_blocks_packed."""
+    cdef block_walk w
+    walk_begin(&w, blocks, n_blocks, T, call)
+    while walk_next(&w, call):
+        gru_backward_iter_packed(w.s, T, B, H, bs, off, reverse, bounds[w.blk],
+                                 bounds[w.blk + 1], w_hh, w_hh_packed, h0, y, gates, gh, dy,
+                                 dh0, call)
+    walk_end(&w, clock)
 
 
 cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_sizes,
@@ -2904,12 +3156,15 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     add_final_state_grads(&plan, B, H, reverse, dy, dh_n)
     cdef int units_failed = 0
     cdef int leave_step = T
+    cdef clstm_row_block* blocks = NULL
+    cdef clstm_team_clock clock
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
         with parallel(num_threads=n_units):
             gru_backward_units_packed(T, B, H, batch_sizes, plan.off, reverse, w_hh, h0, y,
                                       gates, gh, dy, dh0, &units_failed, &leave_step, call)
+        clstm_team_report(2 if leave_step < T and not clstm_call_stopped(call) else 0)
         failed = units_failed != 0
         if not failed and leave_step < T and not clstm_call_stopped(call):
             _team_left_last = leave_step     # late: the remaining steps on this thread
@@ -2925,7 +3180,18 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
         if packed_steps(B // n_chunks) and N > B:
             packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
             failed = packed == NULL
-        if not failed and n_chunks > 1:
+        if not failed and n_chunks > 1 and _row_handover:
+            blocks = new_row_blocks(n_chunks)
+            failed = blocks == NULL
+            if not failed:
+                clstm_team_clock_start(&clock)
+                with parallel(num_threads=n_chunks):
+                    gru_backward_blocks_packed(T, B, H, batch_sizes, plan.off, plan.bounds,
+                                               reverse, n_chunks, blocks, &clock, w_hh,
+                                               packed, h0, y, gates, gh, dy, dh0, call)
+                free(blocks)
+                clstm_team_report(clock.late)
+        elif not failed and n_chunks > 1:
             for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
                 gru_backward_rows_packed(T, B, H, batch_sizes, plan.off, reverse,
                                          plan.bounds[chunk], plan.bounds[chunk + 1], 0, w_hh,
@@ -2968,11 +3234,18 @@ cdef int gru_bidir_forward(int T, int B, int I, int H, const int* bs, const floa
     global _threads_used_last
     cdef int st[2]
     cdef int d
+    cdef double cpu0
+    cdef clstm_team_clock clock
     if directions_at_once(&num_threads, T, B, H, H, bs):
+        # timed as a row split: a late direction makes the call late
+        clstm_team_clock_start(&clock)
         for d in prange(2, num_threads=2, schedule="static"):
+            cpu0 = direction_begin()
             st[d] = gru_layer_forward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
                                              b_ih[d], b_hh[d], h0[d], y[d], h_n[d],
                                              workspace[d], 1, call)
+            clstm_team_clock_check(&clock, cpu0)
+        clstm_team_report(clock.late)
         _threads_used_last = 2
     else:
         for d in range(2):
@@ -2993,12 +3266,19 @@ cdef int gru_bidir_backward(int T, int B, int I, int H, const int* bs, const flo
     global _threads_used_last
     cdef int st[2]
     cdef int d
+    cdef double cpu0
+    cdef clstm_team_clock clock
     if directions_at_once(&num_threads, T, B, H, H, bs):
+        # timed as a row split: a late direction makes the call late
+        clstm_team_clock_start(&clock)
         for d in prange(2, num_threads=2, schedule="static"):
+            cpu0 = direction_begin()
             st[d] = gru_layer_backward_packed(T, B, I, H, bs, d == 1, x, w_ih[d], w_hh[d],
                                               h0[d], y[d], workspace[d], dy[d], dh_n[d],
                                               dx[d], dh0[d], dw_ih[d], dw_hh[d], db_ih[d],
                                               db_hh[d], 1, call)
+            clstm_team_clock_check(&clock, cpu0)
+        clstm_team_report(clock.late)
         _threads_used_last = 2
     else:
         for d in range(2):

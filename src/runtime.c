@@ -1,6 +1,7 @@
 /* Process-wide state of the kernels that is not arithmetic (declared in runtime.h). */
 #include "runtime.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdint.h>
 #include <pthread.h>
@@ -313,6 +314,17 @@ void clstm_wait_a_little(int *spins)
     } else {
         sched_yield();
     }
+}
+
+void clstm_sleep(double seconds)
+{
+    struct timespec ts;
+    if (seconds <= 0)
+        return;
+    ts.tv_sec = (time_t)seconds;
+    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)   /* a signal: sleep the rest */
+        ;
 }
 
 static long taken_over_steps = 0;

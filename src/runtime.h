@@ -107,6 +107,9 @@ int clstm_block_take_over(clstm_row_block *b, int steps);
 /* A wait in a loop: spins briefly, then yields the core (the thread waited for may be
  * the one the OS wants to run there). `spins` counts the rounds, starting at 0. */
 void clstm_wait_a_little(int *spins);
+/* Sleep (tests: a thread made late, losing wall time but no CPU time, as one that the OS
+ * has descheduled). */
+void clstm_sleep(double seconds);
 /* The steps taken over from another thread (all calls, all threads): tests see that a
  * late thread's rows were finished by another one. */
 void clstm_count_taken_over(int steps);

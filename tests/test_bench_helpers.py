@@ -262,6 +262,38 @@ def test_busy_cli_reads_grid_names_and_custom_shapes():
         busy._parse_shape("1,300")
 
 
+def test_busy_table_covers_the_runs_cells():
+    """`--busy` with `--cell both`: an n-thread / 1-thread row per shape and cell, and the
+    report names the cell (a results file from before the GRU rows has none)."""
+    from types import SimpleNamespace
+
+    import clstm
+    from bench import report
+    from bench.peers import ClstmPeer
+    from bench.shapes import Shape
+    tiny = Shape("tiny", B=4, T=3, I=4, H=16, L=1)
+    args = SimpleNamespace(threads=[1, 2], dtypes=["float64"], shapes=[tiny], modes=["fwd"],
+                           repeats=1, warmup=0, min_time=0.0, cells=["lstm", "gru"])
+    threads = clstm.get_num_threads()
+    try:
+        rows = busy.thread_ratio_table(args, ClstmPeer(), lambda line: None)
+    finally:
+        clstm.set_num_threads(threads)
+    assert [(r["shape"], r["cell"], r["threads"]) for r in rows] == [
+        ("tiny", "lstm", 2), ("tiny", "gru", 2)]
+    assert all(r["ratio"] > 0 and not r["error"] for r in rows)
+    table = report.busy_table({"busy": {"rows": rows, "target": 1.1}}).splitlines()
+    assert table[0].startswith("| cell | shape | dtype | mode |")
+    assert table[2].startswith("| LSTM | tiny |") and table[3].startswith("| GRU | tiny |")
+    lstm_only = [{k: v for k, v in rows[0].items() if k != "cell"}]
+    assert report.busy_table({"busy": {"rows": lstm_only}}).startswith("| shape | dtype |")
+
+
+def test_busy_cli_takes_a_cell():
+    with pytest.raises(SystemExit, match="--cell"):
+        busy.main(["S1", "--cell", "rnn", "--quiet"])
+
+
 def test_busy_variants_set_their_knobs_only_while_they_run_and_keep_their_own_pause():
     from clstm import kernels
 

@@ -610,8 +610,12 @@ def test_a_late_team_finishes_on_one_thread_with_the_same_result(reverse_lengths
             kernel_knob(kernels._set_parallel_directions, False), \
             kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
         y, _ = net.forward(x)
-        assert kernels._last_forward_split_units()
         assert kernels._team_left_at_last_call() == 17
+        # A split that left starts the pause on one thread at once (DEVELOPERS.md, "A busy
+        # machine"): a second direction already runs on one thread, with its rows.
+        assert kernels._last_forward_split_units() != reverse_lengths
+        assert kernels._calls_on_one_thread() > 0
+        kernels._reset_team_pause()              # the backward's team splits its units again
         dx, dh0 = net.backward(np.ones_like(y))
         assert kernels._team_left_at_last_call() == 17
     tol = dict(rtol=1e-11, atol=1e-12)

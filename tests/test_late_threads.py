@@ -138,6 +138,116 @@ def test_the_units_split_leaving_for_one_thread_starts_a_pause():
         assert not kernels._last_forward_split_units()
 
 
+# ---- the packed driver (the GRU; the LSTM with lengths or bidirectional) ----------------
+
+def packed_net(cell, bidirectional, dtype="float64", H=24):
+    cls = clstm.GRU if cell == "gru" else clstm.LSTM
+    return cls(5, H, 2, dtype=dtype, seed=3, bidirectional=bidirectional)
+
+
+def train_packed(net, x, threads, lengths):
+    """train_once for either cell, with ``lengths`` (None: all T), so that the LSTM runs
+    the packed driver where it has lengths or two directions; the GRU always does."""
+    rng = np.random.default_rng(5)
+    D = 2 if net.bidirectional else 1
+    dy = rng.standard_normal((x.shape[0], x.shape[1], D * net.hidden_size)).astype(net.dtype)
+    net.zero_grad()
+    with clstm.threads(threads):
+        y, state = net.forward(x, lengths=lengths)
+        dx, dstate = net.backward(dy)
+    out = dict(y=np.array(y), dx=dx, grads=net.flat_grads.copy())
+    for name, value in (("state", state), ("dstate", dstate)):
+        parts = value if isinstance(value, tuple) else (value,)
+        for k, part in enumerate(parts):
+            out[f"{name}{k}"] = np.array(part)
+    return out
+
+
+LENGTHS = [9, 4, 9, 7, 2, 8, 5]        # unsorted: the packing sorts them
+
+
+@pytest.mark.usefixtures("isa_level")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell, lengths, bidirectional", [
+    ("gru", None, False), ("gru", LENGTHS, False), ("gru", LENGTHS, True),
+    ("lstm", LENGTHS, False), ("lstm", LENGTHS, True), ("lstm", None, True)])
+def test_packed_rows_of_a_late_thread_are_taken_over_with_the_same_result(
+        dtype, cell, lengths, bidirectional):
+    T, B = 9, 7
+    net = packed_net(cell, bidirectional, dtype)
+    x = np.random.default_rng(4).standard_normal((T, B, 5)).astype(dtype)
+    # with 2 threads the two directions would run at once (a thread each, no row
+    # split): one after the other here, so that each direction's rows are split
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+            kernel_knob(kernels._set_parallel_directions, False):
+        with kernel_knob(kernels._set_row_handover, False):
+            static = train_packed(net, x, 2, lengths)     # each thread its own rows
+        on_time = train_packed(net, x, 2, lengths)
+        before = kernels._row_steps_taken_over()
+        with kernel_knob(kernels._set_late_thread_delay, 0.05):
+            late = train_packed(net, x, 2, lengths)
+            assert kernels._threads_used_by_last_call() == 2
+            assert not kernels._last_forward_split_units()
+        taken = kernels._row_steps_taken_over() - before
+    # every layer and direction, forward and backward: thread 1's block, T iterations
+    D = 2 if bidirectional else 1
+    assert taken >= 2 * D * 2 * T
+    assert_identical(on_time, static)
+    assert_identical(late, static)
+    one = train_packed(net, x, 1, lengths)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
+    for key in one:
+        np.testing.assert_allclose(late[key], one[key], err_msg=key, **tol)
+
+
+@pytest.mark.parametrize("cell, lengths, parallel_directions", [
+    ("gru", None, False), ("gru", LENGTHS, False), ("lstm", LENGTHS, False),
+    ("gru", LENGTHS, True), ("lstm", None, True)])
+def test_a_late_thread_of_the_packed_driver_starts_the_pause(cell, lengths,
+                                                            parallel_directions):
+    """As for the padded driver: a member that lost its core (here: asleep for 50 ms
+    while thread 0 ran its rows) makes the call late, the second late call in a row
+    starts the pause, and the paused calls give the same results on one thread. With
+    the directions at once, the late thread is the one running the reverse direction."""
+    T, B = 9, 7
+    net = packed_net(cell, parallel_directions, "float64", H=32)
+    x = np.random.default_rng(4).standard_normal((T, B, 5))
+    want = train_packed(net, x, 1, lengths)
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+            kernel_knob(kernels._set_parallel_directions, parallel_directions), \
+            clstm.threads(2):
+        net.forward(x, lengths=lengths)      # on time (the fixture's share): no pause
+        assert kernels._threads_used_by_last_call() == 2
+        assert kernels._team_pause_state() == (0, 0)
+        # the default share, and thread 1 asleep for 50 ms in every split
+        with kernel_knob(kernels._set_max_lost_share, 0.25), \
+                kernel_knob(kernels._set_late_thread_delay, 0.05):
+            net.forward(x, lengths=lengths)  # the first layer late: a strike; the second
+            assert kernels._threads_used_by_last_call() == 2     # in a row: the pause
+        assert kernels._calls_on_one_thread() > 0
+        paused = train_packed(net, x, 2, lengths)
+        assert kernels._threads_used_by_last_call() == 1
+    for key in want:
+        np.testing.assert_allclose(paused[key], want[key], err_msg=key, rtol=1e-12,
+                                   atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_packed_units_split_leaving_for_one_thread_starts_a_pause(cell):
+    net = (clstm.GRU if cell == "gru" else clstm.LSTM)(8, 160, seed=9)
+    x = np.random.default_rng(9).standard_normal((60, 1, 8)).astype(np.float32)
+    lengths = None if cell == "gru" else [59]       # the LSTM's packed driver
+    with clstm.threads(2), kernel_knob(kernels._set_max_late_share, -1.0), \
+            kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
+        net.forward(x, lengths=lengths)
+        assert kernels._last_forward_split_units()
+        assert kernels._team_left_at_last_call() == 17
+        assert kernels._calls_on_one_thread() == 8
+        net.forward(x, lengths=lengths)
+        assert kernels._threads_used_by_last_call() == 1
+        assert not kernels._last_forward_split_units()
+
+
 def test_knobs_restore_and_report_their_previous_values():
     assert kernels._set_row_handover(False) is True
     assert kernels._set_row_handover(True) is False

@@ -600,10 +600,15 @@ def test_packed_unit_split_late_team_and_projection():
             kernel_knob(kernels._set_parallel_directions, False), \
             kernel_knob(kernels._set_min_step_flops_per_unit_thread, 0):
         y, _ = net.forward(x)
-        assert kernels._last_forward_split_units()
         assert kernels._team_left_at_last_call() == 17
+        # A split that left starts the pause on one thread at once (DEVELOPERS.md, "A busy
+        # machine"): the reverse direction already runs on one thread, with its rows.
+        assert not kernels._last_forward_split_units()
+        assert kernels._calls_on_one_thread() > 0
+        kernels._reset_team_pause()              # the backward's team splits its units again
         dx, _ = net.backward(np.ones_like(y))
         assert kernels._team_left_at_last_call() == 17
+        kernels._reset_team_pause()
         projected = clstm.LSTM(I, H, proj_size=32, seed=1)
         projected.forward(x.astype(np.float32))
         assert not kernels._last_forward_split_units()
