@@ -167,6 +167,21 @@ def valid_flops(shape, mode, lengths=None, directions=1, input_grad=False):
     return total
 
 
+def rate_bound(peaks, threads):
+    """The GEMM rate (GFLOP/s) `threads` threads cannot beat, from the large-GEMM peaks
+    measured at some thread counts (``peaks``: count -> GFLOP/s): the best of the
+    measured rates at `threads` and of m-thread rates scaled by threads / m (m below
+    it). A GEMM does not scale past linearly (fewer cores busy, if anything, clock
+    higher), and on a machine shared with other jobs an n-thread GEMM can time slower
+    than a 1-thread one while the bound must not tighten for that. On a quiet machine
+    the measured n-thread peak is within a few percent of n x the 1-thread one."""
+    rates = [g * threads / int(m) for m, g in peaks.items() if int(m) <= threads]
+    if not rates:
+        raise ValueError(f"peaks: expected a rate at {threads} thread(s) or fewer, got "
+                         f"thread counts {sorted(peaks)}")
+    return max(rates)
+
+
 def floor_seconds(flops, peak_gflops):
     """The least time `flops` of GEMM can take at the large square GEMM's rate: the
     floor no implementation whose time is its GEMMs goes under."""

@@ -8,7 +8,10 @@ and thread count (bench/ceiling.py). So the best ratio any implementation can re
     best possible = peer time / floor
 
 and where that is below the target, the target is beyond the GEMM peak: missing it says
-nothing about clstm. The bound is generous on purpose: the floor counts the GEMMs only (no
+nothing about clstm. Where clstm itself ran faster than the floor (its packed kernels can
+pass OpenBLAS's large-GEMM rate by a few percent), its own time is the floor instead: the
+bound never says less than what ran. On n threads the rate is at least n x the 1-thread
+one (bench.ceiling.rate_bound): on a shared machine the n-thread GEMM can time slow. The bound is generous on purpose: the floor counts the GEMMs only (no
 gate math, no memory traffic) at the best sample of the large GEMM, while peer times are
 medians; a register-only FMA loop measured a few percent above the large GEMM's rate
 (README, "Speed"), which is the one way past it.
@@ -19,6 +22,8 @@ length rows live in bench/varlen.py (TARGET_VS_PACKED, TARGET_VS_PADDED).
 
 import math
 from dataclasses import dataclass
+
+from bench.ceiling import floor_seconds, rate_bound
 
 #: PyTorch's two paths in the grid: oneDNN on and off.
 PYTORCH_PEERS = ("torch", "torch-nodnnl")
@@ -71,15 +76,23 @@ def verdict(ratio, target, best_possible):
 
 
 def cell_floor_s(cell):
-    """The cell's floor: its ceiling's FLOPs at the large GEMM's rate at the cell's thread
-    count, or at 1 thread where that measured faster (n threads can always do what one
-    does; on a loaded machine the n-thread GEMM can time slower, and the bound must not
-    tighten for that). The ceiling keeps one floor per thread count it tried, keyed by
-    ints in memory and by strings once read back from results.json."""
+    """The cell's floor: its ceiling's FLOPs at the rate the cell's thread count cannot
+    beat (bench.ceiling.rate_bound: the large GEMM's peak measured at that count, or n x
+    the 1-thread one if more). The ceiling keeps its FLOPs at each thread count it tried
+    as floor_s and peak_gflops, keyed by ints in memory and by strings once read back
+    from results.json."""
     ceiling = cell.get("ceiling") or {}
-    floors = [entry["floor_s"] for n, entry in (ceiling.get("by_threads") or {}).items()
-              if int(n) <= cell["threads"] and "floor_s" in entry]
-    return min(floors) if floors else ceiling.get("floor_s", math.nan)
+    entries = {int(n): e for n, e in (ceiling.get("by_threads") or {}).items()
+               if "floor_s" in e and "peak_gflops" in e}
+    if not entries:
+        return ceiling.get("floor_s", math.nan)
+    some = next(iter(entries.values()))
+    flops = some["floor_s"] * some["peak_gflops"] * 1e9
+    try:
+        rate = rate_bound({n: e["peak_gflops"] for n, e in entries.items()}, cell["threads"])
+    except ValueError:
+        return math.nan
+    return floor_seconds(flops, rate)
 
 
 def target_peer_s(cell, target):
@@ -103,7 +116,8 @@ def grid_verdict(cell):
     if is_nan(clstm_s) or is_nan(peer_s):
         return f"{target.label()}: —"
     ratio = peer_s / clstm_s
-    floor = cell_floor_s(cell)
+    # where clstm ran past the large GEMM's rate, its own time is the floor
+    floor = min(cell_floor_s(cell), clstm_s)
     best_possible = peer_s / floor if floor and not is_nan(floor) else math.nan
     text = verdict(ratio, target.ratio, best_possible)
     if text == "below target" and not is_nan(best_possible):

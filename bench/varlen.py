@@ -29,7 +29,7 @@ import numpy as np
 
 import clstm
 
-from .ceiling import GemmCeiling, floor_seconds, valid_flops
+from .ceiling import GemmCeiling, floor_seconds, rate_bound, valid_flops
 from .shapes import parse_cells, parse_shapes, with_cell
 from .targets import is_nan, miss_text
 from .timing import OPENBLAS_SPIN_PAUSE_S, interleaved
@@ -100,17 +100,19 @@ def varlen_rows(shapes, dtypes, threads, modes, bidirectional, repeats, min_time
     their ratios. ``clock``: see bench.timing.interleaved (CPU time only makes sense at 1
     thread). ``peaks``: (dtype, threads) -> the large square GEMM's GFLOP/s (e.g.
     GemmCeiling().peak_gflops), for each row's floor; None: no floor."""
-    peak = {}
-    if peaks is not None:
-        # measured before any row, and OpenBLAS's spinning workers let go idle after,
-        # so the peak's GEMMs take no core from the first rows
-        measured = {(d, n): peaks(d, n) for d in dtypes for n in sorted({1, *threads})}
-        log("  large square GEMM peak: " + ", ".join(
+    measured = {}   # (dtype, threads) -> best large-GEMM GFLOP/s seen
+
+    def measure_peaks(when):
+        for d in dtypes:
+            for n in sorted({1, *threads}):
+                measured[d, n] = max(measured.get((d, n), 0.0), peaks(d, n))
+        log(f"  large square GEMM peak ({when}, best so far): " + ", ".join(
             f"{d} {n}thr {g:.1f} GFLOP/s" for (d, n), g in measured.items()))
+        # OpenBLAS's spinning workers let go idle, so they take no core from the rows
         time.sleep(OPENBLAS_SPIN_PAUSE_S)
-        # n threads can always do what one does: on a loaded machine the n-thread GEMM
-        # can measure slower than the 1-thread one, and the bound must not tighten then
-        peak = {(d, n): max(measured[d, 1], measured[d, n]) for d in dtypes for n in threads}
+
+    if peaks is not None:  # before and after the rows, the best kept: load only slows
+        measure_peaks("before the rows")
     rows = []
     for shape in shapes:
         lengths = draw_lengths(shape)
@@ -127,10 +129,14 @@ def varlen_rows(shapes, dtypes, threads, modes, bidirectional, repeats, min_time
                         rows.append(_varlen_row(shape, dtype, bid, mode, n, net, module,
                                                 torch, x, lengths, dy, repeats, min_time,
                                                 warmup, clock))
-                        _floor(rows[-1], with_cell(shape, cell), lengths,
-                               peak.get((dtype, n)))
-                        _ratios(rows[-1], "median")
-                        log(_row_line(rows[-1]))
+                        rows[-1]["valid_flops"] = valid_flops(
+                            with_cell(shape, cell), mode, lengths, 2 if bid else 1)
+                        log(_row_line(_ratios(rows[-1], "median")))
+    if peaks is not None:
+        measure_peaks("after the rows")
+        for r in rows:
+            _floor(r, {m: g for (d, m), g in measured.items() if d == r["dtype"]})
+            _ratios(r, "median")
     return rows
 
 
@@ -158,13 +164,12 @@ def _varlen_row(shape, dtype, bid, mode, n, net, module, torch, x, lengths, dy, 
     return row
 
 
-def _floor(row, shape, lengths, peak_gflops):
-    """The row's valid FLOPs and, given the peak, its floor (bench/targets.py)."""
-    row["valid_flops"] = valid_flops(shape, row["mode"], lengths,
-                                     2 if row["bidirectional"] else 1)
-    if peak_gflops is not None:
-        row["peak_gflops"] = peak_gflops
-        row["floor_s"] = floor_seconds(row["valid_flops"], peak_gflops)
+def _floor(row, peaks):
+    """The row's floor (bench/targets.py): its valid FLOPs at the rate its thread count
+    cannot beat, from the large-GEMM peaks measured (``peaks``: threads -> GFLOP/s)."""
+    row["peaks_measured_gflops"] = dict(peaks)
+    row["peak_gflops"] = rate_bound(peaks, row["threads"])
+    row["floor_s"] = floor_seconds(row["valid_flops"], row["peak_gflops"])
     return row
 
 
@@ -178,8 +183,11 @@ def _ratios(row, stat):
     row["torch_padded_vs_clstm"] = m.get("torch padded", math.nan) / cl
     floor = row.get("floor_s", math.nan)
     row["clstm_of_peak"] = floor / cl
-    row["best_possible_vs_packed"] = m.get("torch packed", math.nan) / floor
-    row["best_possible_vs_padded"] = m.get("torch padded", math.nan) / floor
+    # where clstm ran past the large GEMM's rate (its packed kernels can, by a few
+    # percent), its own time is the floor: the bound never says less than what ran
+    bound = min(floor, cl)
+    row["best_possible_vs_packed"] = m.get("torch packed", math.nan) / bound
+    row["best_possible_vs_padded"] = m.get("torch padded", math.nan) / bound
     return row
 
 
@@ -282,22 +290,30 @@ def b1_table(rows, stat="median"):
 
 def floor_note(rows):
     """The table's footnote: what the floor columns are, and the peaks this run measured."""
-    peaks = {(r["dtype"], r["threads"]): r["peak_gflops"] for r in rows if "peak_gflops" in r}
-    if not peaks:
+    measured, used = {}, {}
+    for r in rows:
+        if "peak_gflops" in r:
+            used[r["dtype"], r["threads"]] = r["peak_gflops"]
+            for m, g in r.get("peaks_measured_gflops", {}).items():
+                measured[r["dtype"], int(m)] = g
+    if not used:
         return "Floor columns: not measured (--no-floor or no peak given)."
-    return ("*floor* = the FLOPs of the GEMMs over the valid steps only (per layer and "
+    return ("*floor ms* = the FLOPs of the GEMMs over the valid steps only (per layer and "
             "direction 2·sum(lengths)·(I_k + H)·G·H, G = 4 for an LSTM and 3 for a GRU, I_k = "
             "I for the first layer and D·H above it; training counts the backward GEMMs as "
             "bench/ceiling.py does, about 3× the forward, no input gradient) at the rate of a "
-            "large square GEMM through SciPy's BLAS at the same dtype and thread count (or at "
-            "1 thread where that was faster: n threads can do what one does), best "
-            "sample, this run: " + ", ".join(f"{d} {n} thr {g:.0f} GFLOP/s"
-                                             for (d, n), g in sorted(peaks.items()))
-            + ". *clstm of peak* = floor / clstm-with-lengths time. *best possible vs torch "
-            "packed* = torch packed time / floor: the best ratio an implementation whose time "
-            "is its GEMMs at that peak could reach (gate math and memory traffic left out, so "
-            "generous). Where it is below the target, the row says *target beyond the GEMM "
-            "peak* instead of *below target*.")
+            "large square GEMM through SciPy's BLAS at the same dtype and thread count, "
+            "measured in this run before and after the rows (best sample: "
+            + ", ".join(f"{d} {n} thr {g:.0f} GFLOP/s" for (d, n), g in sorted(measured.items()))
+            + "), n threads credited with at least n × the 1-thread rate (a GEMM does not "
+            "scale past linearly; on a shared machine the n-thread one times slow): rates "
+            "used " + ", ".join(f"{d} {n} thr {g:.0f}" for (d, n), g in sorted(used.items()))
+            + " GFLOP/s. *clstm of peak* = floor / clstm-with-lengths time (past 100%: clstm's "
+            "packed kernels beat OpenBLAS's large-GEMM rate). *best possible vs torch packed* "
+            "= torch packed time / floor (or / clstm's time where clstm was faster than the "
+            "floor): the best ratio an implementation whose time is its GEMMs could reach "
+            "(gate math and memory traffic left out, so generous). Where it is below the "
+            "target, the row says *target beyond the GEMM peak* instead of *below target*.")
 
 
 def describe():
@@ -305,6 +321,13 @@ def describe():
             "lengths; torch packed = pack_padded_sequence(enforce_sorted=False) -> "
             "nn.LSTM -> pad_packed_sequence; training = forward + backward of the sum of "
             "the outputs (clstm: no input gradient). Ratios > 1: clstm with lengths faster.")
+
+
+def _fresh_peaks(args):
+    """(dtype, threads) -> the large square GEMM's GFLOP/s, timed anew at each call (a
+    GemmCeiling caches its timings; varlen_rows asks before and after the rows)."""
+    return lambda dtype, threads: GemmCeiling(
+        repeats=max(3, args.repeats), min_time=args.min_time).peak_gflops(dtype, threads)
 
 
 def main(argv=None):
@@ -348,8 +371,7 @@ def main(argv=None):
                        args.min_time, torch=torch,
                        clock=time.process_time if args.cpu_time else time.perf_counter,
                        cells=cells,
-                       peaks=None if args.no_floor else GemmCeiling(
-                           repeats=max(3, args.repeats), min_time=args.min_time).peak_gflops)
+                       peaks=None if args.no_floor else _fresh_peaks(args))
     print(describe() + (" Timed in CPU seconds of this process (--cpu-time)."
                         if args.cpu_time else "")
           + (" Best samples (--stat best), not medians." if args.stat == "best" else ""))

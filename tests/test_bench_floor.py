@@ -18,7 +18,7 @@ if _added:  # for `bench` only: clstm is imported as the other tests import it
     sys.path.insert(0, str(REPO))
 
 from bench import report, targets, varlen  # noqa: E402
-from bench.ceiling import floor_seconds, valid_flops  # noqa: E402
+from bench.ceiling import floor_seconds, rate_bound, valid_flops  # noqa: E402
 from bench.shapes import SHAPES, Shape, ideal_gemms, with_cell  # noqa: E402
 
 if _added and str(REPO) in sys.path:
@@ -94,6 +94,15 @@ def test_floor_is_the_flops_at_the_peak():
     assert floor_seconds(2e9, 100.0) == pytest.approx(0.02)
 
 
+def test_the_rate_bound_credits_n_threads_with_n_times_one():
+    assert rate_bound({1: 100.0, 2: 205.0}, 2) == 205.0   # quiet: the measured one
+    assert rate_bound({1: 100.0, 2: 60.0}, 2) == 200.0    # second core taken: 2 x 1
+    assert rate_bound({"1": 100.0, "2": 60.0}, 2) == 200.0  # keys read back from JSON
+    assert rate_bound({1: 100.0, 2: 205.0}, 1) == 100.0   # never a larger count's rate
+    with pytest.raises(ValueError, match="a rate at 1 thread"):
+        rate_bound({2: 205.0}, 1)
+
+
 # ------------------------------------------------------------------ verdicts
 
 def test_the_verdict_switches_where_the_floor_meets_the_target():
@@ -112,7 +121,7 @@ def fake_varlen_row(floor_s=None, packed=2.0, padded=0.9):
     row = dict(shape="S3", cell="lstm", dtype="float32", bidirectional=False, mode="fwd",
                threads=1, median_s=times, best_s=dict(times))
     if floor_s is not None:
-        row.update(floor_s=floor_s, peak_gflops=100.0)
+        row.update(floor_s=floor_s, peak_gflops=100.0, peaks_measured_gflops={1: 100.0})
     return row
 
 
@@ -148,6 +157,16 @@ def test_varlen_rows_say_beyond_the_peak_only_when_the_floor_cannot_reach_the_ta
     assert plain["best possible vs torch packed"] == "—"
 
 
+def test_varlen_floor_is_never_above_clstms_own_time():
+    """clstm faster than the floor (its kernels past OpenBLAS's rate): its own time bounds
+    the ratio, so the row never says less is possible than what ran."""
+    packed = f"torch packed / clstm (target {varlen.TARGET_VS_PACKED:g}×)"
+    cells = _packed_cell(varlen.varlen_table([fake_varlen_row(floor_s=1.25)]))
+    assert cells["clstm of peak"] == "125%"
+    assert cells["best possible vs torch packed"] == "2.00×"
+    assert cells[packed] == "2.00× (target beyond the GEMM peak (best possible 2.00×))"
+
+
 def test_varlen_best_samples_use_the_same_floor():
     row = fake_varlen_row(floor_s=0.8)
     row["best_s"] = dict(row["best_s"], **{"torch packed": 2.6})  # 3.25x: now reachable
@@ -158,20 +177,23 @@ def test_varlen_best_samples_use_the_same_floor():
 
 def test_varlen_footnote_defines_the_floor_and_names_the_peaks():
     note = varlen.floor_note([fake_varlen_row(floor_s=0.8),
-                              dict(fake_varlen_row(floor_s=0.4), threads=2, peak_gflops=200.0)])
-    assert "float32 1 thr 100 GFLOP/s" in note and "float32 2 thr 200 GFLOP/s" in note
+                              dict(fake_varlen_row(floor_s=0.4), threads=2, peak_gflops=200.0,
+                                   peaks_measured_gflops={1: 100.0, 2: 150.0})])
+    assert "float32 1 thr 100 GFLOP/s, float32 2 thr 150 GFLOP/s" in note  # measured
+    assert "rates used float32 1 thr 100, float32 2 thr 200 GFLOP/s" in note
     assert "torch packed time / floor" in note and "target beyond the GEMM peak" in note
     assert "not measured" in varlen.floor_note([fake_varlen_row()])
 
 
 def test_each_varlen_row_gets_its_floor_from_the_peak_at_its_dtype_and_threads():
-    """varlen_rows asks for the peak of every (dtype, threads) once, before the rows, and
-    each row's floor is its valid FLOPs at that peak (tiny shape, times not read)."""
+    """varlen_rows asks for the peak of every (dtype, threads) before and after the rows
+    and keeps the best, and each row's floor is its valid FLOPs at that rate (tiny shape,
+    times not read)."""
     asked = []
 
-    def peaks(dtype, threads):
+    def peaks(dtype, threads):  # slower before the rows than after
         asked.append((dtype, threads))
-        return 50.0 * threads
+        return 50.0 * threads * (0.5 if len(asked) <= 2 else 1.0)
 
     def loaded(dtype, threads):  # the second core taken: 2 threads slower than 1
         return {1: 80.0, 2: 60.0}[threads]
@@ -180,7 +202,7 @@ def test_each_varlen_row_gets_its_floor_from_the_peak_at_its_dtype_and_threads()
     rows = varlen.varlen_rows([shape], ["float64"], [1, 2], ["fwd", "train"], [0, 1], 1,
                               min_time=0.0, warmup=0, log=lambda _: None, peaks=peaks,
                               cells=("lstm", "gru"))
-    assert sorted(asked) == [("float64", 1), ("float64", 2)]  # each once
+    assert sorted(asked) == [("float64", 1)] * 2 + [("float64", 2)] * 2
     lengths = varlen.draw_lengths(shape)
     assert len(rows) == 16
     for r in rows:
@@ -189,11 +211,12 @@ def test_each_varlen_row_gets_its_floor_from_the_peak_at_its_dtype_and_threads()
         assert r["valid_flops"] == flops
         assert r["peak_gflops"] == 50.0 * r["threads"]
         assert r["floor_s"] == pytest.approx(flops / (50e9 * r["threads"]))
+        assert r["peaks_measured_gflops"] == {1: 50.0, 2: 100.0}
         assert r["clstm_of_peak"] == r["floor_s"] / r["median_s"]["clstm lengths"]
         assert math.isnan(r["best_possible_vs_packed"])  # no torch here
     rows = varlen.varlen_rows([shape], ["float32"], [2], ["fwd"], [0], 1, min_time=0.0,
                               warmup=0, log=lambda _: None, peaks=loaded)
-    assert rows[0]["peak_gflops"] == 80.0  # n threads can do what one does
+    assert rows[0]["peak_gflops"] == 160.0  # 2 x the 1-thread rate, not the slow 2-thread one
 
 
 def test_the_grid_passes_its_ceilings_peaks_to_the_varlen_rows():
@@ -217,17 +240,20 @@ def test_the_grid_passes_its_ceilings_peaks_to_the_varlen_rows():
 # ------------------------------------------------------------------ the grid's targets
 
 def fake_grid_cell(shape="S3", dtype="float64", mode="fwd", threads=2, clstm=1.0,
-                   peers=None, floors=None):
+                   peers=None, peaks=None, flops=2e9):
+    """A grid cell as run_cell makes it, with made-up times and large-GEMM peaks
+    (GFLOP/s per thread count); by default a floor of 1 s at 2 threads."""
     peers = peers or {"torch": 1.2, "torch-nodnnl": 1.25}
     impls = {"clstm": dict(median_s=clstm, error=None)}
     impls.update({n: dict(median_s=t, error=None) for n, t in peers.items()})
-    floors = floors or {1: 2.0, 2: 1.0}
+    peaks = peaks or {1: 1.0, 2: 2.0}
     best = min(peers, key=peers.get)
+    by_threads = {n: dict(floor_s=flops / (g * 1e9), peak_gflops=g) for n, g in peaks.items()}
     return dict(shape=shape, cell="lstm", dtype=dtype, threads=threads, mode=mode,
                 impls=impls, skipped={}, clstm_gflops=1.0, best_peer=best,
                 ratio_best_peer=peers[best] / clstm,
-                ceiling=dict(net_s=1.1, floor_s=min(floors.values()),
-                             by_threads={n: dict(floor_s=f) for n, f in floors.items()}),
+                ceiling=dict(net_s=1.1, floor_s=min(e["floor_s"] for e in by_threads.values()),
+                             by_threads=by_threads),
                 ceiling_fraction=1.1 / clstm)
 
 
@@ -246,16 +272,20 @@ def test_grid_verdict_uses_the_floor_at_the_cells_own_thread_count():
     # PyTorch 1.2 s, clstm 1.0 s: 1.2x < 1.3x; the floor at 2 threads is 1.0 s, so at
     # best 1.2x: beyond the peak
     cell = fake_grid_cell()
-    assert targets.cell_floor_s(cell) == 1.0
-    # a loaded machine's 2-thread GEMM slower than its 1-thread one: the 1-thread floor
-    assert targets.cell_floor_s(fake_grid_cell(floors={1: 0.5, 2: 1.0})) == 0.5
-    # a 1-thread cell never takes a 2-thread floor
-    assert targets.cell_floor_s(fake_grid_cell(threads=1, floors={1: 2.0, 2: 1.0})) == 2.0
+    assert targets.cell_floor_s(cell) == pytest.approx(1.0)
+    # a loaded machine's 2-thread GEMM slower than its 1-thread one: 2 x the 1-thread rate
+    assert targets.cell_floor_s(fake_grid_cell(peaks={1: 1.0, 2: 0.5})) == pytest.approx(1.0)
+    # a 1-thread cell never takes a 2-thread rate
+    assert targets.cell_floor_s(fake_grid_cell(threads=1)) == pytest.approx(2.0)
     assert targets.grid_verdict(cell) == (
         "≥1.3× PyTorch: 1.20×, target beyond the GEMM peak (best possible 1.20×)")
     # a floor of 0.8 s: 1.5x was possible
-    assert targets.grid_verdict(fake_grid_cell(floors={2: 0.8})) == (
+    assert targets.grid_verdict(fake_grid_cell(peaks={1: 1.25, 2: 2.5})) == (
         "≥1.3× PyTorch: 1.20×, below target (best possible 1.50×)")
+    # clstm (0.5 s) faster than the floor (1 s): its own time is the bound, never less
+    fast = fake_grid_cell(clstm=0.5, peers={"torch": 0.6})
+    assert targets.grid_verdict(fast) == (
+        "≥1.3× PyTorch: 1.20×, target beyond the GEMM peak (best possible 1.20×)")
     assert targets.grid_verdict(fake_grid_cell(clstm=0.9)) == "≥1.3× PyTorch: 1.33×, met"
     assert targets.grid_verdict(fake_grid_cell(shape="S1")) == "—"
 
@@ -264,7 +294,7 @@ def test_grid_verdict_reads_results_json_and_picks_the_targets_peers():
     # after a JSON round trip the thread counts are strings
     cell = fake_grid_cell()
     cell["ceiling"]["by_threads"] = {str(n): v for n, v in cell["ceiling"]["by_threads"].items()}
-    assert targets.cell_floor_s(cell) == 1.0
+    assert targets.cell_floor_s(cell) == pytest.approx(1.0)
     # float64: the target is PyTorch, not a faster NumPy peer
     fast_numpy = fake_grid_cell(peers={"torch": 1.4, "numpy": 0.5})
     assert targets.grid_verdict(fast_numpy).startswith("≥1.3× PyTorch: 1.40×, met")
