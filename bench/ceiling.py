@@ -92,19 +92,29 @@ class GemmCeiling:
         self.peak_size = peak_size
         self._seconds = {}
 
-    def seconds(self, m, n, k, dtype, threads):
+    #: The peak is every floor's denominator, and a disturbed sample only ever makes it
+    #: look lower (a floor too long, a target wrongly called beyond the peak): it takes
+    #: at least this many repeats of at least PEAK_MIN_TIME seconds, best kept.
+    PEAK_REPEATS, PEAK_MIN_TIME = 9, 0.1
+
+    def seconds(self, m, n, k, dtype, threads, repeats=None, min_time=None):
         """Best-of-repeats seconds of one (m x k)·(k x n) GEMM alone on `threads` threads."""
         key = (m, n, k, np.dtype(dtype).name, threads)
         if key not in self._seconds:
             fn = gemm_call(m, n, k, dtype)
             with blas_controller().limit(limits=threads, user_api="blas"):
-                t = interleaved({"gemm": fn}, self.repeats, warmup=2, min_time=self.min_time)
+                t = interleaved({"gemm": fn}, repeats or self.repeats, warmup=2,
+                                min_time=self.min_time if min_time is None else min_time)
             self._seconds[key] = t["gemm"].best
         return self._seconds[key]
 
     def peak_gflops(self, dtype, threads):
+        """GFLOP/s of a large square GEMM (peak_size³) on `threads` threads, best sample."""
         n = self.peak_size
-        return 2 * n**3 / self.seconds(n, n, n, dtype, threads) / 1e9
+        seconds = self.seconds(n, n, n, dtype, threads,
+                               repeats=max(self.repeats, self.PEAK_REPEATS),
+                               min_time=max(self.min_time, self.PEAK_MIN_TIME))
+        return 2 * n**3 / seconds / 1e9
 
     def cell(self, shape, mode, dtype, threads, input_grad=False):
         """The CellCeiling of one grid cell: which GEMM runs on how many threads, and the runs."""

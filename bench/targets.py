@@ -116,10 +116,13 @@ def grid_verdict(cell):
     if is_nan(clstm_s) or is_nan(peer_s):
         return f"{target.label()}: —"
     ratio = peer_s / clstm_s
+    gemm_floor = cell_floor_s(cell)
     # where clstm ran past the large GEMM's rate, its own time is the floor
-    floor = min(cell_floor_s(cell), clstm_s)
+    floor = min(gemm_floor, clstm_s)
     best_possible = peer_s / floor if floor and not is_nan(floor) else math.nan
     text = verdict(ratio, target.ratio, best_possible)
     if text == "below target" and not is_nan(best_possible):
         text += f" (best possible {best_possible:.2f}×)"
+    if text != "met" and clstm_s < gemm_floor:
+        text += f"; clstm at {100 * gemm_floor / clstm_s:.0f}% of the peak"
     return f"{target.label()}: {ratio:.2f}×, {text}"

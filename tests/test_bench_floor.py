@@ -284,8 +284,8 @@ def test_grid_verdict_uses_the_floor_at_the_cells_own_thread_count():
         "≥1.3× PyTorch: 1.20×, below target (best possible 1.50×)")
     # clstm (0.5 s) faster than the floor (1 s): its own time is the bound, never less
     fast = fake_grid_cell(clstm=0.5, peers={"torch": 0.6})
-    assert targets.grid_verdict(fast) == (
-        "≥1.3× PyTorch: 1.20×, target beyond the GEMM peak (best possible 1.20×)")
+    assert targets.grid_verdict(fast) == ("≥1.3× PyTorch: 1.20×, target beyond the GEMM "
+                                          "peak (best possible 1.20×); clstm at 200% of the peak")
     assert targets.grid_verdict(fake_grid_cell(clstm=0.9)) == "≥1.3× PyTorch: 1.33×, met"
     assert targets.grid_verdict(fake_grid_cell(shape="S1")) == "—"
 
