@@ -11,10 +11,13 @@ and where that is below the target, the target is beyond the GEMM peak: missing 
 nothing about clstm. Where clstm itself ran faster than the floor (its packed kernels can
 pass OpenBLAS's large-GEMM rate by a few percent), its own time is the floor instead: the
 bound never says less than what ran. On n threads the rate is at least n x the 1-thread
-one (bench.ceiling.rate_bound): on a shared machine the n-thread GEMM can time slow. The bound is generous on purpose: the floor counts the GEMMs only (no
-gate math, no memory traffic) at the best sample of the large GEMM, while peer times are
-medians; a register-only FMA loop measured a few percent above the large GEMM's rate
-(README, "Speed"), which is the one way past it.
+one (bench.ceiling.rate_bound): on a shared machine the n-thread GEMM can time slow.
+The bound is generous on purpose: the floor counts the GEMMs only (no gate math, no
+memory traffic) at the best sample of the large GEMM, while peer times are medians; a
+register-only FMA loop measured a few percent above the large GEMM's rate (README,
+"Speed"), which is the one way past it. And it is only as good as the peak: a peak timed
+low on a busy machine makes the floor long and a target look beyond it, so the peak is
+the best of many samples (GemmCeiling.PEAK_REPEATS).
 
 Issue 9's ratio targets for the main grid (`grid_target`); issue 10's for the variable
 length rows live in bench/varlen.py (TARGET_VS_PACKED, TARGET_VS_PADDED).
