@@ -77,7 +77,7 @@ class CellCeiling:
         return run
 
     def summarise(self, run_s, overhead_s):
-        floor = self.flops / (self.peak_gflops * 1e9)
+        floor = floor_seconds(self.flops, self.peak_gflops)
         return dict(net_s=max(run_s - overhead_s, floor), raw_s=run_s, overhead_s=overhead_s,
                     floor_s=floor, calls=self.n_calls, peak_gflops=self.peak_gflops,
                     gemms=self.breakdown)
@@ -92,19 +92,29 @@ class GemmCeiling:
         self.peak_size = peak_size
         self._seconds = {}
 
-    def seconds(self, m, n, k, dtype, threads):
+    #: The peak is every floor's denominator, and a disturbed sample only ever makes it
+    #: look lower (a floor too long, a target wrongly called beyond the peak): it takes
+    #: at least this many repeats of at least PEAK_MIN_TIME seconds, best kept.
+    PEAK_REPEATS, PEAK_MIN_TIME = 9, 0.1
+
+    def seconds(self, m, n, k, dtype, threads, repeats=None, min_time=None):
         """Best-of-repeats seconds of one (m x k)·(k x n) GEMM alone on `threads` threads."""
         key = (m, n, k, np.dtype(dtype).name, threads)
         if key not in self._seconds:
             fn = gemm_call(m, n, k, dtype)
             with blas_controller().limit(limits=threads, user_api="blas"):
-                t = interleaved({"gemm": fn}, self.repeats, warmup=2, min_time=self.min_time)
+                t = interleaved({"gemm": fn}, repeats or self.repeats, warmup=2,
+                                min_time=self.min_time if min_time is None else min_time)
             self._seconds[key] = t["gemm"].best
         return self._seconds[key]
 
     def peak_gflops(self, dtype, threads):
+        """GFLOP/s of a large square GEMM (peak_size³) on `threads` threads, best sample."""
         n = self.peak_size
-        return 2 * n**3 / self.seconds(n, n, n, dtype, threads) / 1e9
+        seconds = self.seconds(n, n, n, dtype, threads,
+                               repeats=max(self.repeats, self.PEAK_REPEATS),
+                               min_time=max(self.min_time, self.PEAK_MIN_TIME))
+        return 2 * n**3 / seconds / 1e9
 
     def cell(self, shape, mode, dtype, threads, input_grad=False):
         """The CellCeiling of one grid cell: which GEMM runs on how many threads, and the runs."""
@@ -118,3 +128,71 @@ class GemmCeiling:
                                   threads=best, alone_call_s=options[best],
                                   alone_gflops=2 * g.m * g.n * g.k / options[best] / 1e9))
         return CellCeiling(plan, dtype, flops, self.peak_gflops(dtype, threads), breakdown)
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+def valid_flops(shape, mode, lengths=None, directions=1, input_grad=False):
+    """FLOPs of the GEMMs an ideal implementation runs over the valid steps only.
+
+    The count of `ideal_gemms`, with the T·B rows of every product replaced by the
+    sum(lengths) rows that are still active (a packed layout runs no padded step), per
+    layer and per direction. With G = gates·H and N = sum(lengths) (T·B without lengths),
+    per layer k and direction, I_k = I for the first layer and D·H above it (the layer
+    reads both directions):
+
+    - forward: 2·N·I_k·G (input projection) + 2·N·H·G (recurrent products);
+    - training adds 2·N·H·G (recurrent backward), 2·G·I_k·N (dW_ih), 2·G·H·N (dW_hh), and
+      2·N·I_k·G (input gradient) for the layers above the first, and for the first only
+      with ``input_grad``: about 3x the forward, as in `ideal_gemms`.
+    """
+    if mode not in ("fwd", "train"):
+        raise ValueError(f"mode: expected 'fwd' or 'train', got {mode!r}")
+    if directions not in (1, 2):
+        raise ValueError(f"directions: expected 1 or 2, got {directions!r}")
+    if lengths is None:
+        rows = shape.T * shape.B
+    else:
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or lengths.shape[0] != shape.B:
+            raise ValueError(f"lengths: expected {shape.B} lengths (one per sequence), got "
+                             f"shape {lengths.shape}")
+        if not np.issubdtype(lengths.dtype, np.integer):
+            raise TypeError(f"lengths: expected integers, got {lengths.dtype}")
+        if lengths.min() < 1 or lengths.max() > shape.T:
+            raise ValueError(f"lengths: expected values in [1, {shape.T}], got "
+                             f"[{lengths.min()}, {lengths.max()}]")
+        rows = int(lengths.sum())
+    H, G = shape.H, shape.gates * shape.H
+    total = 0
+    for layer in range(shape.L):
+        i_k = shape.I if layer == 0 else directions * H
+        flops = 2 * rows * i_k * G + 2 * rows * H * G
+        if mode == "train":
+            flops += 2 * rows * H * G + 2 * G * i_k * rows + 2 * G * H * rows
+            if layer > 0 or input_grad:
+                flops += 2 * rows * i_k * G
+        total += directions * flops
+    return total
+
+
+def rate_bound(peaks, threads):
+    """The GEMM rate (GFLOP/s) `threads` threads cannot beat, from the large-GEMM peaks
+    measured at some thread counts (``peaks``: count -> GFLOP/s): the best of the
+    measured rates at `threads` and of m-thread rates scaled by threads / m (m below
+    it). A GEMM does not scale past linearly (fewer cores busy, if anything, clock
+    higher), and on a machine shared with other jobs an n-thread GEMM can time slower
+    than a 1-thread one while the bound must not tighten for that. On a quiet machine
+    the measured n-thread peak is within a few percent of n x the 1-thread one."""
+    rates = [g * threads / int(m) for m, g in peaks.items() if int(m) <= threads]
+    if not rates:
+        raise ValueError(f"peaks: expected a rate at {threads} thread(s) or fewer, got "
+                         f"thread counts {sorted(peaks)}")
+    return max(rates)
+
+
+def floor_seconds(flops, peak_gflops):
+    """The least time `flops` of GEMM can take at the large square GEMM's rate: the
+    floor no implementation whose time is its GEMMs goes under."""
+    return flops / (peak_gflops * 1e9)

@@ -4,6 +4,8 @@ import json
 import math
 from pathlib import Path
 
+from bench.targets import grid_verdict
+
 
 def _ms(seconds):
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
@@ -48,7 +50,7 @@ def grid_table(results):
     header = (["shape"] + (["cell"] if name_cells else [])
               + ["dtype", "thr", "mode", "clstm ms", "GFLOP/s"]
               + [f"{p} ms" for p in peers]
-              + ["best peer", "vs best peer", "ceiling ms", "of ceiling"])
+              + ["best peer", "vs best peer", "ceiling ms", "of ceiling", "target"])
     rows = []
     for cell in results["cells"]:
         clstm = cell["impls"].get("clstm", {})
@@ -57,7 +59,8 @@ def grid_table(results):
                        _ms(clstm.get("median_s")), f"{cell.get('clstm_gflops', math.nan):.1f}"]
                     + [_peer_ms(cell, p) for p in peers]
                     + [cell.get("best_peer") or "—", _x(cell.get("ratio_best_peer")),
-                       _ms(cell["ceiling"]["net_s"]), _pct(cell.get("ceiling_fraction"))])
+                       _ms(cell["ceiling"]["net_s"]), _pct(cell.get("ceiling_fraction")),
+                       grid_verdict(cell)])
     return _table(header, rows)
 
 
@@ -148,7 +151,14 @@ def markdown(results):
         "(3H for a GRU), training 3× that.  *vs best peer* = best peer time / clstm time "
         "(>1: clstm faster).  "
         "*of ceiling* = time SciPy's BLAS needs for the GEMMs an ideal LSTM must run / clstm "
-        "time (see bench/ceiling.py).",
+        "time (see bench/ceiling.py).  *target*: issue 9's ratio target for the cell "
+        "(float32: ≥1× the best peer, ≥3× in S1's training step; float64: ≥1.3× PyTorch on "
+        "S2-S5), the ratio against those peers and whether it is met; a miss says how far an "
+        "implementation could go: *best possible* = that peer's time / the floor, the FLOPs "
+        "of the cell's GEMMs (the ceiling's) at the rate of a large square GEMM at the same "
+        "dtype and thread count, this run (bench/targets.py).  Below the target, it reads "
+        "*target beyond the GEMM peak*: no implementation whose time is its GEMMs at that "
+        "rate could meet it.",
         "",
         "## Whole sequences: inference (fwd) and training step (train)",
         "",
@@ -157,10 +167,10 @@ def markdown(results):
         grid_table(results) if results["cells"] else "(not run: --no-grid)",
     ]
     if results.get("varlen"):
-        from bench.varlen import b1_table, describe, varlen_table
+        from bench.varlen import b1_table, describe, floor_note, varlen_table
         v = results["varlen"]
         parts += ["", "## Variable lengths and bidirectional layers", "", describe(), "",
-                  varlen_table(v["rows"])]
+                  varlen_table(v["rows"]), "", floor_note(v["rows"])]
         if v.get("b1"):
             parts += ["", "A bidirectional layer at B = 1 (one layer, the shape's T, I, H): "
                       "the two directions run at once, one per thread.", "",

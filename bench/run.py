@@ -484,17 +484,19 @@ def run_streaming(args):
     return rows
 
 
-def run_varlen(args, peers):
+def run_varlen(args, peers, ceiling=None):
     """bench/varlen.py's rows on the grid's shapes with B > 1, dtypes, modes and thread
     counts, torch as the peer when it is among the available peers; and the
-    bidirectional B = 1 rows at the largest thread count against 1."""
+    bidirectional B = 1 rows at the largest thread count against 1. ``ceiling``: the
+    grid's GemmCeiling, whose large-GEMM peaks (cached) give each row's floor."""
     torch = (importlib.import_module("torch") if any(p.name == "torch" for p in peers)
              else None)
     threads = sorted(args.threads)
     shapes = [s for s in args.shapes if s.B > 1]
     rows = varlen.varlen_rows(shapes, args.dtypes, threads, args.modes, [0, 1],
                               args.repeats, args.min_time, args.warmup, torch=torch, log=log,
-                              cells=args.cells)
+                              cells=args.cells,
+                              peaks=ceiling.peak_gflops if ceiling is not None else None)
     b1 = (varlen.b1_scaling_rows(shapes, args.dtypes, args.modes, max(threads), args.repeats,
                                  args.min_time, args.warmup, log=log)
           if max(threads) > 1 else [])
@@ -671,7 +673,7 @@ def _main(args, out, hog):
     )
     if not args.no_varlen:
         log("variable lengths and bidirectional layers (bench/varlen.py)")
-        results["varlen"] = run_varlen(args, peers)
+        results["varlen"] = run_varlen(args, peers, ceiling)
         phases["varlen"] = clock.lap()
     if hog:
         log(f"busy: clstm at {max(args.threads)} thread(s) against 1, under the hog's load")
