@@ -169,6 +169,7 @@ cdef extern from "packed_gemm.h" nogil:
                                   const double *packed, double *C, int ldc, int accumulate)
     const char *clstm_packed_gemm_isa_name()
     int clstm_packed_gemm_select(int isa)
+    int clstm_packed_gemm_set_prefetch_c(int enabled)
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,6 +295,12 @@ def _set_packed_step_max_rows(int rows):
     old = _packed_step_max_rows
     _packed_step_max_rows = rows
     return old
+
+
+def _set_prefetch_c(bint enabled):
+    """Whether the packed GEMM fetches each panel's C block into L2 a panel ahead (True,
+    the default); returns the previous setting. For A/B measurements."""
+    return bool(clstm_packed_gemm_set_prefetch_c(enabled))
 
 
 def _set_packed_bulk(bint enabled):

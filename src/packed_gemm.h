@@ -69,6 +69,10 @@ const char *clstm_packed_gemm_isa_name(void);
  * (the kernels agree up to rounding). */
 int clstm_packed_gemm_select(int isa);
 
+/* Whether gemm fetches each panel's C block into L2 one panel ahead (1, the default) or
+ * not (0); returns the previous setting. For A/B measurements. */
+int clstm_packed_gemm_set_prefetch_c(int enabled);
+
 #ifdef __cplusplus
 }
 #endif
