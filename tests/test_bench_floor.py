@@ -1,28 +1,17 @@
 """The floor of the benchmark reports (bench/targets.py, bench.ceiling.valid_flops): the
 FLOP counting against hand computations and the ceiling's own GEMM list, and the verdicts
 on fake timings ("below target" against "target beyond the GEMM peak")."""
-import importlib.util
 import math
-import pathlib
-import sys
 import types
 
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if not (REPO / "bench" / "targets.py").exists():
-    pytest.skip("bench/ is not next to the tests", allow_module_level=True)
-_added = importlib.util.find_spec("bench") is None
-if _added:  # for `bench` only: clstm is imported as the other tests import it
-    sys.path.insert(0, str(REPO))
-
+pytest.importorskip("bench", reason="bench/ is not next to the tests")  # tests/conftest.py imports it
 from bench import report, targets, varlen  # noqa: E402
 from bench.ceiling import floor_seconds, rate_bound, valid_flops  # noqa: E402
 from bench.shapes import SHAPES, Shape, ideal_gemms, with_cell  # noqa: E402
 
-if _added and str(REPO) in sys.path:
-    sys.path.remove(str(REPO))
 
 # I = 3, H = 2, two layers, two sequences of lengths 1 and 3 (T = 3): 4 valid steps.
 SMALL = Shape("small", B=2, T=3, I=3, H=2, L=2)

@@ -1,6 +1,5 @@
 """Benchmark helpers that need no timing: the --busy CPU hog, the --isa bookkeeping, and the
 GRU rows (cells, FLOPs, the peers' GRU adapters, the report's cell column)."""
-import importlib.util
 import os
 import pathlib
 import sys
@@ -9,17 +8,11 @@ import time
 import numpy as np
 import pytest
 
+pytest.importorskip("bench", reason="bench/ is not next to the tests")  # tests/conftest.py imports it
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if not (REPO / "bench" / "busy.py").exists():
-    pytest.skip("bench/ is not next to the tests", allow_module_level=True)
-_added = importlib.util.find_spec("bench") is None
-if _added:  # for `bench` only: clstm is imported as the other tests import it
-    sys.path.insert(0, str(REPO))
 
 from bench import busy, isa  # noqa: E402
 
-if _added and str(REPO) in sys.path:
-    sys.path.remove(str(REPO))
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no sched_setaffinity")

@@ -3,9 +3,6 @@
 Skipped when onnx or onnxruntime is not installed, or when the benchmark package is not
 next to the tests (clstm installed elsewhere).  No timing here.
 """
-import importlib.util
-import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -13,19 +10,11 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-if not (REPO / "bench" / "onnx_lstm.py").exists():
-    pytest.skip("bench/ is not next to the tests", allow_module_level=True)
-_added = importlib.util.find_spec("bench") is None
-if _added:  # for `bench` only: clstm is imported as the other tests import it
-    sys.path.insert(0, str(REPO))
-
+pytest.importorskip("bench", reason="bench/ is not next to the tests")  # tests/conftest.py imports it
 from bench import onnx_lstm  # noqa: E402
 from bench.peers import make_input, make_params  # noqa: E402
 from bench.shapes import Shape  # noqa: E402
 
-if _added and str(REPO) in sys.path:
-    sys.path.remove(str(REPO))
 
 import clstm  # noqa: E402
 
