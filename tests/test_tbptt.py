@@ -256,6 +256,23 @@ def chunked_forward(net, x, lengths, k, state=None):
     return np.concatenate(ys), state, starts
 
 
+def chunked_backward(net, x, dy, lengths, k, starts, dstate):
+    """Backward through the chunks of `chunked_forward` in reverse, each chunk's forward
+    rerun from its start state for its cache, dL/dstate carried from chunk to chunk;
+    returns (dx, dL/d(initial state))."""
+    T, B = x.shape[:2]
+    dx, carried = np.zeros_like(x), dstate
+    for c in reversed(range(len(starts))):
+        t = c * k
+        _, _, rows = forward_chunk(net, x[t:t + k], starts[c], chunk_lengths(lengths, t, k))
+        if rows is None:
+            continue
+        dxc, part = net.backward(dy[t:t + k][:, rows], take_rows(carried, rows))
+        dx[t:t + k][:, rows] = dxc
+        carried = put_rows(carried, rows, part, B)
+    return dx, carried
+
+
 LSTM_CASES = [dict(num_layers=1), dict(num_layers=2), dict(num_layers=3, peephole=True),
               dict(num_layers=2, proj_size=3), dict(num_layers=2, bias=False)]
 
@@ -299,17 +316,7 @@ def test_chunked_backward_with_lengths_equals_one_long_backward(config):
 
     net.zero_grad()
     _, _, starts = chunked_forward(net, x, lengths, k, state0)
-    dx = np.zeros_like(x)
-    carried = dstate
-    for c in reversed(range(len(starts))):
-        t = c * k
-        lc = chunk_lengths(lengths, t, k)
-        out, _, rows = forward_chunk(net, x[t:t + k], starts[c], lc)   # again, for backward
-        if rows is None:
-            continue
-        dxc, part = net.backward(dy[t:t + k][:, rows], take_rows(carried, rows))
-        dx[t:t + k][:, rows] = dxc
-        carried = put_rows(carried, rows, part, B)
+    dx, carried = chunked_backward(net, x, dy, lengths, k, starts, dstate)
     for name, g in net.grads.items():
         np.testing.assert_allclose(g, grads_long[name], rtol=1e-10, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(dx, dx_long, rtol=1e-10, atol=1e-12)
@@ -339,15 +346,7 @@ def test_a_grus_chunks_with_lengths_equal_one_long_forward_and_backward(num_laye
     y, h, starts = chunked_forward(net, x, lengths, k, h0)
     np.testing.assert_allclose(y, y_long, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(h, h_long, rtol=1e-12, atol=1e-13)
-    dx, carried = np.zeros_like(x), dh_n
-    for c in reversed(range(len(starts))):
-        t = c * k
-        out, _, rows = forward_chunk(net, x[t:t + k], starts[c], chunk_lengths(lengths, t, k))
-        if rows is None:
-            continue
-        dxc, part = net.backward(dy[t:t + k][:, rows], take_rows(carried, rows))
-        dx[t:t + k][:, rows] = dxc
-        carried = put_rows(carried, rows, part, B)
+    dx, carried = chunked_backward(net, x, dy, lengths, k, starts, dh_n)
     for name, g in net.grads.items():
         np.testing.assert_allclose(g, grads_long[name], rtol=1e-10, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(dx, dx_long, rtol=1e-10, atol=1e-12)
