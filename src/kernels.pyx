@@ -167,6 +167,16 @@ cdef extern from "packed_gemm.h" nogil:
                                   const float *packed, float *C, int ldc, int accumulate)
     void clstm_packed_gemm_at_f64(int M, int K, int N, const double *A, int lda,
                                   const double *packed, double *C, int ldc, int accumulate)
+    void clstm_pack_cat_f32(int K1, int K2, int N, const float *src1, int ld1,
+                            const float *src2, int ld2, int src_is_nk, float *packed)
+    void clstm_pack_cat_f64(int K1, int K2, int N, const double *src1, int ld1,
+                            const double *src2, int ld2, int src_is_nk, double *packed)
+    void clstm_packed_gemm2_f32(int M, int K1, int K2, int N, const float *A1, int lda1,
+                                const float *A2, int lda2, const float *packed, float *C,
+                                int ldc, int accumulate)
+    void clstm_packed_gemm2_f64(int M, int K1, int K2, int N, const double *A1, int lda1,
+                                const double *A2, int lda2, const double *packed,
+                                double *C, int ldc, int accumulate)
     const char *clstm_packed_gemm_isa_name()
     int clstm_packed_gemm_select(int isa)
     int clstm_packed_gemm_set_prefetch_c(int enabled)
@@ -421,18 +431,33 @@ def packed_gemm_isa():
     return clstm_packed_gemm_isa_name().decode()
 
 
-cdef inline void pack_into(int K, int N, const floating* src, int ld, bint src_is_nk,
+cdef inline void pack_into(int K1, int K2, int N, const floating* src1, int ld1,
+                           const floating* src2, int ld2, bint src_is_nk,
                            floating* packed) noexcept nogil:
-    if floating is float:
-        clstm_pack_f32(K, N, src, ld, src_is_nk, packed)
+    if K2 == 0:
+        if floating is float:
+            clstm_pack_f32(K1, N, src1, ld1, src_is_nk, packed)
+        else:
+            clstm_pack_f64(K1, N, src1, ld1, src_is_nk, packed)
+    elif floating is float:
+        clstm_pack_cat_f32(K1, K2, N, src1, ld1, src2, ld2, src_is_nk, packed)
     else:
-        clstm_pack_f64(K, N, src, ld, src_is_nk, packed)
+        clstm_pack_cat_f64(K1, K2, N, src1, ld1, src2, ld2, src_is_nk, packed)
 
 
 cdef floating* pack_weights(int K, int N, const floating* src, int ld, bint src_is_nk,
                             int num_threads=1) noexcept nogil:
     """A packed copy of P (K × N) (src is Pᵀ when src_is_nk), or NULL when out of memory.
-    Free with free().
+    Free with free()."""
+    return pack_weights_cat(K, 0, N, src, ld, NULL, 1, src_is_nk, num_threads)
+
+
+cdef floating* pack_weights_cat(int K1, int K2, int N, const floating* src1, int ld1,
+                                const floating* src2, int ld2, bint src_is_nk,
+                                int num_threads=1) noexcept nogil:
+    """A packed copy of P = [P1; P2] ((K1 + K2) × N: the first K1 rows from src1, the
+    next K2 from src2, each Pᵀ when src_is_nk), or NULL when out of memory. Free with
+    free().
 
     With num_threads > 1 and at least _min_parallel_pass_bytes, the panels are cut into
     blocks over the threads (a block of whole panels from column n0 is itself a packed
@@ -441,6 +466,7 @@ cdef floating* pack_weights(int K, int N, const floating* src, int ld, bint src_
     idle: measured at S4, 2 threads, training, ~3% of the wall time."""
     cdef void* buf = NULL
     cdef size_t n
+    cdef int K = K1 + K2
     cdef int nr = CLSTM_PACKED_NR_F32 if floating is float else CLSTM_PACKED_NR_F64
     cdef int panels = (N + nr - 1) // nr
     cdef int parts = num_threads, chunk, n0, n1
@@ -454,7 +480,7 @@ cdef floating* pack_weights(int K, int N, const floating* src, int ld, bint src_
     if parts > panels:
         parts = panels
     if parts <= 1 or <double>K * N * sizeof(floating) < _min_parallel_pass_bytes:
-        pack_into(K, N, src, ld, src_is_nk, packed)
+        pack_into(K1, K2, N, src1, ld1, src2, ld2, src_is_nk, packed)
         return packed
     for chunk in prange(parts, num_threads=parts, schedule="static"):
         n0 = panels * chunk // parts * nr
@@ -462,8 +488,10 @@ cdef floating* pack_weights(int K, int N, const floating* src, int ld, bint src_
         if n1 > N:
             n1 = N
         if n1 > n0:
-            pack_into(K, n1 - n0, src + (<Py_ssize_t>n0 * ld if src_is_nk else n0), ld,
-                      src_is_nk, packed + <Py_ssize_t>n0 * K)
+            pack_into(K1, K2, n1 - n0, src1 + (<Py_ssize_t>n0 * ld1 if src_is_nk else n0),
+                      ld1, src2 + (<Py_ssize_t>n0 * ld2 if src_is_nk else n0)
+                      if src2 != NULL else NULL, ld2, src_is_nk,
+                      packed + <Py_ssize_t>n0 * K)
     return packed
 
 
@@ -536,6 +564,20 @@ def _set_min_flops_per_thread(double flops):
 # (see layer_forward); 0 always, a huge value never (for A/B measurements and tests).
 cdef int _min_rows_per_step_projection = 4
 cdef double _max_step_weights_bytes = 4.0 * 1024 * 1024
+# With the per-step projection, one product per step over [x_t, h_{t-1}] against
+# [W_ih; W_hh] packed together (clstm_packed_gemm2) rather than two products into the
+# same gates: each C tile is loaded and stored once, and a call's setup is paid once.
+# Measured: DEVELOPERS.md, "ISA levels".
+cdef bint _fused_step_products = True
+
+
+def _set_fused_step_products(bint enabled):
+    """One product per step for the per-step projection (True) or two; returns the
+    previous setting. For A/B measurements."""
+    global _fused_step_products
+    old = _fused_step_products
+    _fused_step_products = enabled
+    return old
 
 
 def _set_min_rows_per_step_projection(int rows):
@@ -914,35 +956,47 @@ cdef inline void walk_end(block_walk* w, clstm_team_clock* clock) noexcept nogil
 
 cdef inline void forward_step(int t, int B, int I, int H, int b0, int b1,
                               const floating* x, const floating* w_ih_packed,
+                              const floating* w_cat_packed,
                               const floating* w_hh, const floating* w_hh_packed,
                               const floating* bias, const floating* peephole,
                               const floating* h0, const floating* c0, floating* y,
                               floating* gates, floating* cells) noexcept nogil:
-    """Step t of rows b0:b1. With w_ih_packed, the step first computes its own x_t·W_ihᵀ;
-    without, the gates already hold it."""
+    """Step t of rows b0:b1. With w_cat_packed ([W_ihᵀ; W_hhᵀ] packed as one matrix),
+    the step computes x_t·W_ihᵀ + h_{t-1}·W_hhᵀ in one product; with w_ih_packed, it
+    first computes its own x_t·W_ihᵀ and then adds the recurrent product; with neither,
+    the gates already hold x_t·W_ihᵀ."""
     cdef int rows = b1 - b0
     cdef int G = 4 * H
     cdef Py_ssize_t row0 = <Py_ssize_t>t * B + b0
     cdef const floating* h_prev
     cdef const floating* c_prev
-    if w_ih_packed != NULL:
-        weights_gemm(rows, G, I, x + row0 * I, I, w_ih_packed, NULL, True, <floating>0,
-                     gates + row0 * G, G)
     if t == 0:
         h_prev = h0 + <Py_ssize_t>b0 * H if h0 != NULL else NULL
         c_prev = c0 + <Py_ssize_t>b0 * H if c0 != NULL else NULL
     else:
         h_prev = y + (row0 - B) * H
         c_prev = cells + (row0 - B) * H
-    if h_prev != NULL:
-        weights_gemm(rows, G, H, h_prev, H, w_hh_packed, w_hh, True, <floating>1,
-                     gates + row0 * G, G)
+    if w_cat_packed != NULL:    # h_prev NULL: a zero state, the W_hh rows unused
+        if floating is float:
+            clstm_packed_gemm2_f32(rows, I, H, G, x + row0 * I, I, h_prev, H, w_cat_packed,
+                                   gates + row0 * G, G, 0)
+        else:
+            clstm_packed_gemm2_f64(rows, I, H, G, x + row0 * I, I, h_prev, H, w_cat_packed,
+                                   gates + row0 * G, G, 0)
+    else:
+        if w_ih_packed != NULL:
+            weights_gemm(rows, G, I, x + row0 * I, I, w_ih_packed, NULL, True, <floating>0,
+                         gates + row0 * G, G)
+        if h_prev != NULL:
+            weights_gemm(rows, G, H, h_prev, H, w_hh_packed, w_hh, True, <floating>1,
+                         gates + row0 * G, G)
     gates_forward(rows, H, gates + row0 * G, bias, peephole, c_prev,
                   cells + row0 * H, y + row0 * H)
 
 
 cdef void forward_rows(int T, int B, int I, int H, int b0, int b1, const floating* x,
-                       const floating* w_ih_packed, const floating* w_hh,
+                       const floating* w_ih_packed, const floating* w_cat_packed,
+                       const floating* w_hh,
                        const floating* w_hh_packed, const floating* bias,
                        const floating* peephole, const floating* h0, const floating* c0,
                        floating* y, floating* gates, floating* cells,
@@ -953,13 +1007,14 @@ cdef void forward_rows(int T, int B, int I, int H, int b0, int b1, const floatin
     for t in range(T):
         if clstm_call_stopped(call):
             return
-        forward_step(t, B, I, H, b0, b1, x, w_ih_packed, w_hh, w_hh_packed, bias, peephole,
-                     h0, c0, y, gates, cells)
+        forward_step(t, B, I, H, b0, b1, x, w_ih_packed, w_cat_packed, w_hh, w_hh_packed,
+                     bias, peephole, h0, c0, y, gates, cells)
 
 
 cdef void forward_blocks(int T, int B, int I, int H, int n_blocks, clstm_row_block* blocks,
                          clstm_team_clock* clock,
                          const floating* x, const floating* w_ih_packed,
+                         const floating* w_cat_packed,
                          const floating* w_hh, const floating* w_hh_packed,
                          const floating* bias, const floating* peephole,
                          const floating* h0, const floating* c0, floating* y,
@@ -972,7 +1027,8 @@ cdef void forward_blocks(int T, int B, int I, int H, int n_blocks, clstm_row_blo
     walk_begin(&w, blocks, n_blocks, T, call)
     while walk_next(&w, call):
         forward_step(w.s, B, I, H, w.blk * B // n_blocks, (w.blk + 1) * B // n_blocks, x,
-                     w_ih_packed, w_hh, w_hh_packed, bias, peephole, h0, c0, y, gates, cells)
+                     w_ih_packed, w_cat_packed, w_hh, w_hh_packed, bias, peephole, h0, c0, y,
+                     gates, cells)
     walk_end(&w, clock)
 
 
@@ -1246,7 +1302,8 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
                 if t1 > 0:
                     h0 = y + <Py_ssize_t>(t1 - 1) * B * H
                     c0 = cells + <Py_ssize_t>(t1 - 1) * B * H
-                forward_rows(T - t1, B, I, H, 0, B, x + <Py_ssize_t>t1 * B * I, NULL, w_hh,
+                forward_rows(T - t1, B, I, H, 0, B, x + <Py_ssize_t>t1 * B * I, NULL, NULL,
+                             w_hh,
                              packed, bias, peephole, h0, c0, y + <Py_ssize_t>t1 * B * H,
                              gates + <Py_ssize_t>t1 * B * G, cells + <Py_ssize_t>t1 * B * H,
                              call)
@@ -1261,12 +1318,21 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
                                  and B // n_chunks >= _min_rows_per_step_projection
                                  and (<double>I + H) * G * sizeof(floating)
                                  <= _max_step_weights_bytes)
-    cdef bint ih_packed = step_projection or (packed_bulk() and T > 1)
-    if steps_packed:
+    # Per-step projection: with _fused_step_products, [W_ihᵀ; W_hhᵀ] packed as one
+    # matrix and one product per step (clstm_packed_gemm2), else W_ih and W_hh apart.
+    cdef bint fused = step_projection and _fused_step_products
+    cdef bint ih_packed = (step_projection and not fused) or (packed_bulk() and T > 1
+                                                              and not step_projection)
+    cdef floating* packed_cat = NULL
+    if fused:
+        packed_cat = pack_weights_cat(I, H, G, w_ih, I, w_hh, H, True, num_threads)
+    elif steps_packed:
         packed = pack_weights(H, G, w_hh, H, True, num_threads)     # P = W_hhᵀ
     if ih_packed:
         packed_ih = pack_weights(I, G, w_ih, I, True, num_threads)  # P = W_ihᵀ
-    if (steps_packed and packed == NULL) or (ih_packed and packed_ih == NULL):
+    if ((fused and packed_cat == NULL) or (steps_packed and not fused and packed == NULL)
+            or (ih_packed and packed_ih == NULL)):
+        free(packed_cat)
         free(packed)
         free(packed_ih)
         free(zero_h0)
@@ -1280,7 +1346,7 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     # slower beyond (H = 512: both weights then stream from L3 at every step). With
     # fewer rows each step would be a matrix-vector product, streaming W_ih at 2 flops
     # per value: then all T steps at once, (T·B × I)·(I × 4H).
-    cdef bint per_step = packed_ih != NULL and step_projection
+    cdef bint per_step = step_projection
     if not per_step:
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, T * B, I, G, x, I, packed_ih, gates, G, False,
@@ -1297,19 +1363,21 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         else:
             clstm_team_clock_start(&clock)
             with parallel(num_threads=n_chunks):
-                forward_blocks(T, B, I, H, n_chunks, blocks, &clock, x, packed_ih, w_hh,
-                               packed, bias, peephole, h0, c0, y, gates, cells, call)
+                forward_blocks(T, B, I, H, n_chunks, blocks, &clock, x, packed_ih,
+                               packed_cat, w_hh, packed, bias, peephole, h0, c0, y, gates,
+                               cells, call)
             free(blocks)
             clstm_team_report(clock.late)
     elif n_chunks > 1:
         for chunk in prange(n_chunks, num_threads=n_chunks, schedule="static"):
             forward_rows(T, B, I, H, chunk * B // n_chunks, (chunk + 1) * B // n_chunks,
-                         x, packed_ih, w_hh, packed, bias, peephole, h0, c0, y, gates,
-                         cells, call)
+                         x, packed_ih, packed_cat, w_hh, packed, bias, peephole, h0, c0, y,
+                         gates, cells, call)
     else:
-        forward_rows(T, B, I, H, 0, B, x, packed_ih, w_hh, packed, bias, peephole, h0, c0,
-                     y, gates, cells, call)
+        forward_rows(T, B, I, H, 0, B, x, packed_ih, packed_cat, w_hh, packed, bias,
+                     peephole, h0, c0, y, gates, cells, call)
     clstm_blas_leave()
+    free(packed_cat)
     free(packed_ih)
     free(packed)
     free(zero_h0)

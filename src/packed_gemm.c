@@ -136,6 +136,11 @@ typedef void (*pg_gemm_f32_fn)(int, int, int, const float *, ptrdiff_t, const fl
                                float *, ptrdiff_t, int);
 typedef void (*pg_gemm_f64_fn)(int, int, int, const double *, ptrdiff_t, const double *,
                                double *, ptrdiff_t, int);
+typedef void (*pg_gemm2_f32_fn)(int, int, int, int, const float *, ptrdiff_t, const float *,
+                                ptrdiff_t, const float *, float *, ptrdiff_t, int);
+typedef void (*pg_gemm2_f64_fn)(int, int, int, int, const double *, ptrdiff_t,
+                                const double *, ptrdiff_t, const double *, double *,
+                                ptrdiff_t, int);
 
 /* ---- float ---- */
 #define PG_TYPE_PASS 1
@@ -170,15 +175,18 @@ typedef struct {
     pg_gemm_f64_fn f64;
     pg_gemm_f32_fn at_f32;
     pg_gemm_f64_fn at_f64;
+    pg_gemm2_f32_fn f32_2;
+    pg_gemm2_f64_fn f64_2;
 } pg_impl;
 
 static const pg_impl pg_impls[] = {
     {CLSTM_PG_GENERIC, "generic", gemm_generic_f32, gemm_generic_f64, gemm_at_generic_f32,
-     gemm_at_generic_f64},
+     gemm_at_generic_f64, gemm2_generic_f32, gemm2_generic_f64},
 #if PG_X86
-    {CLSTM_PG_AVX2, "avx2", gemm_avx2_f32, gemm_avx2_f64, gemm_at_avx2_f32, gemm_at_avx2_f64},
+    {CLSTM_PG_AVX2, "avx2", gemm_avx2_f32, gemm_avx2_f64, gemm_at_avx2_f32, gemm_at_avx2_f64,
+     gemm2_avx2_f32, gemm2_avx2_f64},
     {CLSTM_PG_AVX512, "avx512", gemm_avx512_f32, gemm_avx512_f64, gemm_at_avx512_f32,
-     gemm_at_avx512_f64},
+     gemm_at_avx512_f64, gemm2_avx512_f32, gemm2_avx512_f64},
 #endif
 };
 #define PG_N_IMPLS ((int)(sizeof(pg_impls) / sizeof(pg_impls[0])))
@@ -286,6 +294,30 @@ const char *clstm_packed_gemm_isa_name(void) { return pg_current()->name; }
             return;                                                                           \
         }                                                                                     \
         pg_current()->at_##SUF(M, K, N, A, lda, packed, C, ldc, accumulate);                  \
+    }                                                                                         \
+    void clstm_pack_cat_##SUF(int K1, int K2, int N, const T *src1, int ld1, const T *src2,  \
+                              int ld2, int src_is_nk, T *packed)                              \
+    {                                                                                         \
+        if (K1 < 0 || K2 < 0 || K1 + K2 <= 0 || N <= 0)                                     \
+            return;                                                                           \
+        if (K1 > 0)                                                                           \
+            pack_rows_##SUF(K1, N, src1, ld1, src_is_nk, packed, K1 + K2, 0);                \
+        if (K2 > 0)                                                                           \
+            pack_rows_##SUF(K2, N, src2, ld2, src_is_nk, packed, K1 + K2, K1);               \
+    }                                                                                         \
+    void clstm_packed_gemm2_##SUF(int M, int K1, int K2, int N, const T *A1, int lda1,        \
+                                  const T *A2, int lda2, const T *packed, T *C, int ldc,     \
+                                  int accumulate)                                             \
+    {                                                                                         \
+        if (M <= 0 || N <= 0 || K1 < 0 || K2 < 0)                                            \
+            return;                                                                           \
+        if (K1 + (A2 != NULL ? K2 : 0) <= 0) {                                                \
+            if (!accumulate)                                                                  \
+                for (int i = 0; i < M; i++)                                                   \
+                    memset(C + (ptrdiff_t)i * ldc, 0, (size_t)N * sizeof(T));                 \
+            return;                                                                           \
+        }                                                                                     \
+        pg_current()->SUF##_2(M, K1, K2, N, A1, lda1, A2, lda2, packed, C, ldc, accumulate);  \
     }
 
 PG_PUBLIC(float, f32, CLSTM_PACKED_NR_F32)
@@ -331,18 +363,21 @@ static inline void PG_FN(transpose_block)(const T *s, ptrdiff_t ld, T *d)
 }
 #endif
 
-/* Panel by panel: each packed row of NR values is written contiguously. From Pᵀ
+/* Rows koff .. koff+K-1 of a matrix packed with panels Kp rows long (the concatenated
+ * pack of clstm_pack_cat_*; Kp = K, koff = 0 for a matrix alone).
+ * Panel by panel: each packed row of NR values is written contiguously. From Pᵀ
  * (src_is_nk, the forward use) this is a transpose, done one cache line of k (KB values)
  * at a time across the panel's NR source rows, so each source line is read once, whole:
  * walking the NR rows one k at a time instead kept NR lines live, which with a
  * power-of-two ld fell into a few L1 sets and thrashed (1 ns per value at H = 512, the
  * cost of ~20 M = 1 steps). Now 0.15-0.4 ns per value. */
-static void PG_FN(pack)(int K, int N, const T *src, int ld, int src_is_nk, T *packed)
+static void PG_FN(pack_rows)(int K, int N, const T *src, int ld, int src_is_nk, T *packed,
+                              int Kp, int koff)
 {
     enum { KB = 64 / sizeof(T) };
     for (int n0 = 0; n0 < N; n0 += NR) {
         const int nc = pg_min(NR, N - n0);
-        T *panel = packed + (ptrdiff_t)(n0 / NR) * K * NR;
+        T *panel = packed + (ptrdiff_t)(n0 / NR) * Kp * NR + (ptrdiff_t)koff * NR;
         if (!src_is_nk) {
             for (int k = 0; k < K; k++) {
                 T *dst = panel + (ptrdiff_t)k * NR;
@@ -373,22 +408,38 @@ static void PG_FN(pack)(int K, int N, const T *src, int ld, int src_is_nk, T *pa
 }
 #undef PG_TB
 
+/* A K × N matrix packed on its own: the panels are K rows long. */
+static void PG_FN(pack)(int K, int N, const T *src, int ld, int src_is_nk, T *packed)
+{
+    PG_FN(pack_rows)(K, N, src, ld, src_is_nk, packed, K, 0);
+}
+
 /* Plain C, correct anywhere; one row at a time with NR accumulators, which compilers
  * vectorise for the baseline instruction set. */
-static void PG_FN(gemm_generic)(int M, int K, int N, const T *A, ptrdiff_t lda,
-                                const T *P, T *C, ptrdiff_t ldc, int accumulate)
+static void PG_FN(gemm2_generic)(int M, int K1, int K2, int N, const T *A1, ptrdiff_t lda1,
+                                 const T *A2, ptrdiff_t lda2, const T *P, T *C,
+                                 ptrdiff_t ldc, int accumulate)
 {
+    const int Kp = K1 + K2;
+    if (A2 == NULL)
+        K2 = 0;
     for (int n0 = 0; n0 < N; n0 += NR) {
         const int nc = pg_min(NR, N - n0);
-        const T *panel = P + (ptrdiff_t)(n0 / NR) * K * NR;
+        const T *panel = P + (ptrdiff_t)(n0 / NR) * Kp * NR;
         for (int i = 0; i < M; i++) {
-            const T *a = A + (ptrdiff_t)i * lda;
+            const T *a = A1 + (ptrdiff_t)i * lda1;
             T acc[NR];
             for (int j = 0; j < NR; j++)
                 acc[j] = 0;
-            for (int k = 0; k < K; k++) {
+            for (int k = 0; k < K1; k++) {
                 const T ak = a[k];
                 const T *b = panel + (ptrdiff_t)k * NR;
+                for (int j = 0; j < NR; j++)
+                    acc[j] += ak * b[j];
+            }
+            for (int k = 0; k < K2; k++) {
+                const T ak = A2[(ptrdiff_t)i * lda2 + k];
+                const T *b = panel + (ptrdiff_t)(K1 + k) * NR;
                 for (int j = 0; j < NR; j++)
                     acc[j] += ak * b[j];
             }
@@ -397,6 +448,12 @@ static void PG_FN(gemm_generic)(int M, int K, int N, const T *A, ptrdiff_t lda,
                 c[j] = accumulate ? c[j] + acc[j] : acc[j];
         }
     }
+}
+
+static void PG_FN(gemm_generic)(int M, int K, int N, const T *A, ptrdiff_t lda,
+                                const T *P, T *C, ptrdiff_t ldc, int accumulate)
+{
+    PG_FN(gemm2_generic)(M, K, 0, N, A, lda, NULL, 0, P, C, ldc, accumulate);
 }
 
 /* Aᵀ, plain C: C[i, :] = Σ_k A[k, i] · P[k, :], one row of C at a time. */
@@ -514,13 +571,18 @@ static void PG_FN(gemm_at_generic)(int M, int K, int N, const T *A, ptrdiff_t ld
 #define PG_KN(name) PG_CAT(PG_CAT(name, PG_ISA), PG_SUF)
 #define CW (2 * LANES)
 
-/* C[0:mr, 0:ncols] (+)= A[0:mr, 0:kc] · B[0:kc, 0:nb·CW], where B is nb (1 or 2) column
- * blocks, at b0 and b1 (b1 unused when nb = 1), each with row stride NR (panel slices);
- * their C columns are adjacent. mr and nb are compile-time constants after inlining (the switches below),
- * so the accumulators live in registers. ncols < nb·CW only in the last panel: masked
- * C access, never touching memory past column N. */
-PG_INLINE PG_TARGET void PG_KN(tile)(const int mr, const int nb, const int kc,
-                                     const T *restrict a, const ptrdiff_t lda,
+/* C[0:mr, 0:ncols] (+)= [A1[0:mr, 0:kc1], A2[0:mr, 0:kc2]] · B[0:kc1+kc2, 0:nb·CW], where
+ * B is nb (1 or 2) column blocks, at b0 and b1 (b1 unused when nb = 1), each with row
+ * stride NR (panel slices); their C columns are adjacent. The k loop reads A from A1 for
+ * the first kc1 rows of B and from A2 for the next kc2 (kc2 = 0: one matrix A), so two
+ * products into the same C (x_t·W_ihᵀ + h_{t-1}·W_hhᵀ) share one pass of the C tile.
+ * mr and nb are compile-time constants after inlining (the switches below), so the
+ * accumulators live in registers. ncols < nb·CW only in the last panel: masked C access,
+ * never touching memory past column N. */
+PG_INLINE PG_TARGET void PG_KN(tile)(const int mr, const int nb, const int kc1,
+                                     const T *restrict a1, const ptrdiff_t lda1,
+                                     const int kc2, const T *restrict a2,
+                                     const ptrdiff_t lda2,
                                      const T *restrict b0, const T *restrict b1,
                                      T *restrict c, const ptrdiff_t ldc, const int ncols,
                                      const int load_c)
@@ -540,16 +602,17 @@ PG_INLINE PG_TARGET void PG_KN(tile)(const int mr, const int nb, const int kc,
             for (int v = 0; v < nv; v++)
                 acc[s][r][v] = VOP(setzero)();
 
-    /* One k step into accumulator set s. */
-#define PG_STEP(kk, s)                                                                   \
+    /* One k step into accumulator set s: A[r, ka] of the matrix at a (stride lda) times
+     * row kb of B. */
+#define PG_STEP(a, lda, ka, kb, s)                                                       \
     do {                                                                                 \
         V bv[4];                                                                         \
         _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++) {                           \
-            bv[v] = VOP(loadu)((v < 2 ? b0 : b1) + (ptrdiff_t)(kk) * NR + (v & 1) * LANES); \
+            bv[v] = VOP(loadu)((v < 2 ? b0 : b1) + (ptrdiff_t)(kb) * NR + (v & 1) * LANES); \
             PG_IN_REGISTER(bv[v]);                                                       \
         }                                                                                \
         _Pragma("GCC unroll 8") for (int r = 0; r < mr; r++) {                           \
-            const V ar = VOP(set1)(a[r * lda + (kk)]);                                   \
+            const V ar = VOP(set1)((a)[r * (lda) + (ka)]);                               \
             _Pragma("GCC unroll 4") for (int v = 0; v < nv; v++)                         \
                 acc[s][r][v] = VOP(fmadd)(ar, bv[v], acc[s][r][v]);                      \
         }                                                                                \
@@ -567,13 +630,21 @@ PG_INLINE PG_TARGET void PG_KN(tile)(const int mr, const int nb, const int kc,
             _mm_prefetch((const char *)(c + r * ldc + v * LANES), _MM_HINT_T0);
 
     int k = 0;
-    for (; k + S <= kc; k += S) {
+    for (; k + S <= kc1; k += S) {
 #pragma GCC unroll 4
         for (int s = 0; s < S; s++)
-            PG_STEP(k + s, s);
+            PG_STEP(a1, lda1, k + s, k + s, s);
     }
-    for (; k < kc; k++)
-        PG_STEP(k, 0);
+    for (; k < kc1; k++)
+        PG_STEP(a1, lda1, k, k, 0);
+    k = 0;
+    for (; k + S <= kc2; k += S) {
+#pragma GCC unroll 4
+        for (int s = 0; s < S; s++)
+            PG_STEP(a2, lda2, k + s, kc1 + k + s, s);
+    }
+    for (; k < kc2; k++)
+        PG_STEP(a2, lda2, k, kc1 + k, 0);
 #undef PG_STEP
 
 #pragma GCC unroll 4
@@ -618,7 +689,8 @@ PG_INLINE PG_TARGET void PG_KN(tile)(const int mr, const int nb, const int kc,
     ((P) + (ptrdiff_t)((cb) * CW / NR) * (K) * NR + ((cb) * CW) % NR)
 
 #define PG_TILE_CASE(m, nb) \
-    case m: PG_KN(tile)(m, nb, kc, a, lda, b0, b1, c, ldc, ncols, load_c); break
+    case m: PG_KN(tile)(m, nb, kc1, a1, lda1, kc2, a2, lda2, b0, b1, c, ldc, ncols, load_c); \
+            break
 
 /* The C block of the panel at column n0 (M rows × NR columns), fetched into L2 one
  * panel ahead of its tiles. */
@@ -637,10 +709,14 @@ PG_INLINE PG_TARGET void PG_KN(prefetch_c_panel)(int M, int N, int n0, const T *
 /* General case. Loop order: panel (NR columns) → k block → column block (2 per panel
  * with AVX2) → MR-row block. The panel's k block stays in L2 (see PG_KC_MAX) while the
  * row blocks of A pass over it; from memory or L3 the packed buffer is read once, front
- * to back, which the hardware prefetcher follows. */
-static PG_TARGET void PG_KN(gemm_rows)(int M, int K, int N, const T *A, ptrdiff_t lda,
+ * to back, which the hardware prefetcher follows. The k range is K1 rows of P against
+ * A1 then K2 against A2 (K2 = 0 when there is no A2); a k block may straddle the two,
+ * and Kp = K1 + K2 is the panels' length whatever is used of it. */
+static PG_TARGET void PG_KN(gemm_rows)(int M, int K1, int K2, int Kp, int N, const T *A1,
+                                       ptrdiff_t lda1, const T *A2, ptrdiff_t lda2,
                                        const T *P, T *C, ptrdiff_t ldc, int accumulate)
 {
+    const int K = K1 + K2;
     const int kstep = pg_k_step(M, K, MR);
     if (pg_prefetch_panels)
         PG_KN(prefetch_c_panel)(M, N, 0, C, ldc);
@@ -649,12 +725,15 @@ static PG_TARGET void PG_KN(gemm_rows)(int M, int K, int N, const T *A, ptrdiff_
             PG_KN(prefetch_c_panel)(M, N, n0 + NR, C, ldc);
         for (int k0 = 0; k0 < K; k0 += kstep) {
             const int kc = pg_min(kstep, K - k0);
+            const int kc1 = k0 >= K1 ? 0 : pg_min(kc, K1 - k0), kc2 = kc - kc1;
+            const int k2 = k0 + kc1 - K1;     /* first column of A2 in this block */
             const int load_c = accumulate || k0 > 0;
             for (int j0 = n0; j0 < n0 + NR && j0 < N; j0 += CW) {
                 const int ncols = pg_min(CW, N - j0);
-                const T *b0 = PG_BLOCK(P, K, j0 / CW) + (ptrdiff_t)k0 * NR, *b1 = b0;
+                const T *b0 = PG_BLOCK(P, Kp, j0 / CW) + (ptrdiff_t)k0 * NR, *b1 = b0;
                 for (int i0 = 0; i0 < M; i0 += MR) {
-                    const T *a = A + (ptrdiff_t)i0 * lda + k0;
+                    const T *a1 = A1 + (ptrdiff_t)i0 * lda1 + (kc1 ? k0 : 0);
+                    const T *a2 = kc2 ? A2 + (ptrdiff_t)i0 * lda2 + k2 : a1;
                     T *c = C + (ptrdiff_t)i0 * ldc + j0;
                     switch (pg_min(MR, M - i0)) {
 #if MR >= 8
@@ -679,17 +758,18 @@ static PG_TARGET void PG_KN(gemm_rows)(int M, int K, int N, const T *A, ptrdiff_
  * limit: 2 flops per 4 bytes). Tiles of two column blocks (two concurrent streams)
  * halve the broadcasts of A per FMA: measured 3-12% faster than one block at M = 1-4
  * on Zen 4. (Four blocks gained nothing more.) */
-static PG_TARGET void PG_KN(gemm_few)(int M, int K, int N, const T *A, ptrdiff_t lda,
+static PG_TARGET void PG_KN(gemm_few)(int M, int K1, int K2, int Kp, int N, const T *A1,
+                                      ptrdiff_t lda1, const T *A2, ptrdiff_t lda2,
                                       const T *P, T *C, ptrdiff_t ldc, int accumulate)
 {
-    const int kc = K, load_c = accumulate;
-    const T *a = A;
+    const int kc1 = K1, kc2 = K2, load_c = accumulate;
+    const T *a1 = A1, *a2 = K2 ? A2 : A1;
     for (int j0 = 0; j0 < N; j0 += 2 * CW) {
         const int ncols = pg_min(2 * CW, N - j0);
-        const T *b0 = PG_BLOCK(P, K, j0 / CW), *b1 = b0;
+        const T *b0 = PG_BLOCK(P, Kp, j0 / CW), *b1 = b0;
         T *c = C + j0;
         if (ncols > CW) {
-            b1 = PG_BLOCK(P, K, j0 / CW + 1);
+            b1 = PG_BLOCK(P, Kp, j0 / CW + 1);
             switch (M) {
 #if MR_WIDE >= 4
                 PG_TILE_CASE(4, 2);
@@ -711,13 +791,24 @@ static PG_TARGET void PG_KN(gemm_few)(int M, int K, int N, const T *A, ptrdiff_t
     }
 }
 
+/* C (+)= [A1, A2] · P, P packed as K1 + K2 rows; A2 == NULL: C (+)= A1 · P[0:K1]. */
+static PG_TARGET void PG_KN(gemm2)(int M, int K1, int K2, int N, const T *A1, ptrdiff_t lda1,
+                                   const T *A2, ptrdiff_t lda2, const T *P, T *C,
+                                   ptrdiff_t ldc, int accumulate)
+{
+    const int Kp = K1 + K2;
+    if (A2 == NULL)
+        K2 = 0;
+    if (M <= MR_WIDE)
+        PG_KN(gemm_few)(M, K1, K2, Kp, N, A1, lda1, A2, lda2, P, C, ldc, accumulate);
+    else
+        PG_KN(gemm_rows)(M, K1, K2, Kp, N, A1, lda1, A2, lda2, P, C, ldc, accumulate);
+}
+
 static PG_TARGET void PG_KN(gemm)(int M, int K, int N, const T *A, ptrdiff_t lda,
                                   const T *P, T *C, ptrdiff_t ldc, int accumulate)
 {
-    if (M <= MR_WIDE)
-        PG_KN(gemm_few)(M, K, N, A, lda, P, C, ldc, accumulate);
-    else
-        PG_KN(gemm_rows)(M, K, N, A, lda, P, C, ldc, accumulate);
+    PG_KN(gemm2)(M, K, 0, N, A, lda, NULL, 0, P, C, ldc, accumulate);
 }
 
 /* ---- Aᵀ: C (M × N) (+)= Aᵀ · P, A stored K × M. ---- */

@@ -47,6 +47,25 @@ void clstm_packed_gemm_f32(int M, int K, int N, const float *A, int lda,
 void clstm_packed_gemm_f64(int M, int K, int N, const double *A, int lda,
                            const double *packed, double *C, int ldc, int accumulate);
 
+/* Two products into one C in one pass: C (M × N, ldc) = [A1 (M × K1, lda1), A2 (M × K2,
+ * lda2)] · P, plus the old C when accumulate != 0, where P ((K1 + K2) × N) is packed
+ * from two matrices by clstm_pack_cat_*: its first K1 rows from src1, the next K2 from
+ * src2 (each as in clstm_pack_*: row-major K × N, or its transpose when src_is_nk),
+ * in clstm_packed_size_*(K1 + K2, N) elements. A2 == NULL stands for zeros (only A1's
+ * part is computed). Use: the LSTM step's gates x_t·W_ihᵀ + h_{t-1}·W_hhᵀ, with
+ * P = [W_ihᵀ; W_hhᵀ] packed once: each C tile is loaded and stored once per step, not
+ * twice, and the setup of a call is paid once. */
+void clstm_pack_cat_f32(int K1, int K2, int N, const float *src1, int ld1, const float *src2,
+                        int ld2, int src_is_nk, float *packed);
+void clstm_pack_cat_f64(int K1, int K2, int N, const double *src1, int ld1,
+                        const double *src2, int ld2, int src_is_nk, double *packed);
+void clstm_packed_gemm2_f32(int M, int K1, int K2, int N, const float *A1, int lda1,
+                            const float *A2, int lda2, const float *packed, float *C, int ldc,
+                            int accumulate);
+void clstm_packed_gemm2_f64(int M, int K1, int K2, int N, const double *A1, int lda1,
+                            const double *A2, int lda2, const double *packed, double *C,
+                            int ldc, int accumulate);
+
 /* C (M × N, row-major, ldc) = Aᵀ · P, plus the old C when accumulate != 0, where A is
  * stored row-major K × M (leading dimension lda ≥ M): C[i, j] = Σ_k A[k, i] · P[k, j].
  * Same packed P as above; no allocation (a stack buffer of up to 128 KiB), thread-safe.

@@ -43,6 +43,10 @@ def lib(tmp_path_factory):
         getattr(so, f"clstm_packed_gemm_{suf}").restype = None
         getattr(so, f"clstm_packed_gemm_at_{suf}").argtypes = [i, i, i, p, i, p, p, i, i]
         getattr(so, f"clstm_packed_gemm_at_{suf}").restype = None
+        getattr(so, f"clstm_pack_cat_{suf}").argtypes = [i, i, i, p, i, p, i, i, p]
+        getattr(so, f"clstm_pack_cat_{suf}").restype = None
+        getattr(so, f"clstm_packed_gemm2_{suf}").argtypes = [i, i, i, i, p, i, p, i, p, p, i, i]
+        getattr(so, f"clstm_packed_gemm2_{suf}").restype = None
     so.clstm_packed_gemm_select.argtypes = [i]
     so.clstm_packed_gemm_select.restype = i
     so.clstm_packed_gemm_isa.restype = i
@@ -327,3 +331,123 @@ def test_at_threads(lib):
     for t in range(threads):
         expected = A[t].T.astype(np.float64) @ P.astype(np.float64)
         np.testing.assert_allclose(C[t], expected, rtol=1e-4, atol=1e-3)
+
+
+# ---- two matrices into one C: clstm_pack_cat_* and clstm_packed_gemm2_* ----
+
+def check_case2(lib, rng, dtype, M, K1, K2, N, src_is_nk, accumulate, with_a2=True,
+                pad_a=0, pad_c=0):
+    """C (+)= [A1, A2] · [P1; P2] (A2 absent: A1 · P1) from one concatenated pack, against
+    NumPy; A1, A2 padded with NaN past their K columns, C with a sentinel past N."""
+    suf = SUFFIX[dtype]
+    P1 = rng.standard_normal((K1, N)).astype(dtype)
+    P2 = rng.standard_normal((K2, N)).astype(dtype)
+    src1 = np.ascontiguousarray(P1.T if src_is_nk else P1)
+    src2 = np.ascontiguousarray(P2.T if src_is_nk else P2)
+    size = getattr(lib, f"clstm_packed_size_{suf}")(K1 + K2, N)
+    packed = np.full(max(size, 1), np.nan, dtype=dtype)
+    getattr(lib, f"clstm_pack_cat_{suf}")(K1, K2, N, src1.ctypes.data, max(src1.shape[1], 1),
+                                          src2.ctypes.data, max(src2.shape[1], 1),
+                                          int(src_is_nk), packed.ctypes.data)
+    assert not np.isnan(packed[:size]).any(), "a packed slot left unwritten"
+    A1 = np.full((M, K1 + pad_a), np.nan, dtype=dtype)
+    A1[:, :K1] = rng.standard_normal((M, K1))
+    A2 = np.full((M, K2 + pad_a + 1), np.nan, dtype=dtype)
+    A2[:, :K2] = rng.standard_normal((M, K2))
+    C = np.full((M, N + pad_c), 7.0, dtype=dtype)
+    C0 = rng.standard_normal((M, N)).astype(dtype)
+    C[:, :N] = C0
+    getattr(lib, f"clstm_packed_gemm2_{suf}")(
+        M, K1, K2, N, A1.ctypes.data, A1.shape[1], A2.ctypes.data if with_a2 else None,
+        A2.shape[1], packed.ctypes.data, C.ctypes.data, C.shape[1], int(accumulate))
+
+    A = np.hstack([A1[:, :K1], A2[:, :K2] if with_a2 else np.zeros((M, K2))]).astype(np.float64)
+    P = np.vstack([P1, P2]).astype(np.float64)
+    expected = A @ P + (C0 if accumulate else 0)
+    magnitude = np.abs(A) @ np.abs(P) + (np.abs(C0) if accumulate else 0)
+    bound = 2 * np.finfo(dtype).eps * (K1 + K2 + 2) * magnitude + np.finfo(dtype).tiny
+    err = np.abs(C[:, :N] - expected)
+    where = f"gemm2 {dtype.__name__} M={M} K1={K1} K2={K2} N={N} a2={with_a2} acc={accumulate}"
+    assert np.all(err <= bound), f"{where}: max excess {np.max(err - bound)}"
+    assert np.all(C[:, N:] == 7.0), f"{where}: wrote past column N"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pack_cat_is_pack_of_stacked(lib, dtype):
+    """The concatenated pack is exactly the pack of the stacked matrix, both layouts."""
+    rng = np.random.default_rng(21)
+    suf = SUFFIX[dtype]
+    for K1, K2, N in ((3, 5, 7), (64, 64, 256), (1, 130, NR[dtype] + 1), (17, 0, 40), (0, 9, 3)):
+        P1 = rng.standard_normal((K1, N)).astype(dtype)
+        P2 = rng.standard_normal((K2, N)).astype(dtype)
+        for src_is_nk in (0, 1):
+            s1 = np.ascontiguousarray(P1.T if src_is_nk else P1)
+            s2 = np.ascontiguousarray(P2.T if src_is_nk else P2)
+            size = getattr(lib, f"clstm_packed_size_{suf}")(K1 + K2, N)
+            got = np.full(size, np.nan, dtype=dtype)
+            getattr(lib, f"clstm_pack_cat_{suf}")(
+                K1, K2, N, s1.ctypes.data, max(s1.shape[1], 1), s2.ctypes.data,
+                max(s2.shape[1], 1), src_is_nk, got.ctypes.data)
+            want = pack(lib, np.vstack([P1, P2]), dtype, src_is_nk)
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm2_small_edges(lib, isa, dtype):
+    """Every M up to two row blocks, N across panel edges, tiny K1 and K2, with and
+    without A2."""
+    rng = np.random.default_rng(22)
+    nr = NR[dtype]
+    for M in range(1, 18):
+        for N in (1, nr // 2 + 1, nr, nr + 1, 2 * nr + 3):
+            for K1, K2 in ((1, 1), (2, 3), (5, 1), (1, 6)):
+                check_case2(lib, rng, dtype, M, K1, K2, N, (M + N) % 2, (M + K1) % 2,
+                            with_a2=bool((M + K2 + N) % 3), pad_a=M % 3, pad_c=N % 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm2_random_shapes(lib, isa, dtype):
+    """Random sizes, k blocks that straddle the A1/A2 boundary (K1 + K2 past the k-block
+    size of 512), the LSTM's shapes (K1 = I, K2 = H, N = 4H)."""
+    rng = np.random.default_rng(23 if dtype is np.float32 else 24)
+    cases = [(32, 256, 256, 1024), (16, 128, 128, 512), (8, 40, 96, 384), (64, 512, 512, 2048),
+             (5, 300, 400, 96), (40, 700, 300, 64)]
+    for _ in range(24):
+        cases.append((int(rng.integers(1, 71)), int(rng.integers(1, 700)),
+                      int(rng.integers(1, 700)), int(rng.integers(1, 500))))
+    for n, (M, K1, K2, N) in enumerate(cases):
+        check_case2(lib, rng, dtype, M, K1, K2, N, n % 2, (n // 2) % 2, with_a2=n % 5 != 4,
+                    pad_a=int(rng.integers(0, 5)), pad_c=int(rng.integers(0, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm2_equals_two_products(lib, isa, dtype):
+    """[A1, A2]·[P1; P2] equals A1·P1 then += A2·P2 to rounding, and with A2 absent equals
+    A1·P1 through the plain call bit for bit when K2 = 0 (the same kernel and order)."""
+    rng = np.random.default_rng(25)
+    suf = SUFFIX[dtype]
+    M, K1, N = 20, 70, 150
+    P1 = rng.standard_normal((K1, N)).astype(dtype)
+    A1 = rng.standard_normal((M, K1)).astype(dtype)
+    packed = pack(lib, P1, dtype, 0)
+    C_one = np.zeros((M, N), dtype=dtype)
+    packed_gemm(lib, A1, packed, C_one, K1, N, 0)
+    C_two = np.zeros((M, N), dtype=dtype)
+    getattr(lib, f"clstm_packed_gemm2_{suf}")(M, K1, 0, N, A1.ctypes.data, K1, None, 1,
+                                              packed.ctypes.data, C_two.ctypes.data, N, 0)
+    np.testing.assert_array_equal(C_one, C_two)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm2_k_zero(lib, dtype):
+    """No A1 columns and no A2: an empty sum (C = 0, or unchanged when accumulating)."""
+    suf = SUFFIX[dtype]
+    packed = np.zeros(64, dtype=dtype)
+    A = np.zeros((3, 4), dtype=dtype)
+    for accumulate in (0, 1):
+        C = np.full((3, 5), 2.0, dtype=dtype)
+        getattr(lib, f"clstm_packed_gemm2_{suf}")(3, 0, 2, 4, A.ctypes.data, 4, None, 4,
+                                                  packed.ctypes.data, C.ctypes.data, 5,
+                                                  accumulate)
+        np.testing.assert_array_equal(C[:, :4], 2.0 if accumulate else 0.0)
+        np.testing.assert_array_equal(C[:, 4], 2.0)
