@@ -169,15 +169,11 @@ VARIANTS = {
 
 
 def _parse_shape(text):
-    from bench.shapes import SHAPES, Shape
-    if text in SHAPES:
-        return SHAPES[text]
+    from bench.shapes import parse_shape
     try:
-        B, T, I, H, L = (int(v) for v in text.split(":"))   # noqa: E741
-    except ValueError:
-        raise SystemExit(f"shape: expected a grid name ({','.join(SHAPES)}) or B:T:I:H:L, "
-                         f"got {text!r}")
-    return Shape(f"B{B}T{T}I{I}H{H}L{L}", B=B, T=T, I=I, H=H, L=L)
+        return parse_shape(text)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def _variant_runner(kernels, mod, call, threads, knobs):

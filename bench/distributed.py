@@ -226,8 +226,8 @@ def report(runs, args, load):
               "latency_assumed_us": args.latency_us, "shapes": {}, "allreduce_s": {},
               "projection": {}}
     print(f"load average after the runs: {load[0]:.2f} on {os.cpu_count()} CPUs")
-    print(f"\ntraining step, float32, ms (medians; 1x2 = 1 rank x 2 threads, whole "
-          f"batch; 2x1 = 2 ranks x 1 thread, half the batch each)")
+    print("\ntraining step, float32, ms (medians; 1x2 = 1 rank x 2 threads, whole "
+          "batch; 2x1 = 2 ranks x 1 thread, half the batch each)")
     print("| shape | grad MiB | 1x2 | 2x1 compute | 2x1 blocking | 2x1 overlap | "
           "2x1 overlap + thread | 1x2 / 2x1 overlap | in MPI: blocking | overlap | "
           "overlap + thread | hidden: overlap | overlap + thread |")

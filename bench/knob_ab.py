@@ -16,20 +16,17 @@ import argparse
 
 import numpy as np
 
-from bench.shapes import MODES, SHAPES, Shape
+from bench import shapes as shapes_mod
+from bench.shapes import MODES, SHAPES
 from bench.timing import interleaved
 
 
 def parse_shape(text):
-    """A grid name (S1..S5) or "B,T,I,H,L"."""
-    if text in SHAPES:
-        return SHAPES[text]
+    """A grid name (S1..S5) or "B,T,I,H,L" (bench.shapes.parse_shape)."""
     try:
-        B, T, I, H, L = (int(v) for v in text.split(","))  # noqa: E741
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a grid shape ({', '.join(SHAPES)}) or B,T,I,H,L, got {text!r}") from None
-    return Shape(text, B=B, T=T, I=I, H=H, L=L)
+        return shapes_mod.parse_shape(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def split_shapes(text):

@@ -29,7 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.peers import clstm_module, make_input, make_params  # noqa: E402
-from bench.shapes import SHAPES  # noqa: E402
+from bench.shapes import parse_shape  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -134,13 +134,17 @@ def measure(impl, shape, dtype, threads, steps=1):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n")[0])
     ap.add_argument("--impl", required=True, choices=["clstm", "torch", "torch-nodnnl"])
-    ap.add_argument("--shape", required=True, choices=sorted(SHAPES))
+    ap.add_argument("--shape", required=True, help="a grid name or B:T:I:H:L")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=1)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", message="TF32 acceleration")
-    result = measure(args.impl, SHAPES[args.shape], args.dtype, args.threads, args.steps)
+    try:
+        shape = parse_shape(args.shape)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    result = measure(args.impl, shape, args.dtype, args.threads, args.steps)
     print(json.dumps(result))
 
 

@@ -44,7 +44,7 @@ from bench.ceiling import GemmCeiling, blas_controller  # noqa: E402
 from bench.peers import (PEERS, REPO_ROOT, ClstmPeer, Skip, clstm_location,  # noqa: E402
                          clstm_module, make_input, make_params)
 from bench.shapes import (CELLS, DTYPES, MODES, SHAPES, parse_cells, parse_shapes,  # noqa: E402
-                          step_flops, with_cell)
+                          shape_spec, step_flops, with_cell)
 from bench.timing import OPENBLAS_SPIN_PAUSE_S, interleaved  # noqa: E402
 
 ALL_CORES = os.cpu_count() or 1
@@ -71,7 +71,8 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="about a minute on an idle 2-core machine: S1-S3, float32, 3 "
                          "repeats, no numpy peer, streaming on 1 thread")
-    ap.add_argument("--shapes", help=f"comma list of {','.join(SHAPES)}")
+    ap.add_argument("--shapes", help=f"comma list of {','.join(SHAPES)} and custom shapes "
+                    "B:T:I:H:L (e.g. S2,8:150:40:96:1)")
     ap.add_argument("--cell", default="lstm",
                     help="the recurrent cell of the grid: lstm (default), gru, or both")
     ap.add_argument("--dtypes", help="comma list of float32,float64")
@@ -117,7 +118,12 @@ def parse_args(argv=None):
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.shapes = parse_shapes(args.shapes)
+    try:
+        args.shapes = parse_shapes(args.shapes)
+        args.memory_shapes = (args.shapes if args.memory_shapes is None
+                              else parse_shapes(args.memory_shapes))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     try:
         args.cells = parse_cells(args.cell)
     except ValueError as exc:
@@ -128,9 +134,6 @@ def parse_args(argv=None):
     args.threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
     args.stream_threads = (args.threads if args.stream_threads is None else
                            sorted({int(t) for t in args.stream_threads.split(",")}, reverse=True))
-    if args.memory_shapes is None:
-        args.memory_shapes = ",".join(s.name for s in args.shapes)
-    args.memory_shapes = parse_shapes(args.memory_shapes)
     return args
 
 
@@ -414,7 +417,7 @@ def run_memory(args):
             row = dict(shape=shape.name, dtype=dtype, threads=threads)
             for impl in ("clstm", "torch"):
                 cmd = [sys.executable, "-m", "bench.memory", "--impl", impl,
-                       "--shape", shape.name, "--dtype", dtype, "--threads", str(threads)]
+                       "--shape", shape_spec(shape), "--dtype", dtype, "--threads", str(threads)]
                 proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True,
                                       text=True, timeout=600)
                 try:

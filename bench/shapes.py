@@ -123,9 +123,34 @@ def parse_cells(text):
     return [c for c in CELLS if c in names]
 
 
+def parse_shape(text):
+    """One shape: a grid name (S1..S5, any case) or a custom one as "B:T:I:H:L" (or
+    "B,T,I,H,L"), named by its sizes (B1T300I24H48L1). ValueError otherwise."""
+    text = text.strip()
+    if text.upper() in SHAPES:
+        return SHAPES[text.upper()]
+    try:
+        B, T, I, H, L = (int(v) for v in text.replace(",", ":").split(":"))  # noqa: E741
+    except ValueError:
+        raise ValueError(f"shape: expected a grid name ({','.join(SHAPES)}) or B:T:I:H:L "
+                         f"(five positive integers), got {text!r}") from None
+    if min(B, T, I, H, L) < 1:
+        raise ValueError(f"shape: B, T, I, H and L must be at least 1, got {text!r}")
+    return Shape(f"B{B}T{T}I{I}H{H}L{L}", B=B, T=T, I=I, H=H, L=L)
+
+
+def shape_spec(shape):
+    """The text parse_shape reads back into `shape` (for a subprocess's command line)."""
+    if SHAPES.get(shape.name) == replace(shape, cell="lstm"):
+        return shape.name
+    return f"{shape.B}:{shape.T}:{shape.I}:{shape.H}:{shape.L}"
+
+
 def parse_shapes(text):
-    names = [s.strip().upper() for s in text.split(",") if s.strip()]
-    unknown = [n for n in names if n not in SHAPES]
-    if unknown:
-        raise ValueError(f"unknown shape(s) {unknown}; known: {sorted(SHAPES)}")
-    return [SHAPES[n] for n in names]
+    """A comma list of shapes, each a grid name or B:T:I:H:L ("S2,8:150:40:96:1"); with
+    a ';' in it, a ';' list, whose items may be written B,T,I,H,L."""
+    items = text.split(";") if ";" in text else text.split(",")
+    shapes = [parse_shape(item) for item in items if item.strip()]
+    if not shapes:
+        raise ValueError(f"shapes: expected at least one shape, got {text!r}")
+    return shapes

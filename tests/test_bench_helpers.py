@@ -324,3 +324,26 @@ def test_interleaved_runs_before_sample_hooks_untimed_before_each_sample():
         if c == "hook":
             assert calls[i + 1] == "a"
     assert calls.count("hook") == 3
+
+
+def test_shapes_parse_grid_names_and_custom_shapes():
+    """`python -m bench --shapes` takes grid names and B:T:I:H:L (or B,T,I,H,L in a ';'
+    list); a custom shape reads back from its spec (the memory subprocess's argument)."""
+    from bench import shapes
+    got = shapes.parse_shapes("S2,8:150:40:96:1,s3")
+    assert [s.name for s in got] == ["S2", "B8T150I40H96L1", "S3"]
+    assert (got[1].B, got[1].T, got[1].I, got[1].H, got[1].L) == (8, 150, 40, 96, 1)
+    assert [s.name for s in shapes.parse_shapes("S1;96,30,384,640,1")] == ["S1", "B96T30I384H640L1"]
+    for shape in got:
+        assert shapes.parse_shape(shapes.shape_spec(shape)) == shape
+    for bad in ("S9", "1:2:3", "1:2:3:4:0", "a:b:c:d:e", ""):
+        with pytest.raises(ValueError, match="shape"):
+            shapes.parse_shapes(bad)
+
+
+def test_custom_shapes_get_the_issue_targets():
+    from bench.targets import grid_target
+    assert grid_target(dict(shape="B8T150I40H96L1", dtype="float32", mode="train")).ratio == 1.0
+    assert grid_target(dict(shape="S1", dtype="float32", mode="train")).ratio == 3.0
+    assert grid_target(dict(shape="B8T150I40H96L1", dtype="float64", mode="fwd")).ratio == 1.3
+    assert grid_target(dict(shape="S1", dtype="float64", mode="fwd")) is None
