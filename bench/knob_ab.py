@@ -13,6 +13,7 @@ replaced without a second build. Examples, as used for the commits of the kernel
 """
 
 import argparse
+import time
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def parse_value(text):
     return text
 
 
-def measure(kernels, clstm, setter, a, b, shape, dtype, mode, repeats):
+def measure(kernels, clstm, setter, a, b, shape, dtype, mode, repeats, clock=time.perf_counter):
     """Median seconds per call with the knob at a and at b; the knob is restored."""
     net = clstm.LSTM(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
     rng = np.random.default_rng(1)
@@ -70,7 +71,7 @@ def measure(kernels, clstm, setter, a, b, shape, dtype, mode, repeats):
 
     old = setter(a)
     try:
-        timings = interleaved({"A": with_knob(a), "B": with_knob(b)}, repeats)
+        timings = interleaved({"A": with_knob(a), "B": with_knob(b)}, repeats, clock=clock)
     finally:
         setter(old)
     for name, timing in timings.items():
@@ -91,7 +92,12 @@ def main(argv=None):
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: the process's CPU seconds (every thread) instead of wall "
+                    "time; for 1-thread runs on a machine shared with other jobs, whose "
+                    "time slices are then not counted")
     args = ap.parse_args(argv)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     import clstm
     from clstm import kernels
@@ -103,12 +109,12 @@ def main(argv=None):
     shapes = [parse_shape(s) for s in split_shapes(args.shapes)]
     clstm.set_num_threads(args.threads)
     print(f"knob {args.knob}: A = {args.a}, B = {args.b}; {args.threads} thread(s), "
-          f"medians of {args.repeats} interleaved samples")
+          f"medians of {args.repeats} interleaved samples, {args.clock} time")
     for shape in shapes:
         for dtype in args.dtypes.split(","):
             for mode in args.modes.split(","):
                 ta, tb = measure(kernels, clstm, setter, args.a, args.b, shape, dtype, mode,
-                                 args.repeats)
+                                 args.repeats, clock)
                 print(f"  {shape.label()} {dtype} {mode:5}: A {ta * 1e3:9.3f} ms  "
                       f"B {tb * 1e3:9.3f} ms  B/A {tb / ta:5.3f}", flush=True)
 

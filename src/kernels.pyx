@@ -580,6 +580,15 @@ def _set_fused_step_products(bint enabled):
     return old
 
 
+def _set_max_step_weights_bytes(double size):
+    """Set the size of W_ih and W_hh together up to which the forward may compute the
+    input projection step by step; returns the previous value."""
+    global _max_step_weights_bytes
+    old = _max_step_weights_bytes
+    _max_step_weights_bytes = size
+    return old
+
+
 def _set_min_rows_per_step_projection(int rows):
     """Set the per-step input projection threshold; returns the previous value."""
     global _min_rows_per_step_projection
