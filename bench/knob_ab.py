@@ -31,10 +31,14 @@ def parse_shape(text):
 
 
 def split_shapes(text):
-    """"S1,S2" is two grid shapes, "1,100,64,64,1" one custom shape, ';' separates any."""
-    if ";" not in text and all(name in SHAPES for name in text.split(",")):
-        return text.split(",")
-    return text.split(";")
+    """"S1,S2" or "S2,8:150:40:96:1" is a comma list; "1,100,64,64,1" one custom shape;
+    ';' separates any."""
+    if ";" in text:
+        return text.split(";")
+    items = text.split(",")
+    if all(item.strip().upper() in SHAPES or ":" in item for item in items):
+        return items
+    return [text]
 
 
 def parse_value(text):
