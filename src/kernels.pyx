@@ -149,6 +149,13 @@ cdef extern from "runtime.h" nogil:
     void clstm_sleep(double seconds)
     void clstm_count_taken_over(int steps)
     long clstm_taken_over_steps()
+    ctypedef struct clstm_counter:
+        int value
+    int clstm_counter_get(clstm_counter* c)
+    void clstm_counter_set(clstm_counter* c, int value)
+    int clstm_counter_claim(clstm_counter* c, int expected)
+    void clstm_count_caller_chunks(int chunks)
+    long clstm_caller_chunks()
     int clstm_all_finite_f32(Py_ssize_t n, const float* a)
     int clstm_all_finite_f64(Py_ssize_t n, const double* a)
 
@@ -1214,6 +1221,186 @@ cdef void forward_units(int T, int B, int I, int H, const floating* x,
         free(packed[g])
 
 
+# ---------------------------------------------------------------------------------------
+# The whole-sequence products beside the recurrence. A batch too small to split (one row,
+# above all) gives a second thread nothing of the time loop: the row split has one block,
+# and the hidden-unit split's barrier per step costs more than it saves below ~60 kFLOP
+# per thread and step (H < ~120 at B = 1). Yet a third to two thirds of such a call is
+# products over all T steps that depend on the time loop only through which steps are
+# done: the forward's input projection x·W_ihᵀ (needed before each step) and the
+# backward's dX = da·W_ih, dW_ih += daᵀX, dW_hh += daᵀH_prev and db (possible after each
+# step). So thread 0 walks the steps and the second thread computes those products in
+# chunks of steps beside it (thread 1 is "the helper").
+#
+# Nobody waits long on a descheduled peer (another process on its core): thread 0 never
+# waits for the helper during the walk except for a chunk it needs that the helper is
+# in the middle of; a chunk nobody has started, thread 0 computes itself. Chunks are
+# claimed through a counter (compare-and-swap), so each runs once, whoever runs it.
+# The backward's accumulations into dW_ih (with db) and dW_hh run in the chunks' fixed
+# order (a turn counter per accumulator), so the sums, and the results, are the same bits
+# whichever thread ran which chunk (not those of one thread's whole-sequence GEMMs:
+# another order of the same sums).
+
+cdef bint _overlap_products = True
+cdef int _overlap_chunk_rows = 16
+# The most chunks a call is cut into (longer chunks on long sequences: the counters and
+# the kernels' setup per chunk stay a small part of the work).
+cdef int _overlap_max_chunks = 256
+# Whether the last forward or backward of the padded LSTM overlapped (tests).
+cdef bint _overlapped_last = False
+
+
+def _set_overlap_products(bint enabled):
+    """Whether a call whose batch gives the team one block of rows (and no hidden-unit
+    split) computes its whole-sequence products on a second thread beside the time loop
+    (default True; False: before or after it on one thread, for A/B measurements).
+    Returns the previous value."""
+    global _overlap_products
+    old = _overlap_products
+    _overlap_products = enabled
+    return old
+
+
+def _set_overlap_chunk_rows(rows):
+    """Rows (steps × batch rows) per chunk of the overlapped products (an int, at least
+    1); returns the previous value."""
+    global _overlap_chunk_rows
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise TypeError(f"rows: expected an int, got {type(rows).__name__}")
+    if rows < 1:
+        raise ValueError(f"rows: expected at least 1, got {rows}")
+    old = _overlap_chunk_rows
+    _overlap_chunk_rows = rows
+    return old
+
+
+def _overlap_chunks_run_by_caller():
+    """Chunks of overlapped products that the caller's thread ran itself (a helper late
+    or not yet started), so far in this process."""
+    return clstm_caller_chunks()
+
+
+def _last_call_overlapped():
+    """Whether the last padded LSTM forward or backward ran its whole-sequence products
+    beside the time loop."""
+    return bool(_overlapped_last)
+
+
+cdef inline int overlap_chunk_steps(int num_threads, int n_chunks, int n_units, int T,
+                                    int B, double helper_flops) noexcept nogil:
+    """Steps per chunk of the products overlapped with the time loop, or 0 when the call
+    does not overlap them: a team of 2 or more whose rows form one block and whose units
+    are not split, at least 2 chunks, and enough work for the helper (the threshold of
+    any thread, _min_flops_per_thread)."""
+    global _threads_used_last, _overlapped_last
+    cdef int k
+    _overlapped_last = False
+    if (not _overlap_products or num_threads < 2 or n_chunks > 1 or n_units > 1
+            or not clstm_have_openmp()):
+        return 0
+    if _min_flops_per_thread > 0 and helper_flops < _min_flops_per_thread:
+        return 0
+    k = (_overlap_chunk_rows + B - 1) // B
+    if k < (T + _overlap_max_chunks - 1) // _overlap_max_chunks:
+        k = (T + _overlap_max_chunks - 1) // _overlap_max_chunks
+    if k >= T:
+        return 0
+    _overlapped_last = True
+    _threads_used_last = 2
+    return k
+
+
+cdef clstm_counter* new_counters(int n) noexcept nogil:
+    """n counters at 0, a cache line each (NULL when out of memory)."""
+    cdef void* buf = NULL
+    if posix_memalign(&buf, 64, <size_t>n * sizeof(clstm_counter)) != 0:
+        return NULL
+    memset(buf, 0, <size_t>n * sizeof(clstm_counter))
+    return <clstm_counter*>buf
+
+
+cdef inline bint wait_for_count(clstm_counter* counter, int at_least,
+                                clstm_call* call) noexcept nogil:
+    """Waits (spinning briefly, then yielding) until the counter reaches at_least; False
+    when the call was stopped meanwhile."""
+    cdef int spins = 0
+    while clstm_counter_get(counter) < at_least:
+        if clstm_call_stopped(call):
+            return False
+        clstm_wait_a_little(&spins)
+    return True
+
+
+cdef inline void projection_rows(Py_ssize_t r0, int rows, int I, int G, const floating* x,
+                                 const floating* w_ih, const floating* packed_ih,
+                                 floating* gates, clstm_call* call) noexcept nogil:
+    """gates[r0 : r0 + rows] = x[r0 : r0 + rows]·W_ihᵀ, one thread."""
+    if packed_ih != NULL:
+        packed_gemm_blocked(rows, I, G, x + r0 * I, I, packed_ih, gates + r0 * G, G, False,
+                            call)
+    else:
+        gemm(False, True, rows, G, I, <floating>1, x + r0 * I, I, w_ih, I, <floating>0,
+             gates + r0 * G, G)
+
+
+cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* counters,
+                             clstm_team_clock* clock, const floating* x,
+                             const floating* w_ih, const floating* packed_ih,
+                             const floating* w_hh, const floating* w_hh_packed,
+                             const floating* bias, const floating* peephole,
+                             const floating* h0, const floating* c0, floating* y,
+                             floating* gates, floating* cells,
+                             clstm_call* call) noexcept nogil:
+    """One thread's part of a forward whose input projection runs beside the time loop
+    (called by every thread of the team). Chunk c is steps c·K : (c+1)·K.
+    counters[0] counts the chunks claimed, counters[1 + c] is 1 once chunk c's
+    projection is in the gates. Thread 0 walks the steps (forward_step, the gates
+    already holding x_t·W_ihᵀ); before a chunk's first step it computes the chunk itself
+    if nobody has claimed it, else waits for it. The helper claims the next chunks in
+    order, ahead of thread 0. The projection of a row is the same arithmetic whoever
+    computes it."""
+    cdef double cpu0 = clstm_thread_cpu()
+    cdef int me = clstm_omp_thread_num()
+    cdef int chunks = (T + K - 1) // K
+    cdef int c, t, t1
+    cdef int G = 4 * H
+    cdef bint running = True
+    cdef clstm_counter* claimed = counters
+    cdef clstm_counter* done = counters + 1
+    if me == 0:
+        for c in range(chunks):
+            t1 = (c + 1) * K if (c + 1) * K < T else T
+            if clstm_counter_get(&done[c]) == 0:
+                if clstm_counter_claim(claimed, c):
+                    projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih,
+                                    packed_ih, gates, call)
+                    clstm_counter_set(&done[c], 1)
+                    clstm_count_caller_chunks(1)
+                elif not wait_for_count(&done[c], 1, call):
+                    break
+            for t in range(c * K, t1):
+                if clstm_call_stopped(call):
+                    running = False
+                    break
+                forward_step(t, B, I, H, 0, B, x, <const floating*>NULL,
+                             <const floating*>NULL, w_hh, w_hh_packed, bias, peephole, h0,
+                             c0, y, gates, cells)
+            if not running:
+                break
+    else:
+        late_thread_pause(me)
+        while True:
+            c = clstm_counter_get(claimed)
+            if c >= chunks or clstm_call_stopped(call):
+                break
+            if clstm_counter_claim(claimed, c):
+                t1 = (c + 1) * K if (c + 1) * K < T else T
+                projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih,
+                                packed_ih, gates, call)
+                clstm_counter_set(&done[c], 1)
+    clstm_team_clock_check(clock, cpu0)
+
+
 cdef inline bint all_finite(Py_ssize_t n, const floating* a) noexcept nogil:
     if floating is float:
         return clstm_all_finite_f32(n, a)
@@ -1259,9 +1446,10 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
                        clstm_call* call) noexcept nogil:
     """Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call was asked to
     stop (its outputs are then incomplete)."""
-    global _units_split_last, _team_left_last
+    global _units_split_last, _team_left_last, _overlapped_last
     cdef int chunk, n_chunks, t1
     cdef int G = 4 * H
+    _overlapped_last = False
     if not sizes_ok(T, B, I, H):
         return -1
     cdef floating* gates = workspace
@@ -1347,7 +1535,24 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     # fewer rows each step would be a matrix-vector product, streaming W_ih at 2 flops
     # per value: then all T steps at once, (T·B × I)·(I × 4H).
     cdef bint per_step = step_projection
-    if not per_step:
+    # A batch the team cannot split: the projection in chunks beside the time loop
+    cdef int overlap_k = (0 if per_step else
+                          overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                              2.0 * T * B * G * I))
+    cdef clstm_counter* counters = NULL
+    if overlap_k > 0:
+        counters = new_counters(1 + (T + overlap_k - 1) // overlap_k)
+        if counters == NULL:
+            failed = 1
+        else:
+            clstm_team_clock_start(&clock)
+            with parallel(num_threads=2):
+                forward_overlapped(T, B, I, H, overlap_k, counters, &clock, x, w_ih,
+                                   packed_ih, w_hh, packed, bias, peephole, h0, c0, y,
+                                   gates, cells, call)
+            free(counters)
+            clstm_team_report(clock.late)
+    elif not per_step:
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, T * B, I, G, x, I, packed_ih, gates, G, False,
                                  call)
@@ -1356,7 +1561,9 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         else:
             parallel_gemm(num_threads, False, True, T * B, G, I, <floating>1, x, I, w_ih,
                           I, <floating>0, gates, G)
-    if n_chunks > 1 and _row_handover:
+    if overlap_k > 0:
+        pass                                      # done above
+    elif n_chunks > 1 and _row_handover:
         blocks = new_row_blocks(n_chunks)
         if blocks == NULL:
             failed = 1
@@ -1514,6 +1721,119 @@ cdef void backward_units(int T, int B, int H, const floating* w_hh,
     free(packed)
 
 
+cdef inline bint wait_for_turn(clstm_counter* turn, int c, clstm_call* call) noexcept nogil:
+    """Waits until it is chunk c's turn to add into an accumulator (every chunk before it
+    has added); False when the call was stopped meanwhile."""
+    cdef int spins = 0
+    while clstm_counter_get(turn) != c:
+        if clstm_call_stopped(call):
+            return False
+        clstm_wait_a_little(&spins)
+    return True
+
+
+cdef int backward_chunk_products(int c, int T, int B, int I, int H, int K,
+                                 clstm_counter* counters, const floating* x,
+                                 const floating* w_ih, const floating* packed_ih,
+                                 const floating* h0, const floating* y,
+                                 const floating* gates, floating* dx, floating* dw_ih,
+                                 floating* dw_hh, floating* dbias,
+                                 clstm_call* call) noexcept nogil:
+    """The whole-sequence products of chunk c of the backward (steps T-(c+1)·K : T-c·K,
+    whose da is final): dX of its rows, then, at its turn (counters[1]), dW_ih += daᵀX
+    and db += Σ da, then at its turn (counters[2]) dW_hh += daᵀH_prev. One thread; the
+    turns pass to chunk c + 1 even when a product fails (out of memory: returns -2), so
+    that nobody waits forever."""
+    cdef int G = 4 * H
+    cdef int t1 = T - c * K
+    cdef int t0 = t1 - K if t1 > K else 0
+    cdef Py_ssize_t r0 = <Py_ssize_t>t0 * B
+    cdef int rows = (t1 - t0) * B
+    cdef const floating* da = gates + r0 * G
+    cdef int status = 0
+    if dx != NULL:      # dX = da · W_ih
+        if packed_ih != NULL:
+            packed_gemm_blocked(rows, G, I, da, G, packed_ih, dx + r0 * I, I, False, call)
+        else:
+            gemm(False, False, rows, I, G, <floating>1, da, G, w_ih, I, <floating>0,
+                 dx + r0 * I, I)
+    if not wait_for_turn(&counters[1], c, call):
+        return 0
+    status |= weight_gradient(1, G, rows, I, da, x + r0 * I, I, dw_ih, call)
+    if floating is float:
+        clstm_column_sums_f32(rows, G, da, G, dbias)
+    else:
+        clstm_column_sums_f64(rows, G, da, G, dbias)
+    clstm_counter_set(&counters[1], c + 1)
+    if not wait_for_turn(&counters[2], c, call):
+        return 0
+    # H_prev is y one step back, h0 (none: zeros, nothing to add) for step 0
+    if t0 > 0:
+        status |= weight_gradient(1, G, rows, H, da, y + (r0 - B) * H, H, dw_hh, call)
+    else:
+        if rows > B:
+            status |= weight_gradient(1, G, rows - B, H, da + <Py_ssize_t>B * G, y, H,
+                                      dw_hh, call)
+        if h0 != NULL:
+            status |= weight_gradient(1, G, B, H, da, h0, H, dw_hh, call)
+    clstm_counter_set(&counters[2], c + 1)
+    return status
+
+
+cdef void backward_overlapped(int T, int B, int I, int H, int K, clstm_counter* counters,
+                              clstm_team_clock* clock, const floating* x,
+                              const floating* w_ih, const floating* packed_ih,
+                              const floating* w_hh, const floating* w_hh_packed,
+                              const floating* peephole, const floating* h0,
+                              const floating* c0, const floating* y, floating* gates,
+                              const floating* cells, floating* dy, floating* dh0,
+                              floating* dc, floating* dx, floating* dw_ih, floating* dw_hh,
+                              floating* dbias, int* failed,
+                              clstm_call* call) noexcept nogil:
+    """One thread's part of a backward whose whole-sequence products run beside the time
+    loop (called by every thread of the team). counters: [0] the steps the walk has
+    finished, [1] and [2] the turns of dW_ih (with db) and of dW_hh, [3] the chunks
+    claimed. Chunk c is steps T-(c+1)·K : T-c·K, final once the walk has done (c+1)·K
+    steps. Thread 0 walks the steps back (backward_step over all rows), publishing each
+    one, and never waits for the helper; then claims the chunks left, waiting only for
+    a turn that a chunk the helper is in the middle of holds. The helper claims a chunk
+    only once it is final, so that it never holds one while it waits."""
+    cdef double cpu0 = clstm_thread_cpu()
+    cdef int me = clstm_omp_thread_num()
+    cdef int chunks = (T + K - 1) // K
+    cdef int it, c, need, spins = 0
+    cdef int status = 0
+    cdef clstm_counter* progress = counters
+    cdef clstm_counter* claimed = counters + 3
+    if me == 0:
+        for it in range(T):
+            if clstm_call_stopped(call):
+                break
+            backward_step(T - 1 - it, B, H, 0, B, w_hh, w_hh_packed, peephole, c0, gates,
+                          cells, dy, dh0, dc)
+            clstm_counter_set(progress, it + 1)
+    else:
+        late_thread_pause(me)
+    while True:
+        c = clstm_counter_get(claimed)
+        if c >= chunks or clstm_call_stopped(call):
+            break
+        need = (c + 1) * K if (c + 1) * K < T else T
+        if clstm_counter_get(progress) < need:      # (only the helper: the walk is done)
+            clstm_wait_a_little(&spins)
+            continue
+        if clstm_counter_claim(claimed, c):
+            status |= backward_chunk_products(c, T, B, I, H, K, counters, x, w_ih,
+                                              packed_ih, h0, y, gates, dx, dw_ih, dw_hh,
+                                              dbias, call)
+            if me == 0:
+                clstm_count_caller_chunks(1)
+            spins = 0
+    if status != 0:
+        failed[0] = 1
+    clstm_team_clock_check(clock, cpu0)
+
+
 cdef void parallel_column_sums(int num_threads, Py_ssize_t rows, int n, const floating* da,
                                floating* db) noexcept nogil:
     """db += the column sums of da (rows × n), the columns cut into blocks over the
@@ -1549,7 +1869,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
                         clstm_call* call) noexcept nogil:
     """Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call was asked to
     stop (the gradients are then incomplete: some may have been added to)."""
-    global _team_left_last
+    global _team_left_last, _overlapped_last
     cdef int chunk, n_chunks, rest
     cdef int G = 4 * H
     cdef Py_ssize_t k, TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
@@ -1567,10 +1887,14 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         memset(dc0, 0, BH * sizeof(floating))
 
     cdef floating* packed = NULL
+    cdef floating* packed_ih = NULL
     cdef int failed = 0
     cdef int leave_step = T
     cdef clstm_row_block* blocks = NULL
+    cdef clstm_counter* counters = NULL
     cdef clstm_team_clock clock
+    cdef int overlap_k = 0
+    _overlapped_last = False
     num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
@@ -1595,7 +1919,28 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         if packed_steps(B // n_chunks) and T > 1:
             packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
             failed = packed == NULL
-        if not failed and n_chunks > 1 and _row_handover:
+        # A batch the team cannot split: dX, the weight and bias gradients in chunks
+        # beside the time loop
+        overlap_k = overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                        2.0 * T * B * G * (I + H + (I if dx != NULL else 0)))
+        if not failed and overlap_k > 0:
+            if dx != NULL and packed_bulk():
+                packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
+                failed = packed_ih == NULL
+            counters = new_counters(4)
+            failed = failed or counters == NULL
+            if not failed:
+                clstm_team_clock_start(&clock)
+                with parallel(num_threads=2):
+                    backward_overlapped(T, B, I, H, overlap_k, counters, &clock, x, w_ih,
+                                        packed_ih, w_hh, packed, peephole, h0, c0, y,
+                                        gates, cells, dy, dh0, dc0, dx, dw_ih, dw_hh,
+                                        dbias, &failed, call)
+                clstm_team_report(clock.late)
+            free(counters)
+            free(packed_ih)
+            packed_ih = NULL
+        elif not failed and n_chunks > 1 and _row_handover:
             blocks = new_row_blocks(n_chunks)
             failed = blocks == NULL
             if not failed:
@@ -1617,9 +1962,15 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         clstm_blas_leave()
         return -2 if failed else -3
 
-    # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs.
+    # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs
+    # (done already when they ran beside the time loop).
     cdef floating* da = gates
-    cdef floating* packed_ih = NULL
+    cdef int status = 0
+    if overlap_k > 0:
+        clstm_blas_leave()
+        if peephole != NULL and dpeephole != NULL:
+            peephole_grads(T, B, H, da, cells, c0, dpeephole)
+        return 0
     if dx != NULL:      # dX = da · W_ih
         if packed_bulk():
             packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
@@ -1630,7 +1981,6 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         else:
             parallel_gemm(num_threads, False, False, T * B, I, G, <floating>1, da, G, w_ih,
                           I, <floating>0, dx, I)
-    cdef int status = 0
     # dW_ih += daᵀ · X
     status |= weight_gradient(num_threads, G, T * B, I, da, x, I, dw_ih, call)
     # dW_hh += daᵀ · H_prev, where H_prev is y shifted one step (and h0 for t = 0)

@@ -340,6 +340,37 @@ long clstm_taken_over_steps(void)
     return __atomic_load_n(&taken_over_steps, __ATOMIC_RELAXED);
 }
 
+/* ---- counters between the recurrence and a helper ---------------------------------- */
+
+int clstm_counter_get(clstm_counter *c)
+{
+    return __atomic_load_n(&c->value, __ATOMIC_ACQUIRE);
+}
+
+void clstm_counter_set(clstm_counter *c, int value)
+{
+    __atomic_store_n(&c->value, value, __ATOMIC_RELEASE);
+}
+
+int clstm_counter_claim(clstm_counter *c, int expected)
+{
+    return __atomic_compare_exchange_n(&c->value, &expected, expected + 1, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+static long caller_chunks = 0;
+
+void clstm_count_caller_chunks(int chunks)
+{
+    if (chunks > 0)
+        __atomic_fetch_add(&caller_chunks, (long)chunks, __ATOMIC_RELAXED);
+}
+
+long clstm_caller_chunks(void)
+{
+    return __atomic_load_n(&caller_chunks, __ATOMIC_RELAXED);
+}
+
 /* ---- finite checks ------------------------------------------------------------------ */
 
 /* Whether no element is inf or NaN: its exponent bits are not all ones. Integer

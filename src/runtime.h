@@ -115,6 +115,28 @@ void clstm_sleep(double seconds);
 void clstm_count_taken_over(int steps);
 long clstm_taken_over_steps(void);
 
+/* ---- counters between the recurrence and a helper ------------------------------------
+ * When the batch is too small to split, a second thread computes the whole-sequence
+ * products (input projection; dX, dW_ih, dW_hh, db) in chunks of steps beside the
+ * recurrence (src/kernels.pyx, "overlapped products"). The two share counters: steps
+ * finished, chunks claimed, chunks done, whose turn it is to add into a weight gradient.
+ * One cache line each, so the two threads' stores do not collide. */
+typedef struct {
+    int value;
+    char pad[60];
+} clstm_counter;
+
+/* Load with acquire order: what was written before the matching store is visible. */
+int clstm_counter_get(clstm_counter *c);
+/* Store with release order, after the writes it publishes. */
+void clstm_counter_set(clstm_counter *c, int value);
+/* expected -> expected + 1 if it still holds expected: 1 when this thread claimed it. */
+int clstm_counter_claim(clstm_counter *c, int expected);
+/* The chunks the caller's thread (thread 0) ran itself (all calls): tests see that a
+ * late helper's chunks were done without it. */
+void clstm_count_caller_chunks(int chunks);
+long clstm_caller_chunks(void);
+
 int clstm_all_finite_f32(Py_ssize_t n, const float *a);
 int clstm_all_finite_f64(Py_ssize_t n, const double *a);
 
