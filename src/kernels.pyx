@@ -1343,6 +1343,47 @@ cdef inline void projection_rows(Py_ssize_t r0, int rows, int I, int G, const fl
              gates + r0 * G, G)
 
 
+cdef inline bint projection_ready(int c, int T, int B, int I, int G, int K,
+                                 clstm_counter* counters, const floating* x,
+                                 const floating* w_ih, const floating* packed_ih,
+                                 floating* gates, clstm_call* call) noexcept nogil:
+    """Thread 0, before the first step of chunk c (steps c·K : (c+1)·K): makes sure the
+    chunk's input projection is in the gates, computing it when nobody has claimed it,
+    else waiting for the helper that is computing it. counters[0] counts the chunks
+    claimed, counters[1 + c] is 1 once chunk c is done. False when the call was stopped
+    while waiting."""
+    cdef int t1 = (c + 1) * K if (c + 1) * K < T else T
+    cdef clstm_counter* done = counters + 1
+    if clstm_counter_get(&done[c]) != 0:
+        return True
+    if clstm_counter_claim(counters, c):
+        projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih, packed_ih,
+                        gates, call)
+        clstm_counter_set(&done[c], 1)
+        clstm_count_caller_chunks(1)
+        return True
+    return wait_for_count(&done[c], 1, call)
+
+
+cdef void project_ahead(int T, int B, int I, int G, int K, clstm_counter* counters,
+                        const floating* x, const floating* w_ih, const floating* packed_ih,
+                        floating* gates, clstm_call* call) noexcept nogil:
+    """The helper of an overlapped forward: claims the chunks in order, ahead of thread
+    0, and computes their input projection (counters as projection_ready)."""
+    cdef int chunks = (T + K - 1) // K
+    cdef int c, t1
+    late_thread_pause(clstm_omp_thread_num())
+    while True:
+        c = clstm_counter_get(counters)
+        if c >= chunks or clstm_call_stopped(call):
+            return
+        if clstm_counter_claim(counters, c):
+            t1 = (c + 1) * K if (c + 1) * K < T else T
+            projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih,
+                            packed_ih, gates, call)
+            clstm_counter_set(&counters[1 + c], 1)
+
+
 cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* counters,
                              clstm_team_clock* clock, const floating* x,
                              const floating* w_ih, const floating* packed_ih,
@@ -1351,34 +1392,21 @@ cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* c
                              const floating* h0, const floating* c0, floating* y,
                              floating* gates, floating* cells,
                              clstm_call* call) noexcept nogil:
-    """One thread's part of a forward whose input projection runs beside the time loop
-    (called by every thread of the team). Chunk c is steps c·K : (c+1)·K.
-    counters[0] counts the chunks claimed, counters[1 + c] is 1 once chunk c's
-    projection is in the gates. Thread 0 walks the steps (forward_step, the gates
-    already holding x_t·W_ihᵀ); before a chunk's first step it computes the chunk itself
-    if nobody has claimed it, else waits for it. The helper claims the next chunks in
-    order, ahead of thread 0. The projection of a row is the same arithmetic whoever
-    computes it."""
+    """One thread's part of an LSTM forward whose input projection runs beside the time
+    loop (called by every thread of the team): thread 0 walks the steps (forward_step,
+    the gates already holding x_t·W_ihᵀ), each chunk's projection made ready before its
+    first step; the helper projects ahead. A row's projection is the same arithmetic
+    whoever computes it."""
     cdef double cpu0 = clstm_thread_cpu()
-    cdef int me = clstm_omp_thread_num()
     cdef int chunks = (T + K - 1) // K
-    cdef int c, t, t1
-    cdef int G = 4 * H
+    cdef int c, t
     cdef bint running = True
-    cdef clstm_counter* claimed = counters
-    cdef clstm_counter* done = counters + 1
-    if me == 0:
+    if clstm_omp_thread_num() == 0:
         for c in range(chunks):
-            t1 = (c + 1) * K if (c + 1) * K < T else T
-            if clstm_counter_get(&done[c]) == 0:
-                if clstm_counter_claim(claimed, c):
-                    projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih,
-                                    packed_ih, gates, call)
-                    clstm_counter_set(&done[c], 1)
-                    clstm_count_caller_chunks(1)
-                elif not wait_for_count(&done[c], 1, call):
-                    break
-            for t in range(c * K, t1):
+            if not projection_ready(c, T, B, I, 4 * H, K, counters, x, w_ih, packed_ih,
+                                    gates, call):
+                break
+            for t in range(c * K, (c + 1) * K if (c + 1) * K < T else T):
                 if clstm_call_stopped(call):
                     running = False
                     break
@@ -1388,16 +1416,7 @@ cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* c
             if not running:
                 break
     else:
-        late_thread_pause(me)
-        while True:
-            c = clstm_counter_get(claimed)
-            if c >= chunks or clstm_call_stopped(call):
-                break
-            if clstm_counter_claim(claimed, c):
-                t1 = (c + 1) * K if (c + 1) * K < T else T
-                projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih,
-                                packed_ih, gates, call)
-                clstm_counter_set(&done[c], 1)
+        project_ahead(T, B, I, 4 * H, K, counters, x, w_ih, packed_ih, gates, call)
     clstm_team_clock_check(clock, cpu0)
 
 
@@ -1732,51 +1751,89 @@ cdef inline bint wait_for_turn(clstm_counter* turn, int c, clstm_call* call) noe
     return True
 
 
-cdef int backward_chunk_products(int c, int T, int B, int I, int H, int K,
+cdef int backward_chunk_products(int c, int T, int B, int I, int H, int G, int K,
                                  clstm_counter* counters, const floating* x,
                                  const floating* w_ih, const floating* packed_ih,
                                  const floating* h0, const floating* y,
-                                 const floating* gates, floating* dx, floating* dw_ih,
-                                 floating* dw_hh, floating* dbias,
+                                 const floating* da_ih, const floating* da_hh,
+                                 floating* dx, floating* dw_ih, floating* dw_hh,
+                                 floating* db_ih, floating* db_hh,
                                  clstm_call* call) noexcept nogil:
-    """The whole-sequence products of chunk c of the backward (steps T-(c+1)·K : T-c·K,
-    whose da is final): dX of its rows, then, at its turn (counters[1]), dW_ih += daᵀX
-    and db += Σ da, then at its turn (counters[2]) dW_hh += daᵀH_prev. One thread; the
-    turns pass to chunk c + 1 even when a product fails (out of memory: returns -2), so
-    that nobody waits forever."""
-    cdef int G = 4 * H
+    """The whole-sequence products of chunk c of a backward (steps T-(c+1)·K : T-c·K,
+    whose gradients are final), G gate columns: dX of its rows = da_ih·W_ih, then, at
+    its turn (counters[1]), dW_ih += da_ihᵀX and db_ih += Σ da_ih, then at its turn
+    (counters[2]) dW_hh += da_hhᵀH_prev and db_hh += Σ da_hh (the LSTM's da_hh is its
+    da_ih, and its one bias gradient db_ih; the GRU's are dgi and dgh, NULL biases
+    without bias). One thread; the turns pass to chunk c + 1 even when a product fails
+    (out of memory: returns -2), so that nobody waits forever."""
     cdef int t1 = T - c * K
     cdef int t0 = t1 - K if t1 > K else 0
     cdef Py_ssize_t r0 = <Py_ssize_t>t0 * B
     cdef int rows = (t1 - t0) * B
-    cdef const floating* da = gates + r0 * G
+    cdef const floating* dgi = da_ih + r0 * G
+    cdef const floating* dgh = da_hh + r0 * G
     cdef int status = 0
     if dx != NULL:      # dX = da · W_ih
         if packed_ih != NULL:
-            packed_gemm_blocked(rows, G, I, da, G, packed_ih, dx + r0 * I, I, False, call)
+            packed_gemm_blocked(rows, G, I, dgi, G, packed_ih, dx + r0 * I, I, False, call)
         else:
-            gemm(False, False, rows, I, G, <floating>1, da, G, w_ih, I, <floating>0,
+            gemm(False, False, rows, I, G, <floating>1, dgi, G, w_ih, I, <floating>0,
                  dx + r0 * I, I)
     if not wait_for_turn(&counters[1], c, call):
         return 0
-    status |= weight_gradient(1, G, rows, I, da, x + r0 * I, I, dw_ih, call)
-    if floating is float:
-        clstm_column_sums_f32(rows, G, da, G, dbias)
-    else:
-        clstm_column_sums_f64(rows, G, da, G, dbias)
+    status |= weight_gradient(1, G, rows, I, dgi, x + r0 * I, I, dw_ih, call)
+    if db_ih != NULL:
+        parallel_column_sums(1, rows, G, dgi, db_ih)
     clstm_counter_set(&counters[1], c + 1)
     if not wait_for_turn(&counters[2], c, call):
         return 0
     # H_prev is y one step back, h0 (none: zeros, nothing to add) for step 0
     if t0 > 0:
-        status |= weight_gradient(1, G, rows, H, da, y + (r0 - B) * H, H, dw_hh, call)
+        status |= weight_gradient(1, G, rows, H, dgh, y + (r0 - B) * H, H, dw_hh, call)
     else:
         if rows > B:
-            status |= weight_gradient(1, G, rows - B, H, da + <Py_ssize_t>B * G, y, H,
+            status |= weight_gradient(1, G, rows - B, H, dgh + <Py_ssize_t>B * G, y, H,
                                       dw_hh, call)
         if h0 != NULL:
-            status |= weight_gradient(1, G, B, H, da, h0, H, dw_hh, call)
+            status |= weight_gradient(1, G, B, H, dgh, h0, H, dw_hh, call)
+    if db_hh != NULL:
+        parallel_column_sums(1, rows, G, dgh, db_hh)
     clstm_counter_set(&counters[2], c + 1)
+    return status
+
+
+cdef int take_backward_chunks(int T, int B, int I, int H, int G, int K,
+                              clstm_counter* counters, const floating* x,
+                              const floating* w_ih, const floating* packed_ih,
+                              const floating* h0, const floating* y,
+                              const floating* da_ih, const floating* da_hh, floating* dx,
+                              floating* dw_ih, floating* dw_hh, floating* db_ih,
+                              floating* db_hh, clstm_call* call) noexcept nogil:
+    """Claims and runs chunks of an overlapped backward until none is left
+    (backward_chunk_products): the helper from the start, as the walk finishes them,
+    thread 0 once its walk is done. counters: [0] the steps the walk has finished, [1]
+    and [2] the two turns, [3] the chunks claimed. A chunk is claimed only once it is
+    final, so that nobody holds one while waiting for the walk. Returns 0, or -2 when
+    out of memory."""
+    cdef int chunks = (T + K - 1) // K
+    cdef int me = clstm_omp_thread_num()
+    cdef int c, need, spins = 0
+    cdef int status = 0
+    while True:
+        c = clstm_counter_get(&counters[3])
+        if c >= chunks or clstm_call_stopped(call):
+            break
+        need = (c + 1) * K if (c + 1) * K < T else T
+        if clstm_counter_get(&counters[0]) < need:      # (only the helper waits here)
+            clstm_wait_a_little(&spins)
+            continue
+        if clstm_counter_claim(&counters[3], c):
+            status |= backward_chunk_products(c, T, B, I, H, G, K, counters, x, w_ih,
+                                              packed_ih, h0, y, da_ih, da_hh, dx, dw_ih,
+                                              dw_hh, db_ih, db_hh, call)
+            if me == 0:
+                clstm_count_caller_chunks(1)
+            spins = 0
     return status
 
 
@@ -1790,46 +1847,26 @@ cdef void backward_overlapped(int T, int B, int I, int H, int K, clstm_counter* 
                               floating* dc, floating* dx, floating* dw_ih, floating* dw_hh,
                               floating* dbias, int* failed,
                               clstm_call* call) noexcept nogil:
-    """One thread's part of a backward whose whole-sequence products run beside the time
-    loop (called by every thread of the team). counters: [0] the steps the walk has
-    finished, [1] and [2] the turns of dW_ih (with db) and of dW_hh, [3] the chunks
-    claimed. Chunk c is steps T-(c+1)·K : T-c·K, final once the walk has done (c+1)·K
-    steps. Thread 0 walks the steps back (backward_step over all rows), publishing each
-    one, and never waits for the helper; then claims the chunks left, waiting only for
-    a turn that a chunk the helper is in the middle of holds. The helper claims a chunk
-    only once it is final, so that it never holds one while it waits."""
+    """One thread's part of an LSTM backward whose whole-sequence products run beside the
+    time loop (called by every thread of the team). Thread 0 walks the steps back
+    (backward_step over all rows), publishing each one, and never waits for the helper;
+    then it takes the chunks left, waiting only for a turn that a chunk the helper is in
+    the middle of holds (take_backward_chunks)."""
     cdef double cpu0 = clstm_thread_cpu()
     cdef int me = clstm_omp_thread_num()
-    cdef int chunks = (T + K - 1) // K
-    cdef int it, c, need, spins = 0
-    cdef int status = 0
-    cdef clstm_counter* progress = counters
-    cdef clstm_counter* claimed = counters + 3
+    cdef int it
     if me == 0:
         for it in range(T):
             if clstm_call_stopped(call):
                 break
             backward_step(T - 1 - it, B, H, 0, B, w_hh, w_hh_packed, peephole, c0, gates,
                           cells, dy, dh0, dc)
-            clstm_counter_set(progress, it + 1)
+            clstm_counter_set(counters, it + 1)
     else:
         late_thread_pause(me)
-    while True:
-        c = clstm_counter_get(claimed)
-        if c >= chunks or clstm_call_stopped(call):
-            break
-        need = (c + 1) * K if (c + 1) * K < T else T
-        if clstm_counter_get(progress) < need:      # (only the helper: the walk is done)
-            clstm_wait_a_little(&spins)
-            continue
-        if clstm_counter_claim(claimed, c):
-            status |= backward_chunk_products(c, T, B, I, H, K, counters, x, w_ih,
-                                              packed_ih, h0, y, gates, dx, dw_ih, dw_hh,
-                                              dbias, call)
-            if me == 0:
-                clstm_count_caller_chunks(1)
-            spins = 0
-    if status != 0:
+    if take_backward_chunks(T, B, I, H, 4 * H, K, counters, x, w_ih, packed_ih, h0, y,
+                            gates, gates, dx, dw_ih, dw_hh, dbias, <floating*>NULL,
+                            call) != 0:
         failed[0] = 1
     clstm_team_clock_check(clock, cpu0)
 
@@ -2456,6 +2493,15 @@ cdef void gather_final_states(const packed_plan* plan, int B, int H, bint revers
         memcpy(final + <Py_ssize_t>b * H, states + row * H, H * sizeof(floating))
 
 
+cdef inline bint step_projection_packed(int n_chunks, Py_ssize_t N, int B, int I, int P,
+                                       int G, int elem_size) noexcept nogil:
+    """Whether the packed forward computes its input projection step by step inside each
+    thread's loop (see packed_products_setup)."""
+    return (packed_steps(B // n_chunks) and N > B
+            and B // n_chunks >= _min_rows_per_step_projection
+            and (<double>I + P) * G * elem_size <= _max_step_weights_bytes)
+
+
 cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int B, int I,
                                int P, int G, const floating* x, const floating* w_ih,
                                const floating* w_hh, floating* gates, floating** packed_hh,
@@ -2468,9 +2514,7 @@ cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int 
     into ``gates`` (``packed_ih`` NULL). Returns 0, or -2 when out of memory (nothing
     left allocated)."""
     cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
-    cdef bint per_step = (steps_packed
-                          and B // n_chunks >= _min_rows_per_step_projection
-                          and (<double>I + P) * G * sizeof(floating) <= _max_step_weights_bytes)
+    cdef bint per_step = step_projection_packed(n_chunks, N, B, I, P, G, sizeof(floating))
     cdef bint ih_packed = per_step or (packed_bulk() and N > B)
     packed_hh[0] = NULL
     packed_ih[0] = NULL
@@ -3358,6 +3402,72 @@ cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
 
 
 
+cdef void gru_forward_overlapped(int T, int B, int I, int H, int K, const int* bs,
+                                 const Py_ssize_t* off, clstm_counter* counters,
+                                 clstm_team_clock* clock, const floating* x,
+                                 const floating* w_ih, const floating* packed_ih,
+                                 const floating* w_hh, const floating* w_hh_packed,
+                                 const floating* b_ih, const floating* b_hh,
+                                 const floating* h0, floating* y, floating* gates,
+                                 floating* gh, floating* h_n,
+                                 clstm_call* call) noexcept nogil:
+    """forward_overlapped for the GRU's forward direction over a padded batch (every
+    batch size B, so chunk c is rows c·K·B : (c+1)·K·B of the packed layout): thread 0
+    walks the steps (gru_forward_iter_packed, the gates holding x_t·W_ihᵀ), the helper
+    projects ahead."""
+    cdef double cpu0 = clstm_thread_cpu()
+    cdef int chunks = (T + K - 1) // K
+    cdef int c, it
+    cdef bint running = True
+    if clstm_omp_thread_num() == 0:
+        for c in range(chunks):
+            if not projection_ready(c, T, B, I, 3 * H, K, counters, x, w_ih, packed_ih,
+                                    gates, call):
+                break
+            for it in range(c * K, (c + 1) * K if (c + 1) * K < T else T):
+                if gru_forward_iter_packed(it, T, B, I, H, bs, off, False, 0, B, x,
+                                           <const floating*>NULL, w_hh, w_hh_packed, b_ih,
+                                           b_hh, h0, y, gates, gh, h_n, call) < 0:
+                    running = False
+                    break
+            if not running:
+                break
+    else:
+        project_ahead(T, B, I, 3 * H, K, counters, x, w_ih, packed_ih, gates, call)
+    clstm_team_clock_check(clock, cpu0)
+
+
+cdef void gru_backward_overlapped(int T, int B, int I, int H, int K, const int* bs,
+                                  const Py_ssize_t* off, clstm_counter* counters,
+                                  clstm_team_clock* clock, const floating* x,
+                                  const floating* w_ih, const floating* packed_ih,
+                                  const floating* w_hh, const floating* w_hh_packed,
+                                  const floating* h0, const floating* y, floating* gates,
+                                  floating* gh, floating* dy, floating* dh0, floating* dx,
+                                  floating* dw_ih, floating* dw_hh, floating* db_ih,
+                                  floating* db_hh, int* failed,
+                                  clstm_call* call) noexcept nogil:
+    """backward_overlapped for the GRU's forward direction over a padded batch: thread 0
+    walks the steps back (gru_backward_iter_packed, turning gates and gh into dgi and
+    dgh), then both take chunks: dX = dgi·W_ih, dW_ih += dgiᵀX with db_ih, dW_hh +=
+    dghᵀH_prev with db_hh."""
+    cdef double cpu0 = clstm_thread_cpu()
+    cdef int me = clstm_omp_thread_num()
+    cdef int it
+    if me == 0:
+        for it in range(T):
+            if gru_backward_iter_packed(it, T, B, H, bs, off, False, 0, B, w_hh, w_hh_packed,
+                                        h0, y, gates, gh, dy, dh0, call) < 0:
+                break
+            clstm_counter_set(counters, it + 1)
+    else:
+        late_thread_pause(me)
+    if take_backward_chunks(T, B, I, H, 3 * H, K, counters, x, w_ih, packed_ih, h0, y,
+                            gates, gh, dx, dw_ih, dw_hh, db_ih, db_hh, call) != 0:
+        failed[0] = 1
+    clstm_team_clock_check(clock, cpu0)
+
+
 cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
                                   bint reverse, const floating* x, const floating* w_ih,
                                   const floating* w_hh, const floating* b_ih,
@@ -3366,9 +3476,10 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
                                   clstm_call* call) noexcept nogil:
     """The forward of one GRU direction over a packed batch; b_ih and b_hh both NULL for
     no bias. Returns 0, -1 for bad sizes, -2 when out of memory, -3 when stopped."""
-    global _units_split_last, _team_left_last
+    global _units_split_last, _team_left_last, _overlapped_last
     cdef int chunk, n_chunks
     cdef int G = 3 * H
+    _overlapped_last = False
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
             or (b_ih == NULL) != (b_hh == NULL)):
         return -1
@@ -3425,13 +3536,39 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         if failed:
             return -2
         return -3 if clstm_call_stopped(call) else 0
-    if packed_products_setup(num_threads, n_chunks, N, B, I, H, G, x, w_ih, w_hh, gates,
-                             &packed, &packed_ih, call) != 0:
+    # A padded batch the team cannot split: the projection in chunks beside the time loop
+    cdef int overlap_k = 0
+    cdef clstm_counter* counters = NULL
+    if not reverse and N == <Py_ssize_t>T * B and not step_projection_packed(
+            n_chunks, N, B, I, H, G, sizeof(floating)):
+        overlap_k = overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                        2.0 * N * G * I)
+    if overlap_k > 0:
+        if packed_steps(B) and N > B:
+            packed = pack_weights(H, G, w_hh, H, True)                 # P = W_hhᵀ
+            failed = packed == NULL
+        if packed_bulk():
+            packed_ih = pack_weights(I, G, w_ih, I, True)              # P = W_ihᵀ
+            failed = failed or packed_ih == NULL
+        counters = new_counters(1 + (T + overlap_k - 1) // overlap_k)
+        failed = failed or counters == NULL
+        if not failed:
+            clstm_team_clock_start(&clock)
+            with parallel(num_threads=2):
+                gru_forward_overlapped(T, B, I, H, overlap_k, batch_sizes, plan.off,
+                                       counters, &clock, x, w_ih, packed_ih, w_hh, packed,
+                                       b_ih, b_hh, h0, y, gates, gh, h_n, call)
+            clstm_team_report(clock.late)
+        free(counters)
+    elif packed_products_setup(num_threads, n_chunks, N, B, I, H, G, x, w_ih, w_hh, gates,
+                               &packed, &packed_ih, call) != 0:
         free(zero_h0)
         plan_free(&plan)
         clstm_blas_leave()
         return -2
-    if n_chunks > 1 and _row_handover:
+    if overlap_k > 0:
+        pass                                      # done above
+    elif n_chunks > 1 and _row_handover:
         blocks = new_row_blocks(n_chunks)
         if blocks == NULL:
             failed = 1
@@ -3560,9 +3697,10 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     """The backward of one GRU direction after gru_layer_forward_packed with the same
     arguments; dw_ih, dw_hh, db_ih, db_hh are added into (the biases both NULL without
     bias). Returns as layer_backward_packed."""
-    global _team_left_last
+    global _team_left_last, _overlapped_last
     cdef int chunk, n_chunks
     cdef int G = 3 * H
+    _overlapped_last = False
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
             or (db_ih == NULL) != (db_hh == NULL)):
         return -1
@@ -3583,6 +3721,9 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     cdef int leave_step = T
     cdef clstm_row_block* blocks = NULL
     cdef clstm_team_clock clock
+    cdef int overlap_k = 0
+    cdef clstm_counter* counters = NULL
+    cdef floating* packed_ih = NULL
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
@@ -3605,7 +3746,29 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
         if packed_steps(B // n_chunks) and N > B:
             packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
             failed = packed == NULL
-        if not failed and n_chunks > 1 and _row_handover:
+        # A padded batch the team cannot split: dX, the weight and bias gradients in
+        # chunks beside the time loop
+        if not reverse and N == <Py_ssize_t>T * B:
+            overlap_k = overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                            2.0 * N * G * (I + H + (I if dx != NULL else 0)))
+        if not failed and overlap_k > 0:
+            if dx != NULL and packed_bulk():
+                packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
+                failed = packed_ih == NULL
+            counters = new_counters(4)
+            failed = failed or counters == NULL
+            if not failed:
+                clstm_team_clock_start(&clock)
+                with parallel(num_threads=2):
+                    gru_backward_overlapped(T, B, I, H, overlap_k, batch_sizes, plan.off,
+                                            counters, &clock, x, w_ih, packed_ih, w_hh,
+                                            packed, h0, y, gates, gh, dy, dh0, dx, dw_ih,
+                                            dw_hh, db_ih, db_hh, &units_failed, call)
+                clstm_team_report(clock.late)
+                failed = units_failed != 0
+            free(counters)
+            free(packed_ih)
+        elif not failed and n_chunks > 1 and _row_handover:
             blocks = new_row_blocks(n_chunks)
             failed = blocks == NULL
             if not failed:
@@ -3629,6 +3792,10 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
         clstm_blas_leave()
         plan_free(&plan)
         return -2 if failed else -3
+    if overlap_k > 0:               # the products ran beside the time loop
+        clstm_blas_leave()
+        plan_free(&plan)
+        return 0
     # gates now holds dL/d(x·W_ihᵀ + b_ih) and gh dL/d(h·W_hhᵀ + b_hh) for the N valid
     # rows: the rest is the LSTM's large GEMMs, twice.
     if dx != NULL:      # dX = dgi · W_ih

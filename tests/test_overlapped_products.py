@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 from knobs import kernel_knob
+from reference import reference_gru_backward, reference_gru_forward
 from test_lstm import (assert_results_close, fd_check, loss_of, make_data, make_net, run,
                        run_reference)
 
@@ -173,5 +174,142 @@ def test_ctrl_c_stops_an_overlapped_call_and_leaves_the_model_usable(pass_):
         finally:
             timer.join()
         y, _ = net.forward(small)               # usable again, and still right
+        np.testing.assert_allclose(y, want_small, rtol=1e-5, atol=1e-6)
+        net.backward(np.ones_like(y))
+
+
+# --------------------------------------------------------------------------------------
+# The GRU (its padded batch runs the packed driver, forward direction)
+
+
+def gru_run(net, x, h0, dy, dh_n, threads, chunk_rows=3):
+    """Forward and backward at ``threads`` threads (no work threshold); with 2, checks
+    that both passes overlapped their products."""
+    flags = []
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+            kernel_knob(kernels._set_overlap_chunk_rows, chunk_rows), clstm.threads(threads):
+        net.zero_grad()
+        y, h_n = net.forward(x, h0)
+        flags.append(kernels._last_call_overlapped())
+        dx, dh0 = net.backward(dy, dh_n)
+        flags.append(kernels._last_call_overlapped())
+    assert flags == [threads > 1] * 2
+    return dict(y=np.array(y), h_n=np.array(h_n), dx=np.array(dx), dh0=np.array(dh0),
+                grads={name: np.array(g) for name, g in net.grads.items()})
+
+
+def gru_data(rng, T, B, I, H, L, dtype, with_state):
+    x = rng.normal(size=(T, B, I)).astype(dtype)
+    h0 = rng.normal(size=(L, B, H)).astype(dtype) if with_state else None
+    dy = rng.normal(size=(T, B, H)).astype(dtype)
+    dh_n = rng.normal(size=(L, B, H)).astype(dtype)
+    return x, h0, dy, dh_n
+
+
+def assert_gru_close(got, want, **tol):
+    for key in ("y", "h_n", "dx", "dh0"):
+        np.testing.assert_allclose(got[key], want[key], err_msg=key, **tol)
+    assert got["grads"]
+    for name in got["grads"]:    # (the reference has bias gradients also without bias)
+        np.testing.assert_allclose(got["grads"][name], want["grads"][name], err_msg=name,
+                                   **tol)
+
+
+@pytest.mark.usefixtures("isa_level")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("T, I, H, L, bias, with_state, chunk_rows", [
+    (23, 5, 24, 1, True, False, 3),
+    (9, 3, 17, 2, False, True, 2),
+    (40, 64, 64, 1, True, True, 16),
+])
+def test_gru_overlapped_products_match_one_thread_and_the_reference(
+        dtype, T, I, H, L, bias, with_state, chunk_rows):
+    rng = np.random.default_rng(T * 10 + H)
+    net = clstm.GRU(I, H, L, bias=bias, dtype=dtype, seed=T)
+    x, h0, dy, dh_n = gru_data(rng, T, 1, I, H, L, dtype, with_state)
+    one = gru_run(net, x, h0, dy, dh_n, 1)
+    got = gru_run(net, x, h0, dy, dh_n, 2, chunk_rows)
+    again = gru_run(net, x, h0, dy, dh_n, 2, chunk_rows)
+    assert_gru_close(again, got, rtol=0, atol=0)          # the same bits
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
+    assert_gru_close(got, one, **tol)
+    yr, hr, cache = reference_gru_forward(x.astype(np.float64), net.params, L,
+                                          h0=None if h0 is None else h0.astype(np.float64))
+    dxr, dh0r, gr = reference_gru_backward(dy.astype(np.float64), cache,
+                                           dh_n.astype(np.float64))
+    loose = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
+    assert_gru_close(got, dict(y=yr, h_n=hr, dx=dxr, dh0=dh0r, grads=gr), **loose)
+
+
+@pytest.mark.usefixtures("isa_level")
+def test_gru_overlapped_gradients_match_finite_differences_float64():
+    rng = np.random.default_rng(77)
+    T, I, H = 7, 3, 4
+    net = clstm.GRU(I, H, dtype="float64", seed=4)
+    x, h0, R, Rh = gru_data(rng, T, 1, I, H, 1, "float64", True)
+    got = gru_run(net, x, h0, R, Rh, 2, chunk_rows=2)
+
+    def loss():
+        y, h_n = net.forward(x, h0)
+        return float((y * R).sum() + (h_n * Rh).sum())
+
+    for name in sorted(net.params):
+        fd_check(loss, net.params[name], got["grads"][name], rng, what=name)
+    fd_check(loss, x, got["dx"], rng, what="x")
+    fd_check(loss, h0, got["dh0"], rng, what="h0")
+
+
+@pytest.mark.usefixtures("isa_level")
+def test_gru_late_helper_leaves_its_chunks_to_the_caller_with_the_same_bits():
+    T, I, H = 30, 6, 32
+    rng = np.random.default_rng(13)
+    net = clstm.GRU(I, H, seed=13)
+    x, h0, dy, dh_n = gru_data(rng, T, 1, I, H, 1, "float32", True)
+    on_time = gru_run(net, x, h0, dy, dh_n, 2, chunk_rows=4)
+    before = kernels._overlap_chunks_run_by_caller()
+    with kernel_knob(kernels._set_late_thread_delay, 0.05):
+        late = gru_run(net, x, h0, dy, dh_n, 2, chunk_rows=4)
+    assert kernels._overlap_chunks_run_by_caller() - before == 2 * (-(-T // 4))
+    for key in ("y", "h_n", "dx", "dh0"):
+        np.testing.assert_array_equal(late[key], on_time[key], err_msg=key)
+    for name in on_time["grads"]:
+        np.testing.assert_array_equal(late["grads"][name], on_time["grads"][name],
+                                      err_msg=name)
+
+
+def test_gru_overlaps_only_a_padded_forward_direction():
+    net = clstm.GRU(8, 32, seed=1)
+    bidir = clstm.GRU(8, 32, bidirectional=True, seed=1)
+    x = np.ones((40, 1, 8), np.float32)
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2):
+        net.forward(x)
+        assert kernels._last_call_overlapped()
+        net.forward(x, lengths=[39])       # one row: its lengths leave the batch padded
+        assert kernels._last_call_overlapped()
+        net.forward(np.ones((40, 2, 8), np.float32), lengths=[40, 30])
+        assert not kernels._last_call_overlapped()
+        with kernel_knob(kernels._set_parallel_directions, False):
+            bidir.forward(x)               # the reverse direction is not overlapped
+            assert not kernels._last_call_overlapped()
+
+
+def test_ctrl_c_stops_an_overlapped_gru_call():
+    T, I, H = 100_000, 16, 32
+    net = clstm.GRU(I, H, seed=3)
+    x = np.random.default_rng(3).standard_normal((T, 1, I)).astype(np.float32)
+    small = x[:50]
+    with clstm.threads(2):
+        want_small = np.array(net.forward(small)[0])
+        y, _ = net.forward(x)
+        assert kernels._last_call_overlapped()
+        timer = interrupt_soon(0.02)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                for _ in range(1000):
+                    net.backward(np.ones_like(y))
+                    net.forward(x)
+        finally:
+            timer.join()
+        y, _ = net.forward(small)
         np.testing.assert_allclose(y, want_small, rtol=1e-5, atol=1e-6)
         net.backward(np.ones_like(y))
