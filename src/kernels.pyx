@@ -128,6 +128,9 @@ cdef extern from "runtime.h" nogil:
     void clstm_team_clock_start(clstm_team_clock* clock)
     double clstm_thread_cpu()
     void clstm_team_clock_check(clstm_team_clock* clock, double cpu_at_start)
+    int clstm_overlap_allowed()
+    void clstm_overlap_report(double elapsed, double lost)
+    int clstm_overlap_calls_skipped()
     void clstm_team_report(int late)
     double clstm_team_set_max_lost_share(double share)
     int clstm_team_calls_on_one_thread()
@@ -1280,6 +1283,13 @@ def _overlap_chunks_run_by_caller():
     return clstm_caller_chunks()
 
 
+def _overlap_calls_skipped():
+    """Calls left that would overlap their products but run on one thread, the overlap's
+    recent losses to a late helper being too high (clstm_overlap_report in
+    src/runtime.c); _reset_team_pause() ends it."""
+    return clstm_overlap_calls_skipped()
+
+
 def _last_call_overlapped():
     """Whether the last padded LSTM forward or backward ran its whole-sequence products
     beside the time loop."""
@@ -1303,7 +1313,7 @@ cdef inline int overlap_chunk_steps(int num_threads, int n_chunks, int n_units, 
     k = (_overlap_chunk_rows + B - 1) // B
     if k < (T + _overlap_max_chunks - 1) // _overlap_max_chunks:
         k = (T + _overlap_max_chunks - 1) // _overlap_max_chunks
-    if k >= T:
+    if k >= T or not clstm_overlap_allowed():
         return 0
     _overlapped_last = True
     _threads_used_last = 2
@@ -1319,16 +1329,51 @@ cdef clstm_counter* new_counters(int n) noexcept nogil:
     return <clstm_counter*>buf
 
 
-cdef inline bint wait_for_count(clstm_counter* counter, int at_least,
-                                clstm_call* call) noexcept nogil:
-    """Waits (spinning briefly, then yielding) until the counter reaches at_least; False
-    when the call was stopped meanwhile."""
+cdef inline bint wait_for_count(clstm_counter* counter, int at_least, clstm_call* call,
+                                double* waited) noexcept nogil:
+    """Waits (spinning briefly, then yielding) until the counter reaches at_least, adding
+    the time waited to waited[0] (if not NULL); False when the call was stopped
+    meanwhile."""
     cdef int spins = 0
+    cdef double t0
+    if clstm_counter_get(counter) >= at_least:
+        return True
+    t0 = clstm_monotonic() if waited != NULL else 0
     while clstm_counter_get(counter) < at_least:
         if clstm_call_stopped(call):
-            return False
+            break
         clstm_wait_a_little(&spins)
-    return True
+    if waited != NULL:
+        waited[0] += clstm_monotonic() - t0
+    return clstm_counter_get(counter) >= at_least
+
+
+# The end of an overlapped region. The helper, out of work, waits for thread 0 in a loop
+# that yields its core rather than in the region's implicit barrier, where libgomp spins:
+# on a machine whose other core another process holds, the helper shares thread 0's core
+# and a spinning helper halved thread 0's speed (S1, a busy loop pinned to the other
+# core: 8 ms per forward instead of 0.24). pair[0] is set when the helper leaves,
+# pair[1] when thread 0 is done.
+
+cdef inline void caller_done(clstm_counter* pair, double start, double cpu0, double waited,
+                             clstm_call* call) noexcept nogil:
+    """Thread 0 of an overlapped region, its own work done: lets the helper go, waits for
+    it to leave (timed: the implicit barrier would wait for it anyway), and reports the
+    call's time and what it lost to the helper: the time it waited for it, or (when
+    more) the time it was descheduled itself (clstm_overlap_report)."""
+    cdef double elapsed, descheduled
+    clstm_counter_set(&pair[1], 1)
+    if clstm_omp_num_threads() > 1:
+        wait_for_count(&pair[0], 1, call, &waited)
+    elapsed = clstm_monotonic() - start
+    descheduled = elapsed - (clstm_thread_cpu() - cpu0)
+    clstm_overlap_report(elapsed, waited if waited > descheduled else descheduled)
+
+
+cdef inline void helper_done(clstm_counter* pair, clstm_call* call) noexcept nogil:
+    """The helper, out of work: waits (yielding) for thread 0 to be done, then leaves."""
+    wait_for_count(&pair[1], 1, call, <double*>NULL)
+    clstm_counter_set(&pair[0], 1)
 
 
 cdef inline void projection_rows(Py_ssize_t r0, int rows, int I, int G, const floating* x,
@@ -1346,11 +1391,13 @@ cdef inline void projection_rows(Py_ssize_t r0, int rows, int I, int G, const fl
 cdef inline bint projection_ready(int c, int T, int B, int I, int G, int K,
                                  clstm_counter* counters, const floating* x,
                                  const floating* w_ih, const floating* packed_ih,
-                                 floating* gates, clstm_call* call) noexcept nogil:
+                                 floating* gates, double* waited,
+                                 clstm_call* call) noexcept nogil:
     """Thread 0, before the first step of chunk c (steps c·K : (c+1)·K): makes sure the
     chunk's input projection is in the gates, computing it when nobody has claimed it,
     else waiting for the helper that is computing it. counters[0] counts the chunks
-    claimed, counters[1 + c] is 1 once chunk c is done. False when the call was stopped
+    claimed, counters[1 + c] is 1 once chunk c is done (counters[1 + chunks],
+    counters[2 + chunks]: the pair of caller_done). False when the call was stopped
     while waiting."""
     cdef int t1 = (c + 1) * K if (c + 1) * K < T else T
     cdef clstm_counter* done = counters + 1
@@ -1362,7 +1409,7 @@ cdef inline bint projection_ready(int c, int T, int B, int I, int G, int K,
         clstm_counter_set(&done[c], 1)
         clstm_count_caller_chunks(1)
         return True
-    return wait_for_count(&done[c], 1, call)
+    return wait_for_count(&done[c], 1, call, waited)
 
 
 cdef void project_ahead(int T, int B, int I, int G, int K, clstm_counter* counters,
@@ -1376,16 +1423,17 @@ cdef void project_ahead(int T, int B, int I, int G, int K, clstm_counter* counte
     while True:
         c = clstm_counter_get(counters)
         if c >= chunks or clstm_call_stopped(call):
-            return
+            break
         if clstm_counter_claim(counters, c):
             t1 = (c + 1) * K if (c + 1) * K < T else T
             projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih,
                             packed_ih, gates, call)
             clstm_counter_set(&counters[1 + c], 1)
+    helper_done(&counters[1 + chunks], call)
 
 
 cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* counters,
-                             clstm_team_clock* clock, const floating* x,
+                             const floating* x,
                              const floating* w_ih, const floating* packed_ih,
                              const floating* w_hh, const floating* w_hh_packed,
                              const floating* bias, const floating* peephole,
@@ -1397,14 +1445,15 @@ cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* c
     the gates already holding x_t·W_ihᵀ), each chunk's projection made ready before its
     first step; the helper projects ahead. A row's projection is the same arithmetic
     whoever computes it."""
-    cdef double cpu0 = clstm_thread_cpu()
+    cdef double waited = 0
+    cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
     cdef int chunks = (T + K - 1) // K
     cdef int c, t
     cdef bint running = True
     if clstm_omp_thread_num() == 0:
         for c in range(chunks):
             if not projection_ready(c, T, B, I, 4 * H, K, counters, x, w_ih, packed_ih,
-                                    gates, call):
+                                    gates, &waited, call):
                 break
             for t in range(c * K, (c + 1) * K if (c + 1) * K < T else T):
                 if clstm_call_stopped(call):
@@ -1415,9 +1464,9 @@ cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* c
                              c0, y, gates, cells)
             if not running:
                 break
+        caller_done(&counters[1 + chunks], start, cpu0, waited, call)
     else:
         project_ahead(T, B, I, 4 * H, K, counters, x, w_ih, packed_ih, gates, call)
-    clstm_team_clock_check(clock, cpu0)
 
 
 cdef inline bint all_finite(Py_ssize_t n, const floating* a) noexcept nogil:
@@ -1560,17 +1609,15 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
                                               2.0 * T * B * G * I))
     cdef clstm_counter* counters = NULL
     if overlap_k > 0:
-        counters = new_counters(1 + (T + overlap_k - 1) // overlap_k)
+        counters = new_counters(3 + (T + overlap_k - 1) // overlap_k)
         if counters == NULL:
             failed = 1
         else:
-            clstm_team_clock_start(&clock)
             with parallel(num_threads=2):
-                forward_overlapped(T, B, I, H, overlap_k, counters, &clock, x, w_ih,
+                forward_overlapped(T, B, I, H, overlap_k, counters, x, w_ih,
                                    packed_ih, w_hh, packed, bias, peephole, h0, c0, y,
                                    gates, cells, call)
             free(counters)
-            clstm_team_report(clock.late)
     elif not per_step:
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, T * B, I, G, x, I, packed_ih, gates, G, False,
@@ -1740,15 +1787,23 @@ cdef void backward_units(int T, int B, int H, const floating* w_hh,
     free(packed)
 
 
-cdef inline bint wait_for_turn(clstm_counter* turn, int c, clstm_call* call) noexcept nogil:
+cdef inline bint wait_for_turn(clstm_counter* turn, int c, clstm_call* call,
+                               double* waited) noexcept nogil:
     """Waits until it is chunk c's turn to add into an accumulator (every chunk before it
-    has added); False when the call was stopped meanwhile."""
+    has added), adding the time waited to waited[0] (if not NULL); False when the call was
+    stopped meanwhile."""
     cdef int spins = 0
+    cdef double t0
+    if clstm_counter_get(turn) == c:
+        return True
+    t0 = clstm_monotonic() if waited != NULL else 0
     while clstm_counter_get(turn) != c:
         if clstm_call_stopped(call):
-            return False
+            break
         clstm_wait_a_little(&spins)
-    return True
+    if waited != NULL:
+        waited[0] += clstm_monotonic() - t0
+    return clstm_counter_get(turn) == c
 
 
 cdef int backward_chunk_products(int c, int T, int B, int I, int H, int G, int K,
@@ -1757,7 +1812,7 @@ cdef int backward_chunk_products(int c, int T, int B, int I, int H, int G, int K
                                  const floating* h0, const floating* y,
                                  const floating* da_ih, const floating* da_hh,
                                  floating* dx, floating* dw_ih, floating* dw_hh,
-                                 floating* db_ih, floating* db_hh,
+                                 floating* db_ih, floating* db_hh, double* waited,
                                  clstm_call* call) noexcept nogil:
     """The whole-sequence products of chunk c of a backward (steps T-(c+1)·K : T-c·K,
     whose gradients are final), G gate columns: dX of its rows = da_ih·W_ih, then, at
@@ -1779,13 +1834,13 @@ cdef int backward_chunk_products(int c, int T, int B, int I, int H, int G, int K
         else:
             gemm(False, False, rows, I, G, <floating>1, dgi, G, w_ih, I, <floating>0,
                  dx + r0 * I, I)
-    if not wait_for_turn(&counters[1], c, call):
+    if not wait_for_turn(&counters[1], c, call, waited):
         return 0
     status |= weight_gradient(1, G, rows, I, dgi, x + r0 * I, I, dw_ih, call)
     if db_ih != NULL:
         parallel_column_sums(1, rows, G, dgi, db_ih)
     clstm_counter_set(&counters[1], c + 1)
-    if not wait_for_turn(&counters[2], c, call):
+    if not wait_for_turn(&counters[2], c, call, waited):
         return 0
     # H_prev is y one step back, h0 (none: zeros, nothing to add) for step 0
     if t0 > 0:
@@ -1808,11 +1863,13 @@ cdef int take_backward_chunks(int T, int B, int I, int H, int G, int K,
                               const floating* h0, const floating* y,
                               const floating* da_ih, const floating* da_hh, floating* dx,
                               floating* dw_ih, floating* dw_hh, floating* db_ih,
-                              floating* db_hh, clstm_call* call) noexcept nogil:
+                              floating* db_hh, double* waited,
+                              clstm_call* call) noexcept nogil:
     """Claims and runs chunks of an overlapped backward until none is left
     (backward_chunk_products): the helper from the start, as the walk finishes them,
     thread 0 once its walk is done. counters: [0] the steps the walk has finished, [1]
-    and [2] the two turns, [3] the chunks claimed. A chunk is claimed only once it is
+    and [2] the two turns, [3] the chunks claimed, [4] and [5] the pair of caller_done.
+    waited: thread 0's time waiting for a turn. A chunk is claimed only once it is
     final, so that nobody holds one while waiting for the walk. Returns 0, or -2 when
     out of memory."""
     cdef int chunks = (T + K - 1) // K
@@ -1830,7 +1887,7 @@ cdef int take_backward_chunks(int T, int B, int I, int H, int G, int K,
         if clstm_counter_claim(&counters[3], c):
             status |= backward_chunk_products(c, T, B, I, H, G, K, counters, x, w_ih,
                                               packed_ih, h0, y, da_ih, da_hh, dx, dw_ih,
-                                              dw_hh, db_ih, db_hh, call)
+                                              dw_hh, db_ih, db_hh, waited, call)
             if me == 0:
                 clstm_count_caller_chunks(1)
             spins = 0
@@ -1838,7 +1895,7 @@ cdef int take_backward_chunks(int T, int B, int I, int H, int G, int K,
 
 
 cdef void backward_overlapped(int T, int B, int I, int H, int K, clstm_counter* counters,
-                              clstm_team_clock* clock, const floating* x,
+                              const floating* x,
                               const floating* w_ih, const floating* packed_ih,
                               const floating* w_hh, const floating* w_hh_packed,
                               const floating* peephole, const floating* h0,
@@ -1852,7 +1909,8 @@ cdef void backward_overlapped(int T, int B, int I, int H, int K, clstm_counter* 
     (backward_step over all rows), publishing each one, and never waits for the helper;
     then it takes the chunks left, waiting only for a turn that a chunk the helper is in
     the middle of holds (take_backward_chunks)."""
-    cdef double cpu0 = clstm_thread_cpu()
+    cdef double waited = 0
+    cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
     cdef int me = clstm_omp_thread_num()
     cdef int it
     if me == 0:
@@ -1866,9 +1924,12 @@ cdef void backward_overlapped(int T, int B, int I, int H, int K, clstm_counter* 
         late_thread_pause(me)
     if take_backward_chunks(T, B, I, H, 4 * H, K, counters, x, w_ih, packed_ih, h0, y,
                             gates, gates, dx, dw_ih, dw_hh, dbias, <floating*>NULL,
-                            call) != 0:
+                            &waited if me == 0 else NULL, call) != 0:
         failed[0] = 1
-    clstm_team_clock_check(clock, cpu0)
+    if me == 0:
+        caller_done(&counters[4], start, cpu0, waited, call)
+    else:
+        helper_done(&counters[4], call)
 
 
 cdef void parallel_column_sums(int num_threads, Py_ssize_t rows, int n, const floating* da,
@@ -1964,16 +2025,14 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
             if dx != NULL and packed_bulk():
                 packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
                 failed = packed_ih == NULL
-            counters = new_counters(4)
+            counters = new_counters(6)
             failed = failed or counters == NULL
             if not failed:
-                clstm_team_clock_start(&clock)
                 with parallel(num_threads=2):
-                    backward_overlapped(T, B, I, H, overlap_k, counters, &clock, x, w_ih,
+                    backward_overlapped(T, B, I, H, overlap_k, counters, x, w_ih,
                                         packed_ih, w_hh, packed, peephole, h0, c0, y,
                                         gates, cells, dy, dh0, dc0, dx, dw_ih, dw_hh,
                                         dbias, &failed, call)
-                clstm_team_report(clock.late)
             free(counters)
             free(packed_ih)
             packed_ih = NULL
@@ -3404,7 +3463,7 @@ cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
 
 cdef void gru_forward_overlapped(int T, int B, int I, int H, int K, const int* bs,
                                  const Py_ssize_t* off, clstm_counter* counters,
-                                 clstm_team_clock* clock, const floating* x,
+                                 const floating* x,
                                  const floating* w_ih, const floating* packed_ih,
                                  const floating* w_hh, const floating* w_hh_packed,
                                  const floating* b_ih, const floating* b_hh,
@@ -3415,14 +3474,15 @@ cdef void gru_forward_overlapped(int T, int B, int I, int H, int K, const int* b
     batch size B, so chunk c is rows c·K·B : (c+1)·K·B of the packed layout): thread 0
     walks the steps (gru_forward_iter_packed, the gates holding x_t·W_ihᵀ), the helper
     projects ahead."""
-    cdef double cpu0 = clstm_thread_cpu()
+    cdef double waited = 0
+    cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
     cdef int chunks = (T + K - 1) // K
     cdef int c, it
     cdef bint running = True
     if clstm_omp_thread_num() == 0:
         for c in range(chunks):
             if not projection_ready(c, T, B, I, 3 * H, K, counters, x, w_ih, packed_ih,
-                                    gates, call):
+                                    gates, &waited, call):
                 break
             for it in range(c * K, (c + 1) * K if (c + 1) * K < T else T):
                 if gru_forward_iter_packed(it, T, B, I, H, bs, off, False, 0, B, x,
@@ -3432,14 +3492,14 @@ cdef void gru_forward_overlapped(int T, int B, int I, int H, int K, const int* b
                     break
             if not running:
                 break
+        caller_done(&counters[1 + chunks], start, cpu0, waited, call)
     else:
         project_ahead(T, B, I, 3 * H, K, counters, x, w_ih, packed_ih, gates, call)
-    clstm_team_clock_check(clock, cpu0)
 
 
 cdef void gru_backward_overlapped(int T, int B, int I, int H, int K, const int* bs,
                                   const Py_ssize_t* off, clstm_counter* counters,
-                                  clstm_team_clock* clock, const floating* x,
+                                  const floating* x,
                                   const floating* w_ih, const floating* packed_ih,
                                   const floating* w_hh, const floating* w_hh_packed,
                                   const floating* h0, const floating* y, floating* gates,
@@ -3451,7 +3511,8 @@ cdef void gru_backward_overlapped(int T, int B, int I, int H, int K, const int* 
     walks the steps back (gru_backward_iter_packed, turning gates and gh into dgi and
     dgh), then both take chunks: dX = dgi·W_ih, dW_ih += dgiᵀX with db_ih, dW_hh +=
     dghᵀH_prev with db_hh."""
-    cdef double cpu0 = clstm_thread_cpu()
+    cdef double waited = 0
+    cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
     cdef int me = clstm_omp_thread_num()
     cdef int it
     if me == 0:
@@ -3463,9 +3524,13 @@ cdef void gru_backward_overlapped(int T, int B, int I, int H, int K, const int* 
     else:
         late_thread_pause(me)
     if take_backward_chunks(T, B, I, H, 3 * H, K, counters, x, w_ih, packed_ih, h0, y,
-                            gates, gh, dx, dw_ih, dw_hh, db_ih, db_hh, call) != 0:
+                            gates, gh, dx, dw_ih, dw_hh, db_ih, db_hh,
+                            &waited if me == 0 else NULL, call) != 0:
         failed[0] = 1
-    clstm_team_clock_check(clock, cpu0)
+    if me == 0:
+        caller_done(&counters[4], start, cpu0, waited, call)
+    else:
+        helper_done(&counters[4], call)
 
 
 cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
@@ -3550,15 +3615,13 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         if packed_bulk():
             packed_ih = pack_weights(I, G, w_ih, I, True)              # P = W_ihᵀ
             failed = failed or packed_ih == NULL
-        counters = new_counters(1 + (T + overlap_k - 1) // overlap_k)
+        counters = new_counters(3 + (T + overlap_k - 1) // overlap_k)
         failed = failed or counters == NULL
         if not failed:
-            clstm_team_clock_start(&clock)
             with parallel(num_threads=2):
                 gru_forward_overlapped(T, B, I, H, overlap_k, batch_sizes, plan.off,
-                                       counters, &clock, x, w_ih, packed_ih, w_hh, packed,
+                                       counters, x, w_ih, packed_ih, w_hh, packed,
                                        b_ih, b_hh, h0, y, gates, gh, h_n, call)
-            clstm_team_report(clock.late)
         free(counters)
     elif packed_products_setup(num_threads, n_chunks, N, B, I, H, G, x, w_ih, w_hh, gates,
                                &packed, &packed_ih, call) != 0:
@@ -3755,16 +3818,14 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
             if dx != NULL and packed_bulk():
                 packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
                 failed = packed_ih == NULL
-            counters = new_counters(4)
+            counters = new_counters(6)
             failed = failed or counters == NULL
             if not failed:
-                clstm_team_clock_start(&clock)
                 with parallel(num_threads=2):
                     gru_backward_overlapped(T, B, I, H, overlap_k, batch_sizes, plan.off,
-                                            counters, &clock, x, w_ih, packed_ih, w_hh,
+                                            counters, x, w_ih, packed_ih, w_hh,
                                             packed, h0, y, gates, gh, dy, dh0, dx, dw_ih,
                                             dw_hh, db_ih, db_hh, &units_failed, call)
-                clstm_team_report(clock.late)
                 failed = units_failed != 0
             free(counters)
             free(packed_ih)

@@ -145,6 +145,42 @@ void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start)
         clock->late = 1;
 }
 
+/* The overlapped products under load (see runtime.h). */
+static int overlap_skip_left = 0;        /* calls left that skip the overlap */
+static int overlap_skip_len = 0;         /* the last such pause (0: none since on time) */
+#define OVERLAP_FIRST_SKIP 32
+#define OVERLAP_LONGEST_SKIP 1024
+#define OVERLAP_MIN_LOST_S 0.0001
+
+int clstm_overlap_allowed(void)
+{
+    if (__atomic_load_n(&overlap_skip_left, __ATOMIC_RELAXED) > 0) {
+        __atomic_fetch_sub(&overlap_skip_left, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return 1;
+}
+
+void clstm_overlap_report(double elapsed, double lost)
+{
+    /* Updated without a lock by concurrent calls: a lost update only changes a pause. */
+    int len;
+    if (max_lost_share >= 0 && !(lost > max_lost_share * elapsed && lost > OVERLAP_MIN_LOST_S)) {
+        __atomic_store_n(&overlap_skip_len, 0, __ATOMIC_RELAXED);
+        return;
+    }
+    len = __atomic_load_n(&overlap_skip_len, __ATOMIC_RELAXED);
+    len = len == 0 ? OVERLAP_FIRST_SKIP
+          : len * 2 > OVERLAP_LONGEST_SKIP ? OVERLAP_LONGEST_SKIP : len * 2;
+    __atomic_store_n(&overlap_skip_len, len, __ATOMIC_RELAXED);
+    __atomic_store_n(&overlap_skip_left, len, __ATOMIC_RELAXED);
+}
+
+int clstm_overlap_calls_skipped(void)
+{
+    return __atomic_load_n(&overlap_skip_left, __ATOMIC_RELAXED);
+}
+
 void clstm_team_report(int late)
 {
     int pause;
@@ -193,6 +229,8 @@ void clstm_team_pause_set(int calls_left, int pause)
 
 void clstm_team_reset(void)
 {
+    __atomic_store_n(&overlap_skip_left, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&overlap_skip_len, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&busy_calls_left, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&busy_pause, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&busy_strikes, 0, __ATOMIC_RELAXED);

@@ -41,6 +41,21 @@ void clstm_team_clock_start(clstm_team_clock *clock);
 double clstm_thread_cpu(void);
 /* ... each member at the end of its work in the region. */
 void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start);
+/* The overlapped products (src/kernels.pyx): thread 0 walks the time steps, a helper
+ * computes the whole-sequence products beside it. A call of a batch of one is short
+ * (S1: 0.1-0.2 ms), and a helper that another process keeps off the CPU stalls it for a
+ * time slice (milliseconds): rare on time, yet each costs 10-50 calls' worth. So each
+ * overlapped call reports its time and what thread 0 lost to the helper (waiting for
+ * it, or descheduled itself); a call that lost more than the allowed share of its time
+ * (as the team clock's, clstm_team_set_max_lost_share) and more than 100 µs makes the
+ * next 32 calls that would overlap run on one thread; when the call after them (the
+ * retry) is late too, 64, and so on up to 1024 (beside a busy loop on one of 2 cores a
+ * retry is nearly always late: the helper, asleep by then, must be woken on a busy
+ * machine, 5-10 ms); a call on time ends it. */
+int clstm_overlap_allowed(void);
+void clstm_overlap_report(double elapsed, double lost);
+/* Calls left that skip the overlap (tests), and the running averages' reset. */
+int clstm_overlap_calls_skipped(void);
 /* After the region, thread 0: whether the team was late, which sets or ends the pause:
  * 0 on time; 1 a late row split (the first pause starts at the second in a row); 2 sure
  * evidence, the units split leaving for one thread (the pause starts at once). */
