@@ -158,6 +158,10 @@ cdef extern from "runtime.h" nogil:
     void clstm_counter_set(clstm_counter* c, int value)
     int clstm_counter_claim(clstm_counter* c, int expected)
     void clstm_count_caller_chunks(int chunks)
+    void clstm_beside_begin(clstm_counter* mine, clstm_counter* other)
+    void clstm_beside_here()
+    void clstm_beside_end()
+    void clstm_wait_beside(int* spins)
     long clstm_caller_chunks()
     int clstm_all_finite_f32(Py_ssize_t n, const float* a)
     int clstm_all_finite_f64(Py_ssize_t n, const double* a)
@@ -1331,7 +1335,7 @@ cdef clstm_counter* new_counters(int n) noexcept nogil:
 
 cdef inline bint wait_for_count(clstm_counter* counter, int at_least, clstm_call* call,
                                 double* waited) noexcept nogil:
-    """Waits (spinning briefly, then yielding) until the counter reaches at_least, adding
+    """Waits (clstm_wait_beside) until the counter reaches at_least, adding
     the time waited to waited[0] (if not NULL); False when the call was stopped
     meanwhile."""
     cdef int spins = 0
@@ -1342,7 +1346,7 @@ cdef inline bint wait_for_count(clstm_counter* counter, int at_least, clstm_call
     while clstm_counter_get(counter) < at_least:
         if clstm_call_stopped(call):
             break
-        clstm_wait_a_little(&spins)
+        clstm_wait_beside(&spins)
     if waited != NULL:
         waited[0] += clstm_monotonic() - t0
     return clstm_counter_get(counter) >= at_least
@@ -1353,7 +1357,8 @@ cdef inline bint wait_for_count(clstm_counter* counter, int at_least, clstm_call
 # on a machine whose other core another process holds, the helper shares thread 0's core
 # and a spinning helper halved thread 0's speed (S1, a busy loop pinned to the other
 # core: 8 ms per forward instead of 0.24). pair[0] is set when the helper leaves,
-# pair[1] when thread 0 is done.
+# pair[1] when thread 0 is done; pair[2] and pair[3] are the cores thread 0 and the
+# helper run on (clstm_beside_begin: the waits spin or yield by them).
 
 cdef inline void caller_done(clstm_counter* pair, double start, double cpu0, double waited,
                              clstm_call* call) noexcept nogil:
@@ -1365,6 +1370,7 @@ cdef inline void caller_done(clstm_counter* pair, double start, double cpu0, dou
     clstm_counter_set(&pair[1], 1)
     if clstm_omp_num_threads() > 1:
         wait_for_count(&pair[0], 1, call, &waited)
+    clstm_beside_end()
     elapsed = clstm_monotonic() - start
     descheduled = elapsed - (clstm_thread_cpu() - cpu0)
     clstm_overlap_report(elapsed, waited if waited > descheduled else descheduled)
@@ -1373,6 +1379,7 @@ cdef inline void caller_done(clstm_counter* pair, double start, double cpu0, dou
 cdef inline void helper_done(clstm_counter* pair, clstm_call* call) noexcept nogil:
     """The helper, out of work: waits (yielding) for thread 0 to be done, then leaves."""
     wait_for_count(&pair[1], 1, call, <double*>NULL)
+    clstm_beside_end()
     clstm_counter_set(&pair[0], 1)
 
 
@@ -1396,11 +1403,12 @@ cdef inline bint projection_ready(int c, int T, int B, int I, int G, int K,
     """Thread 0, before the first step of chunk c (steps c·K : (c+1)·K): makes sure the
     chunk's input projection is in the gates, computing it when nobody has claimed it,
     else waiting for the helper that is computing it. counters[0] counts the chunks
-    claimed, counters[1 + c] is 1 once chunk c is done (counters[1 + chunks],
-    counters[2 + chunks]: the pair of caller_done). False when the call was stopped
+    claimed, counters[1 + c] is 1 once chunk c is done (counters[1 + chunks] on:
+    the pair of caller_done). False when the call was stopped
     while waiting."""
     cdef int t1 = (c + 1) * K if (c + 1) * K < T else T
     cdef clstm_counter* done = counters + 1
+    clstm_beside_here()
     if clstm_counter_get(&done[c]) != 0:
         return True
     if clstm_counter_claim(counters, c):
@@ -1450,7 +1458,10 @@ cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* c
     cdef int chunks = (T + K - 1) // K
     cdef int c, t
     cdef bint running = True
-    if clstm_omp_thread_num() == 0:
+    cdef clstm_counter* pair = counters + 1 + chunks
+    cdef int me = clstm_omp_thread_num()
+    clstm_beside_begin(&pair[2 + me], &pair[3 - me])
+    if me == 0:
         for c in range(chunks):
             if not projection_ready(c, T, B, I, 4 * H, K, counters, x, w_ih, packed_ih,
                                     gates, &waited, call):
@@ -1609,7 +1620,7 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
                                               2.0 * T * B * G * I))
     cdef clstm_counter* counters = NULL
     if overlap_k > 0:
-        counters = new_counters(3 + (T + overlap_k - 1) // overlap_k)
+        counters = new_counters(5 + (T + overlap_k - 1) // overlap_k)
         if counters == NULL:
             failed = 1
         else:
@@ -1800,7 +1811,7 @@ cdef inline bint wait_for_turn(clstm_counter* turn, int c, clstm_call* call,
     while clstm_counter_get(turn) != c:
         if clstm_call_stopped(call):
             break
-        clstm_wait_a_little(&spins)
+        clstm_wait_beside(&spins)
     if waited != NULL:
         waited[0] += clstm_monotonic() - t0
     return clstm_counter_get(turn) == c
@@ -1868,7 +1879,7 @@ cdef int take_backward_chunks(int T, int B, int I, int H, int G, int K,
     """Claims and runs chunks of an overlapped backward until none is left
     (backward_chunk_products): the helper from the start, as the walk finishes them,
     thread 0 once its walk is done. counters: [0] the steps the walk has finished, [1]
-    and [2] the two turns, [3] the chunks claimed, [4] and [5] the pair of caller_done.
+    and [2] the two turns, [3] the chunks claimed, [4] to [7] the pair of caller_done.
     waited: thread 0's time waiting for a turn. A chunk is claimed only once it is
     final, so that nobody holds one while waiting for the walk. Returns 0, or -2 when
     out of memory."""
@@ -1882,7 +1893,7 @@ cdef int take_backward_chunks(int T, int B, int I, int H, int G, int K,
             break
         need = (c + 1) * K if (c + 1) * K < T else T
         if clstm_counter_get(&counters[0]) < need:      # (only the helper waits here)
-            clstm_wait_a_little(&spins)
+            clstm_wait_beside(&spins)
             continue
         if clstm_counter_claim(&counters[3], c):
             status |= backward_chunk_products(c, T, B, I, H, G, K, counters, x, w_ih,
@@ -1913,6 +1924,7 @@ cdef void backward_overlapped(int T, int B, int I, int H, int K, clstm_counter* 
     cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
     cdef int me = clstm_omp_thread_num()
     cdef int it
+    clstm_beside_begin(&counters[6 + me], &counters[7 - me])
     if me == 0:
         for it in range(T):
             if clstm_call_stopped(call):
@@ -1920,6 +1932,7 @@ cdef void backward_overlapped(int T, int B, int I, int H, int K, clstm_counter* 
             backward_step(T - 1 - it, B, H, 0, B, w_hh, w_hh_packed, peephole, c0, gates,
                           cells, dy, dh0, dc)
             clstm_counter_set(counters, it + 1)
+            clstm_beside_here()
     else:
         late_thread_pause(me)
     if take_backward_chunks(T, B, I, H, 4 * H, K, counters, x, w_ih, packed_ih, h0, y,
@@ -2025,7 +2038,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
             if dx != NULL and packed_bulk():
                 packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
                 failed = packed_ih == NULL
-            counters = new_counters(6)
+            counters = new_counters(8)
             failed = failed or counters == NULL
             if not failed:
                 with parallel(num_threads=2):
@@ -3479,7 +3492,10 @@ cdef void gru_forward_overlapped(int T, int B, int I, int H, int K, const int* b
     cdef int chunks = (T + K - 1) // K
     cdef int c, it
     cdef bint running = True
-    if clstm_omp_thread_num() == 0:
+    cdef clstm_counter* pair = counters + 1 + chunks
+    cdef int me = clstm_omp_thread_num()
+    clstm_beside_begin(&pair[2 + me], &pair[3 - me])
+    if me == 0:
         for c in range(chunks):
             if not projection_ready(c, T, B, I, 3 * H, K, counters, x, w_ih, packed_ih,
                                     gates, &waited, call):
@@ -3515,12 +3531,14 @@ cdef void gru_backward_overlapped(int T, int B, int I, int H, int K, const int* 
     cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
     cdef int me = clstm_omp_thread_num()
     cdef int it
+    clstm_beside_begin(&counters[6 + me], &counters[7 - me])
     if me == 0:
         for it in range(T):
             if gru_backward_iter_packed(it, T, B, H, bs, off, False, 0, B, w_hh, w_hh_packed,
                                         h0, y, gates, gh, dy, dh0, call) < 0:
                 break
             clstm_counter_set(counters, it + 1)
+            clstm_beside_here()
     else:
         late_thread_pause(me)
     if take_backward_chunks(T, B, I, H, 3 * H, K, counters, x, w_ih, packed_ih, h0, y,
@@ -3615,7 +3633,7 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         if packed_bulk():
             packed_ih = pack_weights(I, G, w_ih, I, True)              # P = W_ihᵀ
             failed = failed or packed_ih == NULL
-        counters = new_counters(3 + (T + overlap_k - 1) // overlap_k)
+        counters = new_counters(5 + (T + overlap_k - 1) // overlap_k)
         failed = failed or counters == NULL
         if not failed:
             with parallel(num_threads=2):
@@ -3818,7 +3836,7 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
             if dx != NULL and packed_bulk():
                 packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
                 failed = packed_ih == NULL
-            counters = new_counters(6)
+            counters = new_counters(8)
             failed = failed or counters == NULL
             if not failed:
                 with parallel(num_threads=2):

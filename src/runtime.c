@@ -1,4 +1,7 @@
 /* Process-wide state of the kernels that is not arithmetic (declared in runtime.h). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE      /* sched_getcpu */
+#endif
 #include "runtime.h"
 
 #include <errno.h>
@@ -394,6 +397,52 @@ int clstm_counter_claim(clstm_counter *c, int expected)
 {
     return __atomic_compare_exchange_n(&c->value, &expected, expected + 1, 0,
                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* The calling thread's core and the other thread's, as published (core + 1; 0 unknown). */
+static __thread clstm_counter *beside_mine = NULL;
+static __thread clstm_counter *beside_other = NULL;
+
+static int current_cpu(void)
+{
+#ifdef __linux__
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
+
+void clstm_beside_begin(clstm_counter *mine, clstm_counter *other)
+{
+    beside_mine = mine;
+    beside_other = other;
+    clstm_beside_here();
+}
+
+void clstm_beside_here(void)
+{
+    if (beside_mine != NULL)
+        __atomic_store_n(&beside_mine->value, current_cpu() + 1, __ATOMIC_RELAXED);
+}
+
+void clstm_beside_end(void)
+{
+    beside_mine = beside_other = NULL;
+}
+
+void clstm_wait_beside(int *spins)
+{
+    int here = current_cpu();
+    int other = beside_other != NULL
+                ? __atomic_load_n(&beside_other->value, __ATOMIC_RELAXED) - 1 : -1;
+    if (beside_mine != NULL)
+        __atomic_store_n(&beside_mine->value, here + 1, __ATOMIC_RELAXED);
+    if (here < 0 || other < 0)
+        clstm_wait_a_little(spins);
+    else if (here == other)
+        sched_yield();
+    else
+        CPU_RELAX();
 }
 
 static long caller_chunks = 0;

@@ -147,6 +147,17 @@ int clstm_counter_get(clstm_counter *c);
 void clstm_counter_set(clstm_counter *c, int value);
 /* expected -> expected + 1 if it still holds expected: 1 when this thread claimed it. */
 int clstm_counter_claim(clstm_counter *c, int expected);
+/* Waiting beside the other thread of an overlapped region. Each of the two publishes the
+ * core it runs on (clstm_beside_begin, then clstm_beside_here now and then). A wait on
+ * the other thread spins while the two run on different cores, and yields at once when
+ * they share one: yielding on a core shared with another process gives that process a
+ * time slice (milliseconds) before the waiter runs again (measured: every 2-thread S1
+ * call took 8 ms beside a busy process on the other core), while spinning on the other
+ * thread's own core keeps it from running. Unknown cores: clstm_wait_a_little. */
+void clstm_beside_begin(clstm_counter *mine, clstm_counter *other);
+void clstm_beside_here(void);
+void clstm_beside_end(void);
+void clstm_wait_beside(int *spins);
 /* The chunks the caller's thread (thread 0) ran itself (all calls): tests see that a
  * late helper's chunks were done without it. */
 void clstm_count_caller_chunks(int chunks);
