@@ -733,7 +733,7 @@ cdef void parallel_packed_gemm(int num_threads, int m, int k, int n, const float
 
 cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating* da,
                          const floating* x, int ldx, floating* dw,
-                         clstm_call* call) noexcept nogil:
+                         clstm_call* call, int use_packed=-1) noexcept nogil:
     """dW (g×n) += daᵀ·X over ``rows`` rows: da (rows×g), X (rows×n, leading dimension
     ldx). X is packed and the transposed-A kernel reads da's columns from a small
     stack copy, where BLAS would pack the transposed da in a strided pass of its own.
@@ -741,13 +741,14 @@ cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating
     of a few GFLOP of rows (X packed block by block: 4 GFLOP in float32, 2 in float64,
     well under 100 ms on one AVX2 core), so that a long sequence notices a stop between
     them; dW passes through the cache once per block, against GFLOPs of arithmetic (all
-    of S1-S5 run in one or two blocks). Returns -2 when out of memory."""
+    of S1-S5 run in one or two blocks). use_packed: 1 the packed kernel, 0 BLAS, -1 by the
+    level's rule for whole-sequence products. Returns -2 when out of memory."""
     cdef int chunk, lo, hi, parts, r0, rb
     cdef floating* packed
     cdef double by_work
     cdef int block = <int>((4e9 if floating is float else 2e9) / (2.0 * g * n))
     block = (block // 256 + 1) * 256
-    if not packed_bulk():
+    if use_packed == 0 or (use_packed < 0 and not packed_bulk()):
         parallel_gemm(num_threads, True, False, g, n, rows, <floating>1, da, g, x, ldx,
                       <floating>1, dw, n)
         return 0
@@ -1324,6 +1325,14 @@ cdef inline int overlap_chunk_steps(int num_threads, int n_chunks, int n_units, 
     return k
 
 
+cdef inline bint chunk_products_packed(int rows) noexcept nogil:
+    """Whether a chunk's products (its rows few, as a step's) run on the packed kernels:
+    the ISA level's rule for per-step products, not the whole-sequence one. Measured at
+    AVX2 (S1 training, 2 threads, chunks of 16 rows, packed / BLAS time): LSTM 0.92,
+    GRU 0.92-0.95."""
+    return packed_steps(rows)
+
+
 cdef clstm_counter* new_counters(int n) noexcept nogil:
     """n counters at 0, a cache line each (NULL when out of memory)."""
     cdef void* buf = NULL
@@ -1588,8 +1597,14 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     # Per-step projection: with _fused_step_products, [W_ihᵀ; W_hhᵀ] packed as one
     # matrix and one product per step (clstm_packed_gemm2), else W_ih and W_hh apart.
     cdef bint fused = step_projection and _fused_step_products
-    cdef bint ih_packed = (step_projection and not fused) or (packed_bulk() and T > 1
-                                                              and not step_projection)
+    # A batch the team cannot split: the projection in chunks beside the time loop
+    cdef int overlap_k = (0 if step_projection else
+                          overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                              2.0 * T * B * G * I))
+    cdef bint ih_packed = ((step_projection and not fused)
+                           or (overlap_k == 0 and packed_bulk() and T > 1
+                               and not step_projection)
+                           or (overlap_k > 0 and chunk_products_packed(overlap_k * B)))
     cdef floating* packed_cat = NULL
     if fused:
         packed_cat = pack_weights_cat(I, H, G, w_ih, I, w_hh, H, True, num_threads)
@@ -1614,10 +1629,6 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     # fewer rows each step would be a matrix-vector product, streaming W_ih at 2 flops
     # per value: then all T steps at once, (T·B × I)·(I × 4H).
     cdef bint per_step = step_projection
-    # A batch the team cannot split: the projection in chunks beside the time loop
-    cdef int overlap_k = (0 if per_step else
-                          overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
-                                              2.0 * T * B * G * I))
     cdef clstm_counter* counters = NULL
     if overlap_k > 0:
         counters = new_counters(5 + (T + overlap_k - 1) // overlap_k)
@@ -1847,7 +1858,8 @@ cdef int backward_chunk_products(int c, int T, int B, int I, int H, int G, int K
                  dx + r0 * I, I)
     if not wait_for_turn(&counters[1], c, call, waited):
         return 0
-    status |= weight_gradient(1, G, rows, I, dgi, x + r0 * I, I, dw_ih, call)
+    status |= weight_gradient(1, G, rows, I, dgi, x + r0 * I, I, dw_ih, call,
+                              chunk_products_packed(rows))
     if db_ih != NULL:
         parallel_column_sums(1, rows, G, dgi, db_ih)
     clstm_counter_set(&counters[1], c + 1)
@@ -1855,13 +1867,15 @@ cdef int backward_chunk_products(int c, int T, int B, int I, int H, int G, int K
         return 0
     # H_prev is y one step back, h0 (none: zeros, nothing to add) for step 0
     if t0 > 0:
-        status |= weight_gradient(1, G, rows, H, dgh, y + (r0 - B) * H, H, dw_hh, call)
+        status |= weight_gradient(1, G, rows, H, dgh, y + (r0 - B) * H, H, dw_hh, call,
+                                  chunk_products_packed(rows))
     else:
         if rows > B:
             status |= weight_gradient(1, G, rows - B, H, dgh + <Py_ssize_t>B * G, y, H,
-                                      dw_hh, call)
+                                      dw_hh, call, chunk_products_packed(rows))
         if h0 != NULL:
-            status |= weight_gradient(1, G, B, H, dgh, h0, H, dw_hh, call)
+            status |= weight_gradient(1, G, B, H, dgh, h0, H, dw_hh, call,
+                                      chunk_products_packed(rows))
     if db_hh != NULL:
         parallel_column_sums(1, rows, G, dgh, db_hh)
     clstm_counter_set(&counters[2], c + 1)
@@ -2035,7 +2049,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         overlap_k = overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
                                         2.0 * T * B * G * (I + H + (I if dx != NULL else 0)))
         if not failed and overlap_k > 0:
-            if dx != NULL and packed_bulk():
+            if dx != NULL and chunk_products_packed(overlap_k * B):
                 packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
                 failed = packed_ih == NULL
             counters = new_counters(8)
@@ -3630,7 +3644,7 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         if packed_steps(B) and N > B:
             packed = pack_weights(H, G, w_hh, H, True)                 # P = W_hhᵀ
             failed = packed == NULL
-        if packed_bulk():
+        if chunk_products_packed(overlap_k * B):
             packed_ih = pack_weights(I, G, w_ih, I, True)              # P = W_ihᵀ
             failed = failed or packed_ih == NULL
         counters = new_counters(5 + (T + overlap_k - 1) // overlap_k)
@@ -3833,7 +3847,7 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
             overlap_k = overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
                                             2.0 * N * G * (I + H + (I if dx != NULL else 0)))
         if not failed and overlap_k > 0:
-            if dx != NULL and packed_bulk():
+            if dx != NULL and chunk_products_packed(overlap_k * B):
                 packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
                 failed = packed_ih == NULL
             counters = new_counters(8)
