@@ -151,8 +151,8 @@ void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start)
 /* The overlapped products under load (see runtime.h). */
 static int overlap_skip_left = 0;        /* calls left that skip the overlap */
 static int overlap_skip_len = 0;         /* the last such pause (0: none since on time) */
-#define OVERLAP_FIRST_SKIP 32
-#define OVERLAP_LONGEST_SKIP 1024
+#define OVERLAP_FIRST_SKIP 64
+#define OVERLAP_LONGEST_SKIP 4096
 #define OVERLAP_MIN_LOST_S 0.0001
 
 int clstm_overlap_allowed(void)

@@ -48,10 +48,10 @@ void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start);
  * overlapped call reports its time and what thread 0 lost to the helper (waiting for
  * it, or descheduled itself); a call that lost more than the allowed share of its time
  * (as the team clock's, clstm_team_set_max_lost_share) and more than 100 µs makes the
- * next 32 calls that would overlap run on one thread; when the call after them (the
- * retry) is late too, 64, and so on up to 1024 (beside a busy loop on one of 2 cores a
+ * next 64 calls that would overlap run on one thread; when the call after them (the
+ * retry) is late too, 128, and so on up to 4096 (beside a busy loop on one of 2 cores a
  * retry is nearly always late: the helper, asleep by then, must be woken on a busy
- * machine, 5-10 ms); a call on time ends it. */
+ * machine, 5-10 ms, which 4096 calls of 0.1-0.3 ms make 1-2%); a call on time ends it. */
 int clstm_overlap_allowed(void);
 void clstm_overlap_report(double elapsed, double lost);
 /* Calls left that skip the overlap (tests), and the running averages' reset. */

@@ -137,7 +137,7 @@ def test_the_products_overlap_only_when_the_rows_leave_a_thread_idle():
 
 def test_a_late_overlapped_call_puts_the_next_ones_on_one_thread_doubling_while_late():
     """A helper that another process keeps off the CPU stalls a short call for a time
-    slice: a late overlapped call makes the next 32 that would overlap run on one thread,
+    slice: a late overlapped call makes the next 64 that would overlap run on one thread,
     a late retry doubles that, a retry on time ends it (src/runtime.c)."""
     net = make_net(8, 32, 1, dtype="float32")
     x = np.ones((40, 1, 8), np.float32)
@@ -151,18 +151,18 @@ def test_a_late_overlapped_call_puts_the_next_ones_on_one_thread_doubling_while_
         with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2):
             with kernel_knob(kernels._set_max_lost_share, -1.0):    # every call is late
                 assert forward_overlapped()
-                assert kernels._overlap_calls_skipped() == 32
-                assert not any(forward_overlapped() for _ in range(32))
-                assert forward_overlapped()                          # the retry, late
                 assert kernels._overlap_calls_skipped() == 64
+                assert not any(forward_overlapped() for _ in range(64))
+                assert forward_overlapped()                          # the retry, late
+                assert kernels._overlap_calls_skipped() == 128
             # (the autouse fixture's share: no call is late)
-            assert not any(forward_overlapped() for _ in range(64))
+            assert not any(forward_overlapped() for _ in range(128))
             assert forward_overlapped()                              # on time: it ends
             assert kernels._overlap_calls_skipped() == 0
             assert forward_overlapped()
             with kernel_knob(kernels._set_max_lost_share, -1.0):
                 assert forward_overlapped()
-                assert kernels._overlap_calls_skipped() == 32        # from the start
+                assert kernels._overlap_calls_skipped() == 64        # from the start
             kernels._reset_team_pause()
             assert kernels._overlap_calls_skipped() == 0
             assert forward_overlapped()
