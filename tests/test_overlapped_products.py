@@ -21,11 +21,12 @@ from clstm import kernels
 pytestmark = pytest.mark.skipif(not kernels.openmp_enabled(), reason="built without OpenMP")
 
 
-def run_overlapped(net, x, state, dy, dstate, chunk_rows=3):
-    """`run` at 2 threads with chunks of `chunk_rows` rows and no work threshold, checking
-    that the forward and the backward both overlapped their products."""
+def run_overlapped(net, x, state, dy, dstate, chunk_rows=3, min_flops=0):
+    """`run` at 2 threads with chunks of `chunk_rows` rows and a work threshold of
+    `min_flops` per thread, checking that the forward and the backward both overlapped
+    their products."""
     flags = []
-    with kernel_knob(kernels._set_min_flops_per_thread, 0), \
+    with kernel_knob(kernels._set_min_flops_per_thread, min_flops), \
             kernel_knob(kernels._set_overlap_chunk_rows, chunk_rows), clstm.threads(2):
         net.zero_grad()
         y, (h_n, c_n) = net.forward(x, state)
@@ -71,6 +72,40 @@ def test_overlapped_products_match_one_thread_and_the_reference(
     loose = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=2e-5)
     assert_results_close(got, run_reference(net, num_layers, peephole, x, state, R, Rstate),
                          **loose)
+
+
+@pytest.mark.usefixtures("isa_level")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_several_rows_too_little_recurrent_work_to_split_overlap_too(dtype):
+    """A batch of 3 rows whose recurrence is too small for a second thread (the row
+    split's threshold) but whose whole-sequence products are not: chunks of several rows
+    per step."""
+    T, B, I, H = 20, 3, 64, 4
+    rng = np.random.default_rng(31)
+    net = make_net(I, H, 1, dtype=dtype, peephole=True, seed=31)
+    x, state, R, Rstate = make_data(rng, T, B, I, H, 1, dtype=np.dtype(dtype))
+    with clstm.threads(1):
+        one = run(net, x, state, R, Rstate)
+    # recurrent work 8·T·B·H² = 7.7 kFLOP, the helper's 2·T·B·4H·(2I + H) = 253 kFLOP
+    got = run_overlapped(net, x, state, R, Rstate, chunk_rows=4, min_flops=1e5)
+    again = run_overlapped(net, x, state, R, Rstate, chunk_rows=4, min_flops=1e5)
+    assert_identical(again, got)
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
+    assert_results_close(got, one, **tol)
+    gnet = clstm.GRU(I, H, dtype=dtype, seed=31)
+    gx, h0, dy, dh_n = gru_data(rng, T, B, I, H, 1, dtype, True)
+    gone = gru_run(gnet, gx, h0, dy, dh_n, 1)
+    # (the GRU's forward projection: 2·T·B·3H·I = 92 kFLOP)
+    with kernel_knob(kernels._set_min_flops_per_thread, 5e4), \
+            kernel_knob(kernels._set_overlap_chunk_rows, 4), clstm.threads(2):
+        gnet.zero_grad()
+        y, h_n = gnet.forward(gx, h0)
+        assert kernels._last_call_overlapped()
+        dx, dh0 = gnet.backward(dy, dh_n)
+        assert kernels._last_call_overlapped()
+    ggot = dict(y=np.array(y), h_n=np.array(h_n), dx=np.array(dx), dh0=np.array(dh0),
+                grads={name: np.array(g) for name, g in gnet.grads.items()})
+    assert_gru_close(ggot, gone, **tol)
 
 
 @pytest.mark.usefixtures("isa_level")
