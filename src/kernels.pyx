@@ -1306,12 +1306,19 @@ cdef inline int overlap_chunk_steps(int num_threads, int n_chunks, int n_units, 
     """Steps per chunk of the products overlapped with the time loop, or 0 when the call
     does not overlap them: a team of 2 or more whose rows form one block and whose units
     are not split, at least 2 chunks, and enough work for the helper (the threshold of
-    any thread, _min_flops_per_thread)."""
+    any thread, _min_flops_per_thread); not when idle threads sleep
+    (OMP_WAIT_POLICY=PASSIVE), nor while a late call's pause runs
+    (clstm_overlap_allowed)."""
     global _threads_used_last, _overlapped_last
     cdef int k
     _overlapped_last = False
     if (not _overlap_products or num_threads < 2 or n_chunks > 1 or n_units > 1
             or not clstm_have_openmp()):
+        return 0
+    if clstm_omp_passive_wait():
+        # The helper sleeps between calls and must be woken for each, and thread 0
+        # waits for it at the region's end: measured with OMP_WAIT_POLICY=PASSIVE, S1
+        # training at 2 threads took 1.6-1.8x the time of one.
         return 0
     if _min_flops_per_thread > 0 and helper_flops < _min_flops_per_thread:
         return 0
@@ -1364,8 +1371,8 @@ cdef inline bint wait_for_count(clstm_counter* counter, int at_least, clstm_call
 # The end of an overlapped region. The helper, out of work, waits for thread 0 in a loop
 # that yields its core rather than in the region's implicit barrier, where libgomp spins:
 # on a machine whose other core another process holds, the helper shares thread 0's core
-# and a spinning helper halved thread 0's speed (S1, a busy loop pinned to the other
-# core: 8 ms per forward instead of 0.24). pair[0] is set when the helper leaves,
+# and a spinning helper held thread 0 off it for time slices (S1, a busy loop pinned to
+# the other core: 8 ms per forward instead of 0.1). pair[0] is set when the helper leaves,
 # pair[1] when thread 0 is done; pair[2] and pair[3] are the cores thread 0 and the
 # helper run on (clstm_beside_begin: the waits spin or yield by them).
 

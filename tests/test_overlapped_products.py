@@ -168,6 +168,15 @@ def test_the_products_overlap_only_when_the_rows_leave_a_thread_idle():
     with clstm.threads(2):                  # the default threshold: too little work
         net.forward(x[:3, :1])
         assert not kernels._last_call_overlapped()
+    # idle threads that sleep: the helper would be woken for every call
+    with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2), \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_WAIT_POLICY", "Passive")
+        net.forward(x[:, :1])
+        assert not kernels._last_call_overlapped()
+        mp.setenv("OMP_WAIT_POLICY", "active")
+        net.forward(x[:, :1])
+        assert kernels._last_call_overlapped()
 
 
 def test_a_late_overlapped_call_puts_the_next_ones_on_one_thread_doubling_while_late():
