@@ -47,11 +47,13 @@ void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start);
  * time slice (milliseconds): rare on time, yet each costs 10-50 calls' worth. So each
  * overlapped call reports its time and what thread 0 lost to the helper (waiting for
  * it, or descheduled itself); a call that lost more than the allowed share of its time
- * (as the team clock's, clstm_team_set_max_lost_share) and more than 100 µs makes the
+ * (as the team clock's, clstm_team_set_max_lost_share) and more than 20 µs makes the
  * next 64 calls that would overlap run on one thread; when the call after them (the
  * retry) is late too, 128, and so on up to 4096 (beside a busy loop on one of 2 cores a
  * retry is nearly always late: the helper, asleep by then, must be woken on a busy
- * machine, 5-10 ms, which 4096 calls of 0.1-0.3 ms make 1-2%); a call on time ends it. */
+ * machine, 5-10 ms, which 4096 calls of 0.1-0.3 ms make 1-2%); each overlapped call on
+ * time shortens the next pause by one call (so that the pauses stay long while late calls
+ * keep coming, and a single one on a quiet machine costs 64 calls on one thread). */
 int clstm_overlap_allowed(void);
 void clstm_overlap_report(double elapsed, double lost);
 /* Calls left that skip the overlap (tests), and the running averages' reset. */

@@ -324,3 +324,13 @@ def test_interleaved_runs_before_sample_hooks_untimed_before_each_sample():
         if c == "hook":
             assert calls[i + 1] == "a"
     assert calls.count("hook") == 3
+
+
+def test_knob_ab_times_the_gru_too(capsys):
+    from bench import knob_ab
+    knob_ab.main(["overlap_products", "1", "0", "--shapes", "1,8,3,16,1", "--cell", "both",
+                  "--modes", "fwd", "--repeats", "1"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "B/A" in line]
+    assert len(lines) == 2 and "GRU" in lines[1] and "GRU" not in lines[0]
+    with pytest.raises(SystemExit):
+        knob_ab.main(["overlap_products", "1", "0", "--cell", "rnn"])

@@ -182,7 +182,8 @@ def test_the_products_overlap_only_when_the_rows_leave_a_thread_idle():
 def test_a_late_overlapped_call_puts_the_next_ones_on_one_thread_doubling_while_late():
     """A helper that another process keeps off the CPU stalls a short call for a time
     slice: a late overlapped call makes the next 64 that would overlap run on one thread,
-    a late retry doubles that, a retry on time ends it (src/runtime.c)."""
+    a late retry doubles that, each call on time shortens the next pause by one
+    (src/runtime.c)."""
     net = make_net(8, 32, 1, dtype="float32")
     x = np.ones((40, 1, 8), np.float32)
 
@@ -201,15 +202,18 @@ def test_a_late_overlapped_call_puts_the_next_ones_on_one_thread_doubling_while_
                 assert kernels._overlap_calls_skipped() == 128
             # (the autouse fixture's share: no call is late)
             assert not any(forward_overlapped() for _ in range(128))
-            assert forward_overlapped()                              # on time: it ends
+            assert forward_overlapped()                              # on time: 127
+            assert kernels._overlap_calls_skipped() == 0
+            assert forward_overlapped()                              # 126
+            with kernel_knob(kernels._set_max_lost_share, -1.0):
+                assert forward_overlapped()
+                assert kernels._overlap_calls_skipped() == 252
+            kernels._reset_team_pause()
             assert kernels._overlap_calls_skipped() == 0
             assert forward_overlapped()
             with kernel_knob(kernels._set_max_lost_share, -1.0):
                 assert forward_overlapped()
                 assert kernels._overlap_calls_skipped() == 64        # from the start
-            kernels._reset_team_pause()
-            assert kernels._overlap_calls_skipped() == 0
-            assert forward_overlapped()
     finally:
         kernels._reset_team_pause()
 
