@@ -56,7 +56,7 @@ void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start);
  * keep coming, and a single one on a quiet machine costs 64 calls on one thread). */
 int clstm_overlap_allowed(void);
 void clstm_overlap_report(double elapsed, double lost);
-/* Calls left that skip the overlap (tests), and the running averages' reset. */
+/* Calls left that skip the overlap (tests); clstm_team_reset ends the pause. */
 int clstm_overlap_calls_skipped(void);
 /* After the region, thread 0: whether the team was late, which sets or ends the pause:
  * 0 on time; 1 a late row split (the first pause starts at the second in a row); 2 sure
@@ -151,11 +151,11 @@ void clstm_counter_set(clstm_counter *c, int value);
 int clstm_counter_claim(clstm_counter *c, int expected);
 /* Waiting beside the other thread of an overlapped region. Each of the two publishes the
  * core it runs on (clstm_beside_begin, then clstm_beside_here now and then). A wait on
- * the other thread spins while the two run on different cores, and yields at once when
- * they share one: yielding on a core shared with another process gives that process a
- * time slice (milliseconds) before the waiter runs again (measured: every 2-thread S1
- * call took 8 ms beside a busy process on the other core), while spinning on the other
- * thread's own core keeps it from running. Unknown cores: clstm_wait_a_little. */
+ * the other thread spins while the two run on different cores (the waits are short, and
+ * yielding there would hand the core to whatever else runs on it, for up to a time
+ * slice), and yields at once when they share one (spinning would keep the awaited thread
+ * from running). Unknown cores: clstm_wait_a_little. Not measured apart: the stalls seen
+ * under load came from libgomp's spinning (see caller_done in src/kernels.pyx). */
 void clstm_beside_begin(clstm_counter *mine, clstm_counter *other);
 void clstm_beside_here(void);
 void clstm_beside_end(void);
