@@ -165,6 +165,9 @@ VARIANTS = {
     "static": dict(row_handover=False, max_lost_share=2.0),   # neither fallback
     "handover": dict(row_handover=True, max_lost_share=2.0),  # rows taken over, no pause
     "default": dict(row_handover=True, max_lost_share=0.25),  # both, as shipped
+    # as shipped but a batch too small to split leaves the second thread idle (no
+    # whole-sequence products beside the time loop: DEVELOPERS.md, "Threads")
+    "no_overlap": dict(row_handover=True, max_lost_share=0.25, overlap_products=False),
 }
 
 

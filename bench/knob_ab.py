@@ -10,6 +10,9 @@ replaced without a second build. Examples, as used for the commits of the kernel
     python -m bench.knob_ab gates_isa avx2 c --shapes S1,S2 --threads 1
     python -m bench.knob_ab min_step_flops_per_unit_thread 6e4 1e30 --shapes 1,100,256,256,1 --threads 2
     python -m bench.knob_ab min_parallel_pass_bytes 262144 1e30 --shapes S3,S4 --threads 2
+    python -m bench.knob_ab overlap_products 1 0 --shapes "S1;1,300,24,48,1" --threads 2 --cell both
+
+With `--cell gru` (or `both`) the network is a clstm.GRU of the same sizes.
 """
 
 import argparse
@@ -18,7 +21,8 @@ import time
 import numpy as np
 
 from bench import shapes as shapes_mod
-from bench.shapes import MODES, SHAPES
+from bench.peers import clstm_class
+from bench.shapes import MODES, SHAPES, parse_cells, with_cell
 from bench.timing import interleaved
 
 
@@ -54,7 +58,7 @@ def parse_value(text):
 
 def measure(kernels, clstm, setter, a, b, shape, dtype, mode, repeats, clock=time.perf_counter):
     """Median seconds per call with the knob at a and at b; the knob is restored."""
-    net = clstm.LSTM(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
+    net = clstm_class(clstm, shape.cell)(shape.I, shape.H, shape.L, dtype=dtype, seed=0)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((shape.T, shape.B, shape.I)).astype(dtype)
     dy = np.ones((shape.T, shape.B, shape.H), dtype=dtype)
@@ -95,6 +99,7 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="float32")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cell", default="lstm", help="lstm (default), gru, or both")
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: the process's CPU seconds (every thread) instead of wall "
@@ -110,7 +115,11 @@ def main(argv=None):
     if setter is None:
         knobs = sorted(n[len("_set_"):] for n in dir(kernels) if n.startswith("_set_"))
         ap.error(f"no knob {args.knob!r}; the kernels have: {', '.join(knobs)}")
-    shapes = [parse_shape(s) for s in split_shapes(args.shapes)]
+    try:
+        cells = parse_cells(args.cell)
+    except ValueError as exc:
+        ap.error(f"--cell: {exc}")
+    shapes = [with_cell(parse_shape(s), c) for s in split_shapes(args.shapes) for c in cells]
     clstm.set_num_threads(args.threads)
     print(f"knob {args.knob}: A = {args.a}, B = {args.b}; {args.threads} thread(s), "
           f"medians of {args.repeats} interleaved samples, {args.clock} time")

@@ -128,6 +128,9 @@ cdef extern from "runtime.h" nogil:
     void clstm_team_clock_start(clstm_team_clock* clock)
     double clstm_thread_cpu()
     void clstm_team_clock_check(clstm_team_clock* clock, double cpu_at_start)
+    int clstm_overlap_allowed()
+    void clstm_overlap_report(double elapsed, double lost)
+    int clstm_overlap_calls_skipped()
     void clstm_team_report(int late)
     double clstm_team_set_max_lost_share(double share)
     int clstm_team_calls_on_one_thread()
@@ -149,6 +152,17 @@ cdef extern from "runtime.h" nogil:
     void clstm_sleep(double seconds)
     void clstm_count_taken_over(int steps)
     long clstm_taken_over_steps()
+    ctypedef struct clstm_counter:
+        int value
+    int clstm_counter_get(clstm_counter* c)
+    void clstm_counter_set(clstm_counter* c, int value)
+    int clstm_counter_claim(clstm_counter* c, int expected)
+    void clstm_count_caller_chunks(int chunks)
+    void clstm_beside_begin(clstm_counter* mine, clstm_counter* other)
+    void clstm_beside_here()
+    void clstm_beside_end()
+    void clstm_wait_beside(int* spins)
+    long clstm_caller_chunks()
     int clstm_all_finite_f32(Py_ssize_t n, const float* a)
     int clstm_all_finite_f64(Py_ssize_t n, const double* a)
 
@@ -728,7 +742,7 @@ cdef void parallel_packed_gemm(int num_threads, int m, int k, int n, const float
 
 cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating* da,
                          const floating* x, int ldx, floating* dw,
-                         clstm_call* call) noexcept nogil:
+                         clstm_call* call, int use_packed=-1) noexcept nogil:
     """dW (g×n) += daᵀ·X over ``rows`` rows: da (rows×g), X (rows×n, leading dimension
     ldx). X is packed and the transposed-A kernel reads da's columns from a small
     stack copy, where BLAS would pack the transposed da in a strided pass of its own.
@@ -736,13 +750,14 @@ cdef int weight_gradient(int num_threads, int g, int rows, int n, const floating
     of a few GFLOP of rows (X packed block by block: 4 GFLOP in float32, 2 in float64,
     well under 100 ms on one AVX2 core), so that a long sequence notices a stop between
     them; dW passes through the cache once per block, against GFLOPs of arithmetic (all
-    of S1-S5 run in one or two blocks). Returns -2 when out of memory."""
+    of S1-S5 run in one or two blocks). use_packed: 1 the packed kernel, 0 BLAS, -1 by the
+    level's rule for whole-sequence products. Returns -2 when out of memory."""
     cdef int chunk, lo, hi, parts, r0, rb
     cdef floating* packed
     cdef double by_work
     cdef int block = <int>((4e9 if floating is float else 2e9) / (2.0 * g * n))
     block = (block // 256 + 1) * 256
-    if not packed_bulk():
+    if use_packed == 0 or (use_packed < 0 and not packed_bulk()):
         parallel_gemm(num_threads, True, False, g, n, rows, <floating>1, da, g, x, ldx,
                       <floating>1, dw, n)
         return 0
@@ -1223,6 +1238,273 @@ cdef void forward_units(int T, int B, int I, int H, const floating* x,
         free(packed[g])
 
 
+# ---------------------------------------------------------------------------------------
+# The whole-sequence products beside the recurrence. A batch too small to split (one row,
+# above all) gives a second thread nothing of the time loop: the row split has one block,
+# and the hidden-unit split's barrier per step costs more than it saves below ~60 kFLOP
+# per thread and step (H < ~120 at B = 1). Yet a third to two thirds of such a call is
+# products over all T steps that depend on the time loop only through which steps are
+# done: the forward's input projection x·W_ihᵀ (needed before each step) and the
+# backward's dX = da·W_ih, dW_ih += daᵀX, dW_hh += daᵀH_prev and db (possible after each
+# step). So thread 0 walks the steps and the second thread computes those products in
+# chunks of steps beside it (thread 1 is "the helper").
+#
+# Nobody waits long on a descheduled peer (another process on its core): thread 0 never
+# waits for the helper during the walk except for a chunk it needs that the helper is
+# in the middle of; a chunk nobody has started, thread 0 computes itself. Chunks are
+# claimed through a counter (compare-and-swap), so each runs once, whoever runs it.
+# The backward's accumulations into dW_ih (with db) and dW_hh run in the chunks' fixed
+# order (a turn counter per accumulator), so the sums, and the results, are the same bits
+# whichever thread ran which chunk (not those of one thread's whole-sequence GEMMs:
+# another order of the same sums).
+
+cdef bint _overlap_products = True
+cdef int _overlap_chunk_rows = 16
+# The most chunks a call is cut into (longer chunks on long sequences: the counters and
+# the kernels' setup per chunk stay a small part of the work).
+cdef int _overlap_max_chunks = 256
+# Whether the last forward or backward of the padded LSTM overlapped (tests).
+cdef bint _overlapped_last = False
+
+
+def _set_overlap_products(bint enabled):
+    """Whether a call whose batch gives the team one block of rows (and no hidden-unit
+    split) computes its whole-sequence products on a second thread beside the time loop
+    (default True; False: before or after it on one thread, for A/B measurements).
+    Returns the previous value."""
+    global _overlap_products
+    old = _overlap_products
+    _overlap_products = enabled
+    return old
+
+
+def _set_overlap_chunk_rows(rows):
+    """Rows (steps × batch rows) per chunk of the overlapped products (an int, at least
+    1); returns the previous value."""
+    global _overlap_chunk_rows
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise TypeError(f"rows: expected an int, got {type(rows).__name__}")
+    if rows < 1:
+        raise ValueError(f"rows: expected at least 1, got {rows}")
+    old = _overlap_chunk_rows
+    _overlap_chunk_rows = rows
+    return old
+
+
+def _overlap_chunks_run_by_caller():
+    """Chunks of overlapped products that the caller's thread ran itself (a helper late
+    or not yet started), so far in this process."""
+    return clstm_caller_chunks()
+
+
+def _overlap_calls_skipped():
+    """Calls left that would overlap their products but run on one thread, the overlap's
+    recent losses to a late helper being too high (clstm_overlap_report in
+    src/runtime.c); _reset_team_pause() ends it."""
+    return clstm_overlap_calls_skipped()
+
+
+def _last_call_overlapped():
+    """Whether the last padded LSTM forward or backward ran its whole-sequence products
+    beside the time loop."""
+    return bool(_overlapped_last)
+
+
+cdef inline int overlap_chunk_steps(int num_threads, int n_chunks, int n_units, int T,
+                                    int B, double helper_flops) noexcept nogil:
+    """Steps per chunk of the products overlapped with the time loop, or 0 when the call
+    does not overlap them: a team of 2 or more whose rows form one block and whose units
+    are not split, at least 2 chunks, and enough work for the helper (the threshold of
+    any thread, _min_flops_per_thread); not when idle threads sleep
+    (OMP_WAIT_POLICY=PASSIVE), nor while a late call's pause runs
+    (clstm_overlap_allowed)."""
+    global _threads_used_last, _overlapped_last
+    cdef int k
+    _overlapped_last = False
+    if (not _overlap_products or num_threads < 2 or n_chunks > 1 or n_units > 1
+            or not clstm_have_openmp()):
+        return 0
+    if clstm_omp_passive_wait():
+        # The helper sleeps between calls and must be woken for each, and thread 0
+        # waits for it at the region's end: measured with OMP_WAIT_POLICY=PASSIVE, S1
+        # training at 2 threads took 1.6-1.8x the time of one.
+        return 0
+    if _min_flops_per_thread > 0 and helper_flops < _min_flops_per_thread:
+        return 0
+    k = (_overlap_chunk_rows + B - 1) // B
+    if k < (T + _overlap_max_chunks - 1) // _overlap_max_chunks:
+        k = (T + _overlap_max_chunks - 1) // _overlap_max_chunks
+    if k >= T or not clstm_overlap_allowed():
+        return 0
+    _overlapped_last = True
+    _threads_used_last = 2
+    return k
+
+
+cdef inline bint chunk_products_packed(int rows) noexcept nogil:
+    """Whether a chunk's products (its rows few, as a step's) run on the packed kernels:
+    the ISA level's rule for per-step products, not the whole-sequence one. Measured at
+    AVX2 (S1 training, 2 threads, chunks of 16 rows, packed / BLAS time): LSTM 0.92,
+    GRU 0.92-0.95."""
+    return packed_steps(rows)
+
+
+cdef clstm_counter* new_counters(int n) noexcept nogil:
+    """n counters at 0, a cache line each (NULL when out of memory)."""
+    cdef void* buf = NULL
+    if posix_memalign(&buf, 64, <size_t>n * sizeof(clstm_counter)) != 0:
+        return NULL
+    memset(buf, 0, <size_t>n * sizeof(clstm_counter))
+    return <clstm_counter*>buf
+
+
+cdef inline bint wait_for_count(clstm_counter* counter, int at_least, clstm_call* call,
+                                double* waited) noexcept nogil:
+    """Waits (clstm_wait_beside) until the counter reaches at_least, adding
+    the time waited to waited[0] (if not NULL); False when the call was stopped
+    meanwhile."""
+    cdef int spins = 0
+    cdef double t0
+    if clstm_counter_get(counter) >= at_least:
+        return True
+    t0 = clstm_monotonic() if waited != NULL else 0
+    while clstm_counter_get(counter) < at_least:
+        if clstm_call_stopped(call):
+            break
+        clstm_wait_beside(&spins)
+    if waited != NULL:
+        waited[0] += clstm_monotonic() - t0
+    return clstm_counter_get(counter) >= at_least
+
+
+# The end of an overlapped region. The helper, out of work, waits for thread 0 in a loop
+# that yields its core rather than in the region's implicit barrier, where libgomp spins:
+# on a machine whose other core another process holds, the helper shares thread 0's core
+# and a spinning helper held thread 0 off it for time slices (S1, a busy loop pinned to
+# the other core: 8 ms per forward instead of 0.1). pair[0] is set when the helper leaves,
+# pair[1] when thread 0 is done; pair[2] and pair[3] are the cores thread 0 and the
+# helper run on (clstm_beside_begin: the waits spin or yield by them).
+
+cdef inline void caller_done(clstm_counter* pair, double start, double cpu0, double waited,
+                             clstm_call* call) noexcept nogil:
+    """Thread 0 of an overlapped region, its own work done: lets the helper go, waits for
+    it to leave (timed: the implicit barrier would wait for it anyway), and reports the
+    call's time and what it lost to the helper: the time it waited for it, or (when
+    more) the time it was descheduled itself (clstm_overlap_report)."""
+    cdef double elapsed, descheduled
+    clstm_counter_set(&pair[1], 1)
+    if clstm_omp_num_threads() > 1:
+        wait_for_count(&pair[0], 1, call, &waited)
+    clstm_beside_end()
+    elapsed = clstm_monotonic() - start
+    descheduled = elapsed - (clstm_thread_cpu() - cpu0)
+    clstm_overlap_report(elapsed, waited if waited > descheduled else descheduled)
+
+
+cdef inline void helper_done(clstm_counter* pair, clstm_call* call) noexcept nogil:
+    """The helper, out of work: waits (yielding) for thread 0 to be done, then leaves."""
+    wait_for_count(&pair[1], 1, call, <double*>NULL)
+    clstm_beside_end()
+    clstm_counter_set(&pair[0], 1)
+
+
+cdef inline void projection_rows(Py_ssize_t r0, int rows, int I, int G, const floating* x,
+                                 const floating* w_ih, const floating* packed_ih,
+                                 floating* gates, clstm_call* call) noexcept nogil:
+    """gates[r0 : r0 + rows] = x[r0 : r0 + rows]·W_ihᵀ, one thread."""
+    if packed_ih != NULL:
+        packed_gemm_blocked(rows, I, G, x + r0 * I, I, packed_ih, gates + r0 * G, G, False,
+                            call)
+    else:
+        gemm(False, True, rows, G, I, <floating>1, x + r0 * I, I, w_ih, I, <floating>0,
+             gates + r0 * G, G)
+
+
+cdef inline bint projection_ready(int c, int T, int B, int I, int G, int K,
+                                 clstm_counter* counters, const floating* x,
+                                 const floating* w_ih, const floating* packed_ih,
+                                 floating* gates, double* waited,
+                                 clstm_call* call) noexcept nogil:
+    """Thread 0, before the first step of chunk c (steps c·K : (c+1)·K): makes sure the
+    chunk's input projection is in the gates, computing it when nobody has claimed it,
+    else waiting for the helper that is computing it. counters[0] counts the chunks
+    claimed, counters[1 + c] is 1 once chunk c is done (counters[1 + chunks] on:
+    the pair of caller_done). False when the call was stopped
+    while waiting."""
+    cdef int t1 = (c + 1) * K if (c + 1) * K < T else T
+    cdef clstm_counter* done = counters + 1
+    clstm_beside_here()
+    if clstm_counter_get(&done[c]) != 0:
+        return True
+    if clstm_counter_claim(counters, c):
+        projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih, packed_ih,
+                        gates, call)
+        clstm_counter_set(&done[c], 1)
+        clstm_count_caller_chunks(1)
+        return True
+    return wait_for_count(&done[c], 1, call, waited)
+
+
+cdef void project_ahead(int T, int B, int I, int G, int K, clstm_counter* counters,
+                        const floating* x, const floating* w_ih, const floating* packed_ih,
+                        floating* gates, clstm_call* call) noexcept nogil:
+    """The helper of an overlapped forward: claims the chunks in order, ahead of thread
+    0, and computes their input projection (counters as projection_ready)."""
+    cdef int chunks = (T + K - 1) // K
+    cdef int c, t1
+    late_thread_pause(clstm_omp_thread_num())
+    while True:
+        c = clstm_counter_get(counters)
+        if c >= chunks or clstm_call_stopped(call):
+            break
+        if clstm_counter_claim(counters, c):
+            t1 = (c + 1) * K if (c + 1) * K < T else T
+            projection_rows(<Py_ssize_t>c * K * B, (t1 - c * K) * B, I, G, x, w_ih,
+                            packed_ih, gates, call)
+            clstm_counter_set(&counters[1 + c], 1)
+    helper_done(&counters[1 + chunks], call)
+
+
+cdef void forward_overlapped(int T, int B, int I, int H, int K, clstm_counter* counters,
+                             const floating* x,
+                             const floating* w_ih, const floating* packed_ih,
+                             const floating* w_hh, const floating* w_hh_packed,
+                             const floating* bias, const floating* peephole,
+                             const floating* h0, const floating* c0, floating* y,
+                             floating* gates, floating* cells,
+                             clstm_call* call) noexcept nogil:
+    """One thread's part of an LSTM forward whose input projection runs beside the time
+    loop (called by every thread of the team): thread 0 walks the steps (forward_step,
+    the gates already holding x_t·W_ihᵀ), each chunk's projection made ready before its
+    first step; the helper projects ahead. A row's projection is the same arithmetic
+    whoever computes it."""
+    cdef double waited = 0
+    cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
+    cdef int chunks = (T + K - 1) // K
+    cdef int c, t
+    cdef bint running = True
+    cdef clstm_counter* pair = counters + 1 + chunks
+    cdef int me = clstm_omp_thread_num()
+    clstm_beside_begin(&pair[2 + me], &pair[3 - me])
+    if me == 0:
+        for c in range(chunks):
+            if not projection_ready(c, T, B, I, 4 * H, K, counters, x, w_ih, packed_ih,
+                                    gates, &waited, call):
+                break
+            for t in range(c * K, (c + 1) * K if (c + 1) * K < T else T):
+                if clstm_call_stopped(call):
+                    running = False
+                    break
+                forward_step(t, B, I, H, 0, B, x, <const floating*>NULL,
+                             <const floating*>NULL, w_hh, w_hh_packed, bias, peephole, h0,
+                             c0, y, gates, cells)
+            if not running:
+                break
+        caller_done(&counters[1 + chunks], start, cpu0, waited, call)
+    else:
+        project_ahead(T, B, I, 4 * H, K, counters, x, w_ih, packed_ih, gates, call)
+
+
 cdef inline bint all_finite(Py_ssize_t n, const floating* a) noexcept nogil:
     if floating is float:
         return clstm_all_finite_f32(n, a)
@@ -1268,9 +1550,10 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
                        clstm_call* call) noexcept nogil:
     """Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call was asked to
     stop (its outputs are then incomplete)."""
-    global _units_split_last, _team_left_last
+    global _units_split_last, _team_left_last, _overlapped_last
     cdef int chunk, n_chunks, t1
     cdef int G = 4 * H
+    _overlapped_last = False
     if not sizes_ok(T, B, I, H):
         return -1
     cdef floating* gates = workspace
@@ -1330,8 +1613,14 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     # Per-step projection: with _fused_step_products, [W_ihᵀ; W_hhᵀ] packed as one
     # matrix and one product per step (clstm_packed_gemm2), else W_ih and W_hh apart.
     cdef bint fused = step_projection and _fused_step_products
-    cdef bint ih_packed = (step_projection and not fused) or (packed_bulk() and T > 1
-                                                              and not step_projection)
+    # A batch the team cannot split: the projection in chunks beside the time loop
+    cdef int overlap_k = (0 if step_projection else
+                          overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                              2.0 * T * B * G * I))
+    cdef bint ih_packed = ((step_projection and not fused)
+                           or (overlap_k == 0 and packed_bulk() and T > 1
+                               and not step_projection)
+                           or (overlap_k > 0 and chunk_products_packed(overlap_k * B)))
     cdef floating* packed_cat = NULL
     if fused:
         packed_cat = pack_weights_cat(I, H, G, w_ih, I, w_hh, H, True, num_threads)
@@ -1356,7 +1645,18 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
     # fewer rows each step would be a matrix-vector product, streaming W_ih at 2 flops
     # per value: then all T steps at once, (T·B × I)·(I × 4H).
     cdef bint per_step = step_projection
-    if not per_step:
+    cdef clstm_counter* counters = NULL
+    if overlap_k > 0:
+        counters = new_counters(5 + (T + overlap_k - 1) // overlap_k)
+        if counters == NULL:
+            failed = 1
+        else:
+            with parallel(num_threads=2):
+                forward_overlapped(T, B, I, H, overlap_k, counters, x, w_ih,
+                                   packed_ih, w_hh, packed, bias, peephole, h0, c0, y,
+                                   gates, cells, call)
+            free(counters)
+    elif not per_step:
         if packed_ih != NULL:
             parallel_packed_gemm(num_threads, T * B, I, G, x, I, packed_ih, gates, G, False,
                                  call)
@@ -1365,7 +1665,9 @@ cdef int layer_forward(int T, int B, int I, int H, const floating* x, const floa
         else:
             parallel_gemm(num_threads, False, True, T * B, G, I, <floating>1, x, I, w_ih,
                           I, <floating>0, gates, G)
-    if n_chunks > 1 and _row_handover:
+    if overlap_k > 0:
+        pass                                      # done above
+    elif n_chunks > 1 and _row_handover:
         blocks = new_row_blocks(n_chunks)
         if blocks == NULL:
             failed = 1
@@ -1523,6 +1825,156 @@ cdef void backward_units(int T, int B, int H, const floating* w_hh,
     free(packed)
 
 
+cdef inline bint wait_for_turn(clstm_counter* turn, int c, clstm_call* call,
+                               double* waited) noexcept nogil:
+    """Waits until it is chunk c's turn to add into an accumulator (every chunk before it
+    has added), adding the time waited to waited[0] (if not NULL); False when the call was
+    stopped meanwhile."""
+    cdef int spins = 0
+    cdef double t0
+    if clstm_counter_get(turn) == c:
+        return True
+    t0 = clstm_monotonic() if waited != NULL else 0
+    while clstm_counter_get(turn) != c:
+        if clstm_call_stopped(call):
+            break
+        clstm_wait_beside(&spins)
+    if waited != NULL:
+        waited[0] += clstm_monotonic() - t0
+    return clstm_counter_get(turn) == c
+
+
+cdef int backward_chunk_products(int c, int T, int B, int I, int H, int G, int K,
+                                 clstm_counter* counters, const floating* x,
+                                 const floating* w_ih, const floating* packed_ih,
+                                 const floating* h0, const floating* y,
+                                 const floating* da_ih, const floating* da_hh,
+                                 floating* dx, floating* dw_ih, floating* dw_hh,
+                                 floating* db_ih, floating* db_hh, double* waited,
+                                 clstm_call* call) noexcept nogil:
+    """The whole-sequence products of chunk c of a backward (steps T-(c+1)·K : T-c·K,
+    whose gradients are final), G gate columns: dX of its rows = da_ih·W_ih, then, at
+    its turn (counters[1]), dW_ih += da_ihᵀX and db_ih += Σ da_ih, then at its turn
+    (counters[2]) dW_hh += da_hhᵀH_prev and db_hh += Σ da_hh (the LSTM's da_hh is its
+    da_ih, and its one bias gradient db_ih; the GRU's are dgi and dgh, NULL biases
+    without bias). One thread; the turns pass to chunk c + 1 even when a product fails
+    (out of memory: returns -2), so that nobody waits forever."""
+    cdef int t1 = T - c * K
+    cdef int t0 = t1 - K if t1 > K else 0
+    cdef Py_ssize_t r0 = <Py_ssize_t>t0 * B
+    cdef int rows = (t1 - t0) * B
+    cdef const floating* dgi = da_ih + r0 * G
+    cdef const floating* dgh = da_hh + r0 * G
+    cdef int status = 0
+    if dx != NULL:      # dX = da · W_ih
+        if packed_ih != NULL:
+            packed_gemm_blocked(rows, G, I, dgi, G, packed_ih, dx + r0 * I, I, False, call)
+        else:
+            gemm(False, False, rows, I, G, <floating>1, dgi, G, w_ih, I, <floating>0,
+                 dx + r0 * I, I)
+    if not wait_for_turn(&counters[1], c, call, waited):
+        return 0
+    status |= weight_gradient(1, G, rows, I, dgi, x + r0 * I, I, dw_ih, call,
+                              chunk_products_packed(rows))
+    if db_ih != NULL:
+        parallel_column_sums(1, rows, G, dgi, db_ih)
+    clstm_counter_set(&counters[1], c + 1)
+    if not wait_for_turn(&counters[2], c, call, waited):
+        return 0
+    # H_prev is y one step back, h0 (none: zeros, nothing to add) for step 0
+    if t0 > 0:
+        status |= weight_gradient(1, G, rows, H, dgh, y + (r0 - B) * H, H, dw_hh, call,
+                                  chunk_products_packed(rows))
+    else:
+        if rows > B:
+            status |= weight_gradient(1, G, rows - B, H, dgh + <Py_ssize_t>B * G, y, H,
+                                      dw_hh, call, chunk_products_packed(rows))
+        if h0 != NULL:
+            status |= weight_gradient(1, G, B, H, dgh, h0, H, dw_hh, call,
+                                      chunk_products_packed(rows))
+    if db_hh != NULL:
+        parallel_column_sums(1, rows, G, dgh, db_hh)
+    clstm_counter_set(&counters[2], c + 1)
+    return status
+
+
+cdef int take_backward_chunks(int T, int B, int I, int H, int G, int K,
+                              clstm_counter* counters, const floating* x,
+                              const floating* w_ih, const floating* packed_ih,
+                              const floating* h0, const floating* y,
+                              const floating* da_ih, const floating* da_hh, floating* dx,
+                              floating* dw_ih, floating* dw_hh, floating* db_ih,
+                              floating* db_hh, double* waited,
+                              clstm_call* call) noexcept nogil:
+    """Claims and runs chunks of an overlapped backward until none is left
+    (backward_chunk_products): the helper from the start, as the walk finishes them,
+    thread 0 once its walk is done. counters: [0] the steps the walk has finished, [1]
+    and [2] the two turns, [3] the chunks claimed, [4] to [7] the pair of caller_done.
+    waited: thread 0's time waiting for a turn. A chunk is claimed only once it is
+    final, so that nobody holds one while waiting for the walk. Returns 0, or -2 when
+    out of memory."""
+    cdef int chunks = (T + K - 1) // K
+    cdef int me = clstm_omp_thread_num()
+    cdef int c, need, spins = 0
+    cdef int status = 0
+    while True:
+        c = clstm_counter_get(&counters[3])
+        if c >= chunks or clstm_call_stopped(call):
+            break
+        need = (c + 1) * K if (c + 1) * K < T else T
+        if clstm_counter_get(&counters[0]) < need:      # (only the helper waits here)
+            clstm_wait_beside(&spins)
+            continue
+        if clstm_counter_claim(&counters[3], c):
+            status |= backward_chunk_products(c, T, B, I, H, G, K, counters, x, w_ih,
+                                              packed_ih, h0, y, da_ih, da_hh, dx, dw_ih,
+                                              dw_hh, db_ih, db_hh, waited, call)
+            if me == 0:
+                clstm_count_caller_chunks(1)
+            spins = 0
+    return status
+
+
+cdef void backward_overlapped(int T, int B, int I, int H, int K, clstm_counter* counters,
+                              const floating* x,
+                              const floating* w_ih, const floating* packed_ih,
+                              const floating* w_hh, const floating* w_hh_packed,
+                              const floating* peephole, const floating* h0,
+                              const floating* c0, const floating* y, floating* gates,
+                              const floating* cells, floating* dy, floating* dh0,
+                              floating* dc, floating* dx, floating* dw_ih, floating* dw_hh,
+                              floating* dbias, int* failed,
+                              clstm_call* call) noexcept nogil:
+    """One thread's part of an LSTM backward whose whole-sequence products run beside the
+    time loop (called by every thread of the team). Thread 0 walks the steps back
+    (backward_step over all rows), publishing each one, and never waits for the helper;
+    then it takes the chunks left, waiting only for a turn that a chunk the helper is in
+    the middle of holds (take_backward_chunks)."""
+    cdef double waited = 0
+    cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
+    cdef int me = clstm_omp_thread_num()
+    cdef int it
+    clstm_beside_begin(&counters[6 + me], &counters[7 - me])
+    if me == 0:
+        for it in range(T):
+            if clstm_call_stopped(call):
+                break
+            backward_step(T - 1 - it, B, H, 0, B, w_hh, w_hh_packed, peephole, c0, gates,
+                          cells, dy, dh0, dc)
+            clstm_counter_set(counters, it + 1)
+            clstm_beside_here()
+    else:
+        late_thread_pause(me)
+    if take_backward_chunks(T, B, I, H, 4 * H, K, counters, x, w_ih, packed_ih, h0, y,
+                            gates, gates, dx, dw_ih, dw_hh, dbias, <floating*>NULL,
+                            &waited if me == 0 else NULL, call) != 0:
+        failed[0] = 1
+    if me == 0:
+        caller_done(&counters[4], start, cpu0, waited, call)
+    else:
+        helper_done(&counters[4], call)
+
+
 cdef void parallel_column_sums(int num_threads, Py_ssize_t rows, int n, const floating* da,
                                floating* db) noexcept nogil:
     """db += the column sums of da (rows × n), the columns cut into blocks over the
@@ -1558,7 +2010,7 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
                         clstm_call* call) noexcept nogil:
     """Returns 0, -1 for bad sizes, -2 when out of memory, -3 when the call was asked to
     stop (the gradients are then incomplete: some may have been added to)."""
-    global _team_left_last
+    global _team_left_last, _overlapped_last
     cdef int chunk, n_chunks, rest
     cdef int G = 4 * H
     cdef Py_ssize_t k, TB = <Py_ssize_t>T * B, BH = <Py_ssize_t>B * H
@@ -1576,10 +2028,14 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         memset(dc0, 0, BH * sizeof(floating))
 
     cdef floating* packed = NULL
+    cdef floating* packed_ih = NULL
     cdef int failed = 0
     cdef int leave_step = T
     cdef clstm_row_block* blocks = NULL
+    cdef clstm_counter* counters = NULL
     cdef clstm_team_clock clock
+    cdef int overlap_k = 0
+    _overlapped_last = False
     num_threads = clstm_team_threads(num_threads)
     n_chunks = thread_count(num_threads, T, B, H)
     cdef int n_units = (unit_split_threads(num_threads, n_chunks, B, H, sizeof(floating))
@@ -1604,7 +2060,26 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         if packed_steps(B // n_chunks) and T > 1:
             packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
             failed = packed == NULL
-        if not failed and n_chunks > 1 and _row_handover:
+        # A batch the team cannot split: dX, the weight and bias gradients in chunks
+        # beside the time loop
+        overlap_k = overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                        2.0 * T * B * G * (I + H + (I if dx != NULL else 0)))
+        if not failed and overlap_k > 0:
+            if dx != NULL and chunk_products_packed(overlap_k * B):
+                packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
+                failed = packed_ih == NULL
+            counters = new_counters(8)
+            failed = failed or counters == NULL
+            if not failed:
+                with parallel(num_threads=2):
+                    backward_overlapped(T, B, I, H, overlap_k, counters, x, w_ih,
+                                        packed_ih, w_hh, packed, peephole, h0, c0, y,
+                                        gates, cells, dy, dh0, dc0, dx, dw_ih, dw_hh,
+                                        dbias, &failed, call)
+            free(counters)
+            free(packed_ih)
+            packed_ih = NULL
+        elif not failed and n_chunks > 1 and _row_handover:
             blocks = new_row_blocks(n_chunks)
             failed = blocks == NULL
             if not failed:
@@ -1626,9 +2101,15 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         clstm_blas_leave()
         return -2 if failed else -3
 
-    # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs.
+    # The gates buffer now holds da for all T·B rows: the rest is a few large GEMMs
+    # (done already when they ran beside the time loop).
     cdef floating* da = gates
-    cdef floating* packed_ih = NULL
+    cdef int status = 0
+    if overlap_k > 0:
+        clstm_blas_leave()
+        if peephole != NULL and dpeephole != NULL:
+            peephole_grads(T, B, H, da, cells, c0, dpeephole)
+        return 0
     if dx != NULL:      # dX = da · W_ih
         if packed_bulk():
             packed_ih = pack_weights(G, I, w_ih, I, False, num_threads)  # P = W_ih
@@ -1639,7 +2120,6 @@ cdef int layer_backward(int T, int B, int I, int H, const floating* x,
         else:
             parallel_gemm(num_threads, False, False, T * B, I, G, <floating>1, da, G, w_ih,
                           I, <floating>0, dx, I)
-    cdef int status = 0
     # dW_ih += daᵀ · X
     status |= weight_gradient(num_threads, G, T * B, I, da, x, I, dw_ih, call)
     # dW_hh += daᵀ · H_prev, where H_prev is y shifted one step (and h0 for t = 0)
@@ -2115,6 +2595,15 @@ cdef void gather_final_states(const packed_plan* plan, int B, int H, bint revers
         memcpy(final + <Py_ssize_t>b * H, states + row * H, H * sizeof(floating))
 
 
+cdef inline bint step_projection_packed(int n_chunks, Py_ssize_t N, int B, int I, int P,
+                                       int G, int elem_size) noexcept nogil:
+    """Whether the packed forward computes its input projection step by step inside each
+    thread's loop (see packed_products_setup)."""
+    return (packed_steps(B // n_chunks) and N > B
+            and B // n_chunks >= _min_rows_per_step_projection
+            and (<double>I + P) * G * elem_size <= _max_step_weights_bytes)
+
+
 cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int B, int I,
                                int P, int G, const floating* x, const floating* w_ih,
                                const floating* w_hh, floating* gates, floating** packed_hh,
@@ -2127,9 +2616,7 @@ cdef int packed_products_setup(int num_threads, int n_chunks, Py_ssize_t N, int 
     into ``gates`` (``packed_ih`` NULL). Returns 0, or -2 when out of memory (nothing
     left allocated)."""
     cdef bint steps_packed = packed_steps(B // n_chunks) and N > B
-    cdef bint per_step = (steps_packed
-                          and B // n_chunks >= _min_rows_per_step_projection
-                          and (<double>I + P) * G * sizeof(floating) <= _max_step_weights_bytes)
+    cdef bint per_step = step_projection_packed(n_chunks, N, B, I, P, G, sizeof(floating))
     cdef bint ih_packed = per_step or (packed_bulk() and N > B)
     packed_hh[0] = NULL
     packed_ih[0] = NULL
@@ -3017,6 +3504,83 @@ cdef void gru_backward_units_packed(int T, int B, int H, const int* bs,
 
 
 
+cdef void gru_forward_overlapped(int T, int B, int I, int H, int K, const int* bs,
+                                 const Py_ssize_t* off, clstm_counter* counters,
+                                 const floating* x,
+                                 const floating* w_ih, const floating* packed_ih,
+                                 const floating* w_hh, const floating* w_hh_packed,
+                                 const floating* b_ih, const floating* b_hh,
+                                 const floating* h0, floating* y, floating* gates,
+                                 floating* gh, floating* h_n,
+                                 clstm_call* call) noexcept nogil:
+    """forward_overlapped for the GRU's forward direction over a padded batch (every
+    batch size B, so chunk c is rows c·K·B : (c+1)·K·B of the packed layout): thread 0
+    walks the steps (gru_forward_iter_packed, the gates holding x_t·W_ihᵀ), the helper
+    projects ahead."""
+    cdef double waited = 0
+    cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
+    cdef int chunks = (T + K - 1) // K
+    cdef int c, it
+    cdef bint running = True
+    cdef clstm_counter* pair = counters + 1 + chunks
+    cdef int me = clstm_omp_thread_num()
+    clstm_beside_begin(&pair[2 + me], &pair[3 - me])
+    if me == 0:
+        for c in range(chunks):
+            if not projection_ready(c, T, B, I, 3 * H, K, counters, x, w_ih, packed_ih,
+                                    gates, &waited, call):
+                break
+            for it in range(c * K, (c + 1) * K if (c + 1) * K < T else T):
+                if gru_forward_iter_packed(it, T, B, I, H, bs, off, False, 0, B, x,
+                                           <const floating*>NULL, w_hh, w_hh_packed, b_ih,
+                                           b_hh, h0, y, gates, gh, h_n, call) < 0:
+                    running = False
+                    break
+            if not running:
+                break
+        caller_done(&counters[1 + chunks], start, cpu0, waited, call)
+    else:
+        project_ahead(T, B, I, 3 * H, K, counters, x, w_ih, packed_ih, gates, call)
+
+
+cdef void gru_backward_overlapped(int T, int B, int I, int H, int K, const int* bs,
+                                  const Py_ssize_t* off, clstm_counter* counters,
+                                  const floating* x,
+                                  const floating* w_ih, const floating* packed_ih,
+                                  const floating* w_hh, const floating* w_hh_packed,
+                                  const floating* h0, const floating* y, floating* gates,
+                                  floating* gh, floating* dy, floating* dh0, floating* dx,
+                                  floating* dw_ih, floating* dw_hh, floating* db_ih,
+                                  floating* db_hh, int* failed,
+                                  clstm_call* call) noexcept nogil:
+    """backward_overlapped for the GRU's forward direction over a padded batch: thread 0
+    walks the steps back (gru_backward_iter_packed, turning gates and gh into dgi and
+    dgh), then both take chunks: dX = dgi·W_ih, dW_ih += dgiᵀX with db_ih, dW_hh +=
+    dghᵀH_prev with db_hh."""
+    cdef double waited = 0
+    cdef double start = clstm_monotonic(), cpu0 = clstm_thread_cpu()
+    cdef int me = clstm_omp_thread_num()
+    cdef int it
+    clstm_beside_begin(&counters[6 + me], &counters[7 - me])
+    if me == 0:
+        for it in range(T):
+            if gru_backward_iter_packed(it, T, B, H, bs, off, False, 0, B, w_hh, w_hh_packed,
+                                        h0, y, gates, gh, dy, dh0, call) < 0:
+                break
+            clstm_counter_set(counters, it + 1)
+            clstm_beside_here()
+    else:
+        late_thread_pause(me)
+    if take_backward_chunks(T, B, I, H, 3 * H, K, counters, x, w_ih, packed_ih, h0, y,
+                            gates, gh, dx, dw_ih, dw_hh, db_ih, db_hh,
+                            &waited if me == 0 else NULL, call) != 0:
+        failed[0] = 1
+    if me == 0:
+        caller_done(&counters[4], start, cpu0, waited, call)
+    else:
+        helper_done(&counters[4], call)
+
+
 cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_sizes,
                                   bint reverse, const floating* x, const floating* w_ih,
                                   const floating* w_hh, const floating* b_ih,
@@ -3025,9 +3589,10 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
                                   clstm_call* call) noexcept nogil:
     """The forward of one GRU direction over a packed batch; b_ih and b_hh both NULL for
     no bias. Returns 0, -1 for bad sizes, -2 when out of memory, -3 when stopped."""
-    global _units_split_last, _team_left_last
+    global _units_split_last, _team_left_last, _overlapped_last
     cdef int chunk, n_chunks
     cdef int G = 3 * H
+    _overlapped_last = False
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
             or (b_ih == NULL) != (b_hh == NULL)):
         return -1
@@ -3084,13 +3649,37 @@ cdef int gru_layer_forward_packed(int T, int B, int I, int H, const int* batch_s
         if failed:
             return -2
         return -3 if clstm_call_stopped(call) else 0
-    if packed_products_setup(num_threads, n_chunks, N, B, I, H, G, x, w_ih, w_hh, gates,
-                             &packed, &packed_ih, call) != 0:
+    # A padded batch the team cannot split: the projection in chunks beside the time loop
+    cdef int overlap_k = 0
+    cdef clstm_counter* counters = NULL
+    if not reverse and N == <Py_ssize_t>T * B and not step_projection_packed(
+            n_chunks, N, B, I, H, G, sizeof(floating)):
+        overlap_k = overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                        2.0 * N * G * I)
+    if overlap_k > 0:
+        if packed_steps(B) and N > B:
+            packed = pack_weights(H, G, w_hh, H, True)                 # P = W_hhᵀ
+            failed = packed == NULL
+        if chunk_products_packed(overlap_k * B):
+            packed_ih = pack_weights(I, G, w_ih, I, True)              # P = W_ihᵀ
+            failed = failed or packed_ih == NULL
+        counters = new_counters(5 + (T + overlap_k - 1) // overlap_k)
+        failed = failed or counters == NULL
+        if not failed:
+            with parallel(num_threads=2):
+                gru_forward_overlapped(T, B, I, H, overlap_k, batch_sizes, plan.off,
+                                       counters, x, w_ih, packed_ih, w_hh, packed,
+                                       b_ih, b_hh, h0, y, gates, gh, h_n, call)
+        free(counters)
+    elif packed_products_setup(num_threads, n_chunks, N, B, I, H, G, x, w_ih, w_hh, gates,
+                               &packed, &packed_ih, call) != 0:
         free(zero_h0)
         plan_free(&plan)
         clstm_blas_leave()
         return -2
-    if n_chunks > 1 and _row_handover:
+    if overlap_k > 0:
+        pass                                      # done above
+    elif n_chunks > 1 and _row_handover:
         blocks = new_row_blocks(n_chunks)
         if blocks == NULL:
             failed = 1
@@ -3219,9 +3808,10 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     """The backward of one GRU direction after gru_layer_forward_packed with the same
     arguments; dw_ih, dw_hh, db_ih, db_hh are added into (the biases both NULL without
     bias). Returns as layer_backward_packed."""
-    global _team_left_last
+    global _team_left_last, _overlapped_last
     cdef int chunk, n_chunks
     cdef int G = 3 * H
+    _overlapped_last = False
     if (not sizes_ok(T, B, I, H) or not batch_sizes_ok(T, B, batch_sizes)
             or (db_ih == NULL) != (db_hh == NULL)):
         return -1
@@ -3242,6 +3832,9 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
     cdef int leave_step = T
     cdef clstm_row_block* blocks = NULL
     cdef clstm_team_clock clock
+    cdef int overlap_k = 0
+    cdef clstm_counter* counters = NULL
+    cdef floating* packed_ih = NULL
     clstm_blas_enter()
     if n_units > 1:
         _team_left_last = -1
@@ -3264,7 +3857,27 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
         if packed_steps(B // n_chunks) and N > B:
             packed = pack_weights(G, H, w_hh, H, False, num_threads)   # P = W_hh
             failed = packed == NULL
-        if not failed and n_chunks > 1 and _row_handover:
+        # A padded batch the team cannot split: dX, the weight and bias gradients in
+        # chunks beside the time loop
+        if not reverse and N == <Py_ssize_t>T * B:
+            overlap_k = overlap_chunk_steps(num_threads, n_chunks, n_units, T, B,
+                                            2.0 * N * G * (I + H + (I if dx != NULL else 0)))
+        if not failed and overlap_k > 0:
+            if dx != NULL and chunk_products_packed(overlap_k * B):
+                packed_ih = pack_weights(G, I, w_ih, I, False)          # P = W_ih
+                failed = packed_ih == NULL
+            counters = new_counters(8)
+            failed = failed or counters == NULL
+            if not failed:
+                with parallel(num_threads=2):
+                    gru_backward_overlapped(T, B, I, H, overlap_k, batch_sizes, plan.off,
+                                            counters, x, w_ih, packed_ih, w_hh,
+                                            packed, h0, y, gates, gh, dy, dh0, dx, dw_ih,
+                                            dw_hh, db_ih, db_hh, &units_failed, call)
+                failed = units_failed != 0
+            free(counters)
+            free(packed_ih)
+        elif not failed and n_chunks > 1 and _row_handover:
             blocks = new_row_blocks(n_chunks)
             failed = blocks == NULL
             if not failed:
@@ -3288,6 +3901,10 @@ cdef int gru_layer_backward_packed(int T, int B, int I, int H, const int* batch_
         clstm_blas_leave()
         plan_free(&plan)
         return -2 if failed else -3
+    if overlap_k > 0:               # the products ran beside the time loop
+        clstm_blas_leave()
+        plan_free(&plan)
+        return 0
     # gates now holds dL/d(x·W_ihᵀ + b_ih) and gh dL/d(h·W_hhᵀ + b_hh) for the N valid
     # rows: the rest is the LSTM's large GEMMs, twice.
     if dx != NULL:      # dX = dgi · W_ih

@@ -1,4 +1,7 @@
 /* Process-wide state of the kernels that is not arithmetic (declared in runtime.h). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE      /* sched_getcpu */
+#endif
 #include "runtime.h"
 
 #include <errno.h>
@@ -145,6 +148,47 @@ void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start)
         clock->late = 1;
 }
 
+/* The overlapped products under load (see runtime.h). */
+static int overlap_skip_left = 0;        /* calls left that skip the overlap */
+static int overlap_skip_len = 0;         /* the last such pause, less the calls on time since */
+#define OVERLAP_FIRST_SKIP 64
+#define OVERLAP_LONGEST_SKIP 4096
+#define OVERLAP_MIN_LOST_S 0.00002
+
+int clstm_overlap_allowed(void)
+{
+    if (__atomic_load_n(&overlap_skip_left, __ATOMIC_RELAXED) > 0) {
+        __atomic_fetch_sub(&overlap_skip_left, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return 1;
+}
+
+void clstm_overlap_report(double elapsed, double lost)
+{
+    /* Updated without a lock by concurrent calls: a lost update only changes a pause. */
+    int len;
+    if (max_lost_share >= 0 && !(lost > max_lost_share * elapsed && lost > OVERLAP_MIN_LOST_S)) {
+        /* On time: the next pause one call shorter. Not ended at once: under load most
+         * overlapped calls are on time (1 in ~15 stalls, beside a busy loop), and a pause
+         * back at 64 calls after each would leave a stall every ~80 calls. */
+        len = __atomic_load_n(&overlap_skip_len, __ATOMIC_RELAXED);
+        if (len > 0)
+            __atomic_store_n(&overlap_skip_len, len - 1, __ATOMIC_RELAXED);
+        return;
+    }
+    len = __atomic_load_n(&overlap_skip_len, __ATOMIC_RELAXED);
+    len = len == 0 ? OVERLAP_FIRST_SKIP
+          : len * 2 > OVERLAP_LONGEST_SKIP ? OVERLAP_LONGEST_SKIP : len * 2;
+    __atomic_store_n(&overlap_skip_len, len, __ATOMIC_RELAXED);
+    __atomic_store_n(&overlap_skip_left, len, __ATOMIC_RELAXED);
+}
+
+int clstm_overlap_calls_skipped(void)
+{
+    return __atomic_load_n(&overlap_skip_left, __ATOMIC_RELAXED);
+}
+
 void clstm_team_report(int late)
 {
     int pause;
@@ -193,6 +237,8 @@ void clstm_team_pause_set(int calls_left, int pause)
 
 void clstm_team_reset(void)
 {
+    __atomic_store_n(&overlap_skip_left, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&overlap_skip_len, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&busy_calls_left, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&busy_pause, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&busy_strikes, 0, __ATOMIC_RELAXED);
@@ -338,6 +384,83 @@ void clstm_count_taken_over(int steps)
 long clstm_taken_over_steps(void)
 {
     return __atomic_load_n(&taken_over_steps, __ATOMIC_RELAXED);
+}
+
+/* ---- counters between the recurrence and a helper ---------------------------------- */
+
+int clstm_counter_get(clstm_counter *c)
+{
+    return __atomic_load_n(&c->value, __ATOMIC_ACQUIRE);
+}
+
+void clstm_counter_set(clstm_counter *c, int value)
+{
+    __atomic_store_n(&c->value, value, __ATOMIC_RELEASE);
+}
+
+int clstm_counter_claim(clstm_counter *c, int expected)
+{
+    return __atomic_compare_exchange_n(&c->value, &expected, expected + 1, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* The calling thread's core and the other thread's, as published (core + 1; 0 unknown). */
+static __thread clstm_counter *beside_mine = NULL;
+static __thread clstm_counter *beside_other = NULL;
+
+static int current_cpu(void)
+{
+#ifdef __linux__
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
+
+void clstm_beside_begin(clstm_counter *mine, clstm_counter *other)
+{
+    beside_mine = mine;
+    beside_other = other;
+    clstm_beside_here();
+}
+
+void clstm_beside_here(void)
+{
+    if (beside_mine != NULL)
+        __atomic_store_n(&beside_mine->value, current_cpu() + 1, __ATOMIC_RELAXED);
+}
+
+void clstm_beside_end(void)
+{
+    beside_mine = beside_other = NULL;
+}
+
+void clstm_wait_beside(int *spins)
+{
+    int here = current_cpu();
+    int other = beside_other != NULL
+                ? __atomic_load_n(&beside_other->value, __ATOMIC_RELAXED) - 1 : -1;
+    if (beside_mine != NULL)
+        __atomic_store_n(&beside_mine->value, here + 1, __ATOMIC_RELAXED);
+    if (here < 0 || other < 0)
+        clstm_wait_a_little(spins);
+    else if (here == other)
+        sched_yield();
+    else
+        CPU_RELAX();
+}
+
+static long caller_chunks = 0;
+
+void clstm_count_caller_chunks(int chunks)
+{
+    if (chunks > 0)
+        __atomic_fetch_add(&caller_chunks, (long)chunks, __ATOMIC_RELAXED);
+}
+
+long clstm_caller_chunks(void)
+{
+    return __atomic_load_n(&caller_chunks, __ATOMIC_RELAXED);
 }
 
 /* ---- finite checks ------------------------------------------------------------------ */

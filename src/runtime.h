@@ -41,6 +41,23 @@ void clstm_team_clock_start(clstm_team_clock *clock);
 double clstm_thread_cpu(void);
 /* ... each member at the end of its work in the region. */
 void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start);
+/* The overlapped products (src/kernels.pyx): thread 0 walks the time steps, a helper
+ * computes the whole-sequence products beside it. A call of a batch of one is short
+ * (S1: 0.1-0.2 ms), and a helper that another process keeps off the CPU stalls it for a
+ * time slice (milliseconds): rare on time, yet each costs 10-50 calls' worth. So each
+ * overlapped call reports its time and what thread 0 lost to the helper (waiting for
+ * it, or descheduled itself); a call that lost more than the allowed share of its time
+ * (as the team clock's, clstm_team_set_max_lost_share) and more than 20 µs makes the
+ * next 64 calls that would overlap run on one thread; when the call after them (the
+ * retry) is late too, 128, and so on up to 4096 (beside a busy loop on one of 2 cores a
+ * retry is nearly always late: the helper, asleep by then, must be woken on a busy
+ * machine, 5-10 ms, which 4096 calls of 0.1-0.3 ms make 1-2%); each overlapped call on
+ * time shortens the next pause by one call (so that the pauses stay long while late calls
+ * keep coming, and a single one on a quiet machine costs 64 calls on one thread). */
+int clstm_overlap_allowed(void);
+void clstm_overlap_report(double elapsed, double lost);
+/* Calls left that skip the overlap (tests); clstm_team_reset ends the pause. */
+int clstm_overlap_calls_skipped(void);
 /* After the region, thread 0: whether the team was late, which sets or ends the pause:
  * 0 on time; 1 a late row split (the first pause starts at the second in a row); 2 sure
  * evidence, the units split leaving for one thread (the pause starts at once). */
@@ -114,6 +131,39 @@ void clstm_sleep(double seconds);
  * late thread's rows were finished by another one. */
 void clstm_count_taken_over(int steps);
 long clstm_taken_over_steps(void);
+
+/* ---- counters between the recurrence and a helper ------------------------------------
+ * When the batch is too small to split, a second thread computes the whole-sequence
+ * products (input projection; dX, dW_ih, dW_hh, db) in chunks of steps beside the
+ * recurrence (src/kernels.pyx, "overlapped products"). The two share counters: steps
+ * finished, chunks claimed, chunks done, whose turn it is to add into a weight gradient.
+ * One cache line each, so the two threads' stores do not collide. */
+typedef struct {
+    int value;
+    char pad[60];
+} clstm_counter;
+
+/* Load with acquire order: what was written before the matching store is visible. */
+int clstm_counter_get(clstm_counter *c);
+/* Store with release order, after the writes it publishes. */
+void clstm_counter_set(clstm_counter *c, int value);
+/* expected -> expected + 1 if it still holds expected: 1 when this thread claimed it. */
+int clstm_counter_claim(clstm_counter *c, int expected);
+/* Waiting beside the other thread of an overlapped region. Each of the two publishes the
+ * core it runs on (clstm_beside_begin, then clstm_beside_here now and then). A wait on
+ * the other thread spins while the two run on different cores (the waits are short, and
+ * yielding there would hand the core to whatever else runs on it, for up to a time
+ * slice), and yields at once when they share one (spinning would keep the awaited thread
+ * from running). Unknown cores: clstm_wait_a_little. Not measured apart: the stalls seen
+ * under load came from libgomp's spinning (see caller_done in src/kernels.pyx). */
+void clstm_beside_begin(clstm_counter *mine, clstm_counter *other);
+void clstm_beside_here(void);
+void clstm_beside_end(void);
+void clstm_wait_beside(int *spins);
+/* The chunks the caller's thread (thread 0) ran itself (all calls): tests see that a
+ * late helper's chunks were done without it. */
+void clstm_count_caller_chunks(int chunks);
+long clstm_caller_chunks(void);
 
 int clstm_all_finite_f32(Py_ssize_t n, const float *a);
 int clstm_all_finite_f64(Py_ssize_t n, const double *a);

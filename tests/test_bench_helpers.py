@@ -347,3 +347,13 @@ def test_custom_shapes_get_the_issue_targets():
     assert grid_target(dict(shape="S1", dtype="float32", mode="train")).ratio == 3.0
     assert grid_target(dict(shape="B8T150I40H96L1", dtype="float64", mode="fwd")).ratio == 1.3
     assert grid_target(dict(shape="S1", dtype="float64", mode="fwd")) is None
+
+
+def test_knob_ab_times_the_gru_too(capsys):
+    from bench import knob_ab
+    knob_ab.main(["overlap_products", "1", "0", "--shapes", "1,8,3,16,1", "--cell", "both",
+                  "--modes", "fwd", "--repeats", "1"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "B/A" in line]
+    assert len(lines) == 2 and "GRU" in lines[1] and "GRU" not in lines[0]
+    with pytest.raises(SystemExit):
+        knob_ab.main(["overlap_products", "1", "0", "--cell", "rnn"])
