@@ -168,6 +168,8 @@ VARIANTS = {
     # as shipped but a batch too small to split leaves the second thread idle (no
     # whole-sequence products beside the time loop: DEVELOPERS.md, "Threads")
     "no_overlap": dict(row_handover=True, max_lost_share=0.25, overlap_products=False),
+    # as shipped but the first late overlapped call starts the pause (not the second)
+    "overlap_strike1": dict(row_handover=True, max_lost_share=0.25, overlap_strikes=1),
 }
 
 

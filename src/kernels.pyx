@@ -131,6 +131,7 @@ cdef extern from "runtime.h" nogil:
     int clstm_overlap_allowed()
     void clstm_overlap_report(double elapsed, double lost)
     int clstm_overlap_calls_skipped()
+    int clstm_overlap_set_strikes(int calls)
     void clstm_team_report(int late)
     double clstm_team_set_max_lost_share(double share)
     int clstm_team_calls_on_one_thread()
@@ -1295,6 +1296,14 @@ def _overlap_chunks_run_by_caller():
     """Chunks of overlapped products that the caller's thread ran itself (a helper late
     or not yet started), so far in this process."""
     return clstm_caller_chunks()
+
+
+def _set_overlap_strikes(int calls):
+    """Late overlapped calls in a row that start the first pause on one thread (default
+    2; 1: the first late call); returns the previous value."""
+    if calls < 1:
+        raise ValueError(f"calls: expected at least 1, got {calls}")
+    return clstm_overlap_set_strikes(calls)
 
 
 def _overlap_calls_skipped():

@@ -53,11 +53,16 @@ void clstm_team_clock_check(clstm_team_clock *clock, double cpu_at_start);
  * retry is nearly always late: the helper, asleep by then, must be woken on a busy
  * machine, 5-10 ms, which 4096 calls of 0.1-0.3 ms make 1-2%); each overlapped call on
  * time shortens the next pause by one call (so that the pauses stay long while late calls
- * keep coming, and a single one on a quiet machine costs 64 calls on one thread). */
+ * keep coming). With no pause remembered, the first pause needs two late calls in a row
+ * (clstm_overlap_set_strikes), so that a single stall on a quiet machine costs nothing
+ * more. */
 int clstm_overlap_allowed(void);
 void clstm_overlap_report(double elapsed, double lost);
 /* Calls left that skip the overlap (tests); clstm_team_reset ends the pause. */
 int clstm_overlap_calls_skipped(void);
+/* Late calls in a row that start the first pause (2; 1: the first late call does);
+ * returns the previous value. A remembered pause (a retry late) doubles at once. */
+int clstm_overlap_set_strikes(int calls);
 /* After the region, thread 0: whether the team was late, which sets or ends the pause:
  * 0 on time; 1 a late row split (the first pause starts at the second in a row); 2 sure
  * evidence, the units split leaving for one thread (the pause starts at once). */

@@ -181,9 +181,9 @@ def test_the_products_overlap_only_when_the_rows_leave_a_thread_idle():
 
 def test_a_late_overlapped_call_puts_the_next_ones_on_one_thread_doubling_while_late():
     """A helper that another process keeps off the CPU stalls a short call for a time
-    slice: a late overlapped call makes the next 64 that would overlap run on one thread,
-    a late retry doubles that, each call on time shortens the next pause by one
-    (src/runtime.c)."""
+    slice: two late overlapped calls in a row make the next 64 that would overlap run on
+    one thread (one alone starts nothing), a late retry doubles that, each call on time
+    shortens the next pause by one (src/runtime.c)."""
     net = make_net(8, 32, 1, dtype="float32")
     x = np.ones((40, 1, 8), np.float32)
 
@@ -195,6 +195,8 @@ def test_a_late_overlapped_call_puts_the_next_ones_on_one_thread_doubling_while_
     try:
         with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2):
             with kernel_knob(kernels._set_max_lost_share, -1.0):    # every call is late
+                assert forward_overlapped()
+                assert kernels._overlap_calls_skipped() == 0         # one strike
                 assert forward_overlapped()
                 assert kernels._overlap_calls_skipped() == 64
                 assert not any(forward_overlapped() for _ in range(64))
@@ -213,7 +215,36 @@ def test_a_late_overlapped_call_puts_the_next_ones_on_one_thread_doubling_while_
             assert forward_overlapped()
             with kernel_knob(kernels._set_max_lost_share, -1.0):
                 assert forward_overlapped()
-                assert kernels._overlap_calls_skipped() == 64        # from the start
+                assert kernels._overlap_calls_skipped() == 0         # from the start
+                assert forward_overlapped()
+                assert kernels._overlap_calls_skipped() == 64
+    finally:
+        kernels._reset_team_pause()
+
+
+def test_one_late_call_between_calls_on_time_starts_no_pause():
+    """A single stall (a wake-up on a virtual machine, another library's pool still
+    spinning) is forgiven: late, on time, late never pauses; with the strike count at 1
+    the first late call does."""
+    net = make_net(8, 32, 1, dtype="float32")
+    x = np.ones((40, 1, 8), np.float32)
+
+    def forward_overlapped(late):
+        with kernel_knob(kernels._set_max_lost_share, -1.0 if late else 2.0):
+            net.forward(x)
+        return kernels._last_call_overlapped()
+
+    kernels._reset_team_pause()
+    try:
+        with kernel_knob(kernels._set_min_flops_per_thread, 0), clstm.threads(2):
+            for late in (True, False, True, False, True):
+                assert forward_overlapped(late)
+                assert kernels._overlap_calls_skipped() == 0
+            with kernel_knob(kernels._set_overlap_strikes, 1):
+                assert forward_overlapped(True)
+                assert kernels._overlap_calls_skipped() == 64
+        with pytest.raises(ValueError, match="at least 1"):
+            kernels._set_overlap_strikes(0)
     finally:
         kernels._reset_team_pause()
 
