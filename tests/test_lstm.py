@@ -195,10 +195,17 @@ def test_gradients_match_finite_differences_float64(peephole, num_layers):
     x, (h0, c0), R, Rstate = make_data(rng, T, B, I, H, num_layers)
 
     got = run(net, x, (h0, c0), R, Rstate)
+    fd_check_all(net, x, (h0, c0), R, Rstate, got, rng)
+
+
+def fd_check_all(net, x, state, R, Rstate, got, rng):
+    """Every gradient in ``got`` (run's: dx, dh0, dc0 and each parameter's) against
+    finite differences of loss_of."""
+    h0, c0 = state
 
     def loss():
-        y, state = net.forward(x, (h0, c0))
-        return loss_of(y, state, R, Rstate)
+        y, out = net.forward(x, (h0, c0))
+        return loss_of(y, out, R, Rstate)
 
     fd_check(loss, x, got["dx"], rng, what="x")
     fd_check(loss, h0, got["dh0"], rng, what="h0")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from knobs import kernel_knob
 from reference import reference_gru_backward, reference_gru_forward
-from test_lstm import (assert_results_close, fd_check, loss_of, make_data, make_net, run,
+from test_lstm import (assert_results_close, fd_check, fd_check_all, make_data, make_net, run,
                        run_reference)
 
 import clstm
@@ -116,16 +116,7 @@ def test_overlapped_gradients_match_finite_differences_float64(peephole):
     net = make_net(I, H, L, peephole=peephole, seed=5)
     x, (h0, c0), R, Rstate = make_data(rng, T, B, I, H, L)
     got = run_overlapped(net, x, (h0, c0), R, Rstate, chunk_rows=2)   # 4 chunks
-
-    def loss():
-        y, state = net.forward(x, (h0, c0))
-        return loss_of(y, state, R, Rstate)
-
-    fd_check(loss, x, got["dx"], rng, what="x")
-    fd_check(loss, h0, got["dh0"], rng, what="h0")
-    fd_check(loss, c0, got["dc0"], rng, what="c0")
-    for name in sorted(net.params):
-        fd_check(loss, net.params[name], got["grads"][name], rng, what=name)
+    fd_check_all(net, x, (h0, c0), R, Rstate, got, rng)
 
 
 @pytest.mark.usefixtures("isa_level")
@@ -265,9 +256,12 @@ def interrupt_soon(delay):
 
 
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
-def test_ctrl_c_stops_an_overlapped_call_and_leaves_the_model_usable(pass_):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_ctrl_c_stops_an_overlapped_call_and_leaves_the_model_usable(cell, pass_):
+    """Both cells, a forward alone or backward then forward: Ctrl-C stops the call,
+    and the model gives right answers after it."""
     T, I, H = 100_000, 16, 32
-    net = clstm.LSTM(I, H, seed=3)
+    net = (clstm.GRU if cell == "gru" else clstm.LSTM)(I, H, seed=3)
     x = np.random.default_rng(3).standard_normal((T, 1, I)).astype(np.float32)
     small = x[:50]
     with clstm.threads(2):
@@ -405,25 +399,3 @@ def test_gru_overlaps_only_a_padded_forward_direction():
         with kernel_knob(kernels._set_parallel_directions, False):
             bidir.forward(x)               # the reverse direction is not overlapped
             assert not kernels._last_call_overlapped()
-
-
-def test_ctrl_c_stops_an_overlapped_gru_call():
-    T, I, H = 100_000, 16, 32
-    net = clstm.GRU(I, H, seed=3)
-    x = np.random.default_rng(3).standard_normal((T, 1, I)).astype(np.float32)
-    small = x[:50]
-    with clstm.threads(2):
-        want_small = np.array(net.forward(small)[0])
-        y, _ = net.forward(x)
-        assert kernels._last_call_overlapped()
-        timer = interrupt_soon(0.02)
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                for _ in range(1000):
-                    net.backward(np.ones_like(y))
-                    net.forward(x)
-        finally:
-            timer.join()
-        y, _ = net.forward(small)
-        np.testing.assert_allclose(y, want_small, rtol=1e-5, atol=1e-6)
-        net.backward(np.ones_like(y))
